@@ -10,7 +10,9 @@ from kvstore.testing.clock import VirtualClock
 from kvstore.testing.simnet import SimNetwork
 
 
-def _net(seed: int = 1, **kw: object) -> tuple[VirtualClock, SimNetwork, dict[str, list[tuple[float, str, object]]]]:
+def _net(
+    seed: int = 1, **kw: object
+) -> tuple[VirtualClock, SimNetwork, dict[str, list[tuple[float, str, object]]]]:
     clock = VirtualClock()
     net = SimNetwork(clock, random.Random(seed), **kw)  # type: ignore[arg-type]
     inbox: dict[str, list[tuple[float, str, object]]] = {}
