@@ -1,0 +1,198 @@
+"""``kv cluster``: start a local cluster, and look at a running one."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from kvstore.runtime.rpc import RpcClient
+
+from cli import output as out
+from kvstore.errors import KVError
+
+# Timings for a cluster on one machine: failures are noticed in about a second, not ten.
+LOCAL_TIMINGS = {
+    "probe-interval-s": "0.2",
+    "probe-timeout-s": "0.1",
+    "push-pull-interval-s": "5",
+}
+
+
+def _die_with_parent() -> None:
+    # If `kv cluster up` is killed outright, its nodes get SIGTERM instead of lingering.
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+async def _call(addr: str, method: str, params: list[Any], timeout: float) -> Any:
+    rpc = RpcClient(connect_timeout_s=timeout)
+    try:
+        return await rpc.call(addr, method, params, timeout)
+    finally:
+        await rpc.close()
+
+
+def _status(addr: str, timeout: float = 1.0) -> dict[str, Any] | None:
+    try:
+        return asyncio.run(_call(addr, "cluster.status", [], timeout))  # type: ignore[no-any-return]
+    except KVError:
+        return None
+
+
+@click.group()
+def cluster() -> None:
+    """Start a local cluster, or inspect a running one."""
+
+
+@cluster.command()
+@click.option("--nodes", "count", default=3, show_default=True, type=click.IntRange(1, 64), help="How many nodes.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address every node listens on.")
+@click.option("--port", default=7000, show_default=True, type=click.IntRange(1, 65535), help="First node's port; the others follow.")
+@click.option("--data-dir", default="./kvdata", show_default=True, type=click.Path(file_okay=False), help="Each node keeps its store in DATA_DIR/nNAME.")
+@click.option("--n-replicas", default=None, type=int, help="N (default: min(3, nodes)).")
+@click.option("--ready-timeout", default=60.0, show_default=True, help="Seconds to wait for every node to serve.")
+@click.option("--log-dir", default=None, type=click.Path(file_okay=False), help="Write each node's log to LOG_DIR/NAME.log instead of this terminal.")
+@click.option("--set", "extra", multiple=True, metavar="FLAG=VALUE", help="Pass a setting to every node, e.g. --set fsync=always.")
+def up(count: int, host: str, port: int, data_dir: str, n_replicas: int | None, ready_timeout: float, log_dir: str | None, extra: tuple[str, ...]) -> None:
+    """Start COUNT nodes on HOST:PORT, PORT+1, ... and stay in the foreground.
+
+    Prints a line per node, then `ready`. Ctrl-C or SIGTERM stops every node gracefully.
+    Starting again with the same --data-dir brings every key back.
+    """
+    n = n_replicas or min(3, count)
+    r = w = min(2, n) if n > 1 else 1
+    base = Path(data_dir)
+    base.mkdir(parents=True, exist_ok=True)
+    if log_dir:
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+    first = f"{host}:{port}"
+    procs: list[tuple[str, str, subprocess.Popen[bytes]]] = []
+    stopping = False
+
+    def stop_all(*_: Any) -> None:
+        nonlocal stopping
+        if stopping:
+            return
+        stopping = True
+        click.echo("stopping every node ...", err=True)
+        for _name, _addr, p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for name, _addr, p in procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                click.echo(f"{name} did not stop in time; killing it", err=True)
+                p.kill()
+                p.wait()
+
+    signal.signal(signal.SIGTERM, lambda *_: (stop_all(), sys.exit(0)))
+    signal.signal(signal.SIGINT, lambda *_: (stop_all(), sys.exit(0)))
+
+    for i in range(count):
+        name = f"n{i + 1}"
+        addr = f"{host}:{port + i}"
+        cmd = [
+            sys.executable, "-m", "cli", "node", "start",
+            "--name", name, "--listen", addr, "--data-dir", str(base / name),
+            "--n-replicas", str(n), "--r", str(r), "--w", str(w),
+        ]
+        for flag, value in LOCAL_TIMINGS.items():
+            cmd += [f"--{flag}", value]
+        if i > 0:
+            cmd += ["--seed", first]
+        for kv in extra:
+            k, sep, v = kv.partition("=")
+            if not sep:
+                out.fail(f"--set {kv!r}: expected FLAG=VALUE", out.EXIT_USAGE)
+            cmd += [f"--{k.replace('_', '-')}", v]
+        stderr: Any = None
+        if log_dir:
+            stderr = open(Path(log_dir) / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the node
+        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=stderr, start_new_session=True, preexec_fn=_die_with_parent)
+        procs.append((name, addr, p))
+        click.echo(f"{name}  {addr}  data {base / name}  pid {p.pid}")
+
+    deadline = time.monotonic() + ready_timeout
+    waiting = {name: addr for name, addr, _ in procs}
+    while waiting:
+        for name, addr, p in procs:
+            if p.poll() is not None:
+                stop_all()
+                out.fail(f"node {name} ({addr}) exited with status {p.returncode} during start", 1)
+        for name, addr in list(waiting.items()):
+            st = _status(addr)
+            if st is not None and len(st["members"]) >= count and st["ring_version"] > 0:
+                waiting.pop(name)
+        if waiting and time.monotonic() > deadline:
+            stop_all()
+            out.fail(f"not ready after {ready_timeout:.0f}s: {', '.join(sorted(waiting))}", out.EXIT_UNAVAILABLE)
+        if waiting:
+            time.sleep(0.1)
+    click.echo("ready", err=False)
+    sys.stdout.flush()
+    while True:
+        for name, addr, p in procs:
+            if p.poll() is not None and not stopping:
+                click.echo(f"kv: node {name} ({addr}) exited with status {p.returncode}", err=True)
+                procs.remove((name, addr, p))
+                break
+        if not procs:
+            sys.exit(1)
+        time.sleep(0.5)
+
+
+@cluster.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the status of every reachable node as JSON.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Members, their address and liveness, partitions owned, keys held."""
+    addrs = [a.strip() for a in ctx.obj["nodes"].split(",") if a.strip()]
+    timeout = ctx.obj["timeout"]
+    first = None
+    err: KVError | None = None
+    for a in addrs:
+        try:
+            first = asyncio.run(_call(a, "cluster.status", [], timeout))
+            break
+        except KVError as e:
+            err = e
+    if first is None:
+        assert err is not None
+        out.fail_for(err)
+    # Ask every member for its own view: keys held and whether it serves.
+    per_node: dict[str, dict[str, Any] | None] = {}
+    for mem in first["members"]:
+        per_node[mem["name"]] = first if mem["name"] == first["node"] else _status(mem["addr"], timeout)
+    if as_json:
+        out.print_json({"ring_version": first["ring_version"], "nodes": per_node, "view_of": first["node"], "members": first["members"]})
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"ring v{first['ring_version']}  N={first['n']} R={first['r']} W={first['w']}  (as seen by {first['node']})")
+    for col in ("node", "address", "state", "partitions", "keys", "ring"):
+        t.add_column(col, justify="right" if col in ("partitions", "keys", "ring") else "left")
+    for mem in first["members"]:
+        st = per_node.get(mem["name"])
+        state = mem.get("state") or ("up" if mem["up"] else "down")
+        if st is None:
+            state = "unreachable"
+        t.add_row(
+            mem["name"], mem["addr"], state, str(mem["partitions"]),
+            str(st["keys"]) if st else "-", f"v{st['ring_version']}" if st else "-",
+        )
+    Console().print(t)
+
+

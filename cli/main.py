@@ -1,0 +1,136 @@
+"""``kv``: the command line of kvstore.
+
+    kv put KEY VALUE        kv get KEY        kv delete KEY
+    kv node start ...       kv node ping
+    kv cluster up           kv cluster status
+
+Exit status: 0 ok (found), 1 not found, 2 usage, 3 unavailable or timed out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+
+from cli import output as out
+from cli.cluster_cmds import cluster
+from cli.node_cmds import node
+from kvstore.client import AsyncClient
+from kvstore.errors import KVError
+
+T = TypeVar("T")
+
+DEFAULT_NODE = "127.0.0.1:7000"
+
+
+def run_client(ctx: click.Context, fn: Callable[[AsyncClient], Awaitable[T]]) -> T:
+    """Run one client operation with a one-line error on failure, never a traceback."""
+    nodes: str = ctx.obj["nodes"]
+    timeout: float = ctx.obj["timeout"]
+
+    async def go() -> T:
+        async with AsyncClient(nodes, timeout_s=timeout) as c:
+            return await fn(c)
+
+    try:
+        return asyncio.run(go())
+    except KVError as e:
+        out.fail_for(e)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--node",
+    "nodes",
+    envvar="KV_NODES",
+    default=DEFAULT_NODE,
+    show_default=True,
+    help="HOST:PORT of the node(s) to talk to, comma-separated (env KV_NODES).",
+)
+@click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait for an answer.")
+@click.version_option(package_name="kvstore", prog_name="kv")
+@click.pass_context
+def cli(ctx: click.Context, nodes: str, timeout: float) -> None:
+    """kvstore: a Dynamo-style distributed key-value store.
+
+    Talks to the node given by --node or KV_NODES (default 127.0.0.1:7000); start a local
+    cluster with `kv cluster up`.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["nodes"] = nodes
+    ctx.obj["timeout"] = timeout
+
+
+@cli.command()
+@click.argument("key")
+@click.argument("value")
+@click.option("--context", "context", default=None, help="Context from `kv get`: replaces what that read saw.")
+@click.option("-w", type=int, default=None, help="Replicas that must acknowledge (default: cluster's W).")
+@click.option("--strict", is_flag=True, help="Count only the key's primary replicas (no fallbacks).")
+@click.option("--json", "as_json", is_flag=True, help="Print the new context as JSON.")
+@click.pass_context
+def put(ctx: click.Context, key: str, value: str, context: str | None, w: int | None, strict: bool, as_json: bool) -> None:
+    """Store VALUE under KEY."""
+    c = out.decode_context(context)
+    res = run_client(ctx, lambda kv: kv.put(key, value, context=c, w=w, strict=strict))
+    if as_json:
+        out.print_json({"context": out.encode_context(res.context)})
+
+
+@cli.command()
+@click.argument("key")
+@click.option("-r", type=int, default=None, help="Replicas that must answer (default: cluster's R).")
+@click.option("--strict", is_flag=True, help="Count only the key's primary replicas (no fallbacks).")
+@click.option("--json", "as_json", is_flag=True, help="Print values and context as JSON.")
+@click.pass_context
+def get(ctx: click.Context, key: str, r: int | None, strict: bool, as_json: bool) -> None:
+    """Print the value of KEY (siblings each on a line). Exit 1 if not found."""
+    res = run_client(ctx, lambda kv: kv.get(key, r=r, strict=strict))
+    if as_json:
+        out.print_json(
+            {
+                "key": key,
+                "found": res.found,
+                "values": [out.show_bytes(v) for v in res.values],
+                "context": out.encode_context(res.context),
+            }
+        )
+    else:
+        for v in res.values:
+            click.echo(out.show_bytes(v))
+        if len(res.values) > 1:
+            click.echo(
+                f"kv: {len(res.values)} siblings; to resolve, put with --context {out.encode_context(res.context)}",
+                err=True,
+            )
+    sys.exit(out.EXIT_OK if res.found else out.EXIT_NOT_FOUND)
+
+
+@cli.command()
+@click.argument("key")
+@click.option("--context", "context", default=None, help="Context from `kv get` (recommended).")
+@click.option("-w", type=int, default=None, help="Replicas that must acknowledge (default: cluster's W).")
+@click.pass_context
+def delete(ctx: click.Context, key: str, context: str | None, w: int | None) -> None:
+    """Delete KEY (a versioned tombstone)."""
+    c = out.decode_context(context)
+    run_client(ctx, lambda kv: kv.delete(key, context=c, w=w))
+
+
+cli.add_command(node)
+cli.add_command(cluster)
+
+
+def main(argv: list[str] | None = None) -> Any:
+    # Keep Python's own noise (e.g. BrokenPipe on `| head`) out of the user's way.
+    try:
+        return cli.main(args=argv, prog_name="kv", standalone_mode=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(0)

@@ -1,0 +1,83 @@
+"""``kv node``: run one node, or ask one node how it is."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from dataclasses import fields
+from typing import Any
+
+import click
+
+from cli import output as out
+from kvstore.config import Settings, load_settings
+from kvstore.errors import KVError
+
+_TYPES: dict[str, Any] = {"int": int, "float": float, "str": str, "bool": bool}
+# Settings that have a shorter, friendlier flag.
+_RENAMED = {"node_id": "name", "seeds": "seed"}
+
+
+def settings_options(fn: Any) -> Any:
+    """One flag per setting (``--probe-interval-s``), defaulting to None so that only what the
+    user typed overrides the TOML file and KV_* environment."""
+    for f in reversed(fields(Settings)):
+        flag = "--" + _RENAMED.get(f.name, f.name).replace("_", "-")
+        doc = f.metadata["doc"]
+        if f.name == "seeds":
+            opt = click.option(flag, f.name, multiple=True, help=doc + " Repeatable.")
+        elif f.type == "bool":
+            opt = click.option(flag + "/--no-" + flag[2:], f.name, default=None, help=f"{doc} [default: {f.default}]")
+        else:
+            typ = _TYPES.get(str(f.type), str)
+            opt = click.option(flag, f.name, type=typ, default=None, help=f"{doc} [default: {f.default}]")
+        fn = opt(fn)
+    return fn
+
+
+@click.group()
+def node() -> None:
+    """Run or inspect one node."""
+
+
+@node.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="TOML settings file.")
+@click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING or ERROR.")
+@settings_options
+def start(config_path: str | None, log_level: str, **overrides: Any) -> None:
+    """Start a node in the foreground (SIGTERM or Ctrl-C stops it gracefully).
+
+    Every setting can also come from a KV_<NAME> environment variable or the TOML file;
+    flags win over both.
+    """
+    if not overrides.get("seeds"):
+        overrides.pop("seeds", None)
+    try:
+        settings = load_settings(toml_path=config_path, overrides=overrides)
+    except KVError as e:
+        out.fail(str(e), out.EXIT_USAGE)
+    from kvstore.runtime.server import run
+
+    sys.exit(run(settings, log_level))
+
+
+@node.command()
+@click.pass_context
+def ping(ctx: click.Context) -> None:
+    """Exit 0 if the node answers (for health checks), 3 if not."""
+    from kvstore.runtime.rpc import RpcClient
+
+    addr = ctx.obj["nodes"].split(",")[0].strip()
+
+    async def go() -> Any:
+        rpc = RpcClient(connect_timeout_s=ctx.obj["timeout"])
+        try:
+            return await rpc.call(addr, "ping", [], ctx.obj["timeout"])
+        finally:
+            await rpc.close()
+
+    try:
+        doc = asyncio.run(go())
+    except KVError as e:
+        out.fail_for(e)
+    click.echo(f"{doc['node']} at {doc['addr']}: ok (kvstore {doc['version']})")

@@ -1,0 +1,246 @@
+"""The Python client library: ``AsyncClient`` for asyncio code, ``Client`` for everything else.
+
+    async with AsyncClient(["127.0.0.1:7000"]) as kv:
+        await kv.put("user:1", b"alice")
+        res = await kv.get("user:1")
+        res.value                      # b"alice" (raises Conflict if there are siblings)
+        await kv.put("user:1", b"bob", context=res.context)   # supersedes what the get saw
+
+The client fetches the ring from any node once and then sends each request straight to a
+node of the key's preference list (saving the forwarding hop), falling back to the nodes it
+was given. Reads are retried on another node; a write is retried only when it certainly was
+not sent, because its outcome is otherwise unknown (it may be stored on some replicas).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kvstore.core import messages as m
+from kvstore.core.ring import Ring, partition_of
+from kvstore.errors import InvalidRequest, KVError, Timeout, Unavailable, Unreachable
+from kvstore.runtime.rpc import RpcClient
+
+__all__ = ["AsyncClient", "Client", "Conflict", "GetResult", "PutResult"]
+
+Resolver = Callable[[list[bytes]], bytes]
+
+
+class Conflict(InvalidRequest):
+    """``GetResult.value`` was asked for but the key has several sibling values."""
+
+    code = "invalid_request"
+
+
+@dataclass(frozen=True, slots=True)
+class GetResult:
+    values: list[bytes]
+    context: bytes
+    resolver: Resolver | None = None
+
+    @property
+    def found(self) -> bool:
+        return bool(self.values)
+
+    @property
+    def value(self) -> bytes | None:
+        """The single value, None when absent; with siblings, the resolver's choice or Conflict."""
+        if not self.values:
+            return None
+        if len(self.values) == 1:
+            return self.values[0]
+        if self.resolver is not None:
+            return self.resolver(list(self.values))
+        raise Conflict(f"{len(self.values)} sibling values; read .values or give a resolver")
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    context: bytes
+
+
+def _to_bytes(x: bytes | str, what: str) -> bytes:
+    if isinstance(x, str):
+        return x.encode()
+    if isinstance(x, (bytes, bytearray, memoryview)):
+        return bytes(x)
+    raise TypeError(f"{what} must be bytes or str")
+
+
+def _nodes(nodes: Sequence[str] | str) -> list[str]:
+    if isinstance(nodes, str):
+        nodes = [n for n in nodes.split(",")]
+    out = [n.strip() for n in nodes if n.strip()]
+    if not out:
+        raise InvalidRequest("no node address given")
+    return out
+
+
+class AsyncClient:
+    def __init__(
+        self,
+        nodes: Sequence[str] | str = ("127.0.0.1:7000",),
+        *,
+        timeout_s: float = 5.0,
+        resolver: Resolver | None = None,
+        route: bool = True,
+        ring_refresh_s: float = 10.0,
+    ) -> None:
+        self.nodes = _nodes(nodes)
+        self.timeout_s = timeout_s
+        self.resolver = resolver
+        self.route = route
+        self.ring_refresh_s = ring_refresh_s
+        self.rpc = RpcClient(connect_timeout_s=min(1.0, timeout_s))
+        self._ring: Ring | None = None
+        self._addrs: dict[str, str] = {}
+        self._n = 3
+        self._ring_at = 0.0
+        self._rr = 0
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.rpc.close()
+
+    # ------------------------------------------------------------------ routing
+    async def _refresh_ring(self) -> None:
+        if not self.route or time.monotonic() - self._ring_at < self.ring_refresh_s:
+            return
+        self._ring_at = time.monotonic()
+        for addr in self._seed_order():
+            try:
+                doc = await self.rpc.call(addr, m.RING, [], self.timeout_s)
+                self._ring = Ring.from_wire(doc["ring"])
+                self._addrs = {str(k): str(v) for k, v in doc["addrs"].items()}
+                self._n = int(doc.get("n", 3))
+                return
+            except (KVError, KeyError, TypeError, ValueError):
+                continue
+
+    def _seed_order(self) -> list[str]:
+        self._rr = (self._rr + 1) % len(self.nodes)
+        return self.nodes[self._rr :] + self.nodes[: self._rr]
+
+    def _candidates(self, key: bytes) -> list[str]:
+        out: list[str] = []
+        ring = self._ring
+        if ring is not None:
+            for n in ring.preference_list(partition_of(key, ring.partitions), self._n):
+                a = self._addrs.get(n)
+                if a and not self.rpc.is_down(a):
+                    out.append(a)
+        for a in self._seed_order():
+            if a not in out:
+                out.append(a)
+        return out
+
+    async def _call(self, key: bytes, method: str, params: list[Any], idempotent: bool, timeout: float) -> Any:
+        await self._refresh_ring()
+        last: KVError | None = None
+        for addr in self._candidates(key):
+            try:
+                return await self.rpc.call(addr, method, params, timeout)
+            except Unreachable as e:
+                last = e
+                if getattr(e, "sent", False) and not idempotent:
+                    raise
+            except Timeout as e:
+                last = e
+                if not idempotent:
+                    raise
+            except Unavailable as e:
+                # Another coordinator may see more replicas; only a read can safely try it.
+                last = e
+                if not idempotent:
+                    raise
+        assert last is not None
+        raise last
+
+    # ------------------------------------------------------------------ API
+    async def get(
+        self, key: bytes | str, *, r: int | None = None, strict: bool = False, timeout_s: float | None = None
+    ) -> GetResult:
+        k = _to_bytes(key, "key")
+        opts = m.options_to_wire(m.Options(r, strict, timeout_s), "r")
+        doc = await self._call(k, m.GET, [k, opts], True, (timeout_s or self.timeout_s) + 1.0)
+        return GetResult([bytes(v) for v in doc["values"]], bytes(doc["context"]), self.resolver)
+
+    async def put(
+        self,
+        key: bytes | str,
+        value: bytes | str,
+        *,
+        context: bytes | None = None,
+        w: int | None = None,
+        strict: bool = False,
+        timeout_s: float | None = None,
+    ) -> PutResult:
+        k = _to_bytes(key, "key")
+        v = _to_bytes(value, "value")
+        opts = m.options_to_wire(m.Options(w, strict, timeout_s), "w")
+        doc = await self._call(k, m.PUT, [k, v, context, opts], False, (timeout_s or self.timeout_s) + 1.0)
+        return PutResult(bytes(doc["context"]))
+
+    async def delete(
+        self,
+        key: bytes | str,
+        *,
+        context: bytes | None = None,
+        w: int | None = None,
+        strict: bool = False,
+        timeout_s: float | None = None,
+    ) -> PutResult:
+        k = _to_bytes(key, "key")
+        opts = m.options_to_wire(m.Options(w, strict, timeout_s), "w")
+        doc = await self._call(k, m.DELETE, [k, context, opts], False, (timeout_s or self.timeout_s) + 1.0)
+        return PutResult(bytes(doc["context"]))
+
+    async def call(self, addr: str, method: str, *params: Any) -> Any:
+        """Any RPC on one node (admin methods such as cluster.status)."""
+        return await self.rpc.call(addr, method, list(params), self.timeout_s)
+
+
+class Client:
+    """Blocking client: the same API as AsyncClient, on a private event loop.
+
+    Not for use inside a running event loop (use AsyncClient there).
+    """
+
+    def __init__(self, nodes: Sequence[str] | str = ("127.0.0.1:7000",), **kwargs: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._c = AsyncClient(nodes, **kwargs)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self, coro: Any) -> Any:
+        return self._loop.run_until_complete(coro)
+
+    def get(self, key: bytes | str, **kw: Any) -> GetResult:
+        return self._run(self._c.get(key, **kw))  # type: ignore[no-any-return]
+
+    def put(self, key: bytes | str, value: bytes | str, **kw: Any) -> PutResult:
+        return self._run(self._c.put(key, value, **kw))  # type: ignore[no-any-return]
+
+    def delete(self, key: bytes | str, **kw: Any) -> PutResult:
+        return self._run(self._c.delete(key, **kw))  # type: ignore[no-any-return]
+
+    def call(self, addr: str, method: str, *params: Any) -> Any:
+        return self._run(self._c.call(addr, method, *params))
+
+    def close(self) -> None:
+        if not self._loop.is_closed():
+            self._run(self._c.close())
+            self._loop.close()

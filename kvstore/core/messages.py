@@ -1,0 +1,131 @@
+"""What travels between clients, coordinators and replicas: method names and the typed,
+validated form of each request's parameters.
+
+Parsing happens once, at the edge (the RPC handler), so everything past it works with
+checked values: bytes keys within limits, sane R/W, a decoded causal context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kvstore.errors import InvalidRequest, TooLarge
+
+# Public API: what any msgpack-RPC client may call.
+GET = "get"
+PUT = "put"
+DELETE = "delete"
+PING = "ping"
+RING = "cluster.ring"
+STATUS = "cluster.status"
+
+# Coordinator-to-coordinator (handle-or-forward): same params as the public call.
+FWD_GET = "coord.get"
+FWD_PUT = "coord.put"
+FWD_DELETE = "coord.delete"
+
+# Coordinator-to-replica.
+REPLICA_GET = "replica.get"
+REPLICA_PUT = "replica.put"
+
+# Cluster management.
+JOIN = "cluster.join"
+LEAVE = "cluster.leave"
+RING_UPDATE = "cluster.ring_update"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_key_bytes: int
+    max_value_bytes: int
+    n_replicas: int
+
+
+def as_bytes(x: Any, what: str) -> bytes:
+    """Keys and values may arrive as str from old msgpack clients: UTF-8 encode them."""
+    if isinstance(x, bytes):
+        return x
+    if isinstance(x, str):
+        try:
+            return x.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raise InvalidRequest(f"{what} is not valid UTF-8") from None
+    if isinstance(x, (bytearray, memoryview)):
+        return bytes(x)
+    raise InvalidRequest(f"{what} must be bytes or str, got {type(x).__name__}")
+
+
+def check_key(raw: Any, limits: Limits) -> bytes:
+    key = as_bytes(raw, "key")
+    if not key:
+        raise InvalidRequest("key must not be empty")
+    if len(key) > limits.max_key_bytes:
+        raise TooLarge(f"key is {len(key)} bytes, over the limit of {limits.max_key_bytes}")
+    return key
+
+
+def check_value(raw: Any, limits: Limits) -> bytes:
+    value = as_bytes(raw, "value")
+    if len(value) > limits.max_value_bytes:
+        raise TooLarge(f"value is {len(value)} bytes, over the limit of {limits.max_value_bytes}")
+    return value
+
+
+def check_context(raw: Any) -> bytes:
+    if raw is None:
+        return b""
+    return as_bytes(raw, "context")
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """Per-request overrides. ``quorum`` is R for reads and W for writes; ``strict`` counts only
+    primaries (Riak's pr/pw); ``timeout_s`` caps the coordinator's wait."""
+
+    quorum: int | None = None
+    strict: bool = False
+    timeout_s: float | None = None
+
+
+def _opt_int(opts: dict[str, Any], name: str, lo: int, hi: int) -> int | None:
+    v = opts.get(name)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise InvalidRequest(f"option {name} must be an integer, got {v!r}")
+    if not lo <= v <= hi:
+        raise InvalidRequest(f"option {name} must be in {lo}..{hi}, got {v}")
+    return v
+
+
+def parse_options(raw: Any, kind: str, limits: Limits) -> Options:
+    """``kind`` is "r" or "w": which quorum override this request may carry."""
+    if raw is None:
+        return Options()
+    if not isinstance(raw, dict):
+        raise InvalidRequest(f"options must be a map, got {type(raw).__name__}")
+    opts = {(k.decode("utf-8", "replace") if isinstance(k, bytes) else str(k)): v for k, v in raw.items()}
+    unknown = set(opts) - {"r", "w", "strict", "timeout_ms"}
+    if unknown:
+        raise InvalidRequest(f"unknown option(s): {', '.join(sorted(unknown))}")
+    other = "w" if kind == "r" else "r"
+    if opts.get(other) is not None:
+        raise InvalidRequest(f"option {other} does not apply to this request")
+    quorum = _opt_int(opts, kind, 1, limits.n_replicas)
+    strict = opts.get("strict", False)
+    if not isinstance(strict, bool):
+        raise InvalidRequest(f"option strict must be true or false, got {strict!r}")
+    t = _opt_int(opts, "timeout_ms", 1, 600_000)
+    return Options(quorum, strict, None if t is None else t / 1000.0)
+
+
+def options_to_wire(o: Options, kind: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if o.quorum is not None:
+        out[kind] = o.quorum
+    if o.strict:
+        out["strict"] = True
+    if o.timeout_s is not None:
+        out["timeout_ms"] = max(1, int(o.timeout_s * 1000))
+    return out

@@ -1,0 +1,260 @@
+"""A kvstore node: the local store, the RPC server, the coordinator and the cluster view,
+wired together, with a start and a graceful stop.
+
+Order of stopping matters: stop taking requests, let in-flight writes finish, flush the
+store, then close it, so every acknowledged write is durable before the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from storage.engine import Engine
+
+from kvstore import __version__
+from kvstore.config import Settings, parse_addr
+from kvstore.core import messages as m
+from kvstore.core import vclock
+from kvstore.core.ring import Ring, claim
+from kvstore.errors import InvalidRequest, KVError, StorageError, Unavailable
+from kvstore.runtime.cluster import ClusterView
+from kvstore.runtime.coordinator import Coordinator
+from kvstore.runtime.replica import Replica
+from kvstore.runtime.rpc import RpcClient, RpcServer
+from storage.errors import StorageError as RawStorageError
+
+log = logging.getLogger("kvstore.node")
+
+
+def _as_str(x: Any, what: str) -> str:
+    if isinstance(x, bytes):
+        return x.decode("utf-8", "replace")
+    if isinstance(x, str):
+        return x
+    raise InvalidRequest(f"{what} must be a string")
+
+
+class Node:
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+        self.name = settings.name
+        self.addr = settings.advertised
+        self.started_at = time.time()
+        self.engine: Engine | None = None
+        self.server: RpcServer | None = None
+        self.rpc = RpcClient(
+            connect_timeout_s=settings.connect_timeout_s,
+            reconnect_min_s=settings.reconnect_min_s,
+            reconnect_max_s=settings.reconnect_max_s,
+            max_frame_bytes=settings.max_frame_bytes,
+            source_host=self._source_host(),
+        )
+        self.view: ClusterView | None = None
+        self.coord: Coordinator | None = None
+        self._join_lock = asyncio.Lock()
+        self._stopping = False
+
+    def _source_host(self) -> str | None:
+        host, _ = parse_addr(self.s.listen)
+        # Bind outgoing connections to our own address only when it is a specific loopback
+        # alias (fault-injection namespaces give each node its own 127.0.0.x).
+        if host.startswith("127.") and host != "127.0.0.1":
+            return host
+        return None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            self.engine = Engine.open(self.s.data_dir, fsync=self.s.fsync)
+        except RawStorageError as e:
+            raise StorageError(str(e), path=getattr(e, "path", None)) from None
+        log.info("store %s: %s", self.s.data_dir, self.engine.load_stats)
+        self.view = ClusterView(self.name, self.addr, self.engine)
+        self.view.down_checks.append(lambda _n, addr: self.rpc.is_down(addr))
+        had_view = self.view.load()
+        replica = Replica(self.engine, lww=self.s.conflict == "lww")
+        self.replica = replica
+        self.coord = Coordinator(self.s, self.view, replica, self.rpc)
+        self.server = RpcServer(self._handlers(), max_frame_bytes=self.s.max_frame_bytes)
+        host, port = parse_addr(self.s.listen)
+        await self.server.start(host, port)
+        seeds = [s for s in self.s.seeds if s != self.addr]
+        if not had_view and not seeds:
+            self.view.ring = claim([self.name], self.s.partitions)
+            await self.view.save()
+            log.info("started a new cluster: ring v%d with this node alone", self.view.ring.version)
+        elif seeds and self.s.auto_join and (self.view.ring is None or self.name not in self.view.ring.members):
+            await self._join_through(seeds)
+        log.info(
+            "node %s ready on %s (kvstore %s) in %.2fs", self.name, self.s.listen, __version__,
+            time.perf_counter() - t0,
+        )
+
+    async def _join_through(self, seeds: list[str]) -> None:
+        assert self.view is not None
+        deadline = asyncio.get_running_loop().time() + 30.0
+        delay = 0.1
+        while True:
+            for seed in seeds:
+                try:
+                    doc = await self.rpc.call(seed, m.JOIN, [self.name, self.addr], 5.0)
+                except KVError as e:
+                    log.info("join through %s: %s", seed, e)
+                    continue
+                await self._accept_view(doc)
+                log.info("joined the cluster through %s", seed)
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise Unavailable(f"could not join through any seed ({', '.join(seeds)})", required=1)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        log.info("node %s stopping", self.name)
+        if self.server is not None:
+            await self.server.close()
+        if self.coord is not None:
+            await self.coord.close()
+        await self.rpc.close()
+        if self.engine is not None:
+            await self.engine.close()
+        log.info("node %s stopped", self.name)
+
+    # ------------------------------------------------------------------ handlers
+    def _handlers(self) -> dict[str, Any]:
+        assert self.coord is not None
+        c = self.coord
+        return {
+            m.GET: lambda key, opts=None: c.get(key, opts),
+            m.PUT: lambda key, value, ctx=None, opts=None: c.put(key, value, ctx, opts),
+            m.DELETE: lambda key, ctx=None, opts=None: c.delete(key, ctx, opts),
+            m.FWD_GET: lambda key, opts=None: c.get(key, opts, forwarded=True),
+            m.FWD_PUT: lambda key, value, ctx=None, opts=None: c.put(key, value, ctx, opts, forwarded=True),
+            m.FWD_DELETE: lambda key, ctx=None, opts=None: c.delete(key, ctx, opts, forwarded=True),
+            m.REPLICA_GET: self._replica_get,
+            m.REPLICA_PUT: self._replica_put,
+            m.PING: self._ping,
+            m.RING: self._ring,
+            m.STATUS: self._status,
+            m.JOIN: self._join,
+            m.RING_UPDATE: self._ring_update,
+        }
+
+    @staticmethod
+    def _partition(p: Any) -> int:
+        if isinstance(p, bool) or not isinstance(p, int) or p < 0:
+            raise InvalidRequest(f"partition must be a non-negative integer, got {p!r}")
+        return p
+
+    def _replica_get(self, p: Any, key: Any) -> bytes | None:
+        return self.replica.read_raw(self._partition(p), m.as_bytes(key, "key"))
+
+    async def _replica_put(self, p: Any, key: Any, record: Any, hint_for: Any = None) -> bool:
+        part = self._partition(p)
+        k = m.as_bytes(key, "key")
+        obj = vclock.decode(m.as_bytes(record, "record"))
+        if hint_for is not None and self.coord is not None and self.coord.on_hinted is not None:
+            await self.coord.on_hinted(_as_str(hint_for, "hint_for"), part, k, obj)
+            return True
+        await self.replica.merge_in(part, k, obj)
+        return True
+
+    def _ping(self) -> dict[str, Any]:
+        return {"node": self.name, "addr": self.addr, "version": __version__}
+
+    def _ring(self) -> dict[str, Any]:
+        assert self.view is not None
+        if self.view.ring is None:
+            raise Unavailable("this node has not joined a ring yet", required=1)
+        doc = self.view.to_wire()
+        doc["n"] = self.s.n_replicas
+        return doc
+
+    def _status(self) -> dict[str, Any]:
+        assert self.view is not None and self.engine is not None and self.coord is not None
+        ring = self.view.ring
+        counts: dict[int, int] = {}
+        for p in self.engine.partitions():
+            counts[p] = self.engine.count(p)
+        return {
+            "node": self.name,
+            "addr": self.addr,
+            "version": __version__,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "ring_version": ring.version if ring else 0,
+            "ring_checksum": ring.checksum if ring else 0,
+            "members": [
+                {
+                    "name": n,
+                    "addr": a,
+                    "up": self.view.is_up(n),
+                    "partitions": len(ring.owned_by(n)) if ring else 0,
+                }
+                for n, a in sorted(self.view.addrs.items())
+                if ring is None or n in ring.members
+            ],
+            "keys": sum(counts.values()),
+            "n": self.s.n_replicas,
+            "r": self.s.r,
+            "w": self.s.w,
+            "counters": {
+                "gets": self.coord.counters.gets,
+                "puts": self.coord.counters.puts,
+                "forwarded": self.coord.counters.forwarded,
+                "unavailable": self.coord.counters.unavailable,
+                "read_repairs": self.coord.counters.read_repairs,
+            },
+        }
+
+    async def _accept_view(self, doc: Any) -> bool:
+        assert self.view is not None
+        if not isinstance(doc, dict) or "ring" not in doc or "addrs" not in doc:
+            raise InvalidRequest("ring update must be a map with ring and addrs")
+        ring = Ring.from_wire(doc["ring"])
+        addrs = {_as_str(k, "node"): _as_str(v, "addr") for k, v in doc["addrs"].items()}
+        changed = self.view.accept(ring, addrs)
+        if changed:
+            await self.view.save()
+        return changed
+
+    async def _ring_update(self, doc: Any) -> bool:
+        return await self._accept_view(doc)
+
+    async def _join(self, name: Any, addr: Any) -> dict[str, Any]:
+        """Add a node to the ring (or update its address) and tell every member."""
+        assert self.view is not None
+        node = _as_str(name, "name")
+        where = _as_str(addr, "addr")
+        parse_addr(where)
+        async with self._join_lock:
+            ring = self.view.ring
+            if ring is None:
+                raise Unavailable("this node has not joined a ring yet", required=1)
+            self.view.addrs[node] = where
+            if node not in ring.members:
+                new = claim([*ring.members, node], ring.partitions, ring)
+                self.view.accept(new, {})
+                log.info("%s (%s) joins: ring v%d", node, where, new.version)
+            await self.view.save()
+            await self._broadcast_view(exclude=node)
+            return self.view.to_wire()
+
+    async def _broadcast_view(self, exclude: str | None = None) -> None:
+        assert self.view is not None and self.view.ring is not None
+        doc = self.view.to_wire()
+        targets = [n for n in self.view.ring.members if n not in (self.name, exclude)]
+
+        async def push(n: str) -> None:
+            try:
+                await self.rpc.call(self.view.addr_of(n), m.RING_UPDATE, [doc], 2.0)  # type: ignore[union-attr]
+            except KVError as e:
+                log.info("ring update to %s failed: %s", n, e)
+
+        await asyncio.gather(*(push(n) for n in targets))

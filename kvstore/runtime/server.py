@@ -1,0 +1,64 @@
+"""Process entry for one node: event loop choice, logging, signals, graceful stop.
+
+SIGTERM and SIGINT stop the node gracefully (exit status 0); a second signal exits at once.
+Startup failures (bad config, a store that cannot be opened, a port in use) are one log
+line and exit status 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from kvstore.config import Settings
+from kvstore.errors import KVError
+
+log = logging.getLogger("kvstore.server")
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def install_loop() -> str:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency, but keep running without it
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
+
+
+async def serve(settings: Settings) -> int:
+    from kvstore.runtime.node import Node
+
+    node = Node(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await node.start()
+    except (KVError, OSError) as e:
+        log.error("node %s failed to start: %s", settings.name, e)
+        await node.stop()
+        return 1
+    await stop.wait()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        # A second signal during a slow stop exits at once.
+        loop.add_signal_handler(sig, lambda: sys.exit(1))
+    await node.stop()
+    return 0
+
+
+def run(settings: Settings, log_level: str = "INFO") -> int:
+    setup_logging(log_level)
+    loop_name = install_loop()
+    log.info("starting node %s on %s (%s loop)", settings.name, settings.listen, loop_name)
+    return asyncio.run(serve(settings))
