@@ -1,0 +1,352 @@
+"""Judges a history. Pure: events in, a JSON-ready verdict out; no I/O, no clocks.
+
+Outcomes, per workload, as Jepsen names them:
+
+    lost        acknowledged (ok) but absent from the final read      -> invalid
+    recovered   indeterminate (info) and present at the end            -> fine
+    unexpected  present at the end but never attempted                 -> invalid
+    revived     certainly failed (fail) yet present at the end         -> invalid
+
+``valid`` is True, False, or "unknown" when the history cannot decide (no final read of an
+attempted key, or nothing acknowledged at all). Registers use causal coverage: a write is
+accounted for when its value is present at the end *or* was observed by (and so superseded
+by) a write whose value is accounted for. A put carries the context of the get before it, so
+that is exactly the set of values it was allowed to replace. A read is *stale* when it misses
+a write that was acknowledged before the read began; stale reads are reported, not judged,
+since an eventually consistent store is allowed them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from jepsen_lite.history import Event, Op, Window, fault_windows, pair_ops
+
+__all__ = [
+    "WORKLOADS",
+    "availability",
+    "check",
+    "check_independent",
+    "check_register",
+    "check_set",
+    "latency_quantiles",
+]
+
+WORKLOADS = ("set", "register", "independent")
+FINAL = "final"
+_QUANTILES = (0.5, 0.9, 0.99, 0.999)
+_LIST_CAP = 1000
+
+
+def _values(v: Any) -> list[Any]:
+    if v is None:
+        return []
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def _final_reads(ops: Sequence[Op]) -> dict[str | None, list[Any]]:
+    """Key -> values of its last successful final read."""
+    out: dict[str | None, list[Any]] = {}
+    for op in ops:
+        if op.process == FINAL and op.f == "read" and op.type == "ok":
+            out[op.key] = _values(op.result)
+    return out
+
+
+def _capped(xs: Iterable[Any]) -> list[Any]:
+    return sorted(xs, key=_sort_key)[:_LIST_CAP]
+
+
+def _sort_key(x: Any) -> tuple[int, Any]:
+    return (0, x) if isinstance(x, (int, float)) else (1, str(x))
+
+
+def _verdict(*, decided: bool, anomalies: int, acked: int) -> bool | str:
+    if anomalies:
+        return False
+    if not decided or acked == 0:
+        return "unknown"
+    return True
+
+
+def check_set(ops: Sequence[Op]) -> dict[str, Any]:
+    """Jepsen's set checker over ``add`` ops and the final read of the one set key."""
+    adds = [op for op in ops if op.f == "add" and op.process != FINAL]
+    by_type: dict[str, set[Any]] = {"ok": set(), "fail": set(), "info": set()}
+    for op in adds:
+        by_type[op.type].add(op.value)
+    attempted = by_type["ok"] | by_type["fail"] | by_type["info"]
+    finals = _final_reads(ops)
+    keys = {op.key for op in adds}
+    final: set[Any] = set()
+    decided = bool(finals) and keys <= finals.keys()
+    for vs in finals.values():
+        final.update(vs)
+    lost = by_type["ok"] - final if decided else set()
+    recovered = by_type["info"] & final
+    unexpected = final - attempted
+    revived = (by_type["fail"] - by_type["ok"] - by_type["info"]) & final
+    acked = len(by_type["ok"])
+    return {
+        "valid": _verdict(decided=decided, anomalies=len(lost) + len(unexpected) + len(revived), acked=acked),
+        "final_read": decided,
+        "attempted_count": len(attempted),
+        "acknowledged_count": acked,
+        "failed_count": len(by_type["fail"]),
+        "indeterminate_count": len(by_type["info"]),
+        "final_count": len(final),
+        "lost_count": len(lost),
+        "recovered_count": len(recovered),
+        "unexpected_count": len(unexpected),
+        "revived_count": len(revived),
+        "lost_fraction": (len(lost) / acked) if acked else 0.0,
+        "lost": _capped(lost),
+        "recovered": _capped(recovered),
+        "unexpected": _capped(unexpected),
+        "revived": _capped(revived),
+    }
+
+
+def _coverage(roots: Iterable[Any], observed: dict[Any, set[Any]]) -> set[Any]:
+    """Values reachable from ``roots`` through "this write observed that value" edges."""
+    seen: set[Any] = set()
+    stack = list(roots)
+    while stack:
+        v = stack.pop()
+        if v in seen:
+            continue
+        seen.add(v)
+        stack.extend(observed.get(v, ()))
+    return seen
+
+
+def check_register(ops: Sequence[Op]) -> dict[str, Any]:
+    """Per-key causal registers: lost/recovered/unexpected writes and stale-read statistics."""
+    writes: dict[str | None, list[Op]] = defaultdict(list)
+    reads: dict[str | None, list[Op]] = defaultdict(list)
+    for op in ops:
+        if op.process == FINAL:
+            continue
+        if op.f == "write":
+            writes[op.key].append(op)
+        elif op.f == "read" and op.type == "ok":
+            reads[op.key].append(op)
+    finals = _final_reads(ops)
+    lost: list[dict[str, Any]] = []
+    recovered: list[dict[str, Any]] = []
+    unexpected: list[dict[str, Any]] = []
+    revived: list[dict[str, Any]] = []
+    undecided: list[str | None] = []
+    stale: list[dict[str, Any]] = []
+    ryw_violations = 0
+    acked = 0
+    for key in sorted(writes.keys() | reads.keys(), key=_sort_key):
+        ws = writes.get(key, [])
+        attempted = {w.value for w in ws}
+        observed: dict[Any, set[Any]] = {}
+        for w in ws:
+            if w.type != "fail":
+                observed[w.value] = set(_values(w.extra.get("observed")))
+        acked += sum(1 for w in ws if w.type == "ok")
+        if key not in finals:
+            if ws:
+                undecided.append(key)
+            continue
+        final = finals[key]
+        covered = _coverage(final, observed)
+        for v in final:
+            if v not in attempted:
+                unexpected.append({"key": key, "value": v})
+        for w in ws:
+            took_effect = w.value in covered
+            if w.type == "ok" and not took_effect:
+                lost.append({"key": key, "value": w.value})
+            elif w.type == "info" and took_effect:
+                recovered.append({"key": key, "value": w.value})
+            elif w.type == "fail" and took_effect:
+                revived.append({"key": key, "value": w.value})
+        acked_writes = sorted((w for w in ws if w.type == "ok" and w.complete_time is not None),
+                              key=lambda w: w.complete_time or 0)
+        for r in reads.get(key, []):
+            seen = _values(r.result)
+            for v in seen:
+                if v not in attempted:
+                    unexpected.append({"key": key, "value": v, "read_index": r.invoke_time})
+            cov = _coverage(seen, observed)
+            missed = [w for w in acked_writes if (w.complete_time or 0) < r.invoke_time and w.value not in cov]
+            if missed:
+                own = any(w.client is not None and w.client == r.client for w in missed)
+                ryw_violations += own
+                stale.append({
+                    "key": key,
+                    "time": r.invoke_time,
+                    "client": r.client,
+                    "read": seen,
+                    "missed": [w.value for w in missed][-10:],
+                    "own_write_missed": own,
+                })
+    ok_reads = sum(len(v) for v in reads.values())
+    anomalies = len(lost) + len(unexpected) + len(revived)
+    return {
+        "valid": _verdict(decided=not undecided, anomalies=anomalies, acked=acked),
+        "final_read": not undecided,
+        "keys": len(writes),
+        "undecided_keys": _capped(k for k in undecided),
+        "attempted_count": sum(len(v) for v in writes.values()),
+        "acknowledged_count": acked,
+        "lost_count": len(lost),
+        "recovered_count": len(recovered),
+        "unexpected_count": len(unexpected),
+        "revived_count": len(revived),
+        "lost_fraction": (len(lost) / acked) if acked else 0.0,
+        "reads_ok": ok_reads,
+        "stale_reads": len(stale),
+        "stale_fraction": (len(stale) / ok_reads) if ok_reads else 0.0,
+        "read_your_writes_violations": ryw_violations,
+        "lost": lost[:_LIST_CAP],
+        "recovered": recovered[:_LIST_CAP],
+        "unexpected": unexpected[:_LIST_CAP],
+        "revived": revived[:_LIST_CAP],
+        "stale": stale[:100],
+    }
+
+
+def check_independent(ops: Sequence[Op]) -> dict[str, Any]:
+    """Keys written once each: every acknowledged key must hold its value at the end."""
+    writes = [op for op in ops if op.f == "write" and op.process != FINAL]
+    finals = _final_reads(ops)
+    lost: list[dict[str, Any]] = []
+    recovered: list[dict[str, Any]] = []
+    unexpected: list[dict[str, Any]] = []
+    revived: list[dict[str, Any]] = []
+    undecided: list[str | None] = []
+    by_key: dict[str | None, list[Op]] = defaultdict(list)
+    for w in writes:
+        by_key[w.key].append(w)
+    for key, ws in by_key.items():
+        if key not in finals:
+            undecided.append(key)
+            continue
+        final = finals[key]
+        attempted = {w.value for w in ws}
+        unexpected.extend({"key": key, "value": v} for v in final if v not in attempted)
+        for w in ws:
+            present = w.value in final
+            if w.type == "ok" and not present:
+                lost.append({"key": key, "value": w.value})
+            elif w.type == "info" and present:
+                recovered.append({"key": key, "value": w.value})
+            elif w.type == "fail" and present:
+                revived.append({"key": key, "value": w.value})
+    acked = sum(1 for w in writes if w.type == "ok")
+    anomalies = len(lost) + len(unexpected) + len(revived)
+    return {
+        "valid": _verdict(decided=not undecided, anomalies=anomalies, acked=acked),
+        "final_read": not undecided,
+        "keys": len(by_key),
+        "undecided_keys": _capped(k for k in undecided),
+        "attempted_count": len(writes),
+        "acknowledged_count": acked,
+        "failed_count": sum(1 for w in writes if w.type == "fail"),
+        "indeterminate_count": sum(1 for w in writes if w.type == "info"),
+        "lost_count": len(lost),
+        "recovered_count": len(recovered),
+        "unexpected_count": len(unexpected),
+        "revived_count": len(revived),
+        "lost_fraction": (len(lost) / acked) if acked else 0.0,
+        "lost": lost[:_LIST_CAP],
+        "recovered": recovered[:_LIST_CAP],
+        "unexpected": unexpected[:_LIST_CAP],
+        "revived": revived[:_LIST_CAP],
+    }
+
+
+def _rate(counts: dict[str, int]) -> dict[str, Any]:
+    total = counts["ok"] + counts["fail"] + counts["info"]
+    return {**counts, "total": total, "availability": (counts["ok"] / total) if total else None}
+
+
+def availability(ops: Sequence[Op], windows: Sequence[Window]) -> dict[str, Any]:
+    """ok/(ok+fail+info) of client operations overall, per fault window, per fault kind and
+    outside every fault ("healthy"). An operation belongs to the window its invocation fell in."""
+    def blank() -> dict[str, int]:
+        return {"ok": 0, "fail": 0, "info": 0}
+
+    overall = blank()
+    per_window = {w.id: blank() for w in windows}
+    per_kind: dict[str, dict[str, int]] = defaultdict(blank)
+    for op in ops:
+        if op.process == FINAL:
+            continue
+        overall[op.type] += 1
+        hit = [w for w in windows if w.start <= op.invoke_time <= w.end]
+        if not hit:
+            per_kind["healthy"][op.type] += 1
+        for w in hit:
+            per_window[w.id][op.type] += 1
+        for kind in {w.kind for w in hit}:
+            per_kind[kind][op.type] += 1
+    return {
+        "overall": _rate(overall),
+        "by_kind": {k: _rate(v) for k, v in sorted(per_kind.items())},
+        "windows": [
+            {"id": w.id, "kind": w.kind, "label": w.label, "start_s": w.start / 1e9,
+             "end_s": w.end / 1e9, **_rate(per_window[w.id])}
+            for w in windows
+        ],
+    }
+
+
+def _quantile(sorted_xs: Sequence[float], q: float) -> float:
+    # Nearest rank: a value that was really observed, never an interpolation.
+    idx = max(0, math.ceil(q * len(sorted_xs)) - 1)
+    return sorted_xs[min(idx, len(sorted_xs) - 1)]
+
+
+def latency_quantiles(ops: Sequence[Op]) -> dict[str, dict[str, Any]]:
+    """Milliseconds from invoke to completion, per "f:type" and for all completed client ops."""
+    groups: dict[str, list[float]] = defaultdict(list)
+    for op in ops:
+        if op.process == FINAL or op.latency_ns is None:
+            continue
+        ms = op.latency_ns / 1e6
+        groups[f"{op.f}:{op.type}"].append(ms)
+        groups["all"].append(ms)
+    out: dict[str, dict[str, Any]] = {}
+    for name, xs in sorted(groups.items()):
+        xs.sort()
+        stats: dict[str, Any] = {"count": len(xs)}
+        for q in _QUANTILES:
+            stats[f"p{q * 100:g}"] = round(_quantile(xs, q), 3)
+        stats["max"] = round(xs[-1], 3)
+        out[name] = stats
+    return out
+
+
+_BY_WORKLOAD = {"set": check_set, "register": check_register, "independent": check_independent}
+
+
+def check(events: Sequence[Event], workload: str) -> dict[str, Any]:
+    """The full verdict of a history: workload anomalies, availability, latency."""
+    if workload not in _BY_WORKLOAD:
+        raise ValueError(f"unknown workload {workload!r}; choose from {', '.join(WORKLOADS)}")
+    ops = pair_ops(events)
+    end = max((e.time for e in events), default=0)
+    windows = fault_windows(events, end_time=end)
+    result = _BY_WORKLOAD[workload](ops)
+    client_ops = [op for op in ops if op.process != FINAL]
+    ok = sum(1 for op in client_ops if op.type == "ok")
+    return {
+        "workload": workload,
+        "valid": result["valid"],
+        "workload_result": result,
+        "availability": availability(ops, windows),
+        "latency_ms": latency_quantiles(ops),
+        "ops": len(client_ops),
+        "ok_ops": ok,
+        "duration_s": end / 1e9,
+        "faults": len(windows),
+    }
