@@ -23,7 +23,7 @@ from typing import Any
 from kvstore.core import messages as m
 from kvstore.core.ring import Ring, partition_of
 from kvstore.errors import InvalidRequest, KVError, Timeout, Unavailable, Unreachable
-from kvstore.runtime.rpc import RpcClient
+from kvstore.runtime.rpc import RpcClient, was_sent
 
 __all__ = ["AsyncClient", "Client", "Conflict", "GetResult", "PutResult"]
 
@@ -144,6 +144,9 @@ class AsyncClient:
         return out
 
     async def _call(self, key: bytes, method: str, params: list[Any], idempotent: bool, timeout: float) -> Any:
+        # Let the loop see connections that closed while we were idle (a blocking Client runs
+        # its loop only during calls), so a dead node's socket is not picked for a write.
+        await asyncio.sleep(0)
         await self._refresh_ring()
         last: KVError | None = None
         for addr in self._candidates(key):
@@ -151,7 +154,7 @@ class AsyncClient:
                 return await self.rpc.call(addr, method, params, timeout)
             except Unreachable as e:
                 last = e
-                if getattr(e, "sent", False) and not idempotent:
+                if was_sent(e) and not idempotent:
                     raise
             except Timeout as e:
                 last = e

@@ -211,7 +211,7 @@ class ReadQuorum:
             return []
         out = []
         for node, obj in self.replies.items():
-            if obj is None or vclock.sync(obj, merged) != obj:
+            if vclock.is_stale(obj, merged):
                 out.append((node, merged))
         return out
 

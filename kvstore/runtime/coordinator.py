@@ -23,7 +23,7 @@ from kvstore.core.vclock import Obj
 from kvstore.errors import KVError, Timeout, Unavailable, Unreachable
 from kvstore.runtime.cluster import ClusterView
 from kvstore.runtime.replica import Replica
-from kvstore.runtime.rpc import RpcClient
+from kvstore.runtime.rpc import RpcClient, was_sent
 
 log = logging.getLogger("kvstore.coordinator")
 
@@ -83,7 +83,7 @@ class Coordinator:
                 return await self.rpc.call(self.view.addr_of(node), method, params, self.s.forward_timeout_s)
             except Unreachable as e:
                 last = e
-                if getattr(e, "sent", False) and not idempotent:
+                if was_sent(e) and not idempotent:
                     raise
             except Timeout as e:
                 last = e

@@ -1,0 +1,208 @@
+"""Real node processes on loopback for integration tests and benchmarks.
+
+    with LocalCluster(tmp_path, nodes=3) as c:
+        c.client().put("a", "1")
+        c.kill("n2")                 # SIGKILL
+        c.start("n2")                # same name, port and data dir
+
+Every process is stopped when the context exits, whatever happened inside it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kvstore.client import Client
+
+FAST_TIMINGS = ["--probe-interval-s", "0.2", "--probe-timeout-s", "0.1", "--push-pull-interval-s", "2"]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free for both TCP and UDP (nodes gossip on UDP at their TCP port)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            t.bind((host, 0))
+            port = t.getsockname()[1]
+            try:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                    u.bind((host, port))
+            except OSError:
+                continue
+            return int(port)
+    raise RuntimeError("no free port")
+
+
+def wait_until(pred: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class NodeProc:
+    def __init__(self, name: str, addr: str, data_dir: Path, log_path: Path, args: list[str]) -> None:
+        self.name = name
+        self.addr = addr
+        self.data_dir = data_dir
+        self.log_path = log_path
+        self.args = args
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+class LocalCluster:
+    def __init__(
+        self,
+        root: Path,
+        nodes: int = 3,
+        *,
+        n: int = 3,
+        r: int = 2,
+        w: int = 2,
+        extra: list[str] | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.root = Path(root)
+        self.host = host
+        self.settings = ["--n-replicas", str(n), "--r", str(r), "--w", str(w), *FAST_TIMINGS, *(extra or [])]
+        self.nodes: dict[str, NodeProc] = {}
+        self._clients: list[Client] = []
+        for i in range(nodes):
+            self.add(f"n{i + 1}")
+
+    def add(self, name: str) -> NodeProc:
+        addr = f"{self.host}:{free_port(self.host)}"
+        data = self.root / name
+        seeds = [] if not self.nodes else ["--seed", next(iter(self.nodes.values())).addr]
+        args = ["--name", name, "--listen", addr, "--data-dir", str(data), *seeds, *self.settings]
+        node = NodeProc(name, addr, data, self.root / f"{name}.log", args)
+        self.nodes[name] = node
+        return node
+
+    def start(self, name: str, *, wait: bool = True) -> NodeProc:
+        node = self.nodes[name]
+        assert not node.running, f"{name} is already running"
+        logf = open(node.log_path, "ab")  # noqa: SIM115 - handed to the child
+        node.proc = subprocess.Popen(
+            [sys.executable, "-m", "cli", "node", "start", *node.args],
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=logf,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        logf.close()
+        if wait:
+            self.wait_serving(name)
+        return node
+
+    def start_all(self) -> LocalCluster:
+        names = list(self.nodes)
+        self.start(names[0])
+        for name in names[1:]:
+            self.start(name, wait=False)
+        for name in names:
+            self.wait_serving(name)
+        self.wait_ring(len(names))
+        return self
+
+    def status(self, name: str) -> dict[str, Any] | None:
+        c = Client([self.nodes[name].addr], timeout_s=2.0)
+        try:
+            return c.call(self.nodes[name].addr, "cluster.status")  # type: ignore[no-any-return]
+        except Exception:
+            return None
+        finally:
+            c.close()
+
+    def wait_serving(self, name: str, timeout: float = 30.0) -> None:
+        node = self.nodes[name]
+
+        def ok() -> bool:
+            if not node.running:
+                raise RuntimeError(f"{name} exited with {node.proc.returncode if node.proc else None}:\n{node.log()[-3000:]}")
+            st = self.status(name)
+            return st is not None and st["ring_version"] > 0
+
+        wait_until(ok, timeout, what=f"{name} to serve")
+
+    def wait_ring(self, members: int, timeout: float = 30.0) -> None:
+        def ok() -> bool:
+            for name, node in self.nodes.items():
+                if not node.running:
+                    continue
+                st = self.status(name)
+                if st is None or len(st["members"]) != members:
+                    return False
+            return True
+
+        wait_until(ok, timeout, what=f"every node to see {members} members")
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        node = self.nodes[name]
+        if node.proc is not None and node.proc.poll() is None:
+            node.proc.send_signal(sig)
+            if sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
+                node.proc.wait(timeout=60)
+
+    def stop(self, name: str) -> int:
+        node = self.nodes[name]
+        if node.proc is None:
+            return 0
+        if node.proc.poll() is None:
+            node.proc.send_signal(signal.SIGCONT)
+            node.proc.send_signal(signal.SIGTERM)
+            try:
+                node.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                node.proc.kill()
+                node.proc.wait()
+        return node.proc.returncode
+
+    def addrs(self, *names: str) -> list[str]:
+        return [self.nodes[n].addr for n in (names or self.nodes)]
+
+    def client(self, *names: str, **kw: Any) -> Client:
+        c = Client(self.addrs(*names), **kw)
+        self._clients.append(c)
+        return c
+
+    def close(self) -> None:
+        for c in self._clients:
+            try:
+                c.close()
+            except Exception:
+                pass
+        for name in self.nodes:
+            try:
+                self.stop(name)
+            except Exception:
+                node = self.nodes[name]
+                if node.proc is not None and node.proc.poll() is None:
+                    node.proc.kill()
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,122 @@
+"""The coordinator's pure decisions: plans, write and read quorums, repairs."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kvstore.core import quorum, vclock
+from kvstore.core.quorum import ReadQuorum, Status, Target, WriteQuorum
+
+PREF = ("a", "b", "c")
+FALLBACKS = ("d", "e")
+
+
+def targets(*names: str) -> tuple[Target, ...]:
+    return tuple(Target(n) for n in names)
+
+
+def test_plan_asks_every_live_primary() -> None:
+    p = quorum.plan(PREF, FALLBACKS, lambda n: True)
+    assert p.nodes == PREF
+    assert p.uncovered == ()
+
+
+def test_plan_sloppy_replaces_down_primaries_with_hinted_fallbacks() -> None:
+    p = quorum.plan(PREF, FALLBACKS, lambda n: n not in ("b", "c"))
+    assert p.targets == (Target("a"), Target("d", "b"), Target("e", "c"))
+
+
+def test_plan_skips_down_fallbacks_and_reports_uncovered() -> None:
+    p = quorum.plan(PREF, FALLBACKS, lambda n: n not in ("b", "c", "d"))
+    assert p.targets == (Target("a"), Target("e", "b"))
+    assert p.uncovered == ("c",)
+
+
+def test_plan_strict_has_no_fallbacks() -> None:
+    p = quorum.plan(PREF, FALLBACKS, lambda n: n != "b", sloppy=False)
+    assert p.nodes == ("a", "c")
+    assert p.uncovered == ("b",)
+
+
+def test_write_done_after_w_acks() -> None:
+    wq = WriteQuorum(targets(*PREF), 2, deadline=1.0)
+    assert wq.on_ack("a") is Status.PENDING
+    assert wq.on_ack("c") is Status.OK
+    # Late replies change nothing.
+    assert wq.on_error("b", "timeout") is Status.OK
+
+
+def test_write_unavailable_as_soon_as_w_is_out_of_reach() -> None:
+    wq = WriteQuorum(targets(*PREF), 2, deadline=1.0)
+    assert wq.on_error("a", "refused") is Status.PENDING
+    assert wq.on_error("b", "refused") is Status.UNAVAILABLE
+    assert wq.acks == 0
+    assert "0 of 2" in wq.explain()
+
+
+def test_write_unavailable_at_deadline() -> None:
+    wq = WriteQuorum(targets(*PREF), 2, deadline=1.0)
+    wq.on_ack("a")
+    assert wq.tick(0.5) is Status.PENDING
+    assert wq.tick(1.0) is Status.UNAVAILABLE
+    assert wq.acks == 1
+
+
+def test_strict_write_counts_only_primaries() -> None:
+    ts = (Target("a"), Target("d", hint_for="b"), Target("e", hint_for="c"))
+    wq = WriteQuorum(ts, 2, deadline=1.0, strict=True)
+    wq.on_ack("d")
+    wq.on_ack("e")
+    assert wq.status is Status.UNAVAILABLE
+    sloppy = WriteQuorum(ts, 2, deadline=1.0)
+    sloppy.on_ack("d")
+    assert sloppy.on_ack("e") is Status.OK
+
+
+def test_read_merges_siblings_and_finds_stale_replicas() -> None:
+    old = vclock.update(None, {}, b"v1", "a", 1)
+    newer = vclock.update(old, vclock.context_of(old), b"v2", "a", 2)
+    rq = ReadQuorum(targets(*PREF), 2, deadline=1.0)
+    assert rq.on_reply("a", newer) is Status.PENDING
+    assert rq.on_reply("b", old) is Status.OK
+    assert vclock.values(rq.merged) == [b"v2"]  # type: ignore[arg-type]
+    rq.on_reply("c", None)
+    assert rq.all_answered
+    assert sorted(n for n, _ in rq.repairs()) == ["b", "c"]
+
+
+def test_read_keeps_concurrent_values() -> None:
+    x = vclock.update(None, {}, b"x", "a", 1)
+    y = vclock.update(None, {}, b"y", "b", 1)
+    rq = ReadQuorum(targets(*PREF), 2, deadline=1.0)
+    rq.on_reply("a", x)
+    rq.on_reply("b", y)
+    assert sorted(vclock.values(rq.merged)) == [b"x", b"y"]  # type: ignore[arg-type]
+
+
+def test_read_unavailable_names_count() -> None:
+    rq = ReadQuorum(targets(*PREF), 2, deadline=1.0)
+    rq.on_reply("a", None)
+    rq.on_error("b", "timeout")
+    assert rq.on_error("c", "refused") is Status.UNAVAILABLE
+    assert "1 of 2" in rq.explain()
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(PREF), st.booleans()), max_size=10),
+    st.integers(1, 3),
+)
+def test_write_outcome_is_monotone_and_consistent(events: list[tuple[str, bool]], w: int) -> None:
+    wq = WriteQuorum(targets(*PREF), w, deadline=1.0)
+    seen_final: Status | None = None
+    for node, ok in events:
+        status = wq.on_ack(node) if ok else wq.on_error(node, "x")
+        if seen_final is not None:
+            assert status is seen_final  # once decided, never changes
+        elif status is not Status.PENDING:
+            seen_final = status
+    if wq.status is Status.OK:
+        assert wq.acks >= w
+    if wq.status is Status.UNAVAILABLE:
+        assert len(wq.failed) > len(PREF) - w
