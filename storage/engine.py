@@ -199,6 +199,9 @@ class Engine:
             raise ValueError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, got {fsync!r}")
         path = os.path.abspath(path)
         t0 = time.perf_counter()
+        if not create and not os.path.isdir(path):
+            # LevelDB would create the directory (and a LOCK file) before refusing.
+            raise StorageError(f"storage: cannot open {path}: does not exist", path=path)
         try:
             db = plyvel.DB(
                 path,
@@ -624,9 +627,12 @@ class Engine:
             self._fail(batch, exc)
             return
         self._commit(batch)
-        if self._pending is not None and not self._closed and self._loop is not None:
+        loop = self._loop
+        if self._pending is not None and not self._closed and loop is not None:
+            if loop.is_closed():
+                return  # only flush_sync/close_sync can write what is left
             self._flush_scheduled = True
-            self._loop.call_soon(self._flush_pending)
+            loop.call_soon(self._flush_pending)
 
     def _commit(self, batch: _Batch) -> None:
         batch.done = True
@@ -650,7 +656,9 @@ class Engine:
         self._inflight_cf = None
         later = self._pending
         self._pending = None
-        err = StorageError(f"storage: write to {self.path} failed: {_describe(exc)}", path=self.path)
+        err = StorageError(
+            f"storage: write to {self.path} failed: {_describe(exc)}", path=self.path
+        )
         err.__cause__ = exc
         for b in (later, batch):
             if b is None:

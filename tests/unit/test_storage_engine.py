@@ -1,0 +1,550 @@
+"""storage.engine against a real LevelDB in pytest's tmp dirs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import plyvel
+import pytest
+import uvloop
+
+from storage.engine import Engine, LoadStats
+from storage.errors import StorageError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+async def wait_until(cond: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> str:
+    return str(tmp_path / "db")
+
+
+async def reopened(engine: Engine, **kw: object) -> Engine:
+    await engine.close()
+    return Engine.open(engine.path, **kw)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- basics
+
+
+async def test_round_trip(db_path: str) -> None:
+    e = Engine.open(db_path)
+    try:
+        assert e.get(1, b"k") is None
+        await e.put(1, b"k", b"v1")
+        assert e.get(1, b"k") == b"v1"
+        assert e.get(2, b"k") is None  # same key, other partition
+        await e.put(1, b"k", b"v2")
+        assert e.get(1, b"k") == b"v2"
+        await e.put(1, b"", b"empty key is a key")
+        await e.delete(1, b"k")
+        assert e.get(1, b"k") is None
+        await e.delete(1, b"never-there")  # deleting nothing is fine
+        await e.write_many([(3, b"a", b"1"), (3, b"b", b"2"), (3, b"a", None)])
+        assert e.get(3, b"a") is None and e.get(3, b"b") == b"2"
+    finally:
+        await e.close()
+
+
+async def test_rejects_bad_arguments_before_touching_anything(db_path: str) -> None:
+    e = Engine.open(db_path)
+    try:
+        with pytest.raises(TypeError):
+            e.put(0, "str key", b"v")  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            e.put(0, b"k", bytearray(b"v"))  # type: ignore[arg-type]
+        with pytest.raises(ValueError):
+            e.put(2**32, b"k", b"v")
+        with pytest.raises(ValueError):
+            e.put(-1, b"k", b"v")
+        with pytest.raises(ValueError):
+            e.write_many([(0, b"ok", b"v"), (2**32, b"bad", b"v")])
+        assert e.get(0, b"ok") is None  # write_many validates all ops first
+        with pytest.raises(TypeError):
+            e.meta_put(b"k", "v")  # type: ignore[arg-type]
+        await e.put(2**32 - 1, b"k", b"max partition")
+        assert e.partitions() == [2**32 - 1]
+        assert e.count() == 1
+    finally:
+        await e.close()
+    e = Engine.open(db_path)
+    assert e.get(2**32 - 1, b"k") == b"max partition"
+    e.close_sync()
+
+
+async def test_reopen_keeps_data_meta_and_position(db_path: str) -> None:
+    e = Engine.open(db_path, fsync="no")
+    await e.write_many(
+        [(p, b"key%d" % i, b"val%d-%d" % (p, i)) for p in range(5) for i in range(50)]
+    )
+    await e.delete(2, b"key7")
+    await e.meta_put(b"node_id", b"n1")
+    await e.meta_put(b"ring", b"\x00" * 300)
+    position = e.position
+    assert position == 251
+    e = await reopened(e)
+    try:
+        assert e.count() == 249
+        assert e.get(4, b"key49") == b"val4-49"
+        assert e.get(2, b"key7") is None
+        assert e.meta_get(b"node_id") == b"n1"
+        assert e.meta_get(b"ring") == b"\x00" * 300
+        assert e.position == position
+        assert isinstance(e.load_stats, LoadStats)
+        assert e.load_stats.keys == 249 and e.load_stats.path == "leveldb"
+        assert e.load_stats.bytes == sum(
+            len(k) + len(v) for p in e.partitions() for k, v in e.iter_partition(p)
+        )
+        assert "249 keys" in str(e.load_stats) and "\n" not in str(e.load_stats)
+    finally:
+        await e.close()
+
+
+async def test_partitions_iterate_count_and_drop(db_path: str) -> None:
+    e = Engine.open(db_path)
+    await e.write_many(
+        [(p, b"k%03d" % i, b"v%d" % p) for p in (7, 3, 200) for i in range(p % 10 + 1)]
+    )
+    assert e.partitions() == [3, 7, 200]
+    assert e.count(3) == 4 and e.count(7) == 8 and e.count(200) == 1 and e.count(99) == 0
+    assert e.count() == 13
+    assert sorted(e.iter_partition(3)) == [(b"k%03d" % i, b"v3") for i in range(4)]
+    assert list(e.iter_partition(99)) == []
+
+    # The iterator is a snapshot taken at the call: writes while iterating do not show.
+    it = e.iter_partition(7)
+    e.put(7, b"new", b"x")
+    e.delete(7, b"k000")
+    assert len(list(it)) == 8
+    await e.flush()
+
+    assert await e.drop_partition(7) == 8
+    assert e.count(7) == 0 and e.partitions() == [3, 200]
+    assert await e.drop_partition(7) == 0
+    assert e.stats().partitions == {3: 4, 200: 1}
+    e = await reopened(e)
+    try:
+        assert e.partitions() == [3, 200] and e.count() == 5
+    finally:
+        await e.close()
+
+
+async def test_deleting_the_last_key_of_a_partition_unlists_it(db_path: str) -> None:
+    e = Engine.open(db_path)
+    try:
+        await e.put(5, b"only", b"v")
+        assert e.partitions() == [5]
+        await e.delete(5, b"only")
+        assert e.partitions() == [] and e.count() == 0
+    finally:
+        await e.close()
+
+
+async def test_meta_never_mixes_with_data(db_path: str) -> None:
+    e = Engine.open(db_path)
+    await e.put(0, b"shared-name", b"data")
+    await e.put(0x6D000000, b"x", b"data in a partition whose prefix starts with 'm'")
+    await e.meta_write_many(
+        [(b"shared-name", b"meta"), (b"hint/1", b"h1"), (b"hint/2", b"h2"), (b"hinu", b"x")]
+    )
+    await e.meta_delete(b"hint/2")
+    for reopen in (False, True):
+        if reopen:
+            e = await reopened(e)
+        assert e.get(0, b"shared-name") == b"data"
+        assert e.meta_get(b"shared-name") == b"meta"
+        assert e.meta_get(b"x") is None
+        assert list(e.meta_iter()) == [
+            (b"hint/1", b"h1"),
+            (b"hinu", b"x"),
+            (b"shared-name", b"meta"),
+        ]
+        assert list(e.meta_iter(b"hint/")) == [(b"hint/1", b"h1")]
+        assert e.count() == 2 and e.partitions() == [0, 0x6D000000]
+        assert list(e.iter_partition(0)) == [(b"shared-name", b"data")]
+    await e.close()
+    # And on disk: every key lives under its own keyspace byte.
+    db = plyvel.DB(db_path)
+    try:
+        firsts = {k[:1] for k in db.iterator(include_value=False)}
+        assert firsts == {b"d", b"m", b"i"}
+    finally:
+        db.close()
+
+
+# ---------------------------------------------------------------- group commit
+
+
+async def test_one_turn_of_writes_is_one_batch(db_path: str) -> None:
+    e = Engine.open(db_path, fsync="no")
+    try:
+        before = e.batches_written
+        futs = [e.put(i % 16, b"key%04d" % i, b"v%d" % i) for i in range(1000)]
+        await asyncio.gather(*futs)
+        assert e.batches_written == before + 1
+
+        async def writer(i: int) -> None:
+            await e.put(i % 16, b"task%04d" % i, b"t")
+
+        # 1000 tasks whose first steps all run in one turn.
+        await asyncio.gather(*(writer(i) for i in range(1000)))
+        assert e.batches_written == before + 2
+
+        for i in range(3):  # separate turns, separate batches
+            await e.put(0, b"seq%d" % i, b"s")
+        assert e.batches_written == before + 5
+        assert e.position == 2003
+    finally:
+        await e.close()
+
+
+async def test_pending_writes_are_visible_to_read_modify_write(db_path: str) -> None:
+    e = Engine.open(db_path)
+
+    def append(key: bytes, suffix: bytes) -> Awaitable[None]:
+        return e.put(0, key, (e.get(0, key) or b"") + suffix)
+
+    f1 = append(b"k", b"a")
+    f2 = append(b"k", b"b")
+    f3 = e.delete(0, b"gone")
+    e.put(0, b"gone", b"back")
+    assert e.get(0, b"k") == b"ab"  # nothing committed yet, both visible
+    assert e.get(0, b"gone") == b"back"
+    assert e.batches_written == 0
+    await asyncio.gather(f1, f2, f3)
+    assert e.batches_written == 1
+    e = await reopened(e)
+    try:
+        assert e.get(0, b"k") == b"ab" and e.get(0, b"gone") == b"back"
+    finally:
+        await e.close()
+
+
+async def test_always_keeps_one_batch_in_flight_and_queues_the_next(db_path: str) -> None:
+    e = Engine.open(db_path, fsync="always")
+    try:
+        f1 = e.put(0, b"a", b"1")
+        await asyncio.sleep(0)  # the flush runs and hands batch 1 to the worker thread
+        assert e.stats().pending_ops == 1
+        f2 = e.put(0, b"b", b"2")
+        f3 = e.put(0, b"a", b"3")
+        assert e.get(0, b"a") == b"3"
+        await asyncio.gather(f1, f2, f3)
+        assert e.batches_written == 2 and e.syncs_written == 2
+        assert e.stats().pending_ops == 0
+    finally:
+        await e.close()
+    e = Engine.open(db_path)
+    assert (e.get(0, b"a"), e.get(0, b"b"), e.position) == (b"3", b"2", 3)
+    e.close_sync()
+
+
+async def test_everysec_syncs_within_about_a_second(db_path: str) -> None:
+    e = Engine.open(db_path, fsync="everysec")
+    try:
+        await e.put(0, b"k", b"v")
+        assert e.syncs_written == 0  # the write itself does not fsync
+        await wait_until(lambda: e.syncs_written == 1)
+        await e.flush()  # nothing written since: nothing to do
+        assert e.syncs_written == 1
+    finally:
+        await e.close()
+
+
+async def test_no_policy_syncs_only_on_flush_and_close(db_path: str) -> None:
+    e = Engine.open(db_path, fsync="no")
+    try:
+        await e.put(0, b"k", b"v")
+        assert e.syncs_written == 0 and e._sync_timer is None  # no periodic sync armed
+        await e.flush()
+        assert e.syncs_written == 1
+        await e.flush()
+        assert e.syncs_written == 1
+        e.put(0, b"k2", b"v")
+    finally:
+        await e.close()
+    assert e.syncs_written == 2  # close wrote the last put with sync=True
+    e = Engine.open(db_path)
+    assert e.get(0, b"k2") == b"v"
+    e.close_sync()
+
+
+async def test_a_cancelled_waiter_does_not_cancel_the_write_or_the_others(db_path: str) -> None:
+    e = Engine.open(db_path)
+    f1 = e.put(0, b"a", b"1")
+    f2 = e.put(0, b"b", b"2")
+    f1.cancel()
+    await f2
+    e = await reopened(e)
+    try:
+        assert e.get(0, b"a") == b"1" and e.get(0, b"b") == b"2"
+    finally:
+        await e.close()
+
+
+async def test_stats(db_path: str) -> None:
+    e = Engine.open(db_path, fsync="no")
+    try:
+        await e.write_many([(1, b"ab", b"xyz"), (2, b"c", b"")])
+        s = e.stats()
+        assert (s.keys, s.bytes, s.partitions, s.position) == (2, 6, {1: 1, 2: 1}, 2)
+        assert (s.fsync, s.path, s.pending_ops, s.batches_written) == ("no", e.path, 0, 1)
+    finally:
+        await e.close()
+
+
+async def test_writes_after_close_are_refused(db_path: str) -> None:
+    e = Engine.open(db_path)
+    await e.close()
+    await e.close()  # idempotent
+    with pytest.raises(StorageError, match="closed"):
+        e.put(0, b"k", b"v")
+
+
+def test_close_sync_without_a_loop_writes_what_is_pending(db_path: str) -> None:
+    e = Engine.open(db_path, fsync="always")
+
+    async def issue() -> None:
+        e.put(0, b"a", b"1")
+        await asyncio.sleep(0)  # batch 1 now in flight in the worker
+        e.put(0, b"b", b"2")  # queued behind it
+
+    asyncio.run(issue())  # the loop is gone before anything was awaited
+    e.close_sync()
+    e = Engine.open(db_path)
+    assert (e.get(0, b"a"), e.get(0, b"b")) == (b"1", b"2")
+    e.close_sync()
+
+
+@pytest.mark.parametrize("fsync", ["always", "everysec", "no"])
+def test_works_under_uvloop(db_path: str, fsync: str) -> None:
+    async def main() -> tuple[int, bytes | None]:
+        e = Engine.open(db_path, fsync=fsync)
+        await asyncio.gather(*(e.put(i % 4, b"k%d" % i, b"v%d" % i) for i in range(500)))
+        await e.meta_put(b"m", b"1")
+        await e.flush()
+        await e.close()
+        e = Engine.open(db_path)
+        try:
+            return e.count(), e.get(3, b"k499")
+        finally:
+            await e.close()
+
+    assert uvloop.run(main()) == (500, b"v499")
+
+
+# ---------------------------------------------------------------- failures
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path: Path):  # type: ignore[no-untyped-def]
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+async def test_failed_batch_rolls_back_and_fails_every_waiter(tiny_tmpfs: Path) -> None:
+    path = str(tiny_tmpfs / "db")
+    e = Engine.open(path, fsync="no")
+    try:
+        await e.write_many(
+            [(0, b"keep", b"old"), (0, b"doomed-delete", b"still here"), (1, b"p1", b"x")]
+        )
+        await e.meta_put(b"meta", b"old")
+        position = e.position
+
+        # One turn: an overwrite, a delete, a drop, a meta write and 3 MB that cannot fit in 1 MB.
+        futs: list[Awaitable[object]] = [
+            e.put(0, b"keep", e.get(0, b"keep") + b"+new"),  # type: ignore[operator]
+            e.delete(0, b"doomed-delete"),
+            e.meta_put(b"meta", b"new"),
+            e.write_many([(2, b"big%d" % i, os.urandom(100_000)) for i in range(30)]),
+            e.drop_partition(1),
+        ]
+        assert e.get(0, b"keep") == b"old+new"
+        results = await asyncio.gather(*futs, return_exceptions=True)
+        assert all(isinstance(r, StorageError) for r in results), results
+        err = results[0]
+        assert isinstance(err, StorageError) and err.path == path
+        assert path in str(err) and "disk full" in str(err)
+
+        # Memory is back to exactly what is durable.
+        assert e.get(0, b"keep") == b"old"
+        assert e.get(0, b"doomed-delete") == b"still here"
+        assert e.get(1, b"p1") == b"x"
+        assert e.meta_get(b"meta") == b"old"
+        assert e.partitions() == [0, 1] and e.count() == 3
+        assert e.position == position
+
+        # After a failed write the engine refuses writes rather than append behind junk.
+        with pytest.raises(StorageError, match="reopen"):
+            e.put(0, b"later", b"v")
+        with pytest.raises(StorageError):
+            await e.flush()
+    finally:
+        await e.close()
+
+    subprocess.run(["mount", "-o", "remount,size=64m", str(tiny_tmpfs)], check=True)
+    e = Engine.open(path)
+    try:
+        assert e.get(0, b"keep") == b"old" and e.get(0, b"doomed-delete") == b"still here"
+        assert e.count() == 3 and e.meta_get(b"meta") == b"old" and e.position == position
+        await e.put(0, b"after", b"recovered")
+    finally:
+        await e.close()
+
+
+async def test_failure_of_an_in_flight_batch_also_undoes_the_queued_one(tiny_tmpfs: Path) -> None:
+    path = str(tiny_tmpfs / "db")
+    e = Engine.open(path, fsync="always")
+    try:
+        await e.put(0, b"k", b"committed")
+        f1 = e.write_many(
+            [(0, b"k", b"first")] + [(2, b"big%d" % i, os.urandom(100_000)) for i in range(30)]
+        )
+        await asyncio.sleep(0)  # batch in flight
+        f2 = e.put(0, b"k", e.get(0, b"k") + b"+second")  # type: ignore[operator]
+        assert e.get(0, b"k") == b"first+second"
+        r = await asyncio.gather(f1, f2, return_exceptions=True)
+        assert all(isinstance(x, StorageError) for x in r), r
+        assert e.get(0, b"k") == b"committed" and e.count() == 1
+    finally:
+        await e.close()
+
+
+def test_second_open_of_a_locked_dir_names_the_path(db_path: str) -> None:
+    e = Engine.open(db_path)
+    try:
+        with pytest.raises(StorageError) as ei:
+            Engine.open(db_path)
+        assert ei.value.path == db_path
+        assert db_path in str(ei.value) and "locked" in str(ei.value)
+    finally:
+        e.close_sync()
+    Engine.open(db_path).close_sync()  # the refused open left nothing behind
+
+
+def test_locked_by_another_process(db_path: str) -> None:
+    Engine.open(db_path).close_sync()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import plyvel, sys; db = plyvel.DB(sys.argv[1]); print('held', flush=True); sys.stdin.read()",
+            db_path,
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(StorageError, match="locked by another process"):
+            Engine.open(db_path)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.parametrize("victim", ["CURRENT", "MANIFEST"])
+def test_corrupt_dir_is_refused(db_path: str, victim: str) -> None:
+    async def fill() -> None:
+        e = Engine.open(db_path)
+        await e.write_many([(0, b"k%d" % i, b"v") for i in range(100)])
+        await e.close()
+
+    asyncio.run(fill())
+    target = next(p for p in Path(db_path).iterdir() if p.name.startswith(victim))
+    target.write_bytes(b"this is not what leveldb wrote\n" * 4)
+    with pytest.raises(StorageError) as ei:
+        Engine.open(db_path)
+    assert db_path in str(ei.value)
+    assert "corrupt" in str(ei.value)
+
+
+def test_missing_dir_without_create(db_path: str) -> None:
+    with pytest.raises(StorageError, match="does not exist") as ei:
+        Engine.open(db_path, create=False)
+    assert db_path in str(ei.value)
+    assert not os.path.exists(db_path)
+
+
+def test_a_foreign_leveldb_is_refused(db_path: str) -> None:
+    db = plyvel.DB(db_path, create_if_missing=True)
+    db.put(b"someone else's", b"data")
+    db.close()
+    with pytest.raises(StorageError, match="not a kvstore database"):
+        Engine.open(db_path)
+
+
+def test_permission_denied_names_the_path(tmp_path: Path) -> None:
+    db_path = str(tmp_path / "db")
+    Engine.open(db_path).close_sync()
+    if os.geteuid() == 0:
+        # Root ignores permissions: open as nobody in a child (imports done before dropping root).
+        code = textwrap.dedent(
+            """
+            import os, sys
+            from storage.engine import Engine
+            from storage.errors import StorageError
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                Engine.open(sys.argv[1])
+            except StorageError as e:
+                print(e)
+                sys.exit(0)
+            sys.exit(3)
+            """
+        )
+    else:
+        os.chmod(db_path, 0o500)
+        code = textwrap.dedent(
+            """
+            import sys
+            from storage.engine import Engine
+            from storage.errors import StorageError
+            try:
+                Engine.open(sys.argv[1])
+            except StorageError as e:
+                print(e)
+                sys.exit(0)
+            sys.exit(3)
+            """
+        )
+    try:
+        r = subprocess.run(
+            [sys.executable, "-c", code, db_path],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            cwd=str(REPO),
+        )
+    finally:
+        os.chmod(db_path, 0o755)
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+    assert db_path in r.stdout and "permission denied" in r.stdout
