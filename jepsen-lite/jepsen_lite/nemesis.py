@@ -1,0 +1,134 @@
+"""Carries out a fault schedule against the cluster and the network, and heals everything.
+
+Each fault is two nemesis operations in the history, ``start`` and ``stop``, each an invoke
+and an ``info`` completion (a nemesis action has no ok/fail outcome to the checker). The
+fault window the checker uses runs from the start's invocation to the stop's completion.
+Anything that blocks (iptables, waiting for a process) runs in a worker thread so clients
+keep their pace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from jepsen_lite.cluster import Cluster
+from jepsen_lite.errors import HarnessError
+from jepsen_lite.history import History
+from jepsen_lite.netns import Firewall
+from jepsen_lite.schedule import Fault
+
+__all__ = ["Nemesis"]
+
+
+def _host(addr: str) -> str:
+    return addr.rpartition(":")[0]
+
+
+class Nemesis:
+    def __init__(
+        self,
+        cluster: Cluster,
+        history: History,
+        firewall: Firewall | None,
+        *,
+        on_change: Callable[[str | None], None] | None = None,
+    ) -> None:
+        self.cluster = cluster
+        self.history = history
+        self.firewall = firewall
+        self.on_change = on_change or (lambda _label: None)
+        self.active: dict[int, Fault] = {}
+        self.errors: list[str] = []
+
+    # ------------------------------------------------------------------ one fault
+    async def _record(self, f: str, fault: Fault, action: Any) -> None:
+        value = fault.to_json()
+        inv = self.history.invoke("nemesis", f, value=value)
+        error: str | None = None
+        try:
+            await action()
+        except (HarnessError, OSError) as e:
+            error = str(e)
+            self.errors.append(f"{f} {fault.label}: {e}")
+        self.history.complete(inv, "info", value=value, error=error)
+
+    async def start(self, fault: Fault) -> None:
+        self.active[fault.id] = fault
+        self.on_change(fault.label)
+        await self._record("start", fault, lambda: self._apply(fault))
+
+    async def stop(self, fault: Fault) -> None:
+        await self._record("stop", fault, lambda: self._heal(fault))
+        self.active.pop(fault.id, None)
+        self.on_change(None)
+
+    async def _apply(self, fault: Fault) -> None:
+        nodes = [self.cluster.nodes[i] for i in fault.nodes]
+        if fault.kind == "partition":
+            if self.firewall is None:
+                raise HarnessError("partition nemesis unavailable (no network namespace)")
+            hosts = [_host(a) for a in self.cluster.addrs]
+            links = [(hosts[a], hosts[b]) for a, b in fault.cuts]
+            await asyncio.to_thread(self.firewall.cut, links)
+        elif fault.kind == "kill":
+            for n in nodes:
+                self.cluster.kill(n)
+        elif fault.kind == "pause":
+            for n in nodes:
+                self.cluster.pause(n)
+        elif fault.kind == "clock":
+            await asyncio.to_thread(self.cluster.stop_all, nodes)
+            for n in nodes:
+                self.cluster.start(n, clock_offset_s=fault.clock_offset_s)
+            await asyncio.gather(*(self.cluster.wait_ready(n) for n in nodes))
+        else:
+            raise HarnessError(f"unknown fault kind {fault.kind!r}")
+
+    async def _heal(self, fault: Fault) -> None:
+        nodes = [self.cluster.nodes[i] for i in fault.nodes]
+        if fault.kind == "partition":
+            if self.firewall is not None:
+                await asyncio.to_thread(self.firewall.heal)
+        elif fault.kind == "kill":
+            for n in nodes:
+                if not n.running:
+                    self.cluster.start(n)
+            await asyncio.gather(*(self.cluster.wait_ready(n) for n in nodes))
+        elif fault.kind == "pause":
+            for n in nodes:
+                self.cluster.resume(n)
+        elif fault.kind == "clock":
+            await asyncio.to_thread(self.cluster.stop_all, nodes)
+            for n in nodes:
+                self.cluster.start(n)
+            await asyncio.gather(*(self.cluster.wait_ready(n) for n in nodes))
+
+    # ------------------------------------------------------------------ schedule
+    async def run(self, schedule: list[Fault], t0: float) -> None:
+        """Follow the schedule (times relative to monotonic t0). Cancel it to stop early;
+        whatever is active then is healed by ``heal_all``."""
+        for fault in schedule:
+            await asyncio.sleep(max(0.0, t0 + fault.start_s - time.monotonic()))
+            await self.start(fault)
+            await asyncio.sleep(max(0.0, t0 + fault.end_s - time.monotonic()))
+            await self.stop(fault)
+
+    async def heal_all(self) -> None:
+        """Undo every fault still active, then make sure every node runs with a true clock,
+        unpaused, and the firewall is empty: the final read must meet the whole cluster."""
+        for fault in list(self.active.values()):
+            await self.stop(fault)
+        if self.firewall is not None:
+            await asyncio.to_thread(self.firewall.heal)
+        restart = []
+        for n in self.cluster.nodes:
+            self.cluster.resume(n)
+            if n.clock_offset_s and n.running:
+                await asyncio.to_thread(self.cluster.stop_all, [n])
+            if not n.running:
+                self.cluster.start(n)
+                restart.append(n)
+        await asyncio.gather(*(self.cluster.wait_ready(n) for n in restart))

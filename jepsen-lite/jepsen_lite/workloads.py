@@ -1,0 +1,251 @@
+"""What the clients do, and how the final state is read back.
+
+    set          Jepsen's Riak test: one key holds a set; each op adds a unique integer by
+                 read-modify-write, merging siblings by union, and puts with the read's context.
+    register     many keys; writes are read-modify-write with a unique value (the context of
+                 the read says which values the write replaces), reads are plain gets.
+    independent  each op writes a fresh key once, blind (no context).
+
+Outcome of a write as the client sees it: ``ok`` when acked; ``fail`` only when it certainly
+was not stored (its read failed so it was never sent, the request was refused as invalid, or
+no node was ever reached); ``info`` otherwise (Unavailable, Timeout, or a connection lost after
+sending: it may be on some replicas and may still spread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from jepsen_lite.history import Event, History
+from kvstore.client import AsyncClient
+from kvstore.errors import InvalidRequest, KVError, Unreachable
+from kvstore.runtime.rpc import was_sent
+
+__all__ = ["WORKLOADS", "Counter", "Workload", "make_workload", "write_outcome"]
+
+
+class Counter:
+    """Unique integers for values (one per run, shared by every client)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def next(self) -> int:
+        self.n += 1
+        return self.n
+
+
+def write_outcome(e: KVError) -> str:
+    if isinstance(e, InvalidRequest):
+        return "fail"
+    if isinstance(e, Unreachable) and not was_sent(e):
+        return "fail"
+    return "info"
+
+
+def _err(e: BaseException) -> str:
+    code = getattr(e, "code", type(e).__name__)
+    return f"{code}: {e}" if str(e) else str(code)
+
+
+def _ints(raw: bytes) -> list[Any]:
+    """A stored value as the integers it holds; anything foreign is kept, as text, so the
+    checker can call it unexpected rather than the harness silently dropping it."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return [f"?{raw[:64].hex()}"]
+    if isinstance(doc, int):
+        return [doc]
+    if isinstance(doc, list) and all(isinstance(x, int) for x in doc):
+        return list(doc)
+    return [f"?{raw[:64].hex()}"]
+
+
+def _union(values: Iterable[bytes]) -> list[Any]:
+    out: set[Any] = set()
+    for v in values:
+        out.update(_ints(v))
+    return sorted(out, key=lambda x: (isinstance(x, str), x if isinstance(x, int) else 0, str(x)))
+
+
+@dataclass
+class Ctx:
+    history: History
+    client_id: int
+    process: int
+    rng: random.Random
+
+
+class Workload(Protocol):
+    name: str
+
+    async def step(self, c: AsyncClient, ctx: Ctx) -> str:
+        """One operation, recorded in the history; returns its completion type."""
+        ...
+
+    def final_keys(self) -> list[str]:
+        ...
+
+
+async def _final_read(c: AsyncClient, history: History, key: str, r: int) -> bool:
+    inv = history.invoke("final", "read", key=key)
+    try:
+        res = await c.get(key, r=r)
+    except KVError as e:
+        history.complete(inv, "fail", value=None, error=_err(e))
+        return False
+    history.complete(inv, "ok", value=_union(res.values))
+    return True
+
+
+async def final_reads(
+    c: AsyncClient, history: History, keys: list[str], *, r: int, deadline: float,
+    concurrency: int = 8,
+) -> list[str]:
+    """Read every key at R=r, retrying each until it succeeds or the loop time passes the
+    deadline; returns the keys that could not be read."""
+    loop = asyncio.get_running_loop()
+    sem = asyncio.Semaphore(concurrency)
+    failed: list[str] = []
+
+    async def one(key: str) -> None:
+        async with sem:
+            delay = 0.2
+            while True:
+                if await _final_read(c, history, key, r):
+                    return
+                if loop.time() > deadline:
+                    failed.append(key)
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    await asyncio.gather(*(one(k) for k in keys))
+    return failed
+
+
+class SetWorkload:
+    name = "set"
+    KEY = "jepsen-set"
+
+    def __init__(self, counter: Counter) -> None:
+        self.counter = counter
+
+    async def step(self, c: AsyncClient, ctx: Ctx) -> str:
+        v = self.counter.next()
+        h = ctx.history
+        inv = h.invoke(ctx.process, "add", key=self.KEY, value=v, client=ctx.client_id)
+        try:
+            res = await c.get(self.KEY)
+        except KVError as e:
+            h.complete(inv, "fail", error="read: " + _err(e))
+            return "fail"
+        merged = set(_union(res.values))
+        merged.add(v)
+        body = json.dumps(sorted(x for x in merged if isinstance(x, int)), separators=(",", ":"))
+        try:
+            await c.put(self.KEY, body, context=res.context)
+        except KVError as e:
+            t = write_outcome(e)
+            h.complete(inv, t, error=_err(e))
+            return t
+        h.complete(inv, "ok")
+        return "ok"
+
+    def final_keys(self) -> list[str]:
+        return [self.KEY]
+
+
+class RegisterWorkload:
+    name = "register"
+
+    def __init__(self, counter: Counter, keys: int = 16, read_fraction: float = 0.5) -> None:
+        self.counter = counter
+        self.keys = [f"reg-{i}" for i in range(keys)]
+        self.read_fraction = read_fraction
+
+    async def step(self, c: AsyncClient, ctx: Ctx) -> str:
+        key = ctx.rng.choice(self.keys)
+        h = ctx.history
+        if ctx.rng.random() < self.read_fraction:
+            inv = h.invoke(ctx.process, "read", key=key, client=ctx.client_id)
+            try:
+                res = await c.get(key)
+            except KVError as e:
+                h.complete(inv, "fail", error=_err(e))
+                return "fail"
+            h.complete(inv, "ok", value=_union(res.values))
+            return "ok"
+        v = self.counter.next()
+        inv = h.invoke(ctx.process, "write", key=key, value=v, client=ctx.client_id)
+        try:
+            res = await c.get(key)
+        except KVError as e:
+            h.complete(inv, "fail", error="read: " + _err(e))
+            return "fail"
+        observed = _union(res.values)
+        try:
+            await c.put(key, str(v), context=res.context)
+        except KVError as e:
+            t = write_outcome(e)
+            h.complete(inv, t, error=_err(e), observed=observed)
+            return t
+        h.complete(inv, "ok", observed=observed)
+        return "ok"
+
+    def final_keys(self) -> list[str]:
+        return list(self.keys)
+
+
+class IndependentWorkload:
+    name = "independent"
+
+    def __init__(self, counter: Counter) -> None:
+        self.counter = counter
+        self.attempted: list[str] = []
+
+    async def step(self, c: AsyncClient, ctx: Ctx) -> str:
+        v = self.counter.next()
+        key = f"ind-{v}"
+        self.attempted.append(key)
+        h = ctx.history
+        inv = h.invoke(ctx.process, "write", key=key, value=v, client=ctx.client_id)
+        try:
+            await c.put(key, str(v))
+        except KVError as e:
+            t = write_outcome(e)
+            h.complete(inv, t, error=_err(e))
+            return t
+        h.complete(inv, "ok")
+        return "ok"
+
+    def final_keys(self) -> list[str]:
+        return list(self.attempted)
+
+
+WORKLOADS = ("set", "register", "independent")
+
+
+def make_workload(name: str, counter: Counter, *, keys: int = 16) -> Workload:
+    if name == "set":
+        return SetWorkload(counter)
+    if name == "register":
+        return RegisterWorkload(counter, keys=keys)
+    if name == "independent":
+        return IndependentWorkload(counter)
+    raise ValueError(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}")
+
+
+def keys_of(events: Iterable[Event]) -> list[str]:
+    """Every key a history's client operations touched, in first-seen order."""
+    seen: dict[str, None] = {}
+    for e in events:
+        if e.type == "invoke" and isinstance(e.process, int) and e.key is not None:
+            seen.setdefault(e.key, None)
+    return list(seen)
