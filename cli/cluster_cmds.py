@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import click
-from kvstore.runtime.rpc import RpcClient
 
 from cli import output as out
 from kvstore.errors import KVError
+from kvstore.runtime.rpc import RpcClient
 
 # Timings for a cluster on one machine: failures are noticed in about a second, not ten.
 LOCAL_TIMINGS = {
@@ -133,7 +133,7 @@ def up(count: int, host: str, port: int, data_dir: str, n_replicas: int | None, 
                 out.fail(f"node {name} ({addr}) exited with status {p.returncode} during start", 1)
         for name, addr in list(waiting.items()):
             st = _status(addr)
-            if st is not None and len(st["members"]) >= count and st["ring_version"] > 0:
+            if st is not None and len(st["members"]) >= count and not st["pending"]:
                 waiting.pop(name)
         if waiting and time.monotonic() > deadline:
             stop_all()

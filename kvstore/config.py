@@ -59,6 +59,7 @@ class Settings:
     # --- storage
     fsync: str = _s("everysec", "LevelDB sync policy: always (each batch), everysec, no.")
     snapshot_dir: str = _s("/dev/shm", "Where graceful stops write the shared-memory snapshot.")
+    handoff_drop_delay_s: float = _s(10.0, "After a ring change commits, wait this long before dropping data no longer replicated here.")
 
     # --- RPC client
     connect_timeout_s: float = _s(1.0, "Deadline to open a TCP connection to a peer.")

@@ -1,8 +1,13 @@
-"""This node's view of the cluster: the ring, where each member listens, and who is up.
+"""This node's view of the cluster: the ring, a pending ring change, where each member
+listens, and who is up.
 
 The ring changes only by explicit, versioned updates (join/leave); a member that stops
 answering stays in the ring and is merely skipped while it is down (Dynamo's rule).
-The view is persisted in the store's metadata so a restarted node comes back with it.
+A change is two-phase: ``next`` is the ring being moved to while partitions are handed
+off (reads still follow ``ring``, writes go to both); once every transfer is done the
+change is committed and ``next`` becomes ``ring``. The view is versioned by the highest
+ring version it holds, and persisted in the store's metadata so a restarted node comes back
+with it.
 """
 
 from __future__ import annotations
@@ -12,43 +17,75 @@ from collections.abc import Callable
 from typing import Any
 
 import msgpack
-from storage.engine import Engine
 
 from kvstore.core.ring import Ring
 from kvstore.errors import InvalidRequest
+from storage.engine import Engine
 
 log = logging.getLogger("kvstore.cluster")
 
 META_KEY = b"cluster.view"
 
 
+def _str(x: Any) -> str:
+    return x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x)
+
+
 class ClusterView:
-    def __init__(self, name: str, addr: str, engine: Engine) -> None:
+    def __init__(self, name: str, addr: str, engine: Engine, n: int) -> None:
         self.name = name
         self.addr = addr
         self.engine = engine
+        self.n = n
         self.ring: Ring | None = None
+        self.next: Ring | None = None
         self.addrs: dict[str, str] = {name: addr}
-        # Liveness sources, consulted in order; any that says "down" wins. The RPC client's
-        # fail-fast state is one; SWIM plugs in another.
+        # Liveness sources; any that says "down" wins. The RPC client's fail-fast state is
+        # one; SWIM plugs in another.
         self.down_checks: list[Callable[[str, str], bool]] = []
-        self.listeners: list[Callable[[Ring], None]] = []
+        self.listeners: list[Callable[[], None]] = []
 
-    # --- persistence
+    @property
+    def version(self) -> int:
+        v = self.ring.version if self.ring else 0
+        return max(v, self.next.version) if self.next else v
+
+    @property
+    def checksum(self) -> int:
+        c = self.ring.checksum if self.ring else 0
+        return c ^ (self.next.checksum * 31 if self.next else 0)
+
+    # --- persistence and wire form
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "ring": self.ring.to_wire() if self.ring else None,
+            "next": self.next.to_wire() if self.next else None,
+            "addrs": dict(self.addrs),
+        }
+
+    @staticmethod
+    def parse(doc: Any) -> tuple[Ring | None, Ring | None, dict[str, str]]:
+        if not isinstance(doc, dict):
+            raise InvalidRequest("cluster view must be a map")
+        d = {_str(k): v for k, v in doc.items()}
+        ring = Ring.from_wire(d["ring"]) if d.get("ring") is not None else None
+        nxt = Ring.from_wire(d["next"]) if d.get("next") is not None else None
+        addrs = d.get("addrs") or {}
+        if not isinstance(addrs, dict):
+            raise InvalidRequest("cluster view: addrs must be a map")
+        return ring, nxt, {_str(k): _str(v) for k, v in addrs.items()}
+
     def load(self) -> bool:
         raw = self.engine.meta_get(META_KEY)
         if raw is None:
             return False
-        doc = msgpack.unpackb(raw, raw=False)
-        self.ring = Ring.from_wire(doc["ring"])
-        self.addrs.update(doc["addrs"])
+        self.ring, self.next, addrs = self.parse(msgpack.unpackb(raw, raw=False))
+        self.addrs.update(addrs)
         self.addrs[self.name] = self.addr
         return True
 
     async def save(self) -> None:
-        assert self.ring is not None
-        doc = {"ring": self.ring.to_wire(), "addrs": self.addrs}
-        await self.engine.meta_put(META_KEY, msgpack.packb(doc, use_bin_type=True))
+        await self.engine.meta_put(META_KEY, msgpack.packb(self.to_wire(), use_bin_type=True))
 
     # --- queries
     def addr_of(self, node: str) -> str:
@@ -65,29 +102,44 @@ class ClusterView:
             return False
         return not any(check(node, addr) for check in self.down_checks)
 
-    def to_wire(self) -> dict[str, Any]:
+    def members(self) -> tuple[str, ...]:
+        """Everyone in the current or the pending ring."""
+        names = set(self.ring.members if self.ring else ())
+        if self.next:
+            names |= set(self.next.members)
+        return tuple(sorted(names))
+
+    def read_preference(self, p: int) -> tuple[str, ...]:
         assert self.ring is not None
-        return {"ring": self.ring.to_wire(), "addrs": dict(self.addrs)}
+        return self.ring.preference_list(p, self.n)
+
+    def extra_write_targets(self, p: int) -> tuple[str, ...]:
+        """During a ring change: the new replicas of ``p`` that are not yet old ones."""
+        if self.next is None:
+            return ()
+        old = self.read_preference(p)
+        return tuple(x for x in self.next.preference_list(p, self.n) if x not in old)
 
     # --- updates
-    def accept(self, ring: Ring, addrs: dict[str, str]) -> bool:
-        """Take a ring from a peer if it is newer; addresses are merged either way."""
-        for n, a in addrs.items():
-            if n != self.name:
-                self.addrs[n] = a
-        cur = self.ring
-        newer = cur is None or ring.version > cur.version or (
-            ring.version == cur.version and ring.checksum > cur.checksum
-        )
-        if newer:
-            self.ring = ring
+    def accept(self, ring: Ring | None, nxt: Ring | None, addrs: dict[str, str]) -> bool:
+        """Take a view from a peer if it is newer; addresses are merged either way."""
+        for node, a in addrs.items():
+            if node != self.name:
+                self.addrs[node] = a
+        if ring is None:
+            return False
+        v = max(ring.version, nxt.version) if nxt else ring.version
+        c = ring.checksum ^ (nxt.checksum * 31 if nxt else 0)
+        if v < self.version or (v == self.version and c <= self.checksum):
+            return False
+        self.ring, self.next = ring, nxt
+        if nxt is None:
             log.info(
-                "ring v%d (checksum %x): %d members, %d partitions owned here",
-                ring.version,
-                ring.checksum,
-                len(ring.members),
-                len(ring.owned_by(self.name)),
+                "ring v%d: %d members, %d partitions owned here",
+                ring.version, len(ring.members), len(ring.owned_by(self.name)),
             )
-            for cb in self.listeners:
-                cb(ring)
-        return newer
+        else:
+            log.info("ring change to v%d pending: %s -> %s", nxt.version, ",".join(ring.members), ",".join(nxt.members))
+        for cb in self.listeners:
+            cb()
+        return True

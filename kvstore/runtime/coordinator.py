@@ -70,7 +70,7 @@ class Coordinator:
     def _locate(self, key: bytes) -> tuple[Ring, int, tuple[str, ...]]:
         ring = self._ring()
         p = partition_of(key, ring.partitions)
-        return ring, p, ring.preference_list(p, self.s.n_replicas)
+        return ring, p, self.view.read_preference(p)
 
     async def _forward(self, method: str, pref: tuple[str, ...], params: list[Any], idempotent: bool) -> Any:
         """Send the request to a preference-list node. A call that could not be sent is tried
@@ -181,6 +181,11 @@ class Coordinator:
 
         for t in plan.targets:
             self._spawn(local_write() if t.node == self.name else remote_write(t))
+        # During a ring change the partition's new replicas get every write too (best effort,
+        # not counted towards W): the handoff stream plus these make them complete.
+        for extra in self.view.extra_write_targets(p):
+            if extra != self.name and self.view.is_up(extra):
+                self._spawn(self._best_effort_put(extra, p, key, record, timeout))
         timer = asyncio.get_running_loop().call_at(deadline, lambda: settle(wq.tick(deadline)))
         try:
             await done
@@ -190,6 +195,12 @@ class Coordinator:
             self.counters.unavailable += 1
             raise Unavailable(wq.explain(), answered=wq.acks, required=w)
         return {"context": vclock.encode_context(vclock.context_of(new))}
+
+    async def _best_effort_put(self, node: str, p: int, key: bytes, record: bytes, timeout: float) -> None:
+        try:
+            await self.rpc.call(self.view.addr_of(node), m.REPLICA_PUT, [p, key, record, None], timeout)
+        except KVError as e:
+            log.debug("write of %r to new replica %s failed (handoff will carry it): %s", key, node, e)
 
     async def _read(
         self, ring: Ring, p: int, pref: tuple[str, ...], key: bytes, opts: m.Options

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from typing import Any
-
-from storage.engine import Engine
 
 from kvstore import __version__
 from kvstore.config import Settings, parse_addr
@@ -22,8 +21,10 @@ from kvstore.core.ring import Ring, claim
 from kvstore.errors import InvalidRequest, KVError, StorageError, Unavailable
 from kvstore.runtime.cluster import ClusterView
 from kvstore.runtime.coordinator import Coordinator
+from kvstore.runtime.handoff import FETCH, STATUS, Handoff
 from kvstore.runtime.replica import Replica
 from kvstore.runtime.rpc import RpcClient, RpcServer
+from storage.engine import Engine
 from storage.errors import StorageError as RawStorageError
 
 log = logging.getLogger("kvstore.node")
@@ -56,6 +57,11 @@ class Node:
         self.coord: Coordinator | None = None
         self._join_lock = asyncio.Lock()
         self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self.handoff: Handoff | None = None
+        # Set when this node should exit on its own (it left the ring).
+        self.exit_requested = asyncio.Event()
+        self._drop_at: float | None = None
 
     def _source_host(self) -> str | None:
         host, _ = parse_addr(self.s.listen)
@@ -73,12 +79,14 @@ class Node:
         except RawStorageError as e:
             raise StorageError(str(e), path=getattr(e, "path", None)) from None
         log.info("store %s: %s", self.s.data_dir, self.engine.load_stats)
-        self.view = ClusterView(self.name, self.addr, self.engine)
+        self.view = ClusterView(self.name, self.addr, self.engine, self.s.n_replicas)
         self.view.down_checks.append(lambda _n, addr: self.rpc.is_down(addr))
         had_view = self.view.load()
         replica = Replica(self.engine, lww=self.s.conflict == "lww")
         self.replica = replica
         self.coord = Coordinator(self.s, self.view, replica, self.rpc)
+        self.handoff = Handoff(self.s, self.view, replica, self.engine, self.rpc)
+        self.view.listeners.append(self._on_view_change)
         self.server = RpcServer(self._handlers(), max_frame_bytes=self.s.max_frame_bytes)
         host, port = parse_addr(self.s.listen)
         await self.server.start(host, port)
@@ -87,8 +95,12 @@ class Node:
             self.view.ring = claim([self.name], self.s.partitions)
             await self.view.save()
             log.info("started a new cluster: ring v%d with this node alone", self.view.ring.version)
-        elif seeds and self.s.auto_join and (self.view.ring is None or self.name not in self.view.ring.members):
+        elif seeds and self.s.auto_join and self.name not in self.view.members():
             await self._join_through(seeds)
+        elif seeds:
+            await self._pull_view(seeds)
+        self._spawn(self.handoff.run())
+        self._spawn(self._maintain())
         log.info(
             "node %s ready on %s (kvstore %s) in %.2fs", self.name, self.s.listen, __version__,
             time.perf_counter() - t0,
@@ -96,7 +108,7 @@ class Node:
 
     async def _join_through(self, seeds: list[str]) -> None:
         assert self.view is not None
-        deadline = asyncio.get_running_loop().time() + 30.0
+        deadline = asyncio.get_running_loop().time() + 120.0
         delay = 0.1
         while True:
             for seed in seeds:
@@ -120,6 +132,9 @@ class Node:
         log.info("node %s stopping", self.name)
         if self.server is not None:
             await self.server.close()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.coord is not None:
             await self.coord.close()
         await self.rpc.close()
@@ -144,7 +159,10 @@ class Node:
             m.RING: self._ring,
             m.STATUS: self._status,
             m.JOIN: self._join,
+            m.LEAVE: self._leave,
             m.RING_UPDATE: self._ring_update,
+            FETCH: self.handoff.fetch if self.handoff else None,
+            STATUS: self.handoff.status if self.handoff else None,
         }
 
     @staticmethod
@@ -175,6 +193,7 @@ class Node:
             raise Unavailable("this node has not joined a ring yet", required=1)
         doc = self.view.to_wire()
         doc["n"] = self.s.n_replicas
+        doc["version"] = self.view.version
         return doc
 
     def _status(self) -> dict[str, Any]:
@@ -188,17 +207,19 @@ class Node:
             "addr": self.addr,
             "version": __version__,
             "uptime_s": round(time.time() - self.started_at, 1),
-            "ring_version": ring.version if ring else 0,
-            "ring_checksum": ring.checksum if ring else 0,
+            "ring_version": self.view.version,
+            "ring_checksum": self.view.checksum,
+            "pending": self.view.next is not None,
             "members": [
                 {
                     "name": n,
                     "addr": a,
                     "up": self.view.is_up(n),
                     "partitions": len(ring.owned_by(n)) if ring else 0,
+                    "next_partitions": len(self.view.next.owned_by(n)) if self.view.next else None,
                 }
                 for n, a in sorted(self.view.addrs.items())
-                if ring is None or n in ring.members
+                if n in self.view.members()
             ],
             "keys": sum(counts.values()),
             "n": self.s.n_replicas,
@@ -215,17 +236,30 @@ class Node:
 
     async def _accept_view(self, doc: Any) -> bool:
         assert self.view is not None
-        if not isinstance(doc, dict) or "ring" not in doc or "addrs" not in doc:
-            raise InvalidRequest("ring update must be a map with ring and addrs")
-        ring = Ring.from_wire(doc["ring"])
-        addrs = {_as_str(k, "node"): _as_str(v, "addr") for k, v in doc["addrs"].items()}
-        changed = self.view.accept(ring, addrs)
+        ring, nxt, addrs = ClusterView.parse(doc)
+        changed = self.view.accept(ring, nxt, addrs)
         if changed:
             await self.view.save()
         return changed
 
     async def _ring_update(self, doc: Any) -> bool:
         return await self._accept_view(doc)
+
+    async def _change(self, members: list[str], what: str) -> dict[str, Any]:
+        """Start a ring change to ``members`` (caller holds the join lock)."""
+        assert self.view is not None and self.view.ring is not None
+        if self.view.next is not None:
+            raise Unavailable(
+                f"a ring change to v{self.view.next.version} is in progress; retry when it commits "
+                "(kv cluster transfers shows it)", required=1,
+            )
+        ring = self.view.ring
+        nxt = claim(members, ring.partitions, ring)
+        self.view.accept(ring, nxt, {})
+        log.info("%s: ring change v%d -> v%d started", what, ring.version, nxt.version)
+        await self.view.save()
+        await self._broadcast_view()
+        return self.view.to_wire()
 
     async def _join(self, name: Any, addr: Any) -> dict[str, Any]:
         """Add a node to the ring (or update its address) and tell every member."""
@@ -234,22 +268,31 @@ class Node:
         where = _as_str(addr, "addr")
         parse_addr(where)
         async with self._join_lock:
-            ring = self.view.ring
-            if ring is None:
+            if self.view.ring is None:
                 raise Unavailable("this node has not joined a ring yet", required=1)
             self.view.addrs[node] = where
-            if node not in ring.members:
-                new = claim([*ring.members, node], ring.partitions, ring)
-                self.view.accept(new, {})
-                log.info("%s (%s) joins: ring v%d", node, where, new.version)
-            await self.view.save()
-            await self._broadcast_view(exclude=node)
-            return self.view.to_wire()
+            if node in self.view.members():
+                await self.view.save()
+                await self._broadcast_view()
+                return self.view.to_wire()
+            return await self._change([*self.view.ring.members, node], f"{node} ({where}) joins")
 
-    async def _broadcast_view(self, exclude: str | None = None) -> None:
-        assert self.view is not None and self.view.ring is not None
+    async def _leave(self, name: Any) -> dict[str, Any]:
+        assert self.view is not None
+        node = _as_str(name, "name")
+        async with self._join_lock:
+            ring = self.view.ring
+            if ring is None or node not in ring.members:
+                raise InvalidRequest(f"{node!r} is not a member of the ring")
+            rest = [x for x in ring.members if x != node]
+            if not rest:
+                raise InvalidRequest("the last member cannot leave")
+            return await self._change(rest, f"{node} leaves")
+
+    async def _broadcast_view(self) -> None:
+        assert self.view is not None
         doc = self.view.to_wire()
-        targets = [n for n in self.view.ring.members if n not in (self.name, exclude)]
+        targets = [n for n in self.view.members() if n != self.name]
 
         async def push(n: str) -> None:
             try:
@@ -258,3 +301,80 @@ class Node:
                 log.info("ring update to %s failed: %s", n, e)
 
         await asyncio.gather(*(push(n) for n in targets))
+
+    async def _pull_view(self, peers: list[str]) -> None:
+        for addr in peers:
+            try:
+                doc = await self.rpc.call(addr, m.RING, [], 2.0)
+            except KVError:
+                continue
+            await self._accept_view(doc)
+            return
+
+    # ------------------------------------------------------------------ background upkeep
+    def _spawn(self, coro: Any) -> None:
+        self._tasks.append(asyncio.ensure_future(coro))
+
+    def _on_view_change(self) -> None:
+        assert self.view is not None
+        if self.handoff is not None:
+            self.handoff.wake()
+        if self.view.next is None:
+            # A change committed: drop what we no longer replicate after a grace period, so
+            # nodes that have not yet heard of the commit still find the data where they look.
+            self._drop_at = asyncio.get_running_loop().time() + self.s.handoff_drop_delay_s
+
+    async def _maintain(self) -> None:
+        """Ring anti-entropy, commit of finished changes, and dropping handed-off data."""
+        assert self.view is not None and self.handoff is not None
+        rng = random.Random()
+        loop = asyncio.get_running_loop()
+        next_pull = 0.0
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                now = loop.time()
+                others = [n for n in self.view.members() if n != self.name and self.view.is_up(n)]
+                if others and now >= next_pull:
+                    next_pull = now + 2.0
+                    await self._pull_view([self.view.addr_of(rng.choice(others))])
+                if self.view.next is not None:
+                    await self._try_commit()
+                if self._drop_at is not None and now >= self._drop_at and self.view.next is None:
+                    self._drop_at = None
+                    await self.handoff.drop_unowned()
+                ring = self.view.ring
+                if ring is not None and self.view.next is None and self.name not in ring.members:
+                    log.info("this node has left the ring and handed off its data; exiting")
+                    self.exit_requested.set()
+                    return
+            except KVError as e:
+                log.info("maintenance: %s", e)
+
+    async def _try_commit(self) -> None:
+        """The lowest-named live member commits a pending change once every member reports
+        its transfers complete."""
+        assert self.view is not None and self.view.next is not None and self.handoff is not None
+        nxt = self.view.next
+        members = self.view.members()
+        live = [n for n in members if self.view.is_up(n)]
+        if not live or live[0] != self.name:
+            return
+        for n in members:
+            if n == self.name:
+                st = self.handoff.status()
+            else:
+                try:
+                    st = await self.rpc.call(self.view.addr_of(n), STATUS, [], 2.0)
+                except KVError:
+                    return
+            if not st.get("complete") or st.get("version") != nxt.version:
+                return
+        async with self._join_lock:
+            if self.view.next is not nxt:
+                return
+            committed = Ring(nxt.partitions, nxt.owners, nxt.version + 1)
+            self.view.accept(committed, None, {})
+            await self.view.save()
+            log.info("ring change committed: v%d", committed.version)
+            await self._broadcast_view()

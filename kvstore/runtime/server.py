@@ -49,7 +49,11 @@ async def serve(settings: Settings) -> int:
         log.error("node %s failed to start: %s", settings.name, e)
         await node.stop()
         return 1
-    await stop.wait()
+    exit_wait = asyncio.ensure_future(node.exit_requested.wait())
+    stop_wait = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([exit_wait, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+    exit_wait.cancel()
+    stop_wait.cancel()
     for sig in (signal.SIGTERM, signal.SIGINT):
         # A second signal during a slow stop exits at once.
         loop.add_signal_handler(sig, lambda: sys.exit(1))

@@ -152,7 +152,7 @@ class LocalCluster:
                 if not node.running:
                     continue
                 st = self.status(name)
-                if st is None or len(st["members"]) != members:
+                if st is None or len(st["members"]) != members or st["pending"]:
                     return False
             return True
 

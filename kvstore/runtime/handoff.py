@@ -1,0 +1,204 @@
+"""Ownership handoff: when the ring changes, each node pulls the partitions it is gaining.
+
+A ring change (join or leave) first installs ``next`` beside ``ring``. Every node that is a
+replica of a partition in ``next`` but not in ``ring`` pulls that partition from a current
+replica, in bounded batches in key order, merging each record with vector clocks. Pulling
+(not pushing) gives back-pressure for free and makes resumption simple: the receiver's
+progress (per partition, the last key merged) is persisted in metadata, so a crash of either
+side resumes where it stopped. Writes during the change go to old and new replicas, so
+once a partition's stream has been read to the end the new replica has everything.
+
+When every member reports its transfers done, the change is committed by the lowest-named
+live member (deterministic, so a double commit is harmless) and ``next`` becomes ``ring``.
+After a grace period each node drops the partitions it no longer replicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from kvstore.config import Settings
+from kvstore.core import vclock
+from kvstore.core.ring import Ring
+from kvstore.errors import InvalidRequest, KVError
+from kvstore.runtime.cluster import ClusterView
+from kvstore.runtime.replica import Replica
+from kvstore.runtime.rpc import RpcClient
+from storage.engine import Engine
+
+log = logging.getLogger("kvstore.handoff")
+
+FETCH = "handoff.fetch"
+STATUS = "handoff.status"
+BATCH_KEYS = 500
+PROGRESS_PREFIX = b"handoff/"
+
+
+@dataclass
+class Transfers:
+    """This node's inbound transfers for one pending ring version."""
+
+    version: int
+    needed: dict[int, str] = field(default_factory=dict)  # partition -> source node
+    cursor: dict[int, bytes] = field(default_factory=dict)  # last key merged
+    done: set[int] = field(default_factory=set)
+    keys_moved: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return len(self.done) == len(self.needed)
+
+
+class Handoff:
+    def __init__(self, settings: Settings, view: ClusterView, replica: Replica, engine: Engine, rpc: RpcClient) -> None:
+        self.s = settings
+        self.view = view
+        self.replica = replica
+        self.engine = engine
+        self.rpc = rpc
+        self.name = view.name
+        self.current: Transfers | None = None
+        self._wake = asyncio.Event()
+        self._rng = random.Random()
+
+    # ------------------------------------------------------------------ serving side
+    def fetch(self, p: Any, after: Any, limit: Any) -> list[Any]:
+        """The next ``limit`` records of partition ``p`` after key ``after``, in key order,
+        and whether there are more."""
+        if isinstance(p, bool) or not isinstance(p, int) or p < 0:
+            raise InvalidRequest(f"partition must be a non-negative integer, got {p!r}")
+        if not isinstance(limit, int) or not 1 <= limit <= 10_000:
+            raise InvalidRequest("limit must be in 1..10000")
+        start = b"" if after is None else (after.encode() if isinstance(after, str) else bytes(after))
+        keys = sorted(k for k, _ in self.engine.iter_partition(p) if k > start)
+        batch = keys[:limit]
+        out = []
+        for k in batch:
+            rec = self.engine.get(p, k)
+            if rec is not None:
+                out.append([k, rec])
+        return [out, len(keys) > limit]
+
+    def status(self) -> dict[str, Any]:
+        nxt = self.view.next
+        t = self.current
+        if nxt is None:
+            return {"pending": False, "version": self.view.version, "needed": 0, "done": 0, "keys_moved": 0, "complete": True}
+        if t is None or t.version != nxt.version:
+            return {"pending": True, "version": nxt.version, "needed": -1, "done": 0, "keys_moved": 0, "complete": False}
+        return {
+            "pending": True,
+            "version": t.version,
+            "needed": len(t.needed),
+            "done": len(t.done),
+            "keys_moved": t.keys_moved,
+            "complete": t.complete,
+            "partitions_left": sorted(set(t.needed) - t.done)[:20],
+        }
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # ------------------------------------------------------------------ pulling side
+    def _plan(self, ring: Ring, nxt: Ring) -> dict[int, str]:
+        n = self.view.n
+        needed: dict[int, str] = {}
+        for p in range(nxt.partitions):
+            new = nxt.preference_list(p, n)
+            old = ring.preference_list(p, n)
+            if self.name in new and self.name not in old:
+                needed[p] = old[0]
+        return needed
+
+    def _load_progress(self, version: int) -> Transfers:
+        t = Transfers(version)
+        raw = self.engine.meta_get(PROGRESS_PREFIX + b"%d" % version)
+        if raw is not None:
+            doc = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+            t.cursor = {int(p): bytes(c) for p, c in doc.get("cursor", {}).items()}
+            t.done = {int(p) for p in doc.get("done", [])}
+            t.keys_moved = int(doc.get("keys_moved", 0))
+        return t
+
+    async def _save_progress(self, t: Transfers) -> None:
+        doc = {"cursor": t.cursor, "done": sorted(t.done), "keys_moved": t.keys_moved}
+        await self.engine.meta_put(PROGRESS_PREFIX + b"%d" % t.version, msgpack.packb(doc, use_bin_type=True))
+
+    def _source(self, p: int, preferred: str) -> str | None:
+        ring = self.view.ring
+        assert ring is not None
+        old = [x for x in ring.preference_list(p, self.view.n) if x != self.name]
+        up = [x for x in old if self.view.is_up(x)]
+        if preferred in up:
+            return preferred
+        return up[0] if up else None
+
+    async def _pull_partition(self, t: Transfers, p: int) -> bool:
+        src = self._source(p, t.needed[p])
+        if src is None:
+            return False
+        addr = self.view.addr_of(src)
+        while True:
+            after = t.cursor.get(p)
+            try:
+                records, more = await self.rpc.call(addr, FETCH, [p, after, BATCH_KEYS], 10.0)
+            except KVError as e:
+                log.info("handoff of partition %d from %s paused: %s", p, src, e)
+                return False
+            for k, rec in records:
+                await self.replica.merge_in(p, bytes(k), vclock.decode(bytes(rec)))
+                t.cursor[p] = bytes(k)
+                t.keys_moved += 1
+            if not more:
+                t.done.add(p)
+            await self._save_progress(t)
+            if not more:
+                return True
+            await asyncio.sleep(0)  # let client traffic through between batches
+
+    async def run(self) -> None:
+        """Forever: whenever a ring change is pending, pull what this node gains."""
+        while True:
+            nxt, ring = self.view.next, self.view.ring
+            if nxt is not None and ring is not None:
+                t = self.current
+                if t is None or t.version != nxt.version:
+                    t = self._load_progress(nxt.version)
+                    t.needed = self._plan(ring, nxt)
+                    t.done &= set(t.needed)
+                    self.current = t
+                    log.info("ring change to v%d: %d partitions to pull", nxt.version, len(t.needed))
+                for p in sorted(set(t.needed) - t.done):
+                    if self.view.next is not nxt:
+                        break
+                    await self._pull_partition(t, p)
+                if t.complete:
+                    await self._save_progress(t)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), 1.0)
+            except TimeoutError:
+                pass
+
+    # ------------------------------------------------------------------ after commit
+    async def drop_unowned(self) -> int:
+        """Drop partitions this node replicates in neither the ring nor a pending change."""
+        ring = self.view.ring
+        if ring is None:
+            return 0
+        keep = ring.replicas_of(self.name, self.view.n)
+        if self.view.next is not None:
+            keep |= self.view.next.replicas_of(self.name, self.view.n)
+        dropped = 0
+        for p in self.engine.partitions():
+            if p not in keep:
+                dropped += await self.engine.drop_partition(p)
+        if dropped:
+            log.info("dropped %d keys of partitions no longer replicated here", dropped)
+        return dropped
