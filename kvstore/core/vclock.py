@@ -64,10 +64,12 @@ _FORMAT = 1
 # cannot smuggle in thousands of entries that every later write would carry.
 MAX_CONTEXT_COUNTER = 2**62
 MAX_COUNTER = 2**63
-MAX_NODE_NAME_BYTES = 255
+MAX_NODE_NAME_CHARS = 255
 MAX_CONTEXT_ENTRIES = 1024
 
 _hash64 = xxhash.xxh3_64_intdigest
+# NamedTuple's generated __new__ is a Python frame; the decoder builds these directly.
+_tnew = tuple.__new__
 _MASK64 = (1 << 64) - 1
 
 
@@ -287,52 +289,51 @@ def _unpack(b: Any, what: str) -> Any:
         raise InvalidRequest(f"malformed {what}") from None
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _node_ok(n: Any) -> bool:
-    return isinstance(n, str) and 0 < len(n.encode()) <= MAX_NODE_NAME_BYTES
-
-
-def _counter_ok(c: Any, limit: int = MAX_COUNTER) -> bool:
-    return _is_int(c) and 0 < c < limit
-
-
 def decode(b: bytes) -> Obj:
     """Inverse of :func:`encode`; InvalidRequest("malformed record: …") on anything else."""
+    # Every replica read goes through here, so the checks are inlined (``type(x) is int``
+    # also rejects bools) rather than spread over helpers.
     d = _unpack(b, "record")
-    if not isinstance(d, list) or len(d) != 4 or d[0] != _FORMAT or isinstance(d[0], bool):
+    if type(d) is not list or len(d) != 4 or type(d[0]) is not int or d[0] != _FORMAT:
         raise InvalidRequest("malformed record: unknown layout")
     _, nodes, counters, flat = d
     if (
-        not isinstance(nodes, list)
-        or not isinstance(counters, list)
-        or not isinstance(flat, list)
+        type(nodes) is not list
+        or type(counters) is not list
+        or type(flat) is not list
         or len(nodes) != len(counters)
         or len(flat) % 4
     ):
         raise InvalidRequest("malformed record: bad shape")
     vv: dict[str, int] = {}
     for n, c in zip(nodes, counters, strict=True):
-        if not _node_ok(n) or not _counter_ok(c) or n in vv:
+        if (
+            type(n) is not str
+            or not 0 < len(n) <= MAX_NODE_NAME_CHARS
+            or type(c) is not int
+            or not 0 < c < MAX_COUNTER
+            or n in vv
+        ):
             raise InvalidRequest("malformed record: bad version vector")
         vv[n] = c
-    sibs: dict[Dot, Sibling] = {}
+    sibs: list[Sibling] = []
+    n_nodes = len(nodes)
     for i in range(0, len(flat), 4):
         idx, counter, ts, value = flat[i : i + 4]
-        if not _is_int(idx) or not 0 <= idx < len(nodes):
+        if type(idx) is not int or not 0 <= idx < n_nodes:
             raise InvalidRequest("malformed record: bad node index")
         node = nodes[idx]
-        if not _counter_ok(counter) or counter > vv[node]:
+        if type(counter) is not int or not 0 < counter <= vv[node]:
             raise InvalidRequest("malformed record: dot not covered by its vector")
-        if not _is_int(ts) or not (value is None or isinstance(value, bytes)):
+        if type(ts) is not int or not (value is None or type(value) is bytes):
             raise InvalidRequest("malformed record: bad sibling")
-        dot = Dot(node, counter)
-        if dot in sibs:
+        sibs.append(_tnew(Sibling, (_tnew(Dot, (node, counter)), value, ts)))
+    if len(sibs) > 1:
+        # Duplicates first: sorting equal dots would go on to compare None with bytes.
+        if len({s.dot for s in sibs}) != len(sibs):
             raise InvalidRequest("malformed record: duplicate dot")
-        sibs[dot] = Sibling(dot, value, ts)
-    return Obj(tuple(sorted(sibs.values())), vv)
+        sibs.sort()
+    return Obj(tuple(sibs), vv)
 
 
 def encode_context(vv: VV) -> bytes:
@@ -359,18 +360,23 @@ def decode_context(b: bytes) -> dict[str, int]:
         return {}
     d = _unpack(b, "context")
     if (
-        not isinstance(d, list)
-        or not d
-        or d[0] != _FORMAT
-        or isinstance(d[0], bool)
+        type(d) is not list
         or len(d) % 2 != 1
         or len(d) > 1 + 2 * MAX_CONTEXT_ENTRIES
+        or type(d[0]) is not int
+        or d[0] != _FORMAT
     ):
         raise InvalidRequest("malformed context")
     vv: dict[str, int] = {}
     for i in range(1, len(d), 2):
         n, c = d[i], d[i + 1]
-        if not _node_ok(n) or not _counter_ok(c, MAX_CONTEXT_COUNTER) or n in vv:
+        if (
+            type(n) is not str
+            or not 0 < len(n) <= MAX_NODE_NAME_CHARS
+            or type(c) is not int
+            or not 0 < c < MAX_CONTEXT_COUNTER
+            or n in vv
+        ):
             raise InvalidRequest("malformed context")
         vv[n] = c
     return vv
