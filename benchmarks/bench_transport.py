@@ -1,0 +1,508 @@
+"""Transport benchmark: kvstore's msgpack-RPC server against the reference server, side by side.
+
+    python benchmarks/bench_transport.py                 # project vs reference, dict handlers
+    python benchmarks/bench_transport.py --target 127.0.0.1:7000 --ceiling
+                                                         # a running node vs the 3-node ceiling
+
+Both servers run as separate processes and are driven, one after the other for each load
+point, by the same load generator (this file's ``load`` subcommand, also a separate process),
+so the only difference between two rows is the server. The machine is shared and noisy: read
+the ratio column, not the absolute figures. Each point runs for ``--secs`` after ``--warm``.
+
+Subcommands used internally (each prints one line):
+    serve --port 0            the project's RpcServer with dict put/get, prints "ready PORT"
+    load --port P --op put    C connections x W in flight (or --conns 1 --window 1: one socket,
+                              strictly one request at a time), prints one JSON line
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+REPO = Path(__file__).resolve().parent.parent
+VALUE = b"v" * 100
+PREFILL = 100_000
+NPRE = 1 << 16  # pre-packed requests per run; msgid = slot, so client packing costs nothing
+MASK = NPRE - 1
+
+
+# --------------------------------------------------------------------------- serve
+
+
+def serve(port: int, loop_kind: str) -> None:
+    sys.path.insert(0, str(REPO))
+    from kvstore.runtime.rpc import RpcServer, run
+
+    store: dict[bytes, bytes] = {b"%016d" % i: VALUE for i in range(PREFILL)}
+
+    def put(k: bytes, v: bytes) -> bool:
+        store[k] = v
+        return True
+
+    get = store.get
+
+    async def main() -> None:
+        server = RpcServer({"put": put, "get": get})
+        await server.start("127.0.0.1", port)
+        print(
+            "ready", server.port, loop_kind, type(asyncio.get_running_loop()).__module__, flush=True
+        )
+        await asyncio.Event().wait()
+
+    run(main(), loop=loop_kind)
+
+
+# --------------------------------------------------------------------------- load
+
+
+def _requests(op: str, proto: str, keyspace: int, seed: int) -> list[bytes]:
+    rnd = random.Random(seed)
+    keys = [b"%016d" % rnd.randrange(keyspace) for _ in range(NPRE)]
+    pack = msgpack.Packer(use_bin_type=True).pack
+    if op == "put":
+        extra: list[Any] = [None, {}] if proto == "node" else []
+        return [pack([0, i, "put", [keys[i], VALUE, *extra]]) for i in range(NPRE)]
+    extra = [{}] if proto == "node" else []
+    return [pack([0, i, "get", [keys[i], *extra]]) for i in range(NPRE)]
+
+
+def _cpu_s(pid: int) -> float:
+    if not pid:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            f = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _pct(lat: list[float], p: float) -> float:
+    if not lat:
+        return 0.0
+    return round(lat[min(len(lat) - 1, int(len(lat) * p))] * 1e6, 1)
+
+
+def _result(
+    args: argparse.Namespace, n: int, errors: int, dt: float, lat: list[float], cpu: float
+) -> str:
+    lat.sort()
+    return json.dumps(
+        {
+            "op": args.op,
+            "conns": args.conns,
+            "window": args.window,
+            "ops_s": round(n / dt) if dt > 0 else 0,
+            "p50_us": _pct(lat, 0.5),
+            "p99_us": _pct(lat, 0.99),
+            "p999_us": _pct(lat, 0.999),
+            "n": n,
+            "errors": errors,
+            "server_cpu_pct": round(100 * cpu / dt, 1) if args.spid and dt > 0 else None,
+        }
+    )
+
+
+def load(args: argparse.Namespace) -> None:
+    reqs = _requests(args.op, args.proto, args.keyspace, args.seed)
+    host, port = args.host, args.port
+    if args.conns == 1 and args.window == 1:
+        print(_load_seq(args, reqs, host, port), flush=True)
+        return
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    print(asyncio.run(_load_pipe(args, reqs, host, port)), flush=True)
+
+
+def _load_seq(args: argparse.Namespace, reqs: list[bytes], host: str, port: int) -> str:
+    s = socket.create_connection((host, port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    unp = msgpack.Unpacker(raw=False)
+    pc = time.perf_counter
+    lat: list[float] = []
+    n = errors = i = 0
+    t_warm = pc() + args.warm
+    measuring = False
+    start = t1 = t_end = 0.0
+    c0 = 0.0
+    while True:
+        t0 = pc()
+        s.sendall(reqs[i & MASK])
+        i += 1
+        msg = None
+        while msg is None:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise SystemExit("server closed the connection")
+            unp.feed(chunk)
+            msg = next(unp, None)
+        t1 = pc()
+        if measuring:
+            lat.append(t1 - t0)
+            n += 1
+            errors += msg[2] is not None
+            if t1 >= t_end:
+                break
+        elif t1 >= t_warm:
+            measuring = True
+            start, t_end = t1, t1 + args.secs
+            c0 = _cpu_s(args.spid)
+    s.close()
+    return _result(args, n, errors, t1 - start, lat, _cpu_s(args.spid) - c0)
+
+
+async def _load_pipe(args: argparse.Namespace, reqs: list[bytes], host: str, port: int) -> str:
+    state = {"measuring": False, "n": 0, "errors": 0}
+    lat: list[float] = []
+    window = args.window
+    pc = time.perf_counter
+
+    class Conn(asyncio.Protocol):
+        def __init__(self, base: int) -> None:
+            self.next = base
+            self.sent = [0.0] * NPRE
+            self.unp = msgpack.Unpacker(raw=False)
+            self.tr: Any = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.tr = transport
+            self.send(window)
+
+        def send(self, k: int) -> None:
+            now = pc()
+            sent = self.sent
+            out = []
+            nxt = self.next
+            for _ in range(k):
+                j = nxt & MASK
+                nxt += 1
+                sent[j] = now
+                out.append(reqs[j])
+            self.next = nxt
+            self.tr.write(b"".join(out))
+
+        def data_received(self, data: bytes) -> None:
+            self.unp.feed(data)
+            now = pc()
+            k = errs = 0
+            meas = state["measuring"]
+            sent = self.sent
+            for m in self.unp:
+                k += 1
+                if meas:
+                    lat.append(now - sent[m[1]])
+                    if m[2] is not None:
+                        errs += 1
+            if meas:
+                state["n"] += k
+                state["errors"] += errs
+            if k:
+                self.send(k)
+
+    loop = asyncio.get_running_loop()
+    transports = []
+    for c in range(args.conns):
+        tr, _ = await loop.create_connection(lambda c=c: Conn(c * 997), host, port)  # type: ignore[misc]
+        transports.append(tr)
+    await asyncio.sleep(args.warm)
+    state["measuring"] = True
+    c0 = _cpu_s(args.spid)
+    t0 = pc()
+    await asyncio.sleep(args.secs)
+    state["measuring"] = False
+    t1 = pc()
+    c1 = _cpu_s(args.spid)
+    for tr in transports:
+        tr.abort()
+    return _result(args, int(state["n"]), int(state["errors"]), t1 - t0, lat, c1 - c0)
+
+
+# --------------------------------------------------------------------------- compare
+
+POINTS: list[tuple[str, int, int]] = [
+    ("put", 4, 64),
+    ("get", 4, 64),
+    ("put", 50, 1),
+    ("get", 50, 1),
+    ("put", 1, 1),
+    ("get", 1, 1),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start(
+    cmd: Sequence[str], what: str, timeout_s: float = 30.0
+) -> tuple[subprocess.Popen[str], str]:
+    p = subprocess.Popen(
+        list(cmd), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO
+    )
+    assert p.stdout is not None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = p.stdout.readline()
+        if line.startswith("ready"):
+            return p, line.strip()
+        if not line and p.poll() is not None:
+            break
+    p.kill()
+    raise SystemExit(f"{what} did not start: {' '.join(cmd)}")
+
+
+def _stop(procs: list[subprocess.Popen[str]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def _drive(
+    args: argparse.Namespace,
+    port: int,
+    pid: int,
+    op: str,
+    conns: int,
+    window: int,
+    proto: str,
+    host: str = "127.0.0.1",
+) -> dict[str, Any]:
+    cmd = [
+        sys.executable, __file__, "load",
+        "--host", host, "--port", str(port), "--op", op,
+        "--conns", str(conns), "--window", str(window),
+        "--secs", str(args.secs), "--warm", str(args.warm),
+        "--proto", proto, "--spid", str(pid),
+    ]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.secs + args.warm + 60)
+    if out.returncode != 0:
+        raise SystemExit(f"load generator failed: {out.stderr.strip()[-2000:]}")
+    r: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return r
+
+
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    runs = sorted(runs, key=lambda r: r["ops_s"])
+    return runs[len(runs) // 2]
+
+
+def _table(
+    title: str, a_name: str, b_name: str, rows: list[tuple[str, dict[str, Any], dict[str, Any]]]
+) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title)
+    t.add_column("load")
+    t.add_column(f"{a_name} ops/s", justify="right")
+    t.add_column(f"{b_name} ops/s", justify="right")
+    t.add_column("ratio", justify="right")
+    t.add_column("ratio/CPU", justify="right")
+    t.add_column(f"{a_name} p50/p99/p999 µs", justify="right")
+    t.add_column(f"{b_name} p50/p99/p999 µs", justify="right")
+
+    def lat(r: dict[str, Any]) -> str:
+        s = f"{r['p50_us']:.0f}/{r['p99_us']:.0f}/{r['p999_us']:.0f}"
+        return s + (f" ({r['errors']} err)" if r.get("errors") else "")
+
+    for label, a, b in rows:
+        ratio = a["ops_s"] / b["ops_s"] if b["ops_s"] else float("nan")
+        # Throughput per second of server CPU: steadier than ops/s when the box is busy.
+        per_cpu = "-"
+        if a.get("server_cpu_pct") and b.get("server_cpu_pct"):
+            per_cpu = (
+                f"{(a['ops_s'] / a['server_cpu_pct']) / (b['ops_s'] / b['server_cpu_pct']):.2f}"
+            )
+        t.add_row(
+            label, f"{a['ops_s']:,}", f"{b['ops_s']:,}", f"{ratio:.2f}", per_cpu, lat(a), lat(b)
+        )
+    Console(width=max(Console().width, 120)).print(t)
+
+
+def _label(op: str, conns: int, window: int) -> str:
+    return f"{op} {conns}x{window}" if (conns, window) != (1, 1) else f"{op} 1 in flight"
+
+
+def compare(args: argparse.Namespace) -> None:
+    ref_dir = Path(args.ref_dir).resolve()
+    ref_script = ref_dir / "reference_server.py"
+    if not ref_script.exists():
+        raise SystemExit(f"reference server not found: {ref_script} (use --ref-dir)")
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        proj, line = _start(
+            [sys.executable, __file__, "serve", "--port", "0", "--loop", args.loop],
+            "project server",
+        )
+        procs.append(proj)
+        proj_port = int(line.split()[1])
+        ref_port = _free_port()
+        ref, _ = _start(
+            [sys.executable, str(ref_script), "--loop", args.loop, "--port", str(ref_port)],
+            "reference server",
+        )
+        procs.append(ref)
+        rows = []
+        for op, conns, window in _points(args):
+            pr: list[dict[str, Any]] = []
+            rr: list[dict[str, Any]] = []
+            for _ in range(args.repeat):  # interleaved, so drift on the box hits both alike
+                pr.append(_drive(args, proj_port, proj.pid, op, conns, window, "simple"))
+                rr.append(_drive(args, ref_port, ref.pid, op, conns, window, "simple"))
+            p, r = _median(pr), _median(rr)
+            rows.append((_label(op, conns, window), p, r))
+            if args.json:
+                print(
+                    json.dumps({"load": _label(op, conns, window), "project": p, "reference": r}),
+                    flush=True,
+                )
+        _table(
+            f"kvstore RpcServer vs reference_server.py ({args.loop}, median of {args.repeat})",
+            "project",
+            "reference",
+            rows,
+        )
+    finally:
+        _stop(procs)
+
+
+def target(args: argparse.Namespace) -> None:
+    host, _, port_s = args.target.rpartition(":")
+    port = int(port_s)
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        ceiling_port = 0
+        if args.ceiling:
+            script = Path(args.ref_dir).resolve() / "quorum_ceiling_node.py"
+            ports = [_free_port() for _ in range(3)]
+            for i, p in enumerate(ports):
+                peers = ",".join(str(q) for j, q in enumerate(ports) if j != i)
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, str(script), "--port", str(p), "--peers", peers, "--loop", args.loop],
+                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                    )
+                )  # fmt: skip
+            for p_ in procs:
+                assert p_.stdout is not None
+                if not p_.stdout.readline().startswith("ready"):
+                    raise SystemExit("quorum ceiling node did not start")
+            ceiling_port = ports[0]
+        rows = []
+        for op, conns, window in _points(args):
+            t = _median(
+                [_drive(args, port, 0, op, conns, window, "node", host) for _ in range(args.repeat)]
+            )
+            c = (
+                _median(
+                    [
+                        _drive(args, ceiling_port, 0, op, conns, window, "simple")
+                        for _ in range(args.repeat)
+                    ]
+                )
+                if ceiling_port
+                else {"ops_s": 0, "p50_us": 0, "p99_us": 0, "p999_us": 0}
+            )
+            rows.append((_label(op, conns, window), t, c))
+            if args.json:
+                print(
+                    json.dumps({"load": _label(op, conns, window), "target": t, "ceiling": c}),
+                    flush=True,
+                )
+        _table(
+            f"{args.target} vs 3-node quorum ceiling (median of {args.repeat})",
+            "target",
+            "ceiling",
+            rows,
+        )
+    finally:
+        _stop(procs)
+
+
+def _points(args: argparse.Namespace) -> list[tuple[str, int, int]]:
+    pts = POINTS
+    if args.ops:
+        pts = [p for p in pts if p[0] in args.ops.split(",")]
+    if args.loads:
+        want = set(args.loads.split(","))
+        pts = [p for p in pts if f"{p[1]}x{p[2]}" in want]
+    return pts
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = ap.add_subparsers(dest="cmd")
+    sp = sub.add_parser("serve")
+    sp.add_argument("--port", type=int, default=0)
+    sp.add_argument("--loop", default="uvloop")
+    lp = sub.add_parser("load")
+    lp.add_argument("--host", default="127.0.0.1")
+    lp.add_argument("--port", type=int, required=True)
+    lp.add_argument("--op", choices=("put", "get"), default="put")
+    lp.add_argument("--conns", type=int, default=4)
+    lp.add_argument("--window", type=int, default=64)
+    lp.add_argument("--secs", type=float, default=2.0)
+    lp.add_argument("--warm", type=float, default=0.5)
+    lp.add_argument("--keyspace", type=int, default=PREFILL)
+    lp.add_argument("--seed", type=int, default=1)
+    lp.add_argument("--proto", choices=("simple", "node"), default="simple")
+    lp.add_argument("--spid", type=int, default=0)
+    for p in (ap,):
+        p.add_argument(
+            "--ref-dir",
+            default=str(REPO.parent / "shared" / "perf"),
+            help="folder of reference_server.py",
+        )
+        p.add_argument("--loop", default="uvloop", choices=("uvloop", "asyncio"))
+        p.add_argument("--secs", type=float, default=2.0, help="measured seconds per point")
+        p.add_argument("--warm", type=float, default=0.5, help="warm-up seconds per point")
+        p.add_argument("--repeat", type=int, default=1, help="runs per point (median reported)")
+        p.add_argument("--ops", default="", help="e.g. put or put,get (default both)")
+        p.add_argument("--loads", default="", help="e.g. 4x64,50x1,1x1 (default all)")
+        p.add_argument("--target", default="", help="HOST:PORT of a running kvstore node to drive")
+        p.add_argument(
+            "--ceiling",
+            action="store_true",
+            help="with --target: compare with the 3-node quorum ceiling",
+        )
+        p.add_argument("--json", action="store_true", help="also print one JSON line per point")
+    args = ap.parse_args(argv)
+    if args.cmd == "serve":
+        serve(args.port, args.loop)
+    elif args.cmd == "load":
+        load(args)
+    elif args.target:
+        target(args)
+    else:
+        compare(args)
+
+
+if __name__ == "__main__":
+    main()
