@@ -126,6 +126,14 @@ def update(obj: Obj | None, context: VV, value: bytes | None, node: str, ts: int
     return Obj(tuple(keep), vv)
 
 
+@overload
+def sync(a: Obj, b: Obj | None) -> Obj: ...
+@overload
+def sync(a: Obj | None, b: Obj) -> Obj: ...
+@overload
+def sync(a: None, b: None) -> None: ...
+@overload
+def sync(a: Obj | None, b: Obj | None) -> Obj | None: ...
 def sync(a: Obj | None, b: Obj | None) -> Obj | None:
     """Merge two replicas' states: keep every sibling the other side has not overwritten.
 

@@ -223,9 +223,10 @@ def test_stale_iff_merge_adds_something(ops: list[tuple]) -> None:  # type: igno
     w = run(ops)
     merged = vc.sync_all(w.objs)
     for o in w.objs:
+        assert merged is not None or o is None
         assert vc.is_stale(o, merged) == (o != merged)
         assert vc.descends(merged, o)
-        if o is not None and o != merged:
+        if o is not None and merged is not None and o != merged:
             assert vc.dominates(merged, o) or o.vv == merged.vv
 
 

@@ -34,7 +34,7 @@ def violations(source: str, filename: str = "<string>") -> list[str]:
                 names = [first.value]
         for name in names:
             if name.split(".")[0] in FORBIDDEN:
-                found.append(f"{node.lineno}: {name}")
+                found.append(f"{getattr(node, 'lineno', 0)}: {name}")
     return found
 
 

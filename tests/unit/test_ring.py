@@ -188,6 +188,7 @@ def test_from_wire_rejects_bad_shapes(mutate: object) -> None:
 
 
 def test_from_wire_rejects_non_map() -> None:
+    bad: object
     for bad in (None, [], "ring", 5):
         with pytest.raises(InvalidRequest):
             Ring.from_wire(bad)
