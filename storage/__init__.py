@@ -2,5 +2,23 @@
 
 from storage.engine import FSYNC_POLICIES, Engine, EngineStats, LoadStats
 from storage.errors import StorageError
+from storage.snapshot import (
+    SnapshotInfo,
+    SnapshotRejected,
+    load_snapshot,
+    snapshot_path,
+    write_snapshot,
+)
 
-__all__ = ["FSYNC_POLICIES", "Engine", "EngineStats", "LoadStats", "StorageError"]
+__all__ = [
+    "FSYNC_POLICIES",
+    "Engine",
+    "EngineStats",
+    "LoadStats",
+    "SnapshotInfo",
+    "SnapshotRejected",
+    "StorageError",
+    "load_snapshot",
+    "snapshot_path",
+    "write_snapshot",
+]

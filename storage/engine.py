@@ -48,6 +48,7 @@ from typing import Any, Final
 import plyvel
 from sortedcontainers import SortedDict
 
+from storage import snapshot
 from storage.errors import StorageError
 
 __all__ = ["FSYNC_POLICIES", "Engine", "EngineStats", "LoadStats"]
@@ -120,7 +121,8 @@ def _prefix(partition: int) -> bytes:
 
 def _describe(exc: BaseException) -> str:
     """A short cause from a plyvel/OS error, for messages an operator can act on."""
-    text = str(exc)
+    arg = exc.args[0] if len(exc.args) == 1 else None
+    text = arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(exc)
     low = text.lower()
     if "lock" in low and ("held" in low or "unavailable" in low or "resource" in low):
         cause = "locked by another process (or already open in this one)"
@@ -203,6 +205,8 @@ class Engine:
             # LevelDB would create the directory (and a LOCK file) before refusing.
             raise StorageError(f"storage: cannot open {path}: does not exist", path=path)
         try:
+            if create:
+                os.makedirs(path, exist_ok=True)  # LevelDB creates only the last level
             db = plyvel.DB(
                 path,
                 create_if_missing=create,
@@ -215,8 +219,16 @@ class Engine:
             engine._load_bookkeeping(create)
             source, reason = "leveldb", ""
             table: dict[int, dict[bytes, bytes]] | None = None
-            if snapshot_dir is not None or node_id is not None:
-                reason = "snapshots are not supported yet"
+            keys = nbytes = -1
+            if snapshot_dir is not None and node_id is not None:
+                restored = snapshot.restore(snapshot_dir, node_id, engine._position)
+                table, reason = restored.table, restored.reason
+                if table is not None:
+                    source = "snapshot"
+                    engine.snapshot_extra = restored.extra
+                    keys, nbytes = restored.keys, restored.bytes
+            elif snapshot_dir is not None or node_id is not None:
+                reason = "no snapshot: both snapshot_dir and node_id are needed"
             if table is None:
                 table = engine._load_table()
             engine._parts = table
@@ -226,7 +238,8 @@ class Engine:
         except (plyvel.Error, OSError) as e:
             db.close()
             raise StorageError(f"storage: cannot load {path}: {_describe(e)}", path=path) from e
-        keys, nbytes = engine._size()
+        if keys < 0:
+            keys, nbytes = engine._size()
         engine.load_stats = LoadStats(keys, nbytes, time.perf_counter() - t0, source, reason)
         return engine
 

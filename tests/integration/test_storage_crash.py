@@ -17,7 +17,7 @@ from storage.engine import Engine
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
-from _crash_writer import partition_for, value_for  # noqa: E402
+from _crash_writer import partition_for, value_for  # type: ignore[import-not-found]  # noqa: E402
 
 ACKS_BEFORE_KILL = 3000
 TIMEOUT_S = 60.0
