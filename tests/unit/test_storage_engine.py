@@ -548,3 +548,20 @@ def test_permission_denied_names_the_path(tmp_path: Path) -> None:
         os.chmod(db_path, 0o755)
     assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
     assert db_path in r.stdout and "permission denied" in r.stdout
+
+
+def test_a_corrupt_table_file_is_refused_not_half_loaded(db_path: str) -> None:
+    async def fill() -> None:
+        e = Engine.open(db_path)
+        await e.write_many([(i % 4, b"k%06d" % i, os.urandom(50)) for i in range(20_000)])
+        await e.close()
+
+    asyncio.run(fill())
+    Engine.open(db_path).close_sync()  # recovery turns the log into a table file
+    table = next(p for p in Path(db_path).iterdir() if p.suffix == ".ldb")
+    with open(table, "r+b") as f:
+        f.seek(table.stat().st_size // 3)
+        f.write(b"\xff" * 16)
+    with pytest.raises(StorageError, match="corrupt") as ei:
+        Engine.open(db_path)
+    assert db_path in str(ei.value)
