@@ -17,7 +17,7 @@ from typing import Any
 from jepsen_lite.cluster import Cluster
 from jepsen_lite.errors import HarnessError
 from jepsen_lite.history import History
-from jepsen_lite.netns import Firewall
+from jepsen_lite.netns import Firewall, probe_link
 from jepsen_lite.schedule import Fault
 
 __all__ = ["Nemesis"]
@@ -35,7 +35,9 @@ class Nemesis:
         firewall: Firewall | None,
         *,
         on_change: Callable[[str | None], None] | None = None,
+        verify: bool = True,
     ) -> None:
+        self.verify = verify
         self.cluster = cluster
         self.history = history
         self.firewall = firewall
@@ -71,8 +73,13 @@ class Nemesis:
             if self.firewall is None:
                 raise HarnessError("partition nemesis unavailable (no network namespace)")
             hosts = [_host(a) for a in self.cluster.addrs]
-            links = [(hosts[a], hosts[b]) for a, b in fault.cuts]
+            links = sorted((hosts[a], hosts[b]) for a, b in fault.cuts)
             await asyncio.to_thread(self.firewall.cut, links)
+            if self.verify and links:
+                # Trust but verify: one cut link must really carry no traffic now.
+                src, dst = links[fault.id % len(links)]
+                if await asyncio.to_thread(probe_link, src, dst, timeout_s=0.3):
+                    raise HarnessError(f"partition rules in place but {src} still reaches {dst}")
         elif fault.kind == "kill":
             for n in nodes:
                 self.cluster.kill(n)

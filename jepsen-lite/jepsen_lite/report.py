@@ -34,13 +34,16 @@ def write_results(out_dir: Path, results: dict[str, Any]) -> Path:
     return path
 
 
-def _shade(ax: Axes, windows: Sequence[Window]) -> None:
+def _shade(ax: Axes, windows: Sequence[Window], end_s: float) -> None:
     seen: set[str] = set()
     for w in windows:
         colour = FAULT_COLOURS.get(w.kind, "#7f7f7f")
         label = w.kind if w.kind not in seen else None
         seen.add(w.kind)
-        ax.axvspan(w.start / 1e9, w.end / 1e9, color=colour, alpha=0.13, label=label, lw=0)
+        ax.axvspan(w.start / 1e9, w.end / 1e9, color=colour, alpha=0.18, label=label, lw=0)
+        ax.text(w.start / 1e9, 1.0, " " + w.label, transform=ax.get_xaxis_transform(), fontsize=7,
+                va="top", ha="left", rotation=90, color=colour, clip_on=True)
+    ax.set_xlim(0, max(end_s, 1.0))
 
 
 def _png(fig: Any) -> str:
@@ -50,9 +53,9 @@ def _png(fig: Any) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def latency_plot(ops: Sequence[Op], windows: Sequence[Window]) -> str:
+def latency_plot(ops: Sequence[Op], windows: Sequence[Window], end_s: float) -> str:
     fig, ax = plt.subplots(figsize=(12, 4.2))
-    _shade(ax, windows)
+    _shade(ax, windows, end_s)
     for outcome, colour in OUTCOME_COLOURS.items():
         xs = [op.invoke_time / 1e9 for op in ops if op.type == outcome and op.latency_ns is not None]
         ys = [max(op.latency_ns or 0, 1) / 1e6 for op in ops if op.type == outcome and op.latency_ns is not None]
@@ -67,9 +70,9 @@ def latency_plot(ops: Sequence[Op], windows: Sequence[Window]) -> str:
     return _png(fig)
 
 
-def throughput_plot(ops: Sequence[Op], windows: Sequence[Window], bucket_s: float = 1.0) -> str:
+def throughput_plot(ops: Sequence[Op], windows: Sequence[Window], end_s: float, bucket_s: float = 1.0) -> str:
     fig, ax = plt.subplots(figsize=(12, 3.6))
-    _shade(ax, windows)
+    _shade(ax, windows, end_s)
     counts: dict[str, dict[int, int]] = {k: defaultdict(int) for k in OUTCOME_COLOURS}
     last = 0
     for op in ops:
@@ -84,6 +87,7 @@ def throughput_plot(ops: Sequence[Op], windows: Sequence[Window], bucket_s: floa
         if any(ys):
             ax.plot(xs, ys, color=colour, lw=1.2, label=outcome)
     ax.set_xlabel("time since start (s)")
+    ax.set_ylim(bottom=0)
     ax.set_ylabel("operations / s")
     ax.set_title(f"Throughput by outcome ({bucket_s:g} s buckets)")
     ax.grid(True, alpha=0.3)
@@ -173,9 +177,9 @@ def write_report(out_dir: Path, events: Sequence[Event], results: dict[str, Any]
             parts.append(f"<h3>{label}</h3><ul>{items}</ul>")
     parts += [
         "<h2>Latency</h2>",
-        f"<img alt='latency over time' src='data:image/png;base64,{latency_plot(ops, windows)}'>",
+        f"<img alt='latency over time' src='data:image/png;base64,{latency_plot(ops, windows, end / 1e9)}'>",
         "<h2>Throughput</h2>",
-        f"<img alt='throughput over time' src='data:image/png;base64,{throughput_plot(ops, windows)}'>",
+        f"<img alt='throughput over time' src='data:image/png;base64,{throughput_plot(ops, windows, end / 1e9)}'>",
         "<h2>Availability: ok / (ok + fail + info)</h2>",
         _table(av_rows, ("window", "ok", "fail", "info", "availability")),
         _table(win_rows, ("fault", "start s", "end s", "ok", "fail", "info", "availability")),

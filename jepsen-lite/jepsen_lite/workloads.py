@@ -26,7 +26,7 @@ from kvstore.client import AsyncClient
 from kvstore.errors import InvalidRequest, KVError, Unreachable
 from kvstore.runtime.rpc import was_sent
 
-__all__ = ["WORKLOADS", "Counter", "Workload", "make_workload", "write_outcome"]
+__all__ = ["WORKLOADS", "Counter", "Ctx", "Workload", "final_reads", "keys_of", "make_workload", "write_outcome"]
 
 
 class Counter:
@@ -76,10 +76,30 @@ def _union(values: Iterable[bytes]) -> list[Any]:
 
 @dataclass
 class Ctx:
+    """One worker's view while it runs an operation; remembers the invocation in flight so a
+    worker that abandons an operation (harness timeout, end of run) can record it as info."""
+
     history: History
     client_id: int
     process: int
     rng: random.Random
+    pending: Event | None = None
+
+    def invoke(self, f: str, key: str, value: Any = None) -> Event:
+        self.pending = self.history.invoke(self.process, f, key=key, value=value, client=self.client_id)
+        return self.pending
+
+    def complete(self, type_: str, **kw: Any) -> str:
+        assert self.pending is not None
+        self.history.complete(self.pending, type_, **kw)
+        self.pending = None
+        return type_
+
+    def abandon(self, reason: str) -> bool:
+        if self.pending is None:
+            return False
+        self.complete("info", error=reason)
+        return True
 
 
 class Workload(Protocol):
@@ -139,24 +159,19 @@ class SetWorkload:
 
     async def step(self, c: AsyncClient, ctx: Ctx) -> str:
         v = self.counter.next()
-        h = ctx.history
-        inv = h.invoke(ctx.process, "add", key=self.KEY, value=v, client=ctx.client_id)
+        ctx.invoke("add", self.KEY, v)
         try:
             res = await c.get(self.KEY)
         except KVError as e:
-            h.complete(inv, "fail", error="read: " + _err(e))
-            return "fail"
+            return ctx.complete("fail", error="read: " + _err(e))
         merged = set(_union(res.values))
         merged.add(v)
         body = json.dumps(sorted(x for x in merged if isinstance(x, int)), separators=(",", ":"))
         try:
             await c.put(self.KEY, body, context=res.context)
         except KVError as e:
-            t = write_outcome(e)
-            h.complete(inv, t, error=_err(e))
-            return t
-        h.complete(inv, "ok")
-        return "ok"
+            return ctx.complete(write_outcome(e), error=_err(e))
+        return ctx.complete("ok")
 
     def final_keys(self) -> list[str]:
         return [self.KEY]
@@ -172,32 +187,25 @@ class RegisterWorkload:
 
     async def step(self, c: AsyncClient, ctx: Ctx) -> str:
         key = ctx.rng.choice(self.keys)
-        h = ctx.history
         if ctx.rng.random() < self.read_fraction:
-            inv = h.invoke(ctx.process, "read", key=key, client=ctx.client_id)
+            ctx.invoke("read", key)
             try:
                 res = await c.get(key)
             except KVError as e:
-                h.complete(inv, "fail", error=_err(e))
-                return "fail"
-            h.complete(inv, "ok", value=_union(res.values))
-            return "ok"
+                return ctx.complete("fail", error=_err(e))
+            return ctx.complete("ok", value=_union(res.values))
         v = self.counter.next()
-        inv = h.invoke(ctx.process, "write", key=key, value=v, client=ctx.client_id)
+        ctx.invoke("write", key, v)
         try:
             res = await c.get(key)
         except KVError as e:
-            h.complete(inv, "fail", error="read: " + _err(e))
-            return "fail"
+            return ctx.complete("fail", error="read: " + _err(e))
         observed = _union(res.values)
         try:
             await c.put(key, str(v), context=res.context)
         except KVError as e:
-            t = write_outcome(e)
-            h.complete(inv, t, error=_err(e), observed=observed)
-            return t
-        h.complete(inv, "ok", observed=observed)
-        return "ok"
+            return ctx.complete(write_outcome(e), error=_err(e), observed=observed)
+        return ctx.complete("ok", observed=observed)
 
     def final_keys(self) -> list[str]:
         return list(self.keys)
@@ -214,16 +222,12 @@ class IndependentWorkload:
         v = self.counter.next()
         key = f"ind-{v}"
         self.attempted.append(key)
-        h = ctx.history
-        inv = h.invoke(ctx.process, "write", key=key, value=v, client=ctx.client_id)
+        ctx.invoke("write", key, v)
         try:
             await c.put(key, str(v))
         except KVError as e:
-            t = write_outcome(e)
-            h.complete(inv, t, error=_err(e))
-            return t
-        h.complete(inv, "ok")
-        return "ok"
+            return ctx.complete(write_outcome(e), error=_err(e))
+        return ctx.complete("ok")
 
     def final_keys(self) -> list[str]:
         return list(self.attempted)
