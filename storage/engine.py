@@ -503,11 +503,7 @@ class Engine:
         """flush() without a loop: blocks until everything issued so far is written and synced."""
         if self._closed:
             return
-        cf, inflight = self._inflight_cf, self._inflight
-        if cf is not None and inflight is not None:
-            with contextlib.suppress(BaseException):
-                cf.result()
-            self._on_written(inflight, cf)
+        self._settle_inflight()
         self._raise_if_failed()
         if self._sync_timer is not None:
             self._sync_timer.cancel()
@@ -529,19 +525,34 @@ class Engine:
         if self._closed:
             raise StorageError(f"storage: {self.path} is closed", path=self.path)
         self._raise_if_failed()
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._adopt(loop)
         batch = self._pending
         if batch is None:
-            loop = asyncio.get_running_loop()
-            if self._loop is not loop:
-                if self._inflight is not None:
-                    raise RuntimeError("Engine writes must all come from one event loop")
-                self._loop = loop
             batch = self._pending = _Batch()
         if not self._flush_scheduled and self._inflight is None:
             self._flush_scheduled = True
-            assert self._loop is not None
-            self._loop.call_soon(self._flush_pending)
+            loop.call_soon(self._flush_pending)
         return batch
+
+    def _adopt(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Move to a new loop once the old one is gone (e.g. successive asyncio.run calls)."""
+        old = self._loop
+        if old is not None and not old.is_closed() and (self._pending or self._inflight):
+            raise RuntimeError("Engine writes must all come from one event loop")
+        self._settle_inflight()
+        self._loop = loop
+        self._flush_scheduled = False  # a callback queued on a dead loop never runs
+        self._sync_timer = None
+
+    def _settle_inflight(self) -> None:
+        """Block until the batch in the worker is written, and account for it here."""
+        cf, inflight = self._inflight_cf, self._inflight
+        if cf is not None and inflight is not None:
+            with contextlib.suppress(BaseException):
+                cf.result()
+            self._on_written(inflight, cf)
 
     def _waiter(self, batch: _Batch) -> asyncio.Future[None]:
         assert self._loop is not None
@@ -737,11 +748,7 @@ class Engine:
         if self._sync_timer is not None:
             self._sync_timer.cancel()
             self._sync_timer = None
-        cf, inflight = self._inflight_cf, self._inflight
-        if cf is not None and inflight is not None:
-            with contextlib.suppress(BaseException):
-                cf.result()
-            self._on_written(inflight, cf)
+        self._settle_inflight()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None

@@ -331,6 +331,28 @@ def test_close_sync_without_a_loop_writes_what_is_pending(db_path: str) -> None:
     e.close_sync()
 
 
+@pytest.mark.parametrize("fsync", ["always", "no"])
+def test_an_engine_outlives_its_loop(db_path: str, fsync: str) -> None:
+    e = Engine.open(db_path, fsync=fsync)
+
+    async def leave_work_behind() -> None:
+        e.put(0, b"a", b"1")
+        await asyncio.sleep(0)  # with always: batch 1 in flight in the worker
+        e.put(0, b"b", b"2")  # and this one queued (its flush callback dies with the loop)
+
+    async def carry_on() -> None:
+        await e.put(0, b"c", b"3")
+        await e.flush()
+
+    asyncio.run(leave_work_behind())
+    asyncio.run(carry_on())
+    assert e.stats().pending_ops == 0
+    e.close_sync()
+    e = Engine.open(db_path)
+    assert [e.get(0, k) for k in (b"a", b"b", b"c")] == [b"1", b"2", b"3"]
+    e.close_sync()
+
+
 @pytest.mark.parametrize("fsync", ["always", "everysec", "no"])
 def test_works_under_uvloop(db_path: str, fsync: str) -> None:
     async def main() -> tuple[int, bytes | None]:
