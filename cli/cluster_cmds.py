@@ -196,3 +196,90 @@ def status(ctx: click.Context, as_json: bool) -> None:
     Console().print(t)
 
 
+
+
+def _first_reachable(ctx: click.Context) -> tuple[str, dict[str, Any]]:
+    err: KVError | None = None
+    for a in [a.strip() for a in ctx.obj["nodes"].split(",") if a.strip()]:
+        try:
+            return a, asyncio.run(_call(a, "cluster.ring", [], ctx.obj["timeout"]))
+        except KVError as e:
+            err = e
+    assert err is not None
+    out.fail_for(err)
+
+
+@cluster.command()
+@click.argument("new_node", metavar="HOST:PORT")
+@click.pass_context
+def join(ctx: click.Context, new_node: str) -> None:
+    """Add the node listening at HOST:PORT to the cluster of --node.
+
+    Ownership moves to it in the background (see `kv cluster transfers`); reads keep
+    following the old owners until every partition has been handed off.
+    """
+    timeout = ctx.obj["timeout"]
+    try:
+        info = asyncio.run(_call(new_node, "ping", [], timeout))
+    except KVError as e:
+        out.fail(f"cannot reach the new node: {e}", out.exit_code_for(e))
+    via, _ = _first_reachable(ctx)
+    try:
+        doc = asyncio.run(_call(via, "cluster.join", [info["node"], info["addr"]], timeout))
+    except KVError as e:
+        out.fail_for(e)
+    nxt = doc.get("next")
+    click.echo(f"{info['node']} joining: ring change to v{nxt['version'] if nxt else '?'} started")
+
+
+@cluster.command()
+@click.argument("node_name", metavar="NODE")
+@click.pass_context
+def leave(ctx: click.Context, node_name: str) -> None:
+    """Hand NODE's partitions to the others; it exits once they are all handed off.
+
+    NODE is a member name (as in `kv cluster status`) or its HOST:PORT.
+    """
+    via, doc = _first_reachable(ctx)
+    addrs = {str(k): str(v) for k, v in doc["addrs"].items()}
+    name = next((n for n, a in addrs.items() if a == node_name), node_name)
+    try:
+        asyncio.run(_call(via, "cluster.leave", [name], ctx.obj["timeout"]))
+    except KVError as e:
+        out.fail_for(e)
+    click.echo(f"{name} leaving: its partitions are being handed off")
+
+
+@cluster.command()
+@click.option("--json", "as_json", is_flag=True, help="Print each member's transfer status as JSON.")
+@click.pass_context
+def transfers(ctx: click.Context, as_json: bool) -> None:
+    """Progress of ownership handoff for a pending ring change."""
+    _, doc = _first_reachable(ctx)
+    addrs = {str(k): str(v) for k, v in doc["addrs"].items()}
+    names = sorted(addrs)
+    rows: dict[str, dict[str, Any] | None] = {}
+    for n in names:
+        try:
+            rows[n] = asyncio.run(_call(addrs[n], "handoff.status", [], ctx.obj["timeout"]))
+        except KVError:
+            rows[n] = None
+    if as_json:
+        out.print_json(rows)
+        return
+    if doc.get("next") is None:
+        click.echo(f"no ring change pending (ring v{doc['ring']['version']})")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"ring change to v{doc['next']['version']}")
+    for col in ("node", "partitions to pull", "done", "keys moved", "complete"):
+        t.add_column(col)
+    for n in names:
+        st = rows[n]
+        if st is None:
+            t.add_row(n, "-", "-", "-", "unreachable")
+        else:
+            t.add_row(n, str(st["needed"]), str(st["done"]), str(st["keys_moved"]), "yes" if st["complete"] else "no")
+    Console().print(t)

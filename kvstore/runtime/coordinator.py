@@ -154,7 +154,7 @@ class Coordinator:
                 done.set_result(None)
 
         local = self.replica.read(p, key)
-        new = vclock.update(local, ctx, value, self.name, self.wall_ms())
+        new = vclock.update(local, ctx, value, self.replica.actor, self.wall_ms())
         if self.lww:
             new = vclock.lww(new)
         record = vclock.encode(new)

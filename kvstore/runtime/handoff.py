@@ -195,10 +195,14 @@ class Handoff:
         keep = ring.replicas_of(self.name, self.view.n)
         if self.view.next is not None:
             keep |= self.view.next.replicas_of(self.name, self.view.n)
+        gone = [p for p in self.engine.partitions() if p not in keep]
+        if not gone:
+            return 0
+        # This node forgets versions it coordinated: its future writes need a new actor id.
+        await self.replica.new_epoch()
         dropped = 0
-        for p in self.engine.partitions():
-            if p not in keep:
-                dropped += await self.engine.drop_partition(p)
+        for p in gone:
+            dropped += await self.engine.drop_partition(p)
         if dropped:
             log.info("dropped %d keys of partitions no longer replicated here", dropped)
         return dropped

@@ -82,7 +82,9 @@ class Node:
         self.view = ClusterView(self.name, self.addr, self.engine, self.s.n_replicas)
         self.view.down_checks.append(lambda _n, addr: self.rpc.is_down(addr))
         had_view = self.view.load()
-        replica = Replica(self.engine, lww=self.s.conflict == "lww")
+        replica = Replica(self.engine, self.name, lww=self.s.conflict == "lww")
+        if not replica.actor:
+            await replica.new_epoch()
         self.replica = replica
         self.coord = Coordinator(self.s, self.view, replica, self.rpc)
         self.handoff = Handoff(self.s, self.view, replica, self.engine, self.rpc)

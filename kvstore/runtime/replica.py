@@ -8,22 +8,40 @@ handoff or anti-entropy).
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
-
-from storage.engine import Engine
 
 from kvstore.core import vclock
 from kvstore.core.vclock import Obj
+from storage.engine import Engine
 
 # Called after each stored change: (partition, key, old, new) — Merkle trees hook in here.
 ChangeHook = Callable[[int, bytes, Obj | None, Obj], None]
 
 
+ACTOR_KEY = b"replica.actor"
+
+
 class Replica:
-    def __init__(self, engine: Engine, *, lww: bool = False) -> None:
+    """``actor`` is the name this node's writes carry in vector clocks: the node name plus an
+    epoch that changes whenever the node may have forgotten versions it coordinated (a new
+    data directory, or partitions dropped after a ring change). Without it, a node that
+    coordinates a blind write for a key it no longer holds would number the new version
+    with a dot its peers have already seen, and they would discard it as old."""
+
+    def __init__(self, engine: Engine, name: str, *, lww: bool = False) -> None:
         self.engine = engine
+        self.name = name
         self.lww = lww
         self.hooks: list[ChangeHook] = []
+        raw = engine.meta_get(ACTOR_KEY)
+        self.actor = raw.decode() if raw else ""
+
+    async def new_epoch(self) -> str:
+        """Pick a fresh actor id and persist it before any write can use it."""
+        self.actor = f"{self.name}~{secrets.token_hex(4)}"
+        await self.engine.meta_put(ACTOR_KEY, self.actor.encode())
+        return self.actor
 
     def read(self, partition: int, key: bytes) -> Obj | None:
         rec = self.engine.get(partition, key)
