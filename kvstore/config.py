@@ -61,6 +61,16 @@ class Settings:
     snapshot_dir: str = _s("/dev/shm", "Where graceful stops write the shared-memory snapshot.")
     handoff_drop_delay_s: float = _s(10.0, "After a ring change commits, wait this long before dropping data no longer replicated here.")
 
+    # --- healing: hinted handoff, anti-entropy, tombstones
+    max_hints: int = _s(1_000_000, "Most hints a node keeps for down peers; past it new hints are refused (logged, counted).")
+    hint_max_age_s: float = _s(7 * 24 * 3600.0, "Hints older than this are dropped (anti-entropy repairs the rest).")
+    hint_batch_keys: int = _s(200, "Hints delivered per call to a peer that is back.")
+    hint_interval_s: float = _s(1.0, "How often pending hints are checked for delivery.")
+    aae_interval_s: float = _s(10.0, "How often anti-entropy considers starting exchanges.")
+    aae_exchanges_per_min: int = _s(60, "Most anti-entropy exchanges (one partition with one peer) a node starts per minute.")
+    aae_max_repairs_per_s: int = _s(2000, "Most keys anti-entropy repairs per second on this node.")
+    tombstone_grace_s: float = _s(3600.0, "A tombstone held by all N replicas is collected after this long.")
+
     # --- RPC client
     connect_timeout_s: float = _s(1.0, "Deadline to open a TCP connection to a peer.")
     reconnect_min_s: float = _s(0.05, "First reconnect backoff; doubles up to reconnect_max_s.")
