@@ -763,6 +763,10 @@ class RpcClient:
             t0 = loop.time()
             conn = await self._connect(peer, i, timeout)
             timeout -= loop.time() - t0
+            if conn._closed:
+                raise _unreachable(
+                    f"connection to {addr} lost before the request was sent", sent=False
+                )
         try:
             data = self._pack([0, conn._next_id, method, params])
         except Exception as e:
@@ -925,6 +929,9 @@ class RpcClient:
         if self._closed:
             conn._transport.abort()
             raise _unreachable(f"cannot reach {peer.addr}: client is closed", sent=False)
+        if conn._closed:
+            # Dropped between the handshake and now: its connection_lost found no slot to clear.
+            raise _unreachable(f"cannot reach {peer.addr}: connection closed by peer", sent=False)
         peer.slots[slot] = conn
         peer.down_until = 0.0
         peer.backoff_s = self._backoff_min
