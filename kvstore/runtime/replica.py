@@ -16,7 +16,7 @@ from kvstore.core.vclock import Obj
 from storage.engine import Engine
 
 # Called after each stored change: (partition, key, old, new) — Merkle trees hook in here.
-ChangeHook = Callable[[int, bytes, Obj | None, Obj], None]
+ChangeHook = Callable[[int, bytes, Obj | None, Obj | None], None]
 
 
 ACTOR_KEY = b"replica.actor"
@@ -71,3 +71,14 @@ class Replica:
         await self.engine.put(partition, key, vclock.encode(obj))
         for hook in self.hooks:
             hook(partition, key, local, obj)
+
+    async def forget(self, partition: int, key: bytes, expected_digest: int) -> bool:
+        """Remove a collected tombstone, but only if the local version is still exactly the
+        one that was checked (a write that raced the collection must survive)."""
+        local = self.read(partition, key)
+        if local is None or vclock.digest(local) != expected_digest or not vclock.is_deleted(local):
+            return False
+        await self.engine.delete(partition, key)
+        for hook in self.hooks:
+            hook(partition, key, local, None)
+        return True
