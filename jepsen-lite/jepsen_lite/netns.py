@@ -32,6 +32,7 @@ __all__ = [
     "Firewall",
     "NetNS",
     "can_partition",
+    "list_namespaces",
     "node_address",
     "probe_link",
     "sweep_stale",
