@@ -11,6 +11,9 @@ Formulas (N = members not dead or left, this node included; P = probe_interval_s
                          max(min, max − (max − min) · ln(C + 1) / ln(K + 1))
     retransmit limit   = retransmit_mult × ceil(log10(N + 1))
     probe period       = P × (1 + awareness score), probe timeout likewise
+    gossip             while updates are queued, every gossip_interval_s a gossip-only packet
+                       to gossip_nodes random live members (as memberlist does besides
+                       piggybacking on probes; gossip_nodes = 0 leaves piggybacking only)
     awareness score    in 0 .. awareness_max_multiplier − 1
 
 With ``lifeguard=False`` the core runs classic SWIM for comparison: no local health (score
@@ -44,6 +47,8 @@ class SwimConfig:
     dampen_reuse: float = 1.0
     dampen_half_life_s: float = 30.0
     dampen_max_penalty: float = 6.0
+    gossip_interval_s: float = 0.2
+    gossip_nodes: int = 3
     lifeguard: bool = True
 
     def __post_init__(self) -> None:
@@ -59,6 +64,8 @@ class SwimConfig:
         if self.probe_timeout_s >= self.probe_interval_s:
             # The indirect probe needs the rest of the period after the direct timeout.
             problems.append("probe_timeout_s must be shorter than probe_interval_s")
+        if self.gossip_nodes < 0:
+            problems.append("gossip_nodes must be >= 0")
         if self.indirect_checks < 0:
             problems.append("indirect_checks must be >= 0")
         if self.suspicion_mult < 1:

@@ -29,6 +29,8 @@ class Suspicion:
         self.max_s = max(min_s, max_s)
         self._seen = {raised_by}
         self.confirmations = 0
+        # Whether this node has probed the suspect since (see Swim's re-check).
+        self.rechecked = False
 
     def confirm(self, sender: str) -> bool:
         """Count `sender`'s agreement; True if it was new and moved the deadline."""

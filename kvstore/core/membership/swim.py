@@ -11,7 +11,8 @@ Inputs are calls with the current time; each returns :class:`Effects` — the pa
 
 Failure detection, per protocol period P' = P × (awareness + 1):
     1. ping the next member of the shuffled round-robin (a suspect one gets the suspicion
-       piggybacked, so it refutes at once: Lifeguard's buddy system);
+       piggybacked, so it refutes at once: Lifeguard's buddy system); a member this node
+       suspects goes first, once per suspicion (the re-check, see _recheck_target);
     2. no ack within the probe timeout (scaled the same way): ping-req through k random
        alive members, which ping the target, relay its ack, and nack if they get none
        (they nack after the `nack_after` the request names: 80 % of what is left of the
@@ -169,6 +170,7 @@ class Swim:
         # Staggered so that nodes started together do not probe in lockstep.
         self._next_probe_at = now + rng.uniform(0.0, config.probe_interval_s)
         self._next_push_pull = now + config.push_pull_interval_s * rng.uniform(0.5, 1.5)
+        self._next_gossip = now + rng.uniform(0.0, config.gossip_interval_s)
         self._fx = Effects()
         self.stats: Counter[str] = Counter()
         self._queue.push(self._alive_update())
@@ -182,6 +184,7 @@ class Swim:
         self._expire_suspicions(now)
         self._expire_relays(now)
         self._refresh_damping(now)
+        self._maybe_gossip(now)
         self._maybe_push_pull(now)
         return self._flush()
 
@@ -214,8 +217,12 @@ class Swim:
     def merge_state(self, data: bytes, now: float) -> Effects:
         """Merge a peer's full state (push-pull). Raises ProtocolError on malformed data.
 
-        A peer's dead or suspect claim becomes only a suspicion here (it must time out locally);
-        a left is taken as is.
+        Alive and left entries are applied as gossip would be. A peer's suspect or dead claim
+        about *another* member is not adopted: this node's own probes are its authority on
+        liveness, and the claim's originator is already gossiping it (adopting it would
+        either count as a confirmation no one witnessed or start a suspicion no one tells
+        the member about). A claim about this node itself is refuted at once — that is how a
+        restarted process learns the incarnation it must beat.
         """
         entries = decode_state(data)
         now = self._clock(now)
@@ -224,7 +231,7 @@ class Swim:
                 self._on_alive(Alive(e.name, e.addr, e.incarnation, e.meta, e.restarting), now)
             elif e.state is LEFT:
                 self._on_dead(Dead(e.name, e.incarnation, e.name), now)
-            else:
+            elif e.name == self.name:
                 self._on_suspect(Suspect(e.name, e.incarnation, self.name), now)
         self.stats["push_pull_merges"] += 1
         return self._flush()
@@ -317,9 +324,31 @@ class Swim:
         m = self._members.get(name)
         return m is not None and name != self.name and m.state in (ALIVE, SUSPECT)
 
+    def _recheck_target(self) -> str | None:
+        """A member this node suspects but has not probed since: probe it ahead of the round.
+
+        The probe carries the suspicion (buddy system), so a live member refutes in its ack
+        even if the gossip of its refutation missed this node; a dead one fails the probe,
+        which makes this node an independent witness. Without it a node whose copy of the
+        refutation was lost waits out the whole timeout and then condemns a live member.
+        """
+        if not self.config.lifeguard:
+            return None
+        pending = [
+            m
+            for m in self._members.values()
+            if m.state is SUSPECT and m.suspicion is not None and not m.suspicion.rechecked
+        ]
+        if not pending:
+            return None
+        m = min(pending, key=lambda m: m.suspicion.deadline if m.suspicion else 0.0)
+        assert m.suspicion is not None
+        m.suspicion.rechecked = True
+        return m.name
+
     def _start_probe(self, now: float) -> None:
         interval = self._awareness.scale(self.config.probe_interval_s)
-        target = self._order.next(self._probeable)
+        target = self._recheck_target() or self._order.next(self._probeable)
         if target is None:
             self._next_probe_at = now + interval
             return
@@ -469,11 +498,10 @@ class Swim:
 
     def _on_suspect(self, s: Suspect, now: float) -> None:
         m = self._members.get(s.name)
-        if m is None or s.incarnation < m.incarnation:
-            return
         if m is self._self:
-            if not self._leaving:
-                self._refute(s.incarnation)
+            self._claim_about_self(s.incarnation)
+            return
+        if m is None or s.incarnation < m.incarnation:
             return
         if m.state is SUSPECT:
             if s.incarnation > m.incarnation:
@@ -497,11 +525,10 @@ class Swim:
 
     def _on_dead(self, d: Dead, now: float) -> None:
         m = self._members.get(d.name)
-        if m is None or d.incarnation < m.incarnation or m.state.gone:
-            return
         if m is self._self:
-            if not self._leaving:
-                self._refute(d.incarnation)
+            self._claim_about_self(d.incarnation)
+            return
+        if m is None or d.incarnation < m.incarnation or m.state.gone:
             return
         old = m.state
         m.incarnation = d.incarnation
@@ -514,6 +541,18 @@ class Swim:
             if m.state is SUSPECT and m.suspicion is not None and now >= m.suspicion.deadline:
                 self.stats["deaths_declared"] += 1
                 self._on_dead(Dead(m.name, m.incarnation, self.name), now)
+
+    def _claim_about_self(self, incarnation: int) -> None:
+        """Someone holds us suspect or dead. At our incarnation or above: refute. Below it
+        we already refuted, but that news missed the claimant (its retransmits ran out), so
+        announce our alive again, fresh — the reply to its ping then carries it."""
+        if self._leaving:
+            return
+        if incarnation >= self._self.incarnation:
+            self._refute(incarnation)
+        else:
+            self._queue.push(self._alive_update())
+            self.stats["reannounced"] += 1
 
     def _refute(self, claimed: int) -> None:
         self._self.incarnation = max(self._self.incarnation, claimed) + 1
@@ -545,7 +584,20 @@ class Swim:
             if m is not self._self and m.damper.refresh(now):
                 self._emit(m, m.state)
 
-    # ------------------------------------------------------------------ push-pull
+    # ------------------------------------------------------------------ gossip, push-pull
+
+    def _maybe_gossip(self, now: float) -> None:
+        if now < self._next_gossip:
+            return
+        self._next_gossip = now + self.config.gossip_interval_s
+        if not self._queue or self.config.gossip_nodes < 1:
+            return
+        targets = [m for m in self._members.values() if m is not self._self and not m.state.gone]
+        for m in self._rng.sample(targets, min(self.config.gossip_nodes, len(targets))):
+            if not self._queue:
+                break
+            self._send(m.addr, Gossip())
+        self.stats["gossip_rounds"] += 1
 
     def _maybe_push_pull(self, now: float) -> None:
         if now < self._next_push_pull:
@@ -593,6 +645,8 @@ class Swim:
 
     def _next_deadline(self) -> float:
         times = [self._next_push_pull]
+        if self._queue and self.config.gossip_nodes > 0:
+            times.append(self._next_gossip)
         if not self._leaving:
             p = self._probe
             if p is None:
