@@ -124,7 +124,7 @@ def _config(a: argparse.Namespace, argv: Sequence[str]) -> RunConfig:
         partitions=a.partitions, n_replicas=a.n_replicas, r=a.r, w=a.w, node_opts=opts,
         kv_cmd=shlex.split(a.kv) if a.kv else None, netns=os.environ.get("JEPSEN_LITE_NETNS"),
         min_acked=a.min_acked, base_port=a.base_port,
-        command="jepsen-lite " + " ".join(shlex.quote(x) for x in argv),
+        command="jepsen-lite run " + " ".join(shlex.quote(x) for x in argv),
     )
 
 

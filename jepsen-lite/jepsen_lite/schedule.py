@@ -11,7 +11,7 @@ Partitions are sets of directed links ``(src, dst)`` whose packets are dropped (
     halves           two random halves (n//2 | rest)
     isolate          one node cut off from all others
     majority         a random minority (1..(n-1)//2 nodes) cut off from the majority
-    majorities-ring  every node sees a majority, no two the same majority
+    majorities-ring  every node sees a majority, no two the same majority (3 nodes: a bridge)
     bridge           two halves that each still reach one "bridge" node
 """
 
@@ -112,7 +112,8 @@ def components_cut(components: Iterable[Iterable[int]]) -> frozenset[Link]:
 def _ring_cut(order: Sequence[int]) -> frozenset[Link]:
     n = len(order)
     majority = n // 2 + 1
-    # Symmetric: each node keeps its neighbours within distance d on the ring.
+    # Each node keeps its neighbours within distance d on the ring: a majority, and a
+    # different one for every node.
     d = math.ceil((majority - 1) / 2)
     cuts: set[Link] = set()
     for i, x in enumerate(order):
@@ -122,12 +123,10 @@ def _ring_cut(order: Sequence[int]) -> frozenset[Link]:
                 cuts.add((y, x))
     if cuts:
         return frozenset(cuts)
-    # Too few nodes for a symmetric ring (n <= 4): node i hears only the next majority-1
-    # nodes, a one-way partition that still gives every node a distinct majority.
-    for i, x in enumerate(order):
-        hears = {order[(i + k) % n] for k in range(majority)}
-        cuts.update((y, x) for y in order if y not in hears)
-    return frozenset(cuts)
+    # Three nodes cannot form such a ring with symmetric links (and over TCP a one-way cut
+    # is a two-way one). A bridge is the nearest shape: {a, b}, {b, c}, {a, b, c} are three
+    # distinct majorities.
+    return components_cut([order[:1], order[2:]])
 
 
 def make_partition(shape: str, n: int, rng: random.Random) -> frozenset[Link]:
