@@ -283,3 +283,34 @@ def transfers(ctx: click.Context, as_json: bool) -> None:
         else:
             t.add_row(n, str(st["needed"]), str(st["done"]), str(st["keys_moved"]), "yes" if st["complete"] else "no")
     Console().print(t)
+
+
+@cluster.command()
+@click.option("--json", "as_json", is_flag=True, help="Print each member's hint store as JSON.")
+@click.pass_context
+def hints(ctx: click.Context, as_json: bool) -> None:
+    """Hints each node holds for peers that were down (hinted handoff)."""
+    _, doc = _first_reachable(ctx)
+    addrs = {str(k): str(v) for k, v in doc["addrs"].items()}
+    rows: dict[str, dict[str, Any] | None] = {}
+    for n in sorted(addrs):
+        try:
+            rows[n] = asyncio.run(_call(addrs[n], "cluster.hints", [], ctx.obj["timeout"]))
+        except KVError:
+            rows[n] = None
+    if as_json:
+        out.print_json(rows)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="hinted handoff")
+    for col in ("node", "pending (per target)", "stored", "delivered", "refused (full)", "expired"):
+        t.add_column(col)
+    for n, st in rows.items():
+        if st is None:
+            t.add_row(n, "unreachable", "-", "-", "-", "-")
+            continue
+        pending = ", ".join(f"{k}: {v}" for k, v in st["pending"].items()) or "none"
+        t.add_row(n, pending, str(st["stored"]), str(st["delivered"]), str(st["refused_full"]), str(st["expired"]))
+    Console().print(t)

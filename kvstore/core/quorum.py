@@ -73,6 +73,16 @@ def plan(
     return Plan(tuple(targets), tuple(uncovered))
 
 
+def next_stand_in(
+    fallbacks: Sequence[str], is_up: Callable[[str], bool], used: Sequence[str]
+) -> str | None:
+    """The next live node beyond the preference list not already carrying this write."""
+    for f in fallbacks:
+        if f not in used and is_up(f):
+            return f
+    return None
+
+
 @dataclass(slots=True)
 class WriteQuorum:
     """A put or delete: done after ``w`` acknowledgements; unavailable as soon as ``w`` can no
@@ -118,6 +128,12 @@ class WriteQuorum:
         if node not in self.failed:
             self.acked.add(node)
         return self._decide()
+
+    def add_stand_in(self, t: Target) -> None:
+        """Sloppy quorum: a fallback now carries a failed primary's write (with a hint).
+        Its acknowledgement counts towards W (unless strict)."""
+        if self.status is Status.PENDING and t.node not in {x.node for x in self.targets}:
+            self.targets = (*self.targets, t)
 
     def on_error(self, node: str, reason: str) -> Status:
         if node not in self.acked:

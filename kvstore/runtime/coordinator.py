@@ -17,7 +17,7 @@ from typing import Any
 from kvstore.config import Settings
 from kvstore.core import messages as m
 from kvstore.core import quorum, vclock
-from kvstore.core.quorum import ReadQuorum, Status, WriteQuorum
+from kvstore.core.quorum import ReadQuorum, Status, WriteQuorum, next_stand_in
 from kvstore.core.ring import Ring, partition_of
 from kvstore.core.vclock import Obj
 from kvstore.errors import KVError, Timeout, Unavailable, Unreachable
@@ -169,18 +169,40 @@ class Coordinator:
             else:
                 settle(wq.on_ack(self.name))
 
+        hinting = self.on_hinted is not None
+        sloppy = hinting and not opts.strict
+        fallbacks = ring.fallbacks(p, self.s.n_replicas)
+        # A primary gets part of the time, so that if it does not answer a stand-in can still
+        # be asked before the deadline (Dynamo: "does not answer in time").
+        primary_timeout = timeout * 0.5 if sloppy and fallbacks else timeout
+
         async def remote_write(t: quorum.Target) -> None:
             try:
                 await self.rpc.call(
-                    self.view.addr_of(t.node), m.REPLICA_PUT, [p, key, record, t.hint_for], timeout
+                    self.view.addr_of(t.node), m.REPLICA_PUT, [p, key, record, t.hint_for],
+                    primary_timeout if t.hint_for is None else timeout,
                 )
             except KVError as e:
+                if t.hint_for is None:
+                    cover(t.node)
                 settle(wq.on_error(t.node, e.code))
             else:
                 settle(wq.on_ack(t.node))
 
+        def cover(primary: str) -> None:
+            """Find a stand-in for a primary that is down or failed; else keep the hint here."""
+            stand_in = next_stand_in(fallbacks, self.view.is_up, [t.node for t in wq.targets]) if sloppy else None
+            if stand_in is not None and stand_in != self.name:
+                t = quorum.Target(stand_in, hint_for=primary)
+                wq.add_stand_in(t)
+                self._spawn(remote_write(t))
+            elif hinting:
+                self._spawn(self._keep_hint(primary, p, key, new))
+
         for t in plan.targets:
             self._spawn(local_write() if t.node == self.name else remote_write(t))
+        for primary in plan.uncovered:
+            cover(primary)
         # During a ring change the partition's new replicas get every write too (best effort,
         # not counted towards W): the handoff stream plus these make them complete.
         for extra in self.view.extra_write_targets(p):
@@ -195,6 +217,13 @@ class Coordinator:
             self.counters.unavailable += 1
             raise Unavailable(wq.explain(), answered=wq.acks, required=w)
         return {"context": vclock.encode_context(vclock.context_of(new))}
+
+    async def _keep_hint(self, primary: str, p: int, key: bytes, obj: Obj) -> None:
+        assert self.on_hinted is not None
+        try:
+            await self.on_hinted(primary, p, key, obj)
+        except KVError as e:
+            log.warning("could not keep a hint for %s: %s", primary, e)
 
     async def _best_effort_put(self, node: str, p: int, key: bytes, record: bytes, timeout: float) -> None:
         try:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
+import secrets
 import time
 from typing import Any
 
@@ -22,10 +24,12 @@ from kvstore.errors import InvalidRequest, KVError, StorageError, Unavailable
 from kvstore.runtime.cluster import ClusterView
 from kvstore.runtime.coordinator import Coordinator
 from kvstore.runtime.handoff import FETCH, STATUS, Handoff
+from kvstore.runtime.hints import PUT_BATCH, Hints
 from kvstore.runtime.replica import Replica
 from kvstore.runtime.rpc import RpcClient, RpcServer
 from storage.engine import Engine
 from storage.errors import StorageError as RawStorageError
+from storage.snapshot import write_snapshot
 
 log = logging.getLogger("kvstore.node")
 
@@ -36,6 +40,34 @@ def _as_str(x: Any, what: str) -> str:
     if isinstance(x, str):
         return x
     raise InvalidRequest(f"{what} must be a string")
+
+
+def store_identity(data_dir: str) -> str:
+    """A random id made when the data directory is first used. Snapshots are named and
+    checked by node name plus this id, so a snapshot can never be adopted by a different
+    store that happens to have the same node name and write position."""
+    path = os.path.join(data_dir, "STORE_ID")
+    try:
+        with open(path) as fh:
+            ident = fh.read().strip()
+            if ident:
+                return ident
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise StorageError(f"storage: cannot read {path}: {e.strerror}", path=path) from None
+    ident = secrets.token_hex(8)
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as fh:
+            fh.write(ident + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise StorageError(f"storage: cannot write {path}: {e.strerror}", path=path) from None
+    return ident
 
 
 class Node:
@@ -75,7 +107,10 @@ class Node:
     async def start(self) -> None:
         t0 = time.perf_counter()
         try:
-            self.engine = Engine.open(self.s.data_dir, fsync=self.s.fsync)
+            self.snapshot_id = f"{self.name}@{store_identity(self.s.data_dir)}"
+            self.engine = Engine.open(
+                self.s.data_dir, fsync=self.s.fsync, snapshot_dir=self.s.snapshot_dir, node_id=self.snapshot_id
+            )
         except RawStorageError as e:
             raise StorageError(str(e), path=getattr(e, "path", None)) from None
         log.info("store %s: %s", self.s.data_dir, self.engine.load_stats)
@@ -88,6 +123,8 @@ class Node:
         self.replica = replica
         self.coord = Coordinator(self.s, self.view, replica, self.rpc)
         self.handoff = Handoff(self.s, self.view, replica, self.engine, self.rpc)
+        self.hints = Hints(self.s, self.view, self.engine, self.rpc)
+        self.coord.on_hinted = self.hints.store
         self.view.listeners.append(self._on_view_change)
         self.server = RpcServer(self._handlers(), max_frame_bytes=self.s.max_frame_bytes)
         host, port = parse_addr(self.s.listen)
@@ -102,6 +139,7 @@ class Node:
         elif seeds:
             await self._pull_view(seeds)
         self._spawn(self.handoff.run())
+        self._spawn(self.hints.run())
         self._spawn(self._maintain())
         log.info(
             "node %s ready on %s (kvstore %s) in %.2fs", self.name, self.s.listen, __version__,
@@ -141,6 +179,12 @@ class Node:
             await self.coord.close()
         await self.rpc.close()
         if self.engine is not None:
+            try:
+                if self.s.snapshot_dir and not self.engine.closed:
+                    info = write_snapshot(self.engine, self.snapshot_id, self.s.snapshot_dir)
+                    log.info("snapshot written: %s", info)
+            except (OSError, RawStorageError, ValueError) as e:
+                log.warning("no snapshot written (next start reads LevelDB): %s", e)
             await self.engine.close()
         log.info("node %s stopped", self.name)
 
@@ -157,6 +201,8 @@ class Node:
             m.FWD_DELETE: lambda key, ctx=None, opts=None: c.delete(key, ctx, opts, forwarded=True),
             m.REPLICA_GET: self._replica_get,
             m.REPLICA_PUT: self._replica_put,
+            PUT_BATCH: self._replica_put_batch,
+            "cluster.hints": lambda: {"node": self.name, "pending": self.hints.by_target(), **vars(self.hints.stats)},
             m.PING: self._ping,
             m.RING: self._ring,
             m.STATUS: self._status,
@@ -185,6 +231,20 @@ class Node:
             return True
         await self.replica.merge_in(part, k, obj)
         return True
+
+    async def _replica_put_batch(self, items: Any) -> int:
+        """Hints delivered by a peer: merge each, acknowledge once all are persisted."""
+        if not isinstance(items, list):
+            raise InvalidRequest("put_batch takes a list of [partition, key, record]")
+        waits = []
+        for item in items:
+            if not isinstance(item, list) or len(item) != 3:
+                raise InvalidRequest("put_batch items are [partition, key, record]")
+            p, key, record = item
+            obj = vclock.decode(m.as_bytes(record, "record"))
+            waits.append(self.replica.merge_in(self._partition(p), m.as_bytes(key, "key"), obj))
+        await asyncio.gather(*waits)
+        return len(waits)
 
     def _ping(self) -> dict[str, Any]:
         return {"node": self.name, "addr": self.addr, "version": __version__}
@@ -224,6 +284,8 @@ class Node:
                 if n in self.view.members()
             ],
             "keys": sum(counts.values()),
+            "hints": self.hints.by_target(),
+            "load": {"path": self.engine.load_stats.path, "reason": self.engine.load_stats.reason, "seconds": round(self.engine.load_stats.seconds, 3)},
             "n": self.s.n_replicas,
             "r": self.s.r,
             "w": self.s.w,

@@ -95,7 +95,11 @@ class LocalCluster:
         addr = f"{self.host}:{free_port(self.host)}"
         data = self.root / name
         seeds = [] if not self.nodes else ["--seed", next(iter(self.nodes.values())).addr]
-        args = ["--name", name, "--listen", addr, "--data-dir", str(data), *seeds, *self.settings]
+        args = [
+            "--name", name, "--listen", addr, "--data-dir", str(data),
+            # Snapshots stay inside the test's directory, not in the machine's /dev/shm.
+            "--snapshot-dir", str(self.root / "shm"), *seeds, *self.settings,
+        ]
         node = NodeProc(name, addr, data, self.root / f"{name}.log", args)
         self.nodes[name] = node
         return node

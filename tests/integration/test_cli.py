@@ -35,12 +35,18 @@ def consecutive_free_ports(count: int) -> int:
     raise RuntimeError("no run of free ports")
 
 
-def kv(*args: str, env_nodes: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def kv(
+    *args: str, env_nodes: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ}
     if env_nodes is not None:
         env["KV_NODES"] = env_nodes
     return subprocess.run(
-        [sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=timeout, env=env
+        [sys.executable, "-m", "cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
     )
 
 
@@ -49,9 +55,26 @@ class Up:
         self.port = port
         self.data_dir = data_dir
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cli", "cluster", "up", "--nodes", "3", "--port", str(port),
-             "--data-dir", str(data_dir), "--log-dir", str(data_dir / "logs")],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "cli",
+                "cluster",
+                "up",
+                "--nodes",
+                "3",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(data_dir),
+                "--log-dir",
+                str(data_dir / "logs"),
+                "--set",
+                f"snapshot_dir={data_dir / 'shm'}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         self.lines: list[str] = []
         assert self.proc.stdout is not None
@@ -64,7 +87,9 @@ class Up:
             if line.strip() == "ready":
                 return
         self.stop()
-        raise AssertionError(f"cluster up never printed ready: {self.lines} {self.proc.stderr.read() if self.proc.stderr else ''}")
+        raise AssertionError(
+            f"cluster up never printed ready: {self.lines} {self.proc.stderr.read() if self.proc.stderr else ''}"
+        )
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -154,12 +179,27 @@ def test_node_refuses_to_start_on_a_locked_store(tmp_path: Path) -> None:
     port = free_port()
     data = tmp_path / "d"
     first = subprocess.Popen(
-        [sys.executable, "-m", "cli", "node", "start", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data)],
-        stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "node",
+            "start",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--data-dir",
+            str(data),
+            "--snapshot-dir",
+            str(tmp_path / "shm"),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         wait_until(lambda: kv("node", "ping", env_nodes=f"127.0.0.1:{port}").returncode == 0, 30)
-        second = kv("node", "start", "--listen", f"127.0.0.1:{free_port()}", "--data-dir", str(data))
+        second = kv(
+            "node", "start", "--listen", f"127.0.0.1:{free_port()}", "--data-dir", str(data)
+        )
         assert second.returncode == 1
         assert str(data) in second.stderr and "Traceback" not in second.stderr
     finally:
