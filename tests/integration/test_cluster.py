@@ -43,7 +43,9 @@ def test_raw_msgpack_rpc_client_with_str_params(cluster: LocalCluster) -> None:
 
     host, port = cluster.nodes["n1"].addr.split(":")
     with socket.create_connection((host, int(port)), timeout=10) as s:
-        s.sendall(msgpack.packb([0, 1, "put", ["raw-key", "raw-value", None, {}]], use_bin_type=False))
+        s.sendall(
+            msgpack.packb([0, 1, "put", ["raw-key", "raw-value", None, {}]], use_bin_type=False)
+        )
         s.sendall(msgpack.packb([0, 2, "get", ["raw-key", {}]], use_bin_type=False))
         s.sendall(msgpack.packb([0, 3, "no.such.method", []], use_bin_type=False))
         unp = msgpack.Unpacker(raw=False)
@@ -58,7 +60,9 @@ def test_raw_msgpack_rpc_client_with_str_params(cluster: LocalCluster) -> None:
     assert "no.such.method" in replies[3][2]["message"]
 
 
-def test_concurrent_writes_become_siblings_and_a_context_resolves_them(cluster: LocalCluster) -> None:
+def test_concurrent_writes_become_siblings_and_a_context_resolves_them(
+    cluster: LocalCluster,
+) -> None:
     a = cluster.client("n1", route=False)
     b = cluster.client("n2", route=False)
     base = a.put("shared", "base")
@@ -115,7 +119,8 @@ def test_forwarding_from_a_node_outside_the_preference_list(tmp_path: Path) -> N
         key = next(
             f"fw-{i}".encode()
             for i in range(10_000)
-            if "n1" not in ring.preference_list(partition_of(f"fw-{i}".encode(), ring.partitions), 2)
+            if "n1"
+            not in ring.preference_list(partition_of(f"fw-{i}".encode(), ring.partitions), 2)
         )
         n1 = c.client("n1", route=False)
         n1.put(key, "forwarded")
@@ -125,7 +130,9 @@ def test_forwarding_from_a_node_outside_the_preference_list(tmp_path: Path) -> N
         assert st["keys"] == 0  # n1 stored nothing: it only forwarded
 
 
-def test_one_node_killed_quorum_still_works_and_nothing_acknowledged_is_lost(tmp_path: Path) -> None:
+def test_one_node_killed_quorum_still_works_and_nothing_acknowledged_is_lost(
+    tmp_path: Path,
+) -> None:
     with LocalCluster(tmp_path, nodes=3) as c:
         c.start_all()
         client = c.client()

@@ -128,8 +128,19 @@ def test_join_then_leave_under_load(tmp_path: Path) -> None:
         load.start()
         try:
             res = subprocess.run(
-                [sys.executable, "-m", "cli", "--node", c.nodes["n1"].addr, "cluster", "leave", "n2"],
-                capture_output=True, text=True, timeout=60,
+                [
+                    sys.executable,
+                    "-m",
+                    "cli",
+                    "--node",
+                    c.nodes["n1"].addr,
+                    "cluster",
+                    "leave",
+                    "n2",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
             )
             assert res.returncode == 0, res.stderr
             proc = c.nodes["n2"].proc

@@ -49,7 +49,9 @@ def test_two_replicas_partitioned_away_write_is_unavailable_with_count() -> None
     assert put.result.answered == 1 and put.result.required == 2
 
 
-def test_concurrent_writers_with_one_context_make_two_siblings_and_a_context_resolves_them() -> None:
+def test_concurrent_writers_with_one_context_make_two_siblings_and_a_context_resolves_them() -> (
+    None
+):
     sim = SimCluster(NAMES, seed=4)
     key = b"k"
     a, b, _ = sim.preference(key)
