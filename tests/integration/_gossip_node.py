@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from kvstore.core.membership import SwimConfig  # noqa: E402
-from kvstore.runtime.gossip import Gossip, push_pull_via, rpc_handlers  # noqa: E402
-from kvstore.runtime.rpc import RpcClient, RpcServer  # noqa: E402
+from kvstore.core.membership import SwimConfig
+from kvstore.runtime.gossip import Gossip, push_pull_via, rpc_handlers
+from kvstore.runtime.rpc import RpcClient, RpcServer
 
 
 def write_state(path: Path, gossip: Gossip) -> None:
