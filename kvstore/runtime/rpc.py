@@ -269,7 +269,15 @@ Handler = Callable[..., Any]
 
 
 class _ServerConn(_Conn):
-    __slots__ = ("_handlers", "_inflight", "_pack", "_paused_inflight", "_paused_write", "_server")
+    __slots__ = (
+        "_eof",
+        "_handlers",
+        "_inflight",
+        "_pack",
+        "_paused_inflight",
+        "_paused_write",
+        "_server",
+    )
 
     def __init__(self, server: RpcServer) -> None:
         assert server._flusher is not None
@@ -278,6 +286,7 @@ class _ServerConn(_Conn):
         self._handlers = server._handlers
         self._pack = server._pack
         self._inflight = 0
+        self._eof = False
         self._paused_write = False
         self._paused_inflight = False
 
@@ -289,6 +298,12 @@ class _ServerConn(_Conn):
         self._closed = True
         self._out = []
         self._server._conns.discard(self)
+
+    def eof_received(self) -> bool:
+        # A peer that half-closes after its last request still gets the replies of the
+        # handlers running for it; the last one to finish closes the connection.
+        self._eof = True
+        return self._inflight > 0
 
     def pause_writing(self) -> None:
         # The peer is not reading its replies: stop reading its requests until it does.
@@ -449,7 +464,11 @@ class _ServerConn(_Conn):
             self._queue(data)
         finally:
             self._inflight -= 1
-            if self._paused_inflight and self._inflight <= server.max_inflight // 2:
+            if self._eof and not self._inflight and not self._closed:
+                self._flush_out()
+                self._closed = True
+                self._transport.close()
+            elif self._paused_inflight and self._inflight <= server.max_inflight // 2:
                 self._paused_inflight = False
                 self._set_reading()
 

@@ -822,8 +822,10 @@ def test_server_close_cancels_handlers_and_closes_connections(arun: Any) -> None
 
 def test_client_close_fails_pending_calls(arun: Any) -> None:
     async def body() -> None:
+        release = asyncio.Event()
+
         async def hang() -> None:
-            await asyncio.Event().wait()
+            await release.wait()
 
         async with serving({"hang": hang}) as server:
             c = RpcClient()
@@ -835,7 +837,27 @@ def test_client_close_fails_pending_calls(arun: Any) -> None:
                 await call
             with pytest.raises(Unreachable, match="client is closed"):
                 await c.call(addr, "hang", [], WAIT_S)
+            # The server keeps a half-closed connection until the replies it owes are out.
+            release.set()
             await wait_until(lambda: server.connections == 0, "the server to see the close")
+
+
+def test_half_closed_client_still_gets_its_replies(arun: Any) -> None:
+    async def body() -> None:
+        async def later(x: int) -> int:
+            await asyncio.sleep(0.01)
+            return x
+
+        async with serving({"later": later, "now": lambda x: x}) as server:
+            raw = await Raw.open(server.port)
+            for i in range(5):
+                await raw.send([0, i, "later" if i % 2 else "now", [i]])
+            raw.writer.write_eof()
+            got = sorted([(await raw.recv())[3] for _ in range(5)])
+            assert got == list(range(5))
+            assert await raw.closed_by_server()
+            await raw.close()
+            await wait_until(lambda: server.connections == 0, "the connection to close")
 
     arun(body)
 
