@@ -303,7 +303,10 @@ class _ServerConn(_Conn):
         # A peer that half-closes after its last request still gets the replies of the
         # handlers running for it; the last one to finish closes the connection.
         self._eof = True
-        return self._inflight > 0
+        if self._inflight:
+            return True
+        self._flush_out()  # replies queued for this turn's flush would be lost on close
+        return False
 
     def pause_writing(self) -> None:
         # The peer is not reading its replies: stop reading its requests until it does.
