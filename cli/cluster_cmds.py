@@ -314,3 +314,65 @@ def hints(ctx: click.Context, as_json: bool) -> None:
         pending = ", ".join(f"{k}: {v}" for k, v in st["pending"].items()) or "none"
         t.add_row(n, pending, str(st["stored"]), str(st["delivered"]), str(st["refused_full"]), str(st["expired"]))
     Console().print(t)
+
+
+@cluster.command("rolling-restart")
+@click.option("--node-timeout", default=120.0, show_default=True, help="Seconds each node may take to come back.")
+@click.pass_context
+def rolling_restart(ctx: click.Context, node_timeout: float) -> None:
+    """Restart every node in turn, each only after the previous one is back.
+
+    A node counts as back when it serves again (a new boot id), every other node sees it
+    up, and the hints held for it while it was away have been delivered. Stops and reports
+    if a node does not come back.
+    """
+    _, doc = _first_reachable(ctx)
+    addrs = {str(k): str(v) for k, v in doc["addrs"].items()}
+    ring_members = doc["ring"]["nodes"] if "nodes" in doc["ring"] else sorted(addrs)
+    names = [n for n in sorted(addrs) if n in ring_members]
+    timeout = ctx.obj["timeout"]
+
+    async def ask(addr: str, method: str) -> Any:
+        return await _call(addr, method, [], min(timeout, 2.0))
+
+    async def back(name: str, old_boot: str) -> str | None:
+        """None when the node is fully back, else what is still awaited."""
+        try:
+            ping = await ask(addrs[name], "ping")
+        except KVError:
+            return "serving"
+        if ping["boot"] == old_boot:
+            return "restart"
+        for other in names:
+            if other == name:
+                continue
+            try:
+                st = await ask(addrs[other], "cluster.status")
+                hints_for = (await ask(addrs[other], "cluster.hints"))["pending"].get(name, 0)
+            except KVError:
+                return f"{other} to answer"
+            mem = next((x for x in st["members"] if x["name"] == name), None)
+            if mem is None or not mem["up"] or mem.get("state", "alive") != "alive":
+                return f"{other} to see it alive"
+            if hints_for:
+                return f"{other} to deliver {hints_for} hints"
+        return None
+
+    async def go() -> None:
+        for i, name in enumerate(names, 1):
+            click.echo(f"[{i}/{len(names)}] restarting {name} ({addrs[name]}) ...")
+            t0 = time.monotonic()
+            before = await ask(addrs[name], "node.restart")
+            waiting: str | None = "restart"
+            while waiting is not None:
+                if time.monotonic() - t0 > node_timeout:
+                    out.fail(f"{name} is not back after {node_timeout:.0f}s (waiting for {waiting}); stopping here", out.EXIT_UNAVAILABLE)
+                await asyncio.sleep(0.2)
+                waiting = await back(name, before["boot"])
+            click.echo(f"[{i}/{len(names)}] {name} back in {time.monotonic() - t0:.1f}s")
+        click.echo(f"rolling restart done: {len(names)} nodes")
+
+    try:
+        asyncio.run(go())
+    except KVError as e:
+        out.fail_for(e)

@@ -81,3 +81,38 @@ def ping(ctx: click.Context) -> None:
     except KVError as e:
         out.fail_for(e)
     click.echo(f"{doc['node']} at {doc['addr']}: ok (kvstore {doc['version']})")
+
+
+@node.command()
+@click.argument("target", metavar="NODE", required=False)
+@click.pass_context
+def restart(ctx: click.Context, target: str | None) -> None:
+    """Restart NODE in place (HOST:PORT; default: --node): it writes its shared-memory
+    snapshot and re-executes itself with the same command line, then serves again."""
+    from kvstore.runtime.rpc import RpcClient
+
+    addr = target or ctx.obj["nodes"].split(",")[0].strip()
+    timeout = ctx.obj["timeout"]
+
+    async def go() -> Any:
+        rpc = RpcClient(connect_timeout_s=timeout)
+        try:
+            before = await rpc.call(addr, "node.restart", [], timeout)
+            deadline = asyncio.get_running_loop().time() + 120
+            while asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.2)
+                try:
+                    now = await rpc.call(addr, "ping", [], 1.0)
+                except KVError:
+                    continue
+                if now["boot"] != before["boot"]:
+                    return now
+            raise KVError(f"{addr} did not come back within 120s")
+        finally:
+            await rpc.close()
+
+    try:
+        doc = asyncio.run(go())
+    except KVError as e:
+        out.fail_for(e)
+    click.echo(f"{doc['node']} at {doc['addr']}: restarted")

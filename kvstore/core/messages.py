@@ -18,6 +18,7 @@ PUT = "put"
 DELETE = "delete"
 PING = "ping"
 RING = "cluster.ring"
+RESTART = "node.restart"
 STATUS = "cluster.status"
 
 # Coordinator-to-coordinator (handle-or-forward): same params as the public call.

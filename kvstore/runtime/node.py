@@ -93,6 +93,9 @@ class Node:
         self.handoff: Handoff | None = None
         # Set when this node should exit on its own (it left the ring).
         self.exit_requested = asyncio.Event()
+        self.restart_requested = False
+        # Changes on every process start: lets `kv cluster rolling-restart` see a restart happen.
+        self.boot_id = secrets.token_hex(6)
         self._drop_at: float | None = None
 
     def _source_host(self) -> str | None:
@@ -204,6 +207,7 @@ class Node:
             PUT_BATCH: self._replica_put_batch,
             "cluster.hints": lambda: {"node": self.name, "pending": self.hints.by_target(), **vars(self.hints.stats)},
             m.PING: self._ping,
+            m.RESTART: self._restart,
             m.RING: self._ring,
             m.STATUS: self._status,
             m.JOIN: self._join,
@@ -247,7 +251,14 @@ class Node:
         return len(waits)
 
     def _ping(self) -> dict[str, Any]:
-        return {"node": self.name, "addr": self.addr, "version": __version__}
+        return {"node": self.name, "addr": self.addr, "version": __version__, "boot": self.boot_id}
+
+    def _restart(self) -> dict[str, Any]:
+        """Admin: write the snapshot and re-execute this node's command line (same identity,
+        same data). Answers first, then goes."""
+        self.restart_requested = True
+        asyncio.get_running_loop().call_soon(self.exit_requested.set)
+        return {"node": self.name, "boot": self.boot_id}
 
     def _ring(self) -> dict[str, Any]:
         assert self.view is not None
@@ -269,6 +280,7 @@ class Node:
             "addr": self.addr,
             "version": __version__,
             "uptime_s": round(time.time() - self.started_at, 1),
+            "boot": self.boot_id,
             "ring_version": self.view.version,
             "ring_checksum": self.view.checksum,
             "pending": self.view.next is not None,

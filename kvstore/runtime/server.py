@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 
@@ -58,11 +59,31 @@ async def serve(settings: Settings) -> int:
         # A second signal during a slow stop exits at once.
         loop.add_signal_handler(sig, lambda: sys.exit(1))
     await node.stop()
-    return 0
+    return RESTART if node.restart_requested else 0
+
+
+# serve() asks run() to re-execute the process (after the loop is closed and every file and
+# socket of the old node is released).
+RESTART = -1
+
+
+def reexec() -> None:
+    """Replace this process with a fresh run of the same command line: same pid, so any
+    supervisor (kv cluster up, systemd, a container runtime) sees nothing happen, and the
+    installed code, which may be newer, is what runs."""
+    argv = list(sys.orig_argv)
+    log.info("restarting: exec %s", " ".join(argv))
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)
 
 
 def run(settings: Settings, log_level: str = "INFO") -> int:
     setup_logging(log_level)
     loop_name = install_loop()
     log.info("starting node %s on %s (%s loop)", settings.name, settings.listen, loop_name)
-    return asyncio.run(serve(settings))
+    code = asyncio.run(serve(settings))
+    if code == RESTART:
+        reexec()
+    return code
