@@ -23,7 +23,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from jepsen_lite.history import Event, Op, Window, fault_windows, pair_ops
+from jepsen_lite.history import Event, Op, Window, fault_windows, is_final, pair_ops
 
 __all__ = [
     "WORKLOADS",
@@ -36,7 +36,6 @@ __all__ = [
 ]
 
 WORKLOADS = ("set", "register", "independent")
-FINAL = "final"
 _QUANTILES = (0.5, 0.9, 0.99, 0.999)
 _LIST_CAP = 1000
 
@@ -51,7 +50,7 @@ def _final_reads(ops: Sequence[Op]) -> dict[str | None, list[Any]]:
     """Key -> values of its last successful final read."""
     out: dict[str | None, list[Any]] = {}
     for op in ops:
-        if op.process == FINAL and op.f == "read" and op.type == "ok":
+        if is_final(op.process) and op.f == "read" and op.type == "ok":
             out[op.key] = _values(op.result)
     return out
 
@@ -74,7 +73,7 @@ def _verdict(*, decided: bool, anomalies: int, acked: int) -> bool | str:
 
 def check_set(ops: Sequence[Op]) -> dict[str, Any]:
     """Jepsen's set checker over ``add`` ops and the final read of the one set key."""
-    adds = [op for op in ops if op.f == "add" and op.process != FINAL]
+    adds = [op for op in ops if op.f == "add" and not is_final(op.process)]
     by_type: dict[str, set[Any]] = {"ok": set(), "fail": set(), "info": set()}
     for op in adds:
         by_type[op.type].add(op.value)
@@ -128,7 +127,7 @@ def check_register(ops: Sequence[Op]) -> dict[str, Any]:
     writes: dict[str | None, list[Op]] = defaultdict(list)
     reads: dict[str | None, list[Op]] = defaultdict(list)
     for op in ops:
-        if op.process == FINAL:
+        if is_final(op.process):
             continue
         if op.f == "write":
             writes[op.key].append(op)
@@ -216,7 +215,7 @@ def check_register(ops: Sequence[Op]) -> dict[str, Any]:
 
 def check_independent(ops: Sequence[Op]) -> dict[str, Any]:
     """Keys written once each: every acknowledged key must hold its value at the end."""
-    writes = [op for op in ops if op.f == "write" and op.process != FINAL]
+    writes = [op for op in ops if op.f == "write" and not is_final(op.process)]
     finals = _final_reads(ops)
     lost: list[dict[str, Any]] = []
     recovered: list[dict[str, Any]] = []
@@ -279,7 +278,7 @@ def availability(ops: Sequence[Op], windows: Sequence[Window]) -> dict[str, Any]
     per_window = {w.id: blank() for w in windows}
     per_kind: dict[str, dict[str, int]] = defaultdict(blank)
     for op in ops:
-        if op.process == FINAL:
+        if is_final(op.process):
             continue
         overall[op.type] += 1
         hit = [w for w in windows if w.start <= op.invoke_time <= w.end]
@@ -310,7 +309,7 @@ def latency_quantiles(ops: Sequence[Op]) -> dict[str, dict[str, Any]]:
     """Milliseconds from invoke to completion, per "f:type" and for all completed client ops."""
     groups: dict[str, list[float]] = defaultdict(list)
     for op in ops:
-        if op.process == FINAL or op.latency_ns is None:
+        if is_final(op.process) or op.latency_ns is None:
             continue
         ms = op.latency_ns / 1e6
         groups[f"{op.f}:{op.type}"].append(ms)
@@ -337,7 +336,7 @@ def check(events: Sequence[Event], workload: str) -> dict[str, Any]:
     end = max((e.time for e in events), default=0)
     windows = fault_windows(events, end_time=end)
     result = _BY_WORKLOAD[workload](ops)
-    client_ops = [op for op in ops if op.process != FINAL]
+    client_ops = [op for op in ops if not is_final(op.process)]
     ok = sum(1 for op in client_ops if op.type == "ok")
     return {
         "workload": workload,

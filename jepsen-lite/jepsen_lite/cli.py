@@ -20,6 +20,7 @@ import os
 import shlex
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -169,6 +170,10 @@ def _run(a: argparse.Namespace, argv: list[str]) -> int:
         return asyncio.run(run(cfg))
     except KeyboardInterrupt:
         return 130
+    except Exception:
+        # A harness bug must not exit 1, which means "the store lost data".
+        traceback.print_exc()
+        return 4
 
 
 def _check(a: argparse.Namespace) -> int:

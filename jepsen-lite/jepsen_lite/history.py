@@ -5,7 +5,8 @@ process: ``ok`` (it happened), ``fail`` (it certainly did not happen) or ``info`
 unknown: it may have happened, now or later). As in Jepsen, a process whose operation ended
 in ``info`` is never reused, because it may still have that operation in flight; the worker
 continues under a fresh process id. Nemesis actions use process ``"nemesis"`` and final reads
-use ``"final"``, so the whole run can be re-checked from the file alone.
+use ``"final-<i>"`` (several run at once), so the whole run can be re-checked from the file
+alone.
 
 Times are integer nanoseconds of one monotonic clock since the start of the run.
 """
@@ -27,6 +28,7 @@ __all__ = [
     "Op",
     "Window",
     "fault_windows",
+    "is_final",
     "pair_ops",
     "read_history",
 ]
@@ -148,6 +150,11 @@ def read_history(path: Path) -> list[Event]:
                 break
             raise
     return events
+
+
+def is_final(process: int | str) -> bool:
+    """Whether a process id is one of the final readers (not a client, not the nemesis)."""
+    return isinstance(process, str) and process.startswith("final")
 
 
 @dataclass(slots=True)

@@ -20,7 +20,7 @@ matplotlib.use("Agg")  # no display here, and the choice must precede pyplot's i
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 
-from jepsen_lite.history import Event, Op, Window, fault_windows, pair_ops
+from jepsen_lite.history import Event, Op, Window, fault_windows, is_final, pair_ops
 
 __all__ = ["write_report", "write_results"]
 
@@ -128,7 +128,7 @@ img{max-width:100%}
 
 def write_report(out_dir: Path, events: Sequence[Event], results: dict[str, Any]) -> Path:
     ops_all = pair_ops(events)
-    ops = [op for op in ops_all if op.process != "final"]
+    ops = [op for op in ops_all if not is_final(op.process)]
     end = max((e.time for e in events), default=0)
     windows = fault_windows(events, end_time=end)
     valid = results.get("valid")

@@ -113,8 +113,8 @@ class Workload(Protocol):
         ...
 
 
-async def _final_read(c: AsyncClient, history: History, key: str, r: int) -> bool:
-    inv = history.invoke("final", "read", key=key)
+async def _final_read(c: AsyncClient, history: History, key: str, r: int, slot: int) -> bool:
+    inv = history.invoke(f"final-{slot}", "read", key=key)
     try:
         res = await c.get(key, r=r)
     except KVError as e:
@@ -131,20 +131,26 @@ async def final_reads(
     """Read every key at R=r, retrying each until it succeeds or the loop time passes the
     deadline; returns the keys that could not be read."""
     loop = asyncio.get_running_loop()
-    sem = asyncio.Semaphore(concurrency)
+    slots: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(max(1, concurrency)):
+        slots.put_nowait(i)
     failed: list[str] = []
 
     async def one(key: str) -> None:
-        async with sem:
+        # A slot is a reader process: one operation at a time each, as the history requires.
+        slot = await slots.get()
+        try:
             delay = 0.2
             while True:
-                if await _final_read(c, history, key, r):
+                if await _final_read(c, history, key, r, slot):
                     return
                 if loop.time() > deadline:
                     failed.append(key)
                     return
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+        finally:
+            slots.put_nowait(slot)
 
     await asyncio.gather(*(one(k) for k in keys))
     return failed

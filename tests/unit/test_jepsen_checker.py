@@ -43,7 +43,7 @@ class H:
         return self.inv(t, p, "add", v).done(t + dt, p, outcome, "add", v)
 
     def final(self, t: float, values: list[Any], key: str = "k") -> H:
-        return self.inv(t, "final", "read", key=key).done(t + 0.1, "final", "ok", "read", values, key=key)
+        return self.inv(t, "final-0", "read", key=key).done(t + 0.1, "final-0", "ok", "read", values, key=key)
 
     def nemesis(self, t0: float, t1: float, fid: int, kind: str) -> H:
         v = {"id": fid, "kind": kind, "label": kind}
@@ -93,7 +93,7 @@ def test_set_failed_but_present_is_revived_and_invalid() -> None:
 
 def test_set_without_final_read_is_unknown() -> None:
     h = H().add(0, 0, 1, "ok")
-    h.inv(5, "final", "read").done(6, "final", "fail", "read", error="unavailable")
+    h.inv(5, "final-0", "read").done(6, "final-0", "fail", "read", error="unavailable")
     r = check(h.events, "set")
     assert r["valid"] == "unknown"
     assert r["workload_result"]["lost_count"] == 0
@@ -306,3 +306,15 @@ def test_history_round_trips_through_jsonl_and_tolerates_a_torn_tail(tmp_path: P
     assert events[1].extra == {"observed": [7]} and events[1].value == 1 and events[1].key == "a"
     assert events[1].time >= events[0].time
     assert json.loads(path.read_text().splitlines()[0])["f"] == "write"
+
+
+def test_concurrent_final_readers_interleave() -> None:
+    h = H()
+    iwrite(h, 0, 0, "a", 1, "ok")
+    iwrite(h, 0, 1, "b", 2, "ok")
+    h.inv(5, "final-0", "read", key="a").inv(5, "final-1", "read", key="b")
+    h.done(5.2, "final-1", "ok", "read", [2], key="b").done(5.3, "final-0", "ok", "read", [1], key="a")
+    r = check(h.events, "independent")
+    assert r["valid"] is True
+    assert r["ops"] == 2  # final reads are not client operations
+    assert r["availability"]["overall"]["total"] == 2
