@@ -264,6 +264,87 @@ expect_value() { # $1: wanted value, rest: a command printing the value
   [ "$got" = "$want" ] || die "'$*' printed '$got', expected '$want'"
 }
 
+# ------------------------------------------------------------------ the StatefulSet's pods
+# No Kubernetes here: run the three pods of deploy/k8s/statefulset.yaml the way the kubelet
+# would (its command, args and env with $(VAR) expanded, the ConfigMap mounted, a read-only
+# root filesystem, uid 10001, a volume per pod) on a podman network whose aliases are the
+# pods' stable DNS names, started in order as OrderedReady does.
+k8s_pod_spec() { # $1: ordinal, $2: output dir -> env, script, config/, alias, probe
+  "$VENV_PY" - "$ROOT/deploy/k8s" "$1" "$2" <<'PY'
+import pathlib, re, sys, yaml
+k8s, ordinal, out = pathlib.Path(sys.argv[1]), int(sys.argv[2]), pathlib.Path(sys.argv[3])
+sts = yaml.safe_load((k8s / "statefulset.yaml").read_text())
+cm = yaml.safe_load((k8s / "configmap.yaml").read_text())
+(c,) = sts["spec"]["template"]["spec"]["containers"]
+known = {"POD_NAME": f"{sts['metadata']['name']}-{ordinal}", "POD_NAMESPACE": "default"}
+env = {}
+for e in c["env"]:
+    if "valueFrom" in e:
+        v = known[e["name"]]
+    else:
+        v = re.sub(r"\$\((\w+)\)", lambda m: known.get(m.group(1), m.group(0)), e["value"])
+    env[e["name"]] = known[e["name"]] = v
+assert c["command"] == ["/bin/sh", "-c"], c["command"]
+(out / "config").mkdir(parents=True, exist_ok=True)
+for name, text in cm["data"].items():
+    (out / "config" / name).write_text(text)
+(out / "env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+(out / "script").write_text(c["args"][0])
+(out / "alias").write_text(env["KV_ADVERTISE"].rsplit(":", 1)[0])
+(out / "probe").write_text("\0".join(c["readinessProbe"]["exec"]["command"]))
+PY
+}
+
+k8s_pods() {
+  local net=${PROJECT}_k8s i dir c deadline
+  podman network create --label "io.podman.compose.project=$PROJECT" "$net" >/dev/null
+  for i in 0 1 2; do
+    dir=$WORK/k8s/kvstore-$i
+    mkdir -p "$dir"
+    k8s_pod_spec "$i" "$dir"
+    c=${PROJECT}_kvstore-$i
+    podman volume create --label "io.podman.compose.project=$PROJECT" "${c}_data" >/dev/null
+    podman run -d --name "$c" --label "io.podman.compose.project=$PROJECT" \
+      --network "$net" --network-alias "$(cat "$dir/alias")" --hostname "kvstore-$i" \
+      --read-only --tmpfs /tmp --user 10001:10001 --no-healthcheck \
+      -v "${c}_data:/var/lib/kvstore" -v "$dir/config:/etc/kvstore:ro" \
+      --env-file "$dir/env" "$KVSTORE_IMAGE" /bin/sh -c "$(cat "$dir/script")" \
+      >/dev/null 2>>"$WORK/podman.log"
+    # OrderedReady: the next pod starts once this one passes its readiness probe
+    deadline=$((SECONDS + 60))
+    until xargs -0 -a "$dir/probe" podman exec "$c" >/dev/null 2>&1; do
+      [ "$(podman inspect --format '{{.State.Status}}' "$c")" = running ] ||
+        { podman logs "$c" >&2; die "pod kvstore-$i exited"; }
+      [ $SECONDS -lt $deadline ] || { podman logs "$c" >&2; die "pod kvstore-$i not ready after 60 s"; }
+      sleep 0.5
+    done
+  done
+  podman logs "${PROJECT}_kvstore-0" 2>&1 | grep -q "founding the cluster" ||
+    die "kvstore-0 did not found the cluster"
+  # all three in the ring, reachable by their stable names; a write with W=3 reaches all
+  deadline=$((SECONDS + 60))
+  until podman exec "${PROJECT}_kvstore-2" kv cluster status --json 2>/dev/null | "$VENV_PY" -c \
+    'import json,sys; d=json.load(sys.stdin); sys.exit(sum(1 for m in d["members"] if m["up"]) != 3)'; do
+    [ $SECONDS -lt $deadline ] || die "the StatefulSet's pods did not form a ring of 3"
+    sleep 1
+  done
+  podman exec "${PROJECT}_kvstore-1" kv put k8s yes -w 3 >/dev/null || die "put -w 3 in the pods failed"
+  expect_value yes podman exec "${PROJECT}_kvstore-0" kv get k8s -r 3
+  # Without an init (Kubernetes has none) the node is PID 1 and must still stop on SIGTERM,
+  # exit 0, and on restart (data on its volume) rejoin instead of founding a new cluster.
+  podman stop --time 30 "${PROJECT}_kvstore-0" >/dev/null 2>>"$WORK/podman.log"
+  [ "$(podman inspect --format '{{.State.ExitCode}}' "${PROJECT}_kvstore-0")" = 0 ] ||
+    die "kvstore-0 did not exit 0 on SIGTERM as PID 1"
+  podman start "${PROJECT}_kvstore-0" >/dev/null 2>>"$WORK/podman.log"
+  deadline=$((SECONDS + 60))
+  until [ "$(podman exec "${PROJECT}_kvstore-0" kv get k8s -r 3 2>/dev/null)" = yes ]; do
+    [ $SECONDS -lt $deadline ] || die "kvstore-0 did not come back"
+    sleep 0.5
+  done
+  [ "$(podman logs "${PROJECT}_kvstore-0" 2>&1 | grep -c "founding the cluster")" = 1 ] ||
+    die "kvstore-0 founded the cluster again on restart"
+}
+
 # ------------------------------------------------------------------ main
 mkdir -p "$CACHE"
 install_tools
@@ -364,15 +445,21 @@ podman start "$(ctr kv2)" >/dev/null 2>>"$WORK/podman.log"
 wait_healthy kv2 90
 expect_value "hello again" hkv "$P2" get greeting -r 3
 
-log "down: graceful stop of all"
+log "down"
 t=$SECONDS
+teardown
+TIMES[down]=$(since $t)
+
+log "deploy/k8s: the StatefulSet's three pods, run by podman (read-only root, stable DNS names)"
+t=$SECONDS
+k8s_pods
+TIMES[k8s]=$(since $t)
 if [ "${KVSTORE_CI_KEEP:-0}" != 1 ]; then
   teardown
   UP=
 fi
-TIMES[down]=$(since $t)
 
 log "timing (s): base image ${TIMES[base]}, image build ${TIMES[build]}, up to healthy ${TIMES[up]}" \
   "(ring of 3 at ${TIMES[ring]}), kill + 10 writes/20 reads ${TIMES[kill_ops]}, restart to rejoined ${TIMES[rejoin]}," \
-  "graceful stop ${TIMES[stop]}, down ${TIMES[down]}, total $(since "$T_START")"
-echo "deploy/test-compose.sh: PASS (image build, compose up, put/get host+container, kill/rejoin, graceful stop)"
+  "graceful stop ${TIMES[stop]}, down ${TIMES[down]}, k8s pods ${TIMES[k8s]}, total $(since "$T_START")"
+echo "deploy/test-compose.sh: PASS (image build, compose up, put/get host+container, kill/rejoin, graceful stop, k8s pods)"
