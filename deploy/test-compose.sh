@@ -205,12 +205,14 @@ EOF
 }
 
 teardown() {
-  local ids
+  local id
   compose down -v >/dev/null 2>&1 || true
-  ids=$(podman ps -aq --filter "label=io.podman.compose.project=$PROJECT" 2>/dev/null || true)
-  [ -n "$ids" ] && podman rm -f $ids >/dev/null 2>&1 || true
-  ids=$(podman volume ls -q --filter "label=io.podman.compose.project=$PROJECT" 2>/dev/null || true)
-  [ -n "$ids" ] && podman volume rm -f $ids >/dev/null 2>&1 || true
+  for id in $(podman ps -aq --filter "label=io.podman.compose.project=$PROJECT" 2>/dev/null || true); do
+    podman rm -f --time 5 "$id" >/dev/null 2>&1 || true
+  done
+  for id in $(podman volume ls -q --filter "label=io.podman.compose.project=$PROJECT" 2>/dev/null || true); do
+    podman volume rm -f "$id" >/dev/null 2>&1 || true
+  done
   for n in $(podman network ls -q --filter "name=^${PROJECT}_" 2>/dev/null || true); do
     podman network rm -f "$n" >/dev/null 2>&1 || true
   done
