@@ -164,12 +164,15 @@ def _new_packer() -> Any:
 class _Flusher:
     """Writes what connections queued during one loop turn, once, at the end of the turn."""
 
-    __slots__ = ("_dirty", "_loop", "_scheduled")
+    __slots__ = ("_before", "_dirty", "_loop", "_scheduled")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, before: Callable[[], None] | None = None
+    ) -> None:
         self._loop = loop
         self._dirty: list[_Conn] = []
         self._scheduled = False
+        self._before = before
 
     def add(self, conn: _Conn) -> None:
         self._dirty.append(conn)
@@ -179,6 +182,8 @@ class _Flusher:
 
     def flush(self) -> None:
         self._scheduled = False
+        if self._before is not None:
+            self._before()
         dirty = self._dirty
         self._dirty = []
         for conn in dirty:
@@ -626,7 +631,8 @@ class _ClientConn(_Conn):
         self._owner = owner
         self._addr = addr
         self._slot = slot
-        self._pending: dict[int, asyncio.Future[Any]] = {}
+        # msgid -> (future, its timeout batch, method name)
+        self._pending: dict[int, tuple[asyncio.Future[Any], _Batch, str]] = {}
         self._next_id = 0
         # The msgids issued before this one (mod 2**32) have been handed to the transport.
         self._sent_mark = 0
@@ -651,7 +657,8 @@ class _ClientConn(_Conn):
             return
         self._pending = {}
         mark = self._sent_mark
-        for msgid, fut in pending.items():
+        for msgid, (fut, batch, _) in pending.items():
+            batch.done_one()
             if not fut.done():
                 # Requests still queued in _out never reached the socket.
                 sent = 0 < ((mark - msgid) & _MSGID_MASK) < 0x80000000
@@ -662,8 +669,12 @@ class _ClientConn(_Conn):
         try:
             for msg in self._unp:
                 if type(msg) is list and len(msg) == 4 and msg[0] == 1:
-                    fut = pending.pop(msg[1], None)
-                    if fut is not None and not fut.done():
+                    entry = pending.pop(msg[1], None)
+                    if entry is None:
+                        continue  # timed out or cancelled meanwhile
+                    fut = entry[0]
+                    entry[1].done_one()
+                    if not fut.done():
                         err = msg[2]
                         if err is None:
                             fut.set_result(msg[3])
@@ -710,18 +721,70 @@ class _Peer:
         self.reason = ""
 
 
-def _expire(
-    pending: dict[int, asyncio.Future[Any]],
-    msgid: int,
-    fut: asyncio.Future[Any],
-    method: str,
-    addr: str,
-    timeout: float,
-) -> None:
-    if pending.get(msgid) is fut:
-        del pending[msgid]
-    if not fut.done():
-        fut.set_exception(Timeout(f"{method} to {addr}: no reply within {timeout:.3g}s"))
+class _Batch:
+    """The calls of one loop turn with the same timeout: they share one timer."""
+
+    __slots__ = ("left", "timeout", "timer")
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.left = 0  # calls still unanswered; the timer is cancelled when it reaches 0
+        self.timer: asyncio.TimerHandle | None = None
+
+    def done_one(self) -> None:
+        self.left -= 1
+        if not self.left and self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+class _Deadlines:
+    """Timeouts of in-flight calls, one timer per timeout value per loop turn rather than one
+    per call: setting and cancelling a timer per call cost more than the rest of the call."""
+
+    __slots__ = ("_client", "_loop", "_turn")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, client: RpcClient) -> None:
+        self._loop = loop
+        self._client = client
+        self._turn: dict[float, _Batch] = {}
+
+    def batch(self, timeout: float) -> _Batch:
+        b = self._turn.get(timeout)
+        if b is None:
+            b = self._turn[timeout] = _Batch(timeout)
+        return b
+
+    def commit(self) -> None:
+        """Called once per loop turn, before its requests are written: start their clocks."""
+        if not self._turn:
+            return
+        for b in self._turn.values():
+            if b.left:
+                b.timer = self._loop.call_later(b.timeout, self._expire, b)
+        self._turn = {}
+
+    def _expire(self, b: _Batch) -> None:
+        b.timer = None
+        if not b.left:
+            return
+        # Rare path: find this batch's calls among everything pending.
+        for peer in self._client._peers.values():
+            for conn in peer.slots:
+                if conn is None:
+                    continue
+                pending = conn._pending
+                late = [m for m, entry in pending.items() if entry[1] is b]
+                for msgid in late:
+                    fut, _, method = pending.pop(msgid)
+                    if not fut.done():
+                        fut.set_exception(
+                            Timeout(f"{method} to {conn._addr}: no reply within {b.timeout:.3g}s")
+                        )
+
+    def close(self) -> None:
+        # Timers of committed batches are cancelled as their calls fail (done_one).
+        self._turn.clear()
 
 
 def _consume(task: asyncio.Task[Any]) -> None:
@@ -762,6 +825,7 @@ class RpcClient:
         self._pack = _new_packer().pack
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._flusher: _Flusher | None = None
+        self._deadlines: _Deadlines = None  # type: ignore[assignment]
         self._closed = False
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -802,17 +866,18 @@ class RpcClient:
         msgid = conn._next_id
         conn._next_id = (msgid + 1) & _MSGID_MASK
         fut = loop.create_future()
+        batch = self._deadlines.batch(timeout)
+        batch.left += 1
         pending = conn._pending
-        pending[msgid] = fut
+        pending[msgid] = (fut, batch, method)
         conn._queue(data)
-        timer = loop.call_later(timeout, _expire, pending, msgid, fut, method, addr, timeout)
         try:
             return await fut
         except asyncio.CancelledError:
-            pending.pop(msgid, None)
+            entry = pending.pop(msgid, None)
+            if entry is not None:
+                entry[1].done_one()
             raise
-        finally:
-            timer.cancel()
 
     def notify(self, addr: str, method: str, params: Sequence[Any]) -> None:
         """Send a notification (no reply). Dropped silently when the peer is down or the
@@ -870,6 +935,8 @@ class RpcClient:
         if self._closed:
             return
         self._closed = True
+        if self._deadlines is not None:
+            self._deadlines.close()
         for t in list(self._background):
             t.cancel()
         conns: list[_ClientConn] = []
@@ -895,7 +962,8 @@ class RpcClient:
             raise _unreachable(f"cannot reach {addr}: client is closed", sent=False)
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
-            self._flusher = _Flusher(self._loop)
+            self._deadlines = _Deadlines(self._loop, self)
+            self._flusher = _Flusher(self._loop, self._deadlines.commit)
         host, port = parse_addr(addr)
         peer = _Peer(addr, host, port, self._n, self._backoff_min)
         self._peers[addr] = peer

@@ -437,6 +437,34 @@ def test_timeout_leaves_the_connection_usable(arun: Any) -> None:
     arun(body)
 
 
+def test_timeouts_hit_only_the_calls_that_are_late(arun: Any) -> None:
+    async def body() -> None:
+        release = asyncio.Event()
+
+        async def maybe_hang(i: int) -> int:
+            if i % 3 == 0:
+                await release.wait()
+            return i
+
+        async with serving({"f": maybe_hang}) as server, client() as c:
+            addr = f"127.0.0.1:{server.port}"
+            # one loop turn: short and long timeouts side by side on one connection
+            short = [asyncio.create_task(c.call(addr, "f", [i], 0.1)) for i in range(30)]
+            long = [asyncio.create_task(c.call(addr, "f", [i], WAIT_S)) for i in range(30, 60)]
+            results = await asyncio.gather(*short, return_exceptions=True)
+            for i, r in enumerate(results):
+                if i % 3 == 0:
+                    assert isinstance(r, Timeout) and "no reply within" in str(r), r
+                else:
+                    assert r == i
+            assert not any(t.done() for i, t in enumerate(long, 30) if i % 3 == 0)
+            release.set()
+            assert await asyncio.gather(*long) == list(range(30, 60))
+            assert c.connected(addr) == 1
+
+    arun(body)
+
+
 def test_cancelled_call_does_not_break_the_connection(arun: Any) -> None:
     async def body() -> None:
         release = asyncio.Event()
