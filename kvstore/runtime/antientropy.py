@@ -192,6 +192,7 @@ class AntiEntropy:
         self.clock = clock or time.monotonic
         self.counters = Counters()
         self._trees: dict[int, MerkleTree] = {}
+        self._empty = MerkleTree()  # read-only stand-in for partitions with no tree yet
         self._building: set[int] = set()
         self._built = asyncio.Event()
         # partition -> copy of its table taken when construction or a rebuild started.
@@ -232,6 +233,16 @@ class AntiEntropy:
             # the hooks alone make it complete.
             t = self._trees[p] = MerkleTree()
         return t
+
+    def _peek(self, p: int) -> MerkleTree:
+        """The tree of ``p`` for reading; never creates one (peers choose ``p``)."""
+        return self._trees.get(p) or self._empty
+
+    def _part(self, p: Any) -> int:
+        part = _partition(p)
+        if part >= self.s.partitions:
+            raise InvalidRequest(f"partition {part} out of range 0..{self.s.partitions - 1}")
+        return part
 
     def ready(self, p: int) -> bool:
         """The tree of ``p`` holds every key (its builder pass is done)."""
@@ -345,10 +356,9 @@ class AntiEntropy:
 
     def _entries(self, p: int, buckets: Iterable[int]) -> dict[int, dict[bytes, int]]:
         """bucket -> {key: digest} of this node's keys of ``p`` in ``buckets``, from the store."""
-        tree = self._tree(p)
+        bucket_of = self._empty.bucket_of
         want = set(buckets)
         out: dict[int, dict[bytes, int]] = {b: {} for b in want}
-        bucket_of = tree.bucket_of
         for key, rec in self.engine.iter_partition(p):
             b = bucket_of(key)
             if b in want:
@@ -360,7 +370,7 @@ class AntiEntropy:
 
     def _mismatched(self, p: int, by_bucket: dict[int, dict[bytes, int]]) -> list[int]:
         """Buckets whose leaf hash differs from the sum over the store's keys."""
-        tree = self._tree(p)
+        tree = self._peek(p)
         buckets = sorted(by_bucket)
         leaves = tree.level_hashes(tree.depth, buckets)
         bad = []
@@ -430,25 +440,25 @@ class AntiEntropy:
 
     def h_root(self, p: Any) -> int | None:
         """Root of partition ``p``; None while its tree is still being built."""
-        part = _partition(p)
-        return self._tree(part).root() if self.ready(part) else None
+        part = self._part(p)
+        return self._peek(part).root() if self.ready(part) else None
 
     def h_roots(self, ps: Any) -> list[int | None]:
         return [self.h_root(p) for p in _int_list(ps, "partitions")]
 
     def h_level(self, p: Any, level: Any, indices: Any) -> list[int] | None:
-        part = _partition(p)
+        part = self._part(p)
         if not self.ready(part):
             return None
-        return self._tree(part).level_hashes(level, _int_list(indices, "indices"))
+        return self._peek(part).level_hashes(level, _int_list(indices, "indices"))
 
     def h_entries(self, p: Any, buckets: Any) -> list[list[Any]] | None:
         """[key, digest] of this node's keys of ``p`` in ``buckets``."""
-        part = _partition(p)
+        part = self._part(p)
         if not self.ready(part):
             return None
         want = _int_list(buckets, "buckets")
-        leaves = self._tree(part).leaves
+        leaves = self._empty.leaves
         if any(not 0 <= b < leaves for b in want):
             raise InvalidRequest(f"buckets must be in 0..{leaves - 1}")
         by_bucket = self._entries(part, want)
@@ -460,7 +470,7 @@ class AntiEntropy:
         """Delete a collected tombstone if this node's version still has ``digest``."""
         if isinstance(digest, bool) or not isinstance(digest, int):
             raise InvalidRequest("digest must be an integer")
-        return await self.replica.forget(_partition(p), m.as_bytes(key, "key"), digest)
+        return await self.replica.forget(self._part(p), m.as_bytes(key, "key"), digest)
 
     def status(self) -> dict[str, Any]:
         now = self.clock()
@@ -589,7 +599,7 @@ class AntiEntropy:
                     continue
                 self.counters.root_checks += 1
                 self.counters.keys_covered += self.engine.count(p)
-                if r == self._tree(p).root():
+                if r == self._peek(p).root():
                     self._agreed[(p, peer)] = now
                 else:
                     differ.append((p, peer))
@@ -633,7 +643,7 @@ class AntiEntropy:
                     self._spawn_check(p, ours_by_bucket)
                     keys = merkle.diff_entries(ours_map, theirs_map)
                     repaired += await self._repair(p, addr, keys, theirs_map)
-            if await self.rpc.call(addr, ROOT, [p], timeout) == self._tree(p).root():
+            if await self.rpc.call(addr, ROOT, [p], timeout) == self._peek(p).root():
                 self._agreed[(p, peer)] = self.clock()
         except KVError as e:
             self.counters.exchange_errors += 1

@@ -1,0 +1,129 @@
+"""Tombstone collection without resurrection, with real node processes.
+
+A key deleted while one replica is down must not be collected while that replica could
+still hold the old value (it would bring the value back through anti-entropy, read repair
+or handoff). Once every replica holds the identical tombstone and the grace period has
+passed, it is removed everywhere.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kvstore.core import vclock
+from kvstore.core.ring import partition_of
+from kvstore.testing.processes import LocalCluster, wait_until
+
+Q = 256
+AAE_FLAGS = [
+    "--aae-interval-s", "0.3",
+    "--aae-exchanges-per-min", "6000",
+    "--aae-max-repairs-per-s", "5000",
+]
+GRACE = ["--tombstone-grace-s", "1"]
+
+
+class Nodes:
+    """One admin client per node (the same helper as in test_antientropy.py)."""
+
+    def __init__(self, c: LocalCluster) -> None:
+        self.c = c
+        self.clients = {name: c.client(name, route=False) for name in c.nodes}
+
+    def call(self, name: str, method: str, *params: Any) -> Any:
+        return self.clients[name].call(self.c.nodes[name].addr, method, *params)
+
+    def status(self, name: str) -> dict[str, Any]:
+        return self.call(name, "aae.status")  # type: ignore[no-any-return]
+
+    def raw(self, name: str, key: bytes) -> bytes | None:
+        rec = self.call(name, "replica.get", partition_of(key, Q), key)
+        return None if rec is None else bytes(rec)
+
+    def agree(self) -> bool:
+        rs = [self.call(n, "aae.roots", list(range(Q))) for n in self.c.nodes]
+        return all(None not in r for r in rs) and all(r == rs[0] for r in rs)
+
+
+def _reads_empty(c: LocalCluster, names: list[str], keys: list[bytes]) -> bool:
+    """Every key reads as absent at R=1 through each of ``names`` as coordinator."""
+    for name in names:
+        kv = c.client(name, route=False)
+        for k in keys:
+            assert kv.get(k, r=1).values == [], f"{k!r} reappeared on a read through {name}"
+    return True
+
+
+@pytest.mark.parametrize("hints", [True, False], ids=["with-hints", "aae-only"])
+def test_delete_while_a_replica_is_down_never_resurrects(tmp_path: Path, hints: bool) -> None:
+    extra = [*AAE_FLAGS, *GRACE, *([] if hints else ["--max-hints", "0"])]
+    with LocalCluster(tmp_path, nodes=3, extra=extra) as c:
+        c.start_all()
+        nodes = Nodes(c)
+        kv = c.client("n1", "n2")
+        keys = [f"tomb-{i}".encode() for i in range(20)]
+        for k in keys:
+            kv.put(k, b"alive", w=3)
+        ctx = {k: kv.get(k, r=3).context for k in keys}
+        wait_until(nodes.agree, 30, 0.2, "the trees to agree")
+
+        c.kill("n3")
+        for k in keys:
+            kv.delete(k, context=ctx[k], w=2)
+        # Well past the grace period, with anti-entropy rounds running: n3 still holds the
+        # live value, so n1 and n2 must keep their tombstones.
+        t_end = time.monotonic() + 3.0
+        while time.monotonic() < t_end:
+            _reads_empty(c, ["n1", "n2"], keys)
+            time.sleep(0.3)
+        for name in ("n1", "n2"):
+            for k in keys:
+                rec = nodes.raw(name, k)
+                assert rec is not None and vclock.is_deleted(vclock.decode(rec)), (name, k)
+            assert nodes.status(name)["tombstones_collected"] == 0
+
+        c.start("n3")
+        nodes = Nodes(c)
+        # Hints (or, without them, anti-entropy alone) bring n3 the tombstone.
+        wait_until(
+            lambda: all(vclock.is_deleted(vclock.decode(r)) if (r := nodes.raw("n3", k)) else True for k in keys),
+            30, 0.2, "n3 to receive the tombstones",
+        )
+
+        def collected() -> bool:
+            _reads_empty(c, ["n1", "n2", "n3"], keys)
+            return all(nodes.raw(n, k) is None for n in c.nodes for k in keys)
+
+        wait_until(collected, 30, 0.3, "the tombstones to be collected on every replica")
+        assert sum(nodes.status(n)["tombstones_collected"] for n in c.nodes) >= len(keys)
+        # Keep polling while anti-entropy runs on: nothing comes back.
+        for _ in range(5):
+            _reads_empty(c, ["n1", "n2", "n3"], keys)
+            time.sleep(0.3)
+        assert nodes.agree()
+        # The key is usable again: a new write after collection reads back.
+        kv.put(keys[0], b"reborn", w=3)
+        assert kv.get(keys[0], r=3).value == b"reborn"
+
+
+def test_live_keys_and_siblings_with_a_tombstone_are_kept(tmp_path: Path) -> None:
+    """Only tombstone-only keys are collected: a blind delete concurrent with a write leaves
+    a value sibling, and that key stays."""
+    with LocalCluster(tmp_path, nodes=3, extra=[*AAE_FLAGS, *GRACE]) as c:
+        c.start_all()
+        nodes = Nodes(c)
+        kv = c.client()
+        kv.put("keep", b"v", w=3)
+        kv.put("both", b"v", w=3)
+        kv.delete("both", w=3)  # no context: a tombstone sibling beside the value
+        kv.put("gone", b"v", w=3)
+        kv.delete("gone", context=kv.get("gone", r=3).context, w=3)
+        wait_until(lambda: all(nodes.raw(n, b"gone") is None for n in c.nodes), 30, 0.2, "'gone' to be collected")
+        assert kv.get("keep", r=3).value == b"v"
+        assert kv.get("both", r=3).values == [b"v"]
+        for n in c.nodes:
+            assert nodes.raw(n, b"both") is not None
