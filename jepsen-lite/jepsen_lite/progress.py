@@ -62,7 +62,7 @@ class Progress:
         width = 30
         done = int(width * min(1.0, el / self.total_s)) if self.total_s > 0 else width
         t = Text()
-        t.append(f"{s.phase:<10}", style="bold")
+        t.append(f"{s.phase:<11}", style="bold")
         t.append("[" + "#" * done + "." * (width - done) + "] ")
         t.append(f"{el:4.0f}s/{self.total_s:.0f}s  ")
         t.append(f"ops {s.total}  ")
@@ -78,10 +78,10 @@ class Progress:
             self._live.update(self._render())
         elif time.monotonic() - self._last_plain >= self.plain_every_s:
             self._last_plain = time.monotonic()
-            self.console.print(self._line(), highlight=False, markup=False)
+            self.console.print(self._line(), highlight=False, markup=False, soft_wrap=True)
 
     def log(self, message: str, style: str = "") -> None:
-        self.console.print(message, style=style or None, highlight=False, markup=False)
+        self.console.print(message, style=style or None, highlight=False, markup=False, soft_wrap=True)
 
     def stop(self) -> None:
         if self._live is not None:
@@ -89,4 +89,4 @@ class Progress:
             self._live.stop()
             self._live = None
         else:
-            self.console.print(self._line(), highlight=False, markup=False)
+            self.console.print(self._line(), highlight=False, markup=False, soft_wrap=True)
