@@ -153,10 +153,18 @@ def test_five_processes_join_detect_kill_and_refute_after_pause(
         what="paused member alive again with a higher incarnation",
     )
     back = time.monotonic() - t1
-    assert paused.view()[paused.name]["incarnation"] > inc_before
-    # the survivors never lost sight of each other
-    for w in watchers:
-        assert all(w.state_of(x.name) == "alive" for x in watchers)
+    # its own view (the file lags its memory by up to one write interval) agrees
+    wait_until(
+        lambda: paused.view().get(paused.name, {}).get("incarnation", 0) > inc_before,
+        timeout=10,
+        what="paused member's own incarnation raised",
+    )
+    # the survivors see each other alive (a passing suspicion under load is allowed)
+    wait_until(
+        lambda: all(all(w.state_of(x.name) == "alive" for x in watchers) for w in watchers),
+        timeout=30,
+        what="survivors alive to each other",
+    )
     with capsys.disabled():
         print(
             f"\ngossip processes (period {PERIOD}s): kill -9 seen dead by all in {detection:.2f}s; "
