@@ -194,7 +194,6 @@ class AntiEntropy:
         self._trees: dict[int, MerkleTree] = {}
         self._empty = MerkleTree()  # read-only stand-in for partitions with no tree yet
         self._building: set[int] = set()
-        self._built = asyncio.Event()
         # partition -> copy of its table taken when construction or a rebuild started.
         self._to_build: dict[int, dict[bytes, bytes]] = {}
         self._settle: dict[int, _Settle] = {}
@@ -204,7 +203,6 @@ class AntiEntropy:
         # (partition, peer) -> clock() of the last time both had the same root.
         self._agreed: dict[tuple[int, str], float] = {}
         self._last_exchange: dict[tuple[int, str], float] = {}
-        self._started_at = self.clock()
         per_s = settings.aae_exchanges_per_min / 60.0
         # Refill tokens continuously; the burst is what one interval earns, so no minute
         # ever sees much more than aae_exchanges_per_min starts.
@@ -236,7 +234,8 @@ class AntiEntropy:
 
     def _peek(self, p: int) -> MerkleTree:
         """The tree of ``p`` for reading; never creates one (peers choose ``p``)."""
-        return self._trees.get(p) or self._empty
+        t = self._trees.get(p)
+        return self._empty if t is None else t
 
     def _part(self, p: Any) -> int:
         part = _partition(p)
@@ -336,7 +335,6 @@ class AntiEntropy:
                 if self._trees.get(p) is tree:
                     self._building.discard(p)
                     self.counters.trees_built += 1
-        self._built.set()
 
     def _rebuild(self, p: int) -> None:
         """Start over for ``p`` from a fresh copy of its table (its tree missed a change)."""
