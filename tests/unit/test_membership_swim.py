@@ -556,3 +556,35 @@ def test_members_snapshot_has_awareness_only_on_self() -> None:
     infos = {m.name: m for m in s.members()}
     assert infos["a"].awareness == 0 and infos["b"].awareness is None
     assert s.num_active() == 2
+
+
+def test_active_count_follows_every_transition() -> None:
+    s = make(("b", "c", "d"))
+
+    def recount() -> int:
+        return sum(1 for m in s.members() if not m.state.gone)
+
+    steps: list[Update] = [
+        Suspect("b", 0, "x"),
+        Dead("b", 0, "x"),
+        Alive("b", "b:1", 1),
+        Dead("c", 0, "c"),
+        Alive("c", "c:1", 2),
+        Alive("n", "n:1", 0),
+        Dead("n", 0, "x"),
+        Dead("n", 0, "n"),
+    ]
+    for u in steps:
+        gossip(s, u)
+        assert s.num_active() == recount()
+    s.tick(100.0)
+    assert s.num_active() == recount()
+    s.leave(101.0)
+    assert s.num_active() == recount() == 3
+
+
+def test_ping_req_flood_is_bounded() -> None:
+    s = make()
+    for i in range(3000):
+        s.handle("b:1", Packet(PingReq(i, "c", "c:1", 10.0)), 1.0)
+    assert s.stats["relayed_pings"] == 1024

@@ -77,6 +77,8 @@ ALIVE, SUSPECT, DEAD, LEFT = (
 
 # Leave and restart notices go straight to at most this many members (the rest hear by gossip).
 FANOUT_CAP = 64
+# Relayed probes in flight; past this, ping-reqs are dropped (a flood must not grow memory).
+MAX_RELAYS = 1024
 NACK_SHARE = 0.8
 
 
@@ -160,6 +162,7 @@ class Swim:
             now,
         )
         self._members: dict[str, Member] = {name: self._self}
+        self._active = 1  # num_active(), kept up to date by _set_state
         self._order = ProbeOrder(rng)
         self._queue = BroadcastQueue()
         self._awareness = Awareness(config.awareness_max_multiplier, enabled=config.lifeguard)
@@ -270,7 +273,7 @@ class Swim:
         if not self._leaving:
             self._leaving = True
             self._probe = None
-            self._self.state = LEFT
+            self._set_state(self._self, LEFT, now, planned=True)
             update = Dead(self.name, self._self.incarnation, self.name)
             self._queue.push(update)
             self._fan_out(update)
@@ -299,7 +302,7 @@ class Swim:
 
     def num_active(self) -> int:
         """N of the formulas: members not dead or left, this node included."""
-        return sum(1 for m in self._members.values() if not m.state.gone)
+        return self._active
 
     def pending_broadcasts(self) -> list[tuple[Update, int]]:
         return self._queue.pending()
@@ -420,7 +423,7 @@ class Swim:
         self._send(src, Ack(msg.seq, self.name), told)
 
     def _on_ping_req(self, src: str, msg: PingReq, now: float) -> None:
-        if self._leaving:
+        if self._leaving or len(self._relays) >= MAX_RELAYS:
             return
         self._seq += 1
         nack_at = now + msg.nack_after if msg.nack_after > 0 else None
@@ -480,6 +483,7 @@ class Swim:
                 now,
             )
             self._members[a.name] = m
+            self._active += 1
             self._order.add(a.name)
             self._queue.push(a)
             self._emit(m, None)
@@ -566,6 +570,8 @@ class Swim:
             return
         m.state = new
         m.state_since = now
+        if old.gone != new.gone:
+            self._active += 1 if old.gone else -1
         if new is not SUSPECT:
             m.suspicion = None
         # Leaving and coming back after a leave are deliberate, not flaps.
