@@ -42,7 +42,7 @@ MASK = NPRE - 1
 # --------------------------------------------------------------------------- serve
 
 
-def serve(port: int, loop_kind: str) -> None:
+def serve(port: int, loop_kind: str, handlers: str = "sync") -> None:
     sys.path.insert(0, str(REPO))
     from kvstore.runtime.rpc import RpcServer, run
 
@@ -54,8 +54,19 @@ def serve(port: int, loop_kind: str) -> None:
 
     get = store.get
 
+    async def aput(k: bytes, v: bytes) -> bool:
+        store[k] = v
+        return True
+
+    async def aget(k: bytes) -> bytes | None:
+        return store.get(k)
+
+    table: dict[str, Any] = {"put": put, "get": get}
+    if handlers == "async":  # the cost of a task per request, as coordinating handlers pay
+        table = {"put": aput, "get": aget}
+
     async def main() -> None:
-        server = RpcServer({"put": put, "get": get})
+        server = RpcServer(table)
         await server.start("127.0.0.1", port)
         print(
             "ready", server.port, loop_kind, type(asyncio.get_running_loop()).__module__, flush=True
@@ -356,7 +367,17 @@ def compare(args: argparse.Namespace) -> None:
     procs: list[subprocess.Popen[str]] = []
     try:
         proj, line = _start(
-            [sys.executable, __file__, "serve", "--port", "0", "--loop", args.loop],
+            [
+                sys.executable,
+                __file__,
+                "serve",
+                "--port",
+                "0",
+                "--loop",
+                args.loop,
+                "--handlers",
+                args.handlers,
+            ],
             "project server",
         )
         procs.append(proj)
@@ -382,7 +403,7 @@ def compare(args: argparse.Namespace) -> None:
                     flush=True,
                 )
         _table(
-            f"kvstore RpcServer vs reference_server.py ({args.loop}, median of {args.repeat})",
+            f"kvstore RpcServer ({args.handlers} handlers) vs reference_server.py ({args.loop}, median of {args.repeat})",
             "project",
             "reference",
             rows,
@@ -462,6 +483,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     sp = sub.add_parser("serve")
     sp.add_argument("--port", type=int, default=0)
     sp.add_argument("--loop", default="uvloop")
+    sp.add_argument("--handlers", choices=("sync", "async"), default="sync")
     lp = sub.add_parser("load")
     lp.add_argument("--host", default="127.0.0.1")
     lp.add_argument("--port", type=int, required=True)
@@ -483,6 +505,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.add_argument("--loop", default="uvloop", choices=("uvloop", "asyncio"))
         p.add_argument("--secs", type=float, default=2.0, help="measured seconds per point")
         p.add_argument("--warm", type=float, default=0.5, help="warm-up seconds per point")
+        p.add_argument(
+            "--handlers",
+            choices=("sync", "async"),
+            default="sync",
+            help="project server's handler kind",
+        )
         p.add_argument("--repeat", type=int, default=1, help="runs per point (median reported)")
         p.add_argument("--ops", default="", help="e.g. put or put,get (default both)")
         p.add_argument("--loads", default="", help="e.g. 4x64,50x1,1x1 (default all)")
@@ -495,7 +523,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.add_argument("--json", action="store_true", help="also print one JSON line per point")
     args = ap.parse_args(argv)
     if args.cmd == "serve":
-        serve(args.port, args.loop)
+        serve(args.port, args.loop, args.handlers)
     elif args.cmd == "load":
         load(args)
     elif args.target:

@@ -34,10 +34,12 @@ means it was written and the outcome is unknown. :func:`was_sent` reads it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import socket
 import types
+from asyncio import isfuture
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -363,7 +365,10 @@ class _ServerConn(_Conn):
                     try:
                         append(pack([1, msgid, None, r]))
                     except Exception as e:
-                        append(self._server._unpackable(msgid, method, e))
+                        if isfuture(r):
+                            self._watch(msgid, method, r)
+                        else:
+                            append(self._server._unpackable(msgid, method, e))
                 elif not self._other(msg, out):
                     break
         except Exception as e:
@@ -395,6 +400,8 @@ class _ServerConn(_Conn):
                 return True
             if type(r) is _CoroutineType:
                 self._spawn(None, method, r)
+            elif isfuture(r):
+                self._watch(None, method, r)
             return True
         if kind == RESPONSE and len(msg) == 4:
             return True  # this end sends no requests, so a response answers nothing
@@ -427,11 +434,13 @@ class _ServerConn(_Conn):
             return True
         if type(r) is _CoroutineType:
             self._spawn(msgid, method, r)
-            return True
-        try:
-            out.append(server._pack([1, msgid, None, r]))
-        except Exception as e:
-            out.append(server._unpackable(msgid, method, e))
+        elif isfuture(r):
+            self._watch(msgid, method, r)
+        else:
+            try:
+                out.append(server._pack([1, msgid, None, r]))
+            except Exception as e:
+                out.append(server._unpackable(msgid, method, e))
         return True
 
     def _refuse(self, out: list[bytes], reason: str) -> bool:
@@ -441,34 +450,39 @@ class _ServerConn(_Conn):
         return False
 
     def _spawn(self, msgid: int | None, method: str, coro: Coroutine[Any, Any, Any]) -> None:
+        self._watch(msgid, method, self._server._loop.create_task(coro))
+
+    def _watch(self, msgid: int | None, method: str, fut: asyncio.Future[Any]) -> None:
         server = self._server
-        task = server._loop.create_task(self._run_async(msgid, method, coro))
-        server._tasks.add(task)
-        task.add_done_callback(server._task_done)
+        server._running.add(fut)
+        fut.add_done_callback(functools.partial(self._settle, msgid, method))
         self._inflight += 1
         if self._inflight >= server.max_inflight and not self._paused_inflight:
             self._paused_inflight = True
             self._set_reading()
 
-    async def _run_async(
-        self, msgid: int | None, method: str, coro: Coroutine[Any, Any, Any]
-    ) -> None:
+    def _settle(self, msgid: int | None, method: str, fut: asyncio.Future[Any]) -> None:
+        """A handler's task or future finished: queue its reply (flushed once per turn)."""
         server = self._server
+        server._running.discard(fut)
         try:
-            try:
-                r = await coro
-            except Exception as e:
-                if msgid is None:
+            if fut.cancelled():
+                if msgid is not None and not server._closing:
+                    exc = InternalError(f"{method}: handler was cancelled")
+                    self._queue(server._pack([1, msgid, to_wire(exc), None]))
+                return
+            e = fut.exception()
+            if msgid is None:
+                if e is not None:
                     _log_handler_error(method, e)
-                    return
+                return
+            if e is not None:
                 data = server._error_reply(msgid, method, e, False)
             else:
-                if msgid is None:
-                    return
                 try:
-                    data = server._pack([1, msgid, None, r])
-                except Exception as e:
-                    data = server._unpackable(msgid, method, e)
+                    data = server._pack([1, msgid, None, fut.result()])
+                except Exception as pe:
+                    data = server._unpackable(msgid, method, pe)
             self._queue(data)
         finally:
             self._inflight -= 1
@@ -489,7 +503,7 @@ def _method_name(m: Any) -> str | None:
     return None
 
 
-def _log_handler_error(method: str, e: Exception) -> None:
+def _log_handler_error(method: str, e: BaseException) -> None:
     if isinstance(e, KVError):
         log.debug("handler %s: %s: %s", method, type(e).__name__, e)
     else:
@@ -518,8 +532,8 @@ class RpcServer:
         self.max_inflight = max_inflight
         self._pack = _new_packer().pack
         self._conns: set[_ServerConn] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._task_done = self._tasks.discard
+        self._running: set[asyncio.Future[Any]] = set()  # tasks and futures of handlers
+        self._closing = False
         self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._flusher: _Flusher | None = None
@@ -565,17 +579,18 @@ class RpcServer:
     @property
     def running_handlers(self) -> int:
         """Async handler tasks not finished yet."""
-        return len(self._tasks)
+        return len(self._running)
 
     async def close(self, *, grace_s: float = 1.0) -> None:
         """Stop listening, cancel running handlers, close every connection."""
         if self._server is not None:
             self._server.close()
-        tasks = list(self._tasks)
-        for t in tasks:
+        self._closing = True
+        running = list(self._running)
+        for t in running:
             t.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
         for c in list(self._conns):
             c._flush_out()
             c._closed = True
@@ -593,7 +608,7 @@ class RpcServer:
         if self._server is not None:
             await self._server.wait_closed()
 
-    def _error_reply(self, msgid: int, method: str, e: Exception, at_call: bool) -> bytes:
+    def _error_reply(self, msgid: int, method: str, e: BaseException, at_call: bool) -> bytes:
         if (
             at_call
             and type(e) is TypeError
@@ -724,12 +739,14 @@ class _Peer:
 class _Batch:
     """The calls of one loop turn with the same timeout: they share one timer."""
 
-    __slots__ = ("left", "timeout", "timer")
+    __slots__ = ("calls", "left", "timeout", "timer")
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self.left = 0  # calls still unanswered; the timer is cancelled when it reaches 0
         self.timer: asyncio.TimerHandle | None = None
+        # conn, msgid, conn, msgid, ... (flat: no tuple per call)
+        self.calls: list[Any] = []
 
     def done_one(self) -> None:
         self.left -= 1
@@ -742,11 +759,10 @@ class _Deadlines:
     """Timeouts of in-flight calls, one timer per timeout value per loop turn rather than one
     per call: setting and cancelling a timer per call cost more than the rest of the call."""
 
-    __slots__ = ("_client", "_loop", "_turn")
+    __slots__ = ("_loop", "_turn")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, client: RpcClient) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._client = client
         self._turn: dict[float, _Batch] = {}
 
     def batch(self, timeout: float) -> _Batch:
@@ -768,19 +784,18 @@ class _Deadlines:
         b.timer = None
         if not b.left:
             return
-        # Rare path: find this batch's calls among everything pending.
-        for peer in self._client._peers.values():
-            for conn in peer.slots:
-                if conn is None:
-                    continue
-                pending = conn._pending
-                late = [m for m, entry in pending.items() if entry[1] is b]
-                for msgid in late:
-                    fut, _, method = pending.pop(msgid)
-                    if not fut.done():
-                        fut.set_exception(
-                            Timeout(f"{method} to {conn._addr}: no reply within {b.timeout:.3g}s")
-                        )
+        calls = b.calls
+        for i in range(0, len(calls), 2):
+            conn: _ClientConn = calls[i]
+            pending = conn._pending
+            entry = pending.get(calls[i + 1])
+            if entry is not None and entry[1] is b:
+                del pending[calls[i + 1]]
+                fut, _, method = entry
+                if not fut.done():
+                    fut.set_exception(
+                        Timeout(f"{method} to {conn._addr}: no reply within {b.timeout:.3g}s")
+                    )
 
     def close(self) -> None:
         # Timers of committed batches are cancelled as their calls fail (done_one).
@@ -853,8 +868,59 @@ class RpcClient:
                 raise _unreachable(
                     f"connection to {addr} lost before the request was sent", sent=False
                 )
+        msgid = conn._next_id
+        fut = self._send(conn, method, params, timeout)
         try:
-            data = self._pack([0, conn._next_id, method, params])
+            return await fut
+        except asyncio.CancelledError:
+            entry = conn._pending.pop(msgid, None)
+            if entry is not None:
+                entry[1].done_one()
+            raise
+
+    def request(
+        self, addr: str, method: str, params: Sequence[Any], timeout: float
+    ) -> asyncio.Future[Any]:
+        """:meth:`call` as a Future, returned at once: on an open connection no coroutine or
+        task is involved, so callback-style code (a coordinator fanning out to replicas and
+        replying on the first W answers) pays only for the future. Encoding errors raise
+        here; everything else arrives through the future."""
+        peer = self._peers.get(addr)
+        if peer is None:
+            peer = self._add_peer(addr)
+        i = peer.rr
+        peer.rr = i + 1 if i + 1 < self._n else 0
+        conn = peer.slots[i]
+        if conn is not None and not conn._closed:
+            return self._send(conn, method, params, timeout)
+        try:
+            data = self._pack([0, 0, method, params])
+        except Exception as e:
+            raise InvalidRequest(
+                f"{method}: params cannot be sent: {type(e).__name__}: {e}"
+            ) from None
+        del data
+
+        async def connect_then_call() -> Any:
+            loop = self._loop
+            t0 = loop.time()
+            c = await self._connect(peer, i, timeout)
+            if c._closed:
+                raise _unreachable(
+                    f"connection to {addr} lost before the request was sent", sent=False
+                )
+            return await self._send(c, method, params, timeout - (loop.time() - t0))
+
+        task = self._loop.create_task(connect_then_call())
+        task.add_done_callback(_consume)
+        return task
+
+    def _send(
+        self, conn: _ClientConn, method: str, params: Sequence[Any], timeout: float
+    ) -> asyncio.Future[Any]:
+        msgid = conn._next_id
+        try:
+            data = self._pack([0, msgid, method, params])
         except Exception as e:
             raise InvalidRequest(
                 f"{method}: params cannot be sent: {type(e).__name__}: {e}"
@@ -863,21 +929,16 @@ class RpcClient:
             raise TooLarge(
                 f"{method}: request of {len(data)} bytes exceeds max_frame_bytes ({self._max_frame})"
             )
-        msgid = conn._next_id
         conn._next_id = (msgid + 1) & _MSGID_MASK
-        fut = loop.create_future()
+        fut = self._loop.create_future()
         batch = self._deadlines.batch(timeout)
         batch.left += 1
-        pending = conn._pending
-        pending[msgid] = (fut, batch, method)
+        calls = batch.calls
+        calls.append(conn)
+        calls.append(msgid)
+        conn._pending[msgid] = (fut, batch, method)
         conn._queue(data)
-        try:
-            return await fut
-        except asyncio.CancelledError:
-            entry = pending.pop(msgid, None)
-            if entry is not None:
-                entry[1].done_one()
-            raise
+        return fut
 
     def notify(self, addr: str, method: str, params: Sequence[Any]) -> None:
         """Send a notification (no reply). Dropped silently when the peer is down or the
@@ -962,7 +1023,7 @@ class RpcClient:
             raise _unreachable(f"cannot reach {addr}: client is closed", sent=False)
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
-            self._deadlines = _Deadlines(self._loop, self)
+            self._deadlines = _Deadlines(self._loop)
             self._flusher = _Flusher(self._loop, self._deadlines.commit)
         host, port = parse_addr(addr)
         peer = _Peer(addr, host, port, self._n, self._backoff_min)

@@ -300,6 +300,69 @@ def test_sync_and_async_handlers_side_by_side(arun: Any) -> None:
     arun(body)
 
 
+def test_handlers_may_return_a_future(arun: Any) -> None:
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+
+        def later(x: int) -> asyncio.Future[int]:
+            f: asyncio.Future[int] = loop.create_future()
+            loop.call_soon(f.set_result, x * 2)
+            return f
+
+        def fails() -> asyncio.Future[None]:
+            f: asyncio.Future[None] = loop.create_future()
+            f.set_exception(Unavailable("2 needed", answered=1, required=2))
+            return f
+
+        def cancelled() -> asyncio.Future[None]:
+            f: asyncio.Future[None] = loop.create_future()
+            f.cancel()
+            return f
+
+        handlers: dict[str, Callable[..., Any]] = {
+            "later": later,
+            "fails": fails,
+            "cancelled": cancelled,
+        }
+        async with serving(handlers) as server, client() as c:
+            addr = f"127.0.0.1:{server.port}"
+            assert await asyncio.gather(
+                *(c.call(addr, "later", [i], WAIT_S) for i in range(50))
+            ) == [i * 2 for i in range(50)]
+            with pytest.raises(Unavailable) as ei:
+                await c.call(addr, "fails", [], WAIT_S)
+            assert ei.value.answered == 1
+            with pytest.raises(InternalError, match="cancelled"):
+                await c.call(addr, "cancelled", [], WAIT_S)
+            await wait_until(lambda: server.running_handlers == 0, "handlers to settle")
+
+    arun(body)
+
+
+def test_request_returns_a_future(arun: Any) -> None:
+    async def body() -> None:
+        async with serving(kv_handlers()) as a, serving(kv_handlers()) as b, client() as c:
+            addrs = [f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"]
+            # not connected yet: the future covers the connect too
+            futs = [c.request(addr, "echo", [i], WAIT_S) for i, addr in enumerate(addrs)]
+            assert await asyncio.gather(*futs) == [[0], [1]]
+            # connected: fan out, take the first answer, let the other finish on its own
+            futs = [c.request(addr, "echo", ["x"], WAIT_S) for addr in addrs]
+            done, _ = await asyncio.wait(futs, return_when=asyncio.FIRST_COMPLETED)
+            assert next(iter(done)).result() == ["x"]
+            assert await asyncio.gather(*futs) == [["x"], ["x"]]
+            with pytest.raises(InvalidRequest, match="cannot be sent"):
+                c.request(addrs[0], "echo", [object()], WAIT_S)
+            down = f"127.0.0.1:{_closed_port()}"
+            with pytest.raises(Unreachable, match="refused") as ei:
+                await c.request(down, "echo", [], WAIT_S)
+            assert not was_sent(ei.value)
+            with pytest.raises(Unreachable, match="down"):
+                await c.request(down, "echo", [], WAIT_S)
+
+    arun(body)
+
+
 def test_notification_runs_handler_and_sends_nothing(arun: Any) -> None:
     async def body() -> None:
         seen: list[Any] = []
