@@ -21,6 +21,7 @@ from kvstore.core import messages as m
 from kvstore.core import vclock
 from kvstore.core.ring import Ring, claim
 from kvstore.errors import InvalidRequest, KVError, StorageError, Unavailable
+from kvstore.runtime.antientropy import AntiEntropy
 from kvstore.runtime.cluster import ClusterView
 from kvstore.runtime.coordinator import Coordinator
 from kvstore.runtime.handoff import FETCH, STATUS, Handoff
@@ -91,6 +92,7 @@ class Node:
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self.handoff: Handoff | None = None
+        self.aae: AntiEntropy | None = None
         # Set when this node should exit on its own (it left the ring).
         self.exit_requested = asyncio.Event()
         self.restart_requested = False
@@ -126,6 +128,10 @@ class Node:
         self.replica = replica
         self.coord = Coordinator(self.s, self.view, replica, self.rpc)
         self.handoff = Handoff(self.s, self.view, replica, self.engine, self.rpc)
+        # Before serving: it copies the table so its trees count every write exactly once.
+        self.aae = AntiEntropy(self.s, self.view, replica, self.engine, self.rpc)
+        if "aae" in self.engine.snapshot_extra:
+            self.aae.import_(self.engine.snapshot_extra["aae"])
         self.hints = Hints(self.s, self.view, self.engine, self.rpc)
         self.coord.on_hinted = self.hints.store
         self.view.listeners.append(self._on_view_change)
@@ -142,6 +148,7 @@ class Node:
         elif seeds:
             await self._pull_view(seeds)
         self._spawn(self.handoff.run())
+        self._spawn(self.aae.run())
         self._spawn(self.hints.run())
         self._spawn(self._maintain())
         log.info(
@@ -180,11 +187,15 @@ class Node:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.coord is not None:
             await self.coord.close()
+        if self.aae is not None:
+            await self.aae.close()
         await self.rpc.close()
         if self.engine is not None:
             try:
                 if self.s.snapshot_dir and not self.engine.closed:
-                    info = write_snapshot(self.engine, self.snapshot_id, self.s.snapshot_dir)
+                    await self.engine.flush()  # trees exported at the position the snapshot holds
+                    extra = {"aae": self.aae.export()} if self.aae is not None else {}
+                    info = write_snapshot(self.engine, self.snapshot_id, self.s.snapshot_dir, extra)
                     log.info("snapshot written: %s", info)
             except (OSError, RawStorageError, ValueError) as e:
                 log.warning("no snapshot written (next start reads LevelDB): %s", e)
@@ -215,6 +226,7 @@ class Node:
             m.RING_UPDATE: self._ring_update,
             FETCH: self.handoff.fetch if self.handoff else None,
             STATUS: self.handoff.status if self.handoff else None,
+            **(self.aae.handlers() if self.aae else {}),
         }
 
     @staticmethod
@@ -296,6 +308,7 @@ class Node:
                 if n in self.view.members()
             ],
             "keys": sum(counts.values()),
+            "aae": self.aae.status() if self.aae else None,
             "hints": self.hints.by_target(),
             "load": {"path": self.engine.load_stats.path, "reason": self.engine.load_stats.reason, "seconds": round(self.engine.load_stats.seconds, 3)},
             "n": self.s.n_replicas,
@@ -419,6 +432,8 @@ class Node:
                 if self._drop_at is not None and now >= self._drop_at and self.view.next is None:
                     self._drop_at = None
                     await self.handoff.drop_unowned()
+                    if self.aae is not None:
+                        self.aae.prune()
                 ring = self.view.ring
                 if ring is not None and self.view.next is None and self.name not in ring.members:
                     log.info("this node has left the ring and handed off its data; exiting")
