@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvstore.core import quorum, vclock
+from kvstore.core.merkle import MerkleTree
 from kvstore.core.quorum import ReadQuorum, Status, WriteQuorum
 from kvstore.core.ring import Ring, claim, partition_of
 from kvstore.core.vclock import Obj
@@ -50,12 +51,29 @@ class SimNode:
     store: dict[tuple[int, bytes], Obj] = field(default_factory=dict)
     pending: dict[int, Callable[[str, Any], None]] = field(default_factory=dict)
     repairs: int = 0
+    # Healing state: Merkle trees per partition, hints for primaries that did not answer.
+    trees: dict[int, MerkleTree] = field(default_factory=dict)
+    hints: dict[tuple[str, int, bytes], Obj] = field(default_factory=dict)
+    aae_repairs: int = 0
+    hints_delivered: int = 0
 
     # --- replica side
-    def merge_in(self, p: int, key: bytes, incoming: Obj) -> None:
-        merged = vclock.sync(self.store.get((p, key)), incoming)
+    def _set(self, p: int, key: bytes, new: Obj) -> None:
+        old = self.store.get((p, key))
+        self.store[(p, key)] = new
+        tree = self.trees.get(p)
+        if tree is None:
+            tree = self.trees[p] = MerkleTree(fanout=8, depth=2)
+        tree.update(key, None if old is None else vclock.digest(old), vclock.digest(new))
+
+    def merge_in(self, p: int, key: bytes, incoming: Obj) -> bool:
+        old = self.store.get((p, key))
+        merged = vclock.sync(old, incoming)
         assert merged is not None
-        self.store[(p, key)] = merged
+        if merged == old:
+            return False
+        self._set(p, key, merged)
+        return True
 
     def handle(self, src: str, msg: Any) -> None:
         kind = msg[0]
@@ -67,6 +85,19 @@ class SimNode:
             _, rid, p, key = msg
             obj = self.store.get((p, key))
             self.sim.net.send(self.name, src, ("reply", rid, None if obj is None else vclock.encode(obj)))
+        elif kind == "aae_leaves":
+            _, rid, p = msg
+            tree = self.trees.get(p) or MerkleTree(fanout=8, depth=2)
+            leaves = tree.level_hashes(tree.depth, range(tree.fanout**tree.depth))
+            self.sim.net.send(self.name, src, ("reply", rid, leaves))
+        elif kind == "aae_entries":
+            _, rid, p, buckets = msg
+            tree = self.trees.get(p) or MerkleTree(fanout=8, depth=2)
+            want = set(buckets)
+            entries = [
+                (k, vclock.encode(o)) for (pp, k), o in self.store.items() if pp == p and tree.bucket_of(k) in want
+            ]
+            self.sim.net.send(self.name, src, ("reply", rid, entries))
         elif kind == "reply":
             _, rid, payload = msg
             cb = self.pending.get(rid)
@@ -87,10 +118,19 @@ class SimNode:
         now = self.sim.clock.now
         wq = WriteQuorum(plan.targets, w, now + self.sim.timeout_s, strict=strict)
         new = vclock.update(self.store.get((p, op.key)), vclock.decode_context(ctx), op.value, self.name, int(now * 1000))
-        self.store[(p, op.key)] = new
+        self._set(p, op.key, new)
         rec = vclock.encode(new)
+        hinted = False
 
         def finish(status: Status) -> None:
+            nonlocal hinted
+            if self.sim.hinted_handoff and not hinted and (wq.all_answered or self.sim.clock.now >= wq.deadline):
+                # Primaries that did not acknowledge get the write later, from a hint.
+                hinted = True
+                for t in wq.targets:
+                    if t.node not in wq.acked:
+                        hk = (t.node, p, op.key)
+                        self.hints[hk] = vclock.sync(self.hints.get(hk), new)  # type: ignore[assignment]
             if status is Status.PENDING or op.result is not None:
                 return
             op.done_at = self.sim.clock.now
@@ -105,6 +145,47 @@ class SimNode:
             else:
                 self._ask(t.node, "rput", (p, op.key, rec), lambda src, _r: finish(wq.on_ack(src)))
         self.sim.net.schedule(self.name, wq.deadline, lambda: finish(wq.tick(wq.deadline)))
+
+    # --- healing, driven by timers while the node is up
+    def deliver_hints(self) -> None:
+        for hk, obj in list(self.hints.items()):
+            target, p, key = hk
+
+            def acked(_src: str, _r: Any, hk: tuple[str, int, bytes] = hk, obj: Obj = obj) -> None:
+                if self.hints.get(hk) == obj:
+                    del self.hints[hk]
+                    self.hints_delivered += 1
+
+            self._ask(target, "rput", (p, key, vclock.encode(obj)), acked)
+
+    def exchange(self) -> None:
+        """One anti-entropy exchange: a random partition this node replicates, with a random
+        peer replica: compare leaf hashes, then swap what differs in those buckets."""
+        ring = self.sim.ring
+        mine = [p for p in range(ring.partitions) if self.name in ring.preference_list(p, self.sim.n)]
+        p = self.sim.rng.choice(mine)
+        peer = self.sim.rng.choice([x for x in ring.preference_list(p, self.sim.n) if x != self.name])
+        tree = self.trees.get(p) or MerkleTree(fanout=8, depth=2)
+
+        def got_leaves(src: str, theirs: Any) -> None:
+            level = tree.depth
+            n = tree.fanout**level
+            ours = tree.level_hashes(level, range(n))
+            differing = [i for i in range(n) if ours[i] != theirs[i]]
+            if differing:
+                self._ask(peer, "aae_entries", (p, differing), lambda s, entries: got_entries(differing, entries))
+
+        def got_entries(buckets: list[int], entries: Any) -> None:
+            theirs = {k: vclock.decode(rec) for k, rec in entries}
+            for k, obj in theirs.items():
+                if self.merge_in(p, k, obj):
+                    self.aae_repairs += 1
+            want = set(buckets)
+            for (pp, k), obj in list(self.store.items()):
+                if pp == p and tree.bucket_of(k) in want and theirs.get(k) != obj:
+                    self._ask(peer, "rput", (p, k, vclock.encode(obj)), lambda *_: None)
+
+        self._ask(peer, "aae_leaves", (p,), got_leaves)
 
     def coordinate_get(self, op: Op, r: int) -> None:
         ring = self.sim.ring
@@ -156,6 +237,8 @@ class SimCluster:
         n: int = 3,
         partitions: int = 64,
         timeout_s: float = 0.5,
+        hinted_handoff: bool = False,
+        aae_interval_s: float | None = None,
     ) -> None:
         self.clock = VirtualClock()
         self.rng = random.Random(seed)
@@ -164,9 +247,35 @@ class SimCluster:
         self.n = n
         self.timeout_s = timeout_s
         self.ids = itertools.count(1)
+        self.hinted_handoff = hinted_handoff
+        self.aae_interval_s = aae_interval_s
         self.nodes = {name: SimNode(name, self) for name in names}
         for name, node in self.nodes.items():
             self.net.register(name, node.handle)
+            self._arm(name)
+
+    def _arm(self, name: str) -> None:
+        """Background healing timers of one node (a crash cancels them; restart re-arms)."""
+        node = self.nodes[name]
+        if self.hinted_handoff:
+            self._every(name, 0.2, node.deliver_hints)
+        if self.aae_interval_s:
+            self._every(name, self.aae_interval_s, node.exchange)
+
+    def _every(self, name: str, dt: float, fn: Callable[[], None]) -> None:
+        def fire() -> None:
+            fn()
+            self.net.schedule(name, self.clock.now + dt, fire)
+
+        self.net.schedule(name, self.clock.now + dt * (0.5 + self.rng.random()), fire)
+
+    def crash(self, name: str) -> None:
+        self.net.crash(name)
+
+    def restart(self, name: str) -> None:
+        """Back up with its durable state (the store survives a crash, as LevelDB does)."""
+        self.net.restart(name)
+        self._arm(name)
 
     def preference(self, key: bytes) -> tuple[str, ...]:
         return self.ring.preference_list(partition_of(key, self.ring.partitions), self.n)
