@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from jepsen_lite.errors import HarnessError
+from kvstore.errors import KVError
+from kvstore.runtime.rpc import RpcClient
 
 __all__ = ["Cluster", "Node", "find_kv", "find_libfaketime"]
 
@@ -210,9 +212,6 @@ class Cluster:
 
     # ----------------------------------------------------------------- readiness
     async def status(self, node: Node, timeout_s: float = 1.0) -> dict[str, Any] | None:
-        from kvstore.errors import KVError
-        from kvstore.runtime.rpc import RpcClient
-
         rpc = RpcClient(connect_timeout_s=timeout_s)
         try:
             doc = await rpc.call(node.addr, "cluster.status", [], timeout_s)

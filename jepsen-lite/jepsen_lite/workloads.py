@@ -26,7 +26,7 @@ from kvstore.client import AsyncClient
 from kvstore.errors import InvalidRequest, KVError, Unreachable
 from kvstore.runtime.rpc import was_sent
 
-__all__ = ["WORKLOADS", "Counter", "Ctx", "Workload", "final_reads", "keys_of", "make_workload", "write_outcome"]
+__all__ = ["WORKLOADS", "Counter", "Ctx", "Workload", "final_reads", "make_workload", "write_outcome"]
 
 
 class Counter:
@@ -250,12 +250,3 @@ def make_workload(name: str, counter: Counter, *, keys: int = 16) -> Workload:
     if name == "independent":
         return IndependentWorkload(counter)
     raise ValueError(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}")
-
-
-def keys_of(events: Iterable[Event]) -> list[str]:
-    """Every key a history's client operations touched, in first-seen order."""
-    seen: dict[str, None] = {}
-    for e in events:
-        if e.type == "invoke" and isinstance(e.process, int) and e.key is not None:
-            seen.setdefault(e.key, None)
-    return list(seen)
