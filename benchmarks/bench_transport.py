@@ -61,9 +61,23 @@ def serve(port: int, loop_kind: str, handlers: str = "sync") -> None:
     async def aget(k: bytes) -> bytes | None:
         return store.get(k)
 
+    def done(result: Any) -> asyncio.Future[Any]:
+        f = asyncio.get_running_loop().create_future()
+        f.set_result(result)
+        return f
+
+    def fput(k: bytes, v: bytes) -> asyncio.Future[Any]:
+        store[k] = v
+        return done(True)
+
+    def fget(k: bytes) -> asyncio.Future[Any]:
+        return done(store.get(k))
+
     table: dict[str, Any] = {"put": put, "get": get}
     if handlers == "async":  # the cost of a task per request, as coordinating handlers pay
         table = {"put": aput, "get": aget}
+    elif handlers == "future":  # the cost of replying through a future's done callback
+        table = {"put": fput, "get": fget}
 
     async def main() -> None:
         server = RpcServer(table)
@@ -483,7 +497,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     sp = sub.add_parser("serve")
     sp.add_argument("--port", type=int, default=0)
     sp.add_argument("--loop", default="uvloop")
-    sp.add_argument("--handlers", choices=("sync", "async"), default="sync")
+    sp.add_argument("--handlers", choices=("sync", "async", "future"), default="sync")
     lp = sub.add_parser("load")
     lp.add_argument("--host", default="127.0.0.1")
     lp.add_argument("--port", type=int, required=True)
@@ -507,7 +521,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.add_argument("--warm", type=float, default=0.5, help="warm-up seconds per point")
         p.add_argument(
             "--handlers",
-            choices=("sync", "async"),
+            choices=("sync", "async", "future"),
             default="sync",
             help="project server's handler kind",
         )

@@ -344,6 +344,7 @@ class _ServerConn(_Conn):
         handlers = self._handlers
         pack = self._pack
         coroutine = _CoroutineType
+        future = asyncio.Future
         try:
             for msg in self._unp:
                 try:
@@ -359,13 +360,19 @@ class _ServerConn(_Conn):
                     except Exception as e:
                         append(self._server._error_reply(msgid, method, e, True))
                         continue
-                    if type(r) is coroutine:
+                    rt = type(r)
+                    if rt is coroutine:
                         self._spawn(msgid, method, r)
                         continue
+                    if rt is future:
+                        if not r.done() or r.cancelled() or r.exception() is not None:
+                            self._watch(msgid, method, r)
+                            continue
+                        r = r.result()  # settled already: reply inline like a sync handler
                     try:
                         append(pack([1, msgid, None, r]))
                     except Exception as e:
-                        if isfuture(r):
+                        if isfuture(r):  # a Task or another future-like
                             self._watch(msgid, method, r)
                         else:
                             append(self._server._unpackable(msgid, method, e))
