@@ -333,9 +333,35 @@ def test_suspect_is_rechecked_before_the_round_robin() -> None:
     gossip(s, Suspect("d", 0, "x"), now=0.5)
     _, ping, _ = first_probe(s, now=1.0)
     assert ping.target == "d"
+    # it answers without refuting (its refutation got lost): checked again next period
     s.handle("d:1", Packet(Ack(ping.seq, "d")), 1.1)
-    fx = s.tick(2.0)
-    assert [m.target for _, m, _ in sent(fx, Ping)] != ["d"]  # once per suspicion
+    ((_, again, updates),) = sent(s.tick(2.0), Ping)
+    assert again.target == "d" and updates[0] == Suspect("d", 0, "a")  # type: ignore[attr-defined]
+    s.handle("d:1", Packet(Ack(again.seq, "d"), (Alive("d", "d:1", 1),)), 2.1)  # type: ignore[attr-defined]
+    assert state(s, "d") is ALIVE
+    ((_, third, _),) = sent(s.tick(3.0), Ping)
+    assert third.target != "d"  # type: ignore[attr-defined]
+
+
+def test_unanswered_recheck_is_not_repeated() -> None:
+    s = make()
+    gossip(s, Suspect("d", 0, "x"), now=0.5)
+    _, ping, _ = first_probe(s, now=1.0)
+    assert ping.target == "d"
+    s.tick(1.5)
+    fx = s.tick(2.0)  # the probe failed (our own confirmation); the next one starts
+    ((_, nxt, _),) = sent(fx, Ping)
+    assert nxt.target != "d"  # type: ignore[attr-defined]
+
+
+def test_relay_vouches_for_the_target_it_holds_alive() -> None:
+    s = make()
+    gossip(s, Alive("c", "c:1", 4))
+    fx = s.handle("b:1", Packet(PingReq(9, "c", "c:1", 0.4)), 1.0)
+    ((_, ping, _),) = sent(fx, Ping)
+    fx = s.handle("c:1", Packet(Ack(ping.seq, "c")), 1.1)  # type: ignore[attr-defined]
+    ((addr, ack, updates),) = sent(fx, Ack)
+    assert addr == "b:1" and ack == Ack(9, "a") and updates[0] == Alive("c", "c:1", 4, {}, False)
 
 
 def test_ping_from_a_member_held_dead_is_told_so() -> None:

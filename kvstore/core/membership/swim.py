@@ -130,6 +130,7 @@ class _Probe:
 class _Relay:
     requester: str
     seq: int
+    target: str
     nack_at: float | None
     expires: float
 
@@ -403,10 +404,20 @@ class Swim:
             self._probe = None
             self._awareness.apply(-1)
             self.stats["probe_acks"] += 1
+            m = self._members.get(p.target)
+            if m is not None and m.state is SUSPECT and m.suspicion is not None:
+                # It answers but its refutation has not reached us: probe it again next
+                # period, with the suspicion attached, rather than condemn a live member.
+                m.suspicion.rechecked = False
             return
         relay = self._relays.pop(msg.seq, None)
         if relay is not None:
-            self._send(relay.requester, Ack(relay.seq, self.name))
+            vouch: list[Update] = []
+            m = self._members.get(relay.target)
+            if m is not None and m.state is ALIVE:
+                # The asker may hold the target suspect on stale news: pass on what we hold.
+                vouch.append(Alive(m.name, m.addr, m.incarnation, dict(m.meta), m.restarting))
+            self._send(relay.requester, Ack(relay.seq, self.name), vouch)
             self.stats["relayed_acks"] += 1
 
     def _on_ping(self, src: str, msg: Ping) -> None:
@@ -430,6 +441,7 @@ class Swim:
         self._relays[self._seq] = _Relay(
             requester=src,
             seq=msg.seq,
+            target=msg.target,
             nack_at=nack_at,
             expires=now + msg.nack_after + 2 * self.config.probe_interval_s,
         )
