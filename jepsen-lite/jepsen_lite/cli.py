@@ -88,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--settle", type=float, default=10.0, help="seconds between healing and the final read (default 10)")
     r.add_argument("--final-timeout", type=float, default=120.0, help="seconds to keep retrying final reads (default 120)")
     r.add_argument("--client-timeout", type=float, default=2.0, help="client request timeout (default 2)")
+    r.add_argument("--no-client-routing", action="store_true",
+                   help="clients send to their own node first (Jepsen-style) instead of the key's replicas")
     r.add_argument("--min-acked", type=int, default=0, help="verdict is unknown unless at least this many ops were acked")
     r.add_argument("--node-opt", action="append", default=[], metavar="SETTING=VALUE",
                    help="extra node setting, e.g. fsync=always (repeatable)")
@@ -124,7 +126,7 @@ def _config(a: argparse.Namespace, argv: Sequence[str]) -> RunConfig:
                       clock_min_s=a.clock_s[0], clock_max_s=a.clock_s[1]),
         partitions=a.partitions, n_replicas=a.n_replicas, r=a.r, w=a.w, node_opts=opts,
         kv_cmd=shlex.split(a.kv) if a.kv else None, netns=os.environ.get("JEPSEN_LITE_NETNS"),
-        min_acked=a.min_acked, base_port=a.base_port,
+        min_acked=a.min_acked, base_port=a.base_port, client_routing=not a.no_client_routing,
         command="jepsen-lite run " + " ".join(shlex.quote(x) for x in argv),
     )
 

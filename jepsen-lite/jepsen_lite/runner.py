@@ -70,6 +70,7 @@ class RunConfig:
     kv_cmd: list[str] | None = None
     netns: str | None = None
     min_acked: int = 0
+    client_routing: bool = True
     base_port: int = 7000
     command: str = ""
     warnings: list[str] = field(default_factory=list)
@@ -226,6 +227,7 @@ async def run(cfg: RunConfig) -> int:
         "time_s": cfg.time_s,
         "concurrency": cfg.concurrency,
         "rate_ops_s": cfg.rate,
+        "client_routing": "preference list" if cfg.client_routing else "own node first",
         "seed": cfg.seed,
         "network": f"namespace {cfg.netns}" if cfg.netns else "host loopback (no partitions)",
         "partition_preflight": preflight or "-",
@@ -270,7 +272,8 @@ async def _drive(
 
     async def worker(i: int) -> None:
         addrs = cluster.addrs[i % cfg.nodes :] + cluster.addrs[: i % cfg.nodes]
-        client = AsyncClient(addrs, timeout_s=cfg.client_timeout_s)
+        # Without routing a client talks to "its" node first, as Jepsen binds clients to nodes.
+        client = AsyncClient(addrs, timeout_s=cfg.client_timeout_s, route=cfg.client_routing)
         ctx = Ctx(history, i, i, random.Random(f"jepsen-lite client {cfg.seed} {i}"))
         ctxs.append(ctx)
         interval = 1.0 / per_client_rate if per_client_rate else 0.0
