@@ -21,6 +21,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "jepsen-lite"))
 
+from jepsen_lite.cluster import Cluster, find_libfaketime
 from jepsen_lite.netns import (
     CHAIN,
     Firewall,
@@ -269,3 +270,19 @@ def test_a_crashed_harness_leaves_no_namespace_or_node(tmp_path: Path, reaper: l
     assert ns not in list_namespaces()
     wait_until(lambda: not any(Path(f"/proc/{q}").exists() for q in node_pids), 10, "nodes gone")
     assert not Path(f"/dev/shm/jepsen-lite-{ns}").exists()
+
+
+@pytest.mark.skipif(find_libfaketime() is None, reason="the clock nemesis needs libfaketime (Debian package faketime)")
+def test_clock_nemesis_environment_shifts_the_wall_clock_only(tmp_path: Path) -> None:
+    cluster = Cluster(["127.0.0.1:1"], tmp_path, kv_cmd=["true"])
+    node = cluster.nodes[0]
+    node.clock_offset_s = -120.0
+    env = cluster._env(node)
+    probe = "import time; print(time.time(), time.monotonic())"
+    real_wall, real_mono = time.time(), time.monotonic()
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    wall, mono = (float(x) for x in out.stdout.split())
+    assert -130 < wall - real_wall < -110, "the wall clock must be skewed"
+    assert abs(mono - real_mono) < 10, "the monotonic clock must stay true"
+    node.clock_offset_s = 0.0
+    assert "LD_PRELOAD" not in cluster._env(node) or "faketime" not in cluster._env(node)["LD_PRELOAD"]
