@@ -48,7 +48,7 @@ since() { echo $((SECONDS - $1)); }
 missing_packages() {
   local p
   for p in "${APT_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || echo "$p"
+    [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)" = "install ok installed" ] || echo "$p"
   done
 }
 
@@ -321,7 +321,8 @@ k8s_pods() {
       sleep 0.5
     done
   done
-  podman logs "${PROJECT}_kvstore-0" 2>&1 | grep -q "founding the cluster" ||
+  # (grep -c, not grep -q: with pipefail, grep -q's early exit fails the pipeline)
+  [ "$(podman logs "${PROJECT}_kvstore-0" 2>&1 | grep -c "founding the cluster")" = 1 ] ||
     die "kvstore-0 did not found the cluster"
   # all three in the ring, reachable by their stable names; a write with W=3 reaches all
   deadline=$((SECONDS + 60))
@@ -425,8 +426,10 @@ podman start "$(ctr kv3)" >/dev/null 2>>"$WORK/podman.log"
 wait_healthy kv3 90
 # Rejoined = back in the ring as a replica: operations that need all three replicas pass.
 deadline=$((SECONDS + 60))
-until hkv "$P3" put rejoined yes -w 3 >/dev/null 2>&1 && [ "$(hkv "$P1" get rejoined -r 3 2>/dev/null)" = yes ]; do
-  [ $SECONDS -lt $deadline ] || die "kv3 did not rejoin: W=3/R=3 still fail after 60 s"
+attempt=0 # a fresh key per attempt: a retried put without context would add a sibling
+until attempt=$((attempt + 1)) && hkv "$P3" put "rejoined-$attempt" yes -w 3 >"$WORK/last" 2>&1 &&
+  hkv "$P1" get "rejoined-$attempt" -r 3 >"$WORK/last" 2>&1 && [ "$(cat "$WORK/last")" = yes ]; do
+  [ $SECONDS -lt $deadline ] || die "kv3 did not rejoin: W=3/R=3 still fail after 60 s: $(cat "$WORK/last")"
   sleep 1
 done
 for i in $(seq 1 10); do
@@ -441,7 +444,7 @@ podman stop --time 30 "$(ctr kv2)" >/dev/null 2>>"$WORK/podman.log"
 code=$(podman inspect --format '{{.State.ExitCode}}' "$(ctr kv2)")
 TIMES[stop]=$(since $t)
 [ "$code" = 0 ] || die "kv2 exited $code on SIGTERM, not 0"
-podman logs "$(ctr kv2)" 2>&1 | grep -q "stopped" || die "kv2's log has no 'stopped' line"
+[ "$(podman logs "$(ctr kv2)" 2>&1 | grep -c "stopped")" -ge 1 ] || die "kv2's log has no 'stopped' line"
 expect_value "hello again" hkv "$P1" get greeting
 podman start "$(ctr kv2)" >/dev/null 2>>"$WORK/podman.log"
 wait_healthy kv2 90
