@@ -159,9 +159,13 @@ class Coordinator:
             new = vclock.lww(new)
         record = vclock.encode(new)
 
+        # Applied to the local table right here, before any other request can read the key.
+        durable = self.replica.write_new(p, key, new) if self.name in plan.nodes else None
+
         async def local_write() -> None:
+            assert durable is not None
             try:
-                await self.replica.write_new(p, key, new)
+                await durable
             except KVError as e:
                 settle(wq.on_error(self.name, str(e)))
             except Exception as e:  # storage errors not yet wrapped

@@ -9,7 +9,7 @@ handoff or anti-entropy).
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from kvstore.core import vclock
 from kvstore.core.vclock import Obj
@@ -65,12 +65,22 @@ class Replica:
             hook(partition, key, local, merged)
         return merged
 
-    async def write_new(self, partition: int, key: bytes, obj: Obj) -> None:
-        """Store a version this node just coordinated (already merged with the local one)."""
+    def write_new(self, partition: int, key: bytes, obj: Obj) -> Awaitable[None]:
+        """Store a version this node just coordinated (already merged with the local one).
+
+        Not a coroutine on purpose: the write is applied to the table *now*, so the next
+        request for the key, even in the same loop turn, builds on it. (Deferring it to a
+        task let two concurrent puts both start from the old version and mint the same dot,
+        and one of the two siblings was lost.) The result completes once it is durable.
+        """
         local = self.read(partition, key)
-        await self.engine.put(partition, key, vclock.encode(obj))
+        durable = self.engine.put(partition, key, vclock.encode(obj))
+        return self._after(durable, partition, key, local, obj)
+
+    async def _after(self, durable: Awaitable[None], partition: int, key: bytes, old: Obj | None, new: Obj) -> None:
+        await durable
         for hook in self.hooks:
-            hook(partition, key, local, obj)
+            hook(partition, key, old, new)
 
     async def forget(self, partition: int, key: bytes, expected_digest: int) -> bool:
         """Remove a collected tombstone, but only if the local version is still exactly the

@@ -43,17 +43,20 @@ def test_raw_msgpack_rpc_client_with_str_params(cluster: LocalCluster) -> None:
 
     host, port = cluster.nodes["n1"].addr.split(":")
     with socket.create_connection((host, int(port)), timeout=10) as s:
-        s.sendall(
-            msgpack.packb([0, 1, "put", ["raw-key", "raw-value", None, {}]], use_bin_type=False)
-        )
-        s.sendall(msgpack.packb([0, 2, "get", ["raw-key", {}]], use_bin_type=False))
-        s.sendall(msgpack.packb([0, 3, "no.such.method", []], use_bin_type=False))
         unp = msgpack.Unpacker(raw=False)
-        replies = {}
-        while len(replies) < 3:
-            unp.feed(s.recv(65536))
-            for msg in unp:
-                replies[msg[1]] = msg
+        replies: dict[int, list] = {}  # type: ignore[type-arg]
+
+        def call(msg: list) -> None:  # type: ignore[type-arg]
+            s.sendall(msgpack.packb(msg, use_bin_type=False))
+            while msg[1] not in replies:
+                unp.feed(s.recv(65536))
+                for reply in unp:
+                    replies[reply[1]] = reply
+
+        # One at a time: pipelined, the get could be served before the put completes.
+        call([0, 1, "put", ["raw-key", "raw-value", None, {}]])
+        call([0, 2, "get", ["raw-key", {}]])
+        call([0, 3, "no.such.method", []])
     assert replies[1][2] is None
     assert replies[2][3]["values"] == [b"raw-value"]
     assert replies[3][2]["code"] == "unknown_method"
@@ -186,3 +189,24 @@ def test_sync_client_basic_contract(cluster: LocalCluster) -> None:
         r = c.put("contract", "1")
         assert isinstance(r.context, bytes) and r.context
         wait_until(lambda: c.get("contract", r=3).value == b"1", 10)
+
+
+def test_concurrent_same_context_puts_through_one_coordinator_keep_both(cluster: LocalCluster) -> None:
+    """Regression: two puts with one context arriving in the same loop turn at one
+    coordinator both survive as siblings (the second must build on the first)."""
+
+    async def go() -> list[list[bytes]]:
+        addr = cluster.addrs("n1")
+        async with AsyncClient(addr, route=False) as a, AsyncClient(addr, route=False) as b:
+            out = []
+            for i in range(20):
+                key = f"race-{i}"
+                await a.put(key, b"base")
+                seen = await a.get(key)
+                await asyncio.gather(
+                    a.put(key, b"x", context=seen.context), b.put(key, b"y", context=seen.context)
+                )
+                out.append(sorted((await a.get(key, r=3)).values))
+            return out
+
+    assert asyncio.run(go()) == [[b"x", b"y"]] * 20
