@@ -93,7 +93,10 @@ def as_bytes(x: object, what: str = "value") -> bytes:
     if type(x) is bytes:
         return x
     if isinstance(x, str):
-        return x.encode("utf-8", "surrogateescape")
+        try:
+            return x.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raise InvalidRequest(f"{what} is not encodable as UTF-8") from None
     if isinstance(x, (bytearray, memoryview)):
         return bytes(x)
     raise InvalidRequest(f"{what} must be bytes or str, got {type(x).__name__}")
@@ -235,6 +238,7 @@ class _Conn(asyncio.Protocol):
                 continue
             pos += step
             self._drain()
+            step = n - pos  # the drain made room: try the whole rest again
 
     def _drain(self) -> None:
         raise NotImplementedError
@@ -520,9 +524,12 @@ def _log_handler_error(method: str, e: BaseException) -> None:
 class RpcServer:
     """A msgpack-RPC server calling ``handlers[method](*params)``.
 
-    A handler may be sync (its result is the reply, produced inline) or async (it runs as a
-    task). Any exception becomes an error reply (:func:`kvstore.errors.to_wire`); a
-    ``TypeError`` raised by the call itself (wrong number of params) is ``invalid_request``.
+    A handler may be sync (its result is the reply, produced inline: the fast path), async
+    (the coroutine runs as a task, which costs several times a sync call), or sync returning
+    an ``asyncio.Future`` (replied when it settles, no task: the cheap way to wait on other
+    nodes, see :meth:`RpcClient.request`). Any exception becomes an error reply
+    (:func:`kvstore.errors.to_wire`); a ``TypeError`` raised by the call itself (wrong number
+    of params) is ``invalid_request``. Notifications run the handler and send nothing.
     """
 
     def __init__(
@@ -544,7 +551,6 @@ class RpcServer:
         self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._flusher: _Flusher | None = None
-        self._host = ""
 
     async def start(
         self, host: str = "127.0.0.1", port: int = 0, *, sock: socket.socket | None = None
@@ -562,7 +568,6 @@ class RpcServer:
             self._server = await self._loop.create_server(
                 lambda: _ServerConn(self), host, port, backlog=1024, reuse_address=True
             )
-        self._host = host
 
     @property
     def port(self) -> int:
@@ -585,7 +590,7 @@ class RpcServer:
 
     @property
     def running_handlers(self) -> int:
-        """Async handler tasks not finished yet."""
+        """Handler tasks and futures not settled yet."""
         return len(self._running)
 
     async def close(self, *, grace_s: float = 1.0) -> None:
@@ -597,7 +602,7 @@ class RpcServer:
         for t in running:
             t.cancel()
         if running:
-            await asyncio.gather(*running, return_exceptions=True)
+            await asyncio.wait(running, timeout=grace_s)
         for c in list(self._conns):
             c._flush_out()
             c._closed = True
@@ -610,7 +615,9 @@ class RpcServer:
             await asyncio.sleep(0.005)
         for c in list(self._conns):
             c._transport.abort()
-        while self._conns:
+        for _ in range(100):  # abort reports connection_lost within a turn or two
+            if not self._conns:
+                break
             await asyncio.sleep(0)
         if self._server is not None:
             await self._server.wait_closed()
@@ -705,17 +712,16 @@ class _ClientConn(_Conn):
                 elif not (type(msg) is list and len(msg) == 3 and msg[0] == 2):
                     # Server notifications are ignored; anything else means we are out of step.
                     self._abandon("malformed response")
-                    self._fail_all(f"connection to {self._addr} lost (malformed response)")
                     return
         except Exception as e:
-            self._abandon(f"undecodable response: {type(e).__name__}: {e}")
-            self._fail_all(f"connection to {self._addr} lost (undecodable response)")
+            self._abandon(f"undecodable response: {type(e).__name__}")
 
     def _abandon(self, reason: str) -> None:
         log.warning("closing connection to %s: %s", self._addr, reason)
         self._closed = True
         self._out = []
         self._transport.close()
+        self._fail_all(f"connection to {self._addr} lost ({reason})")
 
 
 class _Peer:
@@ -883,6 +889,8 @@ class RpcClient:
             entry = conn._pending.pop(msgid, None)
             if entry is not None:
                 entry[1].done_one()
+            elif fut.done() and not fut.cancelled():
+                fut.exception()  # settled as we were cancelled: nobody else will look
             raise
 
     def request(
@@ -950,6 +958,8 @@ class RpcClient:
     def notify(self, addr: str, method: str, params: Sequence[Any]) -> None:
         """Send a notification (no reply). Dropped silently when the peer is down or the
         request cannot be encoded; a connect is started in the background when needed."""
+        if self._closed:
+            return
         try:
             data = self._pack([2, method, params])
         except Exception as e:
@@ -1062,6 +1072,12 @@ class RpcClient:
             return await asyncio.wait_for(asyncio.shield(task), wait)
         except TimeoutError:
             raise _unreachable(f"cannot reach {peer.addr}: connect timed out", sent=False) from None
+        except asyncio.CancelledError:
+            if self._closed and task.cancelled():  # close() stopped the connect, not our caller
+                raise _unreachable(
+                    f"cannot reach {peer.addr}: client is closed", sent=False
+                ) from None
+            raise
 
     async def _open(self, peer: _Peer, slot: int) -> _ClientConn:
         loop = self._loop

@@ -995,6 +995,8 @@ def test_as_bytes_and_as_str() -> None:
     assert as_bytes("é") == "é".encode()
     assert as_bytes(bytearray(b"y")) == b"y"
     assert as_bytes("\udcff") == b"\xff"  # what surrogateescape decoding produced
+    with pytest.raises(InvalidRequest, match="not encodable"):
+        as_bytes("\ud800")
     with pytest.raises(InvalidRequest, match="key must be bytes or str, got NoneType"):
         as_bytes(None, "key")
     assert as_str("s") == "s"
