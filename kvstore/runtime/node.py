@@ -19,11 +19,14 @@ from kvstore import __version__
 from kvstore.config import Settings, parse_addr
 from kvstore.core import messages as m
 from kvstore.core import vclock
+from kvstore.core.membership import MemberEvent, SwimConfig
 from kvstore.core.ring import Ring, claim
 from kvstore.errors import InvalidRequest, KVError, StorageError, Unavailable
 from kvstore.runtime.antientropy import AntiEntropy
 from kvstore.runtime.cluster import ClusterView
 from kvstore.runtime.coordinator import Coordinator
+from kvstore.runtime.gossip import Gossip, push_pull_via
+from kvstore.runtime.gossip import rpc_handlers as gossip_handlers
 from kvstore.runtime.handoff import FETCH, STATUS, Handoff
 from kvstore.runtime.hints import PUT_BATCH, Hints
 from kvstore.runtime.replica import Replica
@@ -92,6 +95,8 @@ class Node:
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self.handoff: Handoff | None = None
+        self.gossip: Gossip | None = None
+        self._gossip_on = False
         self.aae: AntiEntropy | None = None
         # Set when this node should exit on its own (it left the ring).
         self.exit_requested = asyncio.Event()
@@ -135,10 +140,22 @@ class Node:
         self.hints = Hints(self.s, self.view, self.engine, self.rpc)
         self.coord.on_hinted = self.hints.store
         self.view.listeners.append(self._on_view_change)
-        self.server = RpcServer(self._handlers(), max_frame_bytes=self.s.max_frame_bytes)
+        self.gossip = Gossip(
+            SwimConfig.from_settings(self.s), self.name, self.addr, self.s.listen, random.Random(),
+            push_pull_via(self.rpc), self._on_member, meta={"ring": self.view.version},
+        )
+        self.view.down_checks.append(self._gossip_says_down)
+        self.server = RpcServer(
+            {**self._handlers(), **gossip_handlers(self.gossip)}, max_frame_bytes=self.s.max_frame_bytes
+        )
         host, port = parse_addr(self.s.listen)
         await self.server.start(host, port)
+        await self.gossip.start()
+        self._gossip_on = True
         seeds = [s for s in self.s.seeds if s != self.addr]
+        # Gossip with the seeds and every member we knew before a restart.
+        known = [a for n, a in self.view.addrs.items() if n != self.name]
+        await self.gossip.join(dict.fromkeys([*seeds, *known]))
         if not had_view and not seeds:
             self.view.ring = claim([self.name], self.s.partitions)
             await self.view.save()
@@ -180,8 +197,20 @@ class Node:
             return
         self._stopping = True
         log.info("node %s stopping", self.name)
+        if self._gossip_on:
+            # Say so first, so coordinators and clients route around us instead of timing out.
+            try:
+                if self.restart_requested:
+                    await self.gossip.announce_restart()
+                else:
+                    await self.gossip.leave()
+            except (KVError, OSError) as e:
+                log.info("could not announce the stop: %s", e)
         if self.server is not None:
             await self.server.close()
+        if self.gossip is not None:
+            self._gossip_on = False
+            await self.gossip.stop()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -262,6 +291,19 @@ class Node:
         await asyncio.gather(*waits)
         return len(waits)
 
+    def _swim_fields(self, node: str) -> dict[str, Any]:
+        info = self.gossip.member(node) if self._gossip_on else None
+        if info is None:
+            return {"state": "unknown"}
+        return {
+            "state": info.state.value,
+            "incarnation": info.incarnation,
+            "restarting": info.restarting,
+            "damped": info.damped,
+            "penalty": round(info.penalty, 2),
+            "health": info.awareness,
+        }
+
     def _ping(self) -> dict[str, Any]:
         return {"node": self.name, "addr": self.addr, "version": __version__, "boot": self.boot_id}
 
@@ -301,6 +343,7 @@ class Node:
                     "name": n,
                     "addr": a,
                     "up": self.view.is_up(n),
+                    **self._swim_fields(n),
                     "partitions": len(ring.owned_by(n)) if ring else 0,
                     "next_partitions": len(self.view.next.owned_by(n)) if self.view.next else None,
                 }
@@ -404,8 +447,32 @@ class Node:
     def _spawn(self, coro: Any) -> None:
         self._tasks.append(asyncio.ensure_future(coro))
 
+    def _gossip_says_down(self, node: str, _addr: str) -> bool:
+        """SWIM's word on liveness: dead, left or about to restart means skip it; a suspect is
+        still tried (it may well be alive)."""
+        g = self.gossip
+        if g is None or not self._gossip_on:
+            return False
+        info = g.member(node)
+        return info is not None and (info.state.gone or info.restarting)
+
+    def _on_member(self, ev: MemberEvent) -> None:
+        m_ = ev.member
+        if ev.old_state != ev.new_state:
+            log.info("member %s (%s): %s -> %s, incarnation %d", m_.name, m_.addr,
+                     ev.old_state.value if ev.old_state else "new", ev.new_state.value, ev.incarnation)
+        assert self.view is not None
+        if m_.name != self.name and m_.name in self.view.addrs and self.view.addrs[m_.name] != m_.addr:
+            self.view.addrs[m_.name] = m_.addr
+        ring_v = m_.meta.get("ring")
+        if isinstance(ring_v, int) and ring_v > self.view.version and not ev.new_state.gone:
+            # A peer has a newer ring: fetch it now rather than at the next periodic pull.
+            self._spawn(self._pull_view([m_.addr]))
+
     def _on_view_change(self) -> None:
         assert self.view is not None
+        if self._gossip_on:
+            self.gossip.set_meta({"ring": self.view.version})
         if self.handoff is not None:
             self.handoff.wake()
         if self.view.next is None:
