@@ -181,17 +181,25 @@ def status(ctx: click.Context, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"ring v{first['ring_version']}  N={first['n']} R={first['r']} W={first['w']}  (as seen by {first['node']})")
-    for col in ("node", "address", "state", "partitions", "keys", "ring"):
-        t.add_column(col, justify="right" if col in ("partitions", "keys", "ring") else "left")
+    pending = " (ring change pending: see kv cluster transfers)" if first.get("pending") else ""
+    t = Table(title=f"ring v{first['ring_version']}  N={first['n']} R={first['r']} W={first['w']}  (as seen by {first['node']}){pending}")
+    for col in ("node", "address", "state", "inc", "health", "damping", "partitions", "keys", "hints held"):
+        t.add_column(col, justify="right" if col in ("inc", "health", "partitions", "keys", "hints held") else "left")
     for mem in first["members"]:
         st = per_node.get(mem["name"])
-        state = mem.get("state") or ("up" if mem["up"] else "down")
+        state = mem.get("state", "unknown")
+        if mem.get("restarting"):
+            state += " (restarting)"
         if st is None:
-            state = "unreachable"
+            state += ", unreachable"
+        damping = "damped" if mem.get("damped") else ""
+        if mem.get("penalty"):
+            damping = f"{damping} {mem['penalty']:.1f}".strip()
+        health = mem.get("health")
         t.add_row(
-            mem["name"], mem["addr"], state, str(mem["partitions"]),
-            str(st["keys"]) if st else "-", f"v{st['ring_version']}" if st else "-",
+            mem["name"], mem["addr"], state, str(mem.get("incarnation", "-")),
+            "-" if health is None else str(health), damping or "-", str(mem["partitions"]),
+            str(st["keys"]) if st else "-", str(sum(st["hints"].values())) if st else "-",
         )
     Console().print(t)
 

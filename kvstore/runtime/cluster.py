@@ -27,6 +27,11 @@ log = logging.getLogger("kvstore.cluster")
 META_KEY = b"cluster.view"
 
 
+def _mix(ring_checksum: int, next_checksum: int) -> int:
+    """One 64-bit checksum of a view (ring and pending ring), fit for msgpack."""
+    return (ring_checksum ^ (next_checksum * 31)) & 0xFFFF_FFFF_FFFF_FFFF
+
+
 def _str(x: Any) -> str:
     return x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x)
 
@@ -53,7 +58,7 @@ class ClusterView:
     @property
     def checksum(self) -> int:
         c = self.ring.checksum if self.ring else 0
-        return c ^ (self.next.checksum * 31 if self.next else 0)
+        return _mix(c, self.next.checksum if self.next else 0)
 
     # --- persistence and wire form
     def to_wire(self) -> dict[str, Any]:
@@ -129,7 +134,7 @@ class ClusterView:
         if ring is None:
             return False
         v = max(ring.version, nxt.version) if nxt else ring.version
-        c = ring.checksum ^ (nxt.checksum * 31 if nxt else 0)
+        c = _mix(ring.checksum, nxt.checksum if nxt else 0)
         if v < self.version or (v == self.version and c <= self.checksum):
             return False
         self.ring, self.next = ring, nxt

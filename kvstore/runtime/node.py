@@ -486,10 +486,21 @@ class Node:
         rng = random.Random()
         loop = asyncio.get_running_loop()
         next_pull = 0.0
+        next_gossip_join = 0.0
         while True:
             await asyncio.sleep(0.5)
             try:
                 now = loop.time()
+                if self.gossip is not None and self._gossip_on and now >= next_gossip_join:
+                    # A seed that was not up yet when we started, or a member gossip has not
+                    # heard of: push-pull with it directly (a cluster must not depend on seeds).
+                    next_gossip_join = now + 2.0
+                    unknown = [
+                        self.view.addrs[n] for n in self.view.members()
+                        if n != self.name and n in self.view.addrs and self.gossip.member(n) is None
+                    ]
+                    if unknown:
+                        await self.gossip.join(unknown)
                 others = [n for n in self.view.members() if n != self.name and self.view.is_up(n)]
                 if others and now >= next_pull:
                     next_pull = now + 2.0
