@@ -614,3 +614,34 @@ def test_ping_req_flood_is_bounded() -> None:
     for i in range(3000):
         s.handle("b:1", Packet(PingReq(i, "c", "c:1", 10.0)), 1.0)
     assert s.stats["relayed_pings"] == 1024
+
+
+def test_a_suspect_that_talks_to_us_is_told_once_a_period() -> None:
+    s = make()
+    gossip(s, Suspect("b", 0, "x"), now=1.0)
+    fx = s.handle("b:1", Packet(Nack(123)), 1.1)
+    assert [(a, u[0]) for a, _, u in sent(fx, Gossip)] == [("b:1", Suspect("b", 0, "a"))]
+    assert not sent(s.handle("b:1", Packet(Nack(124)), 1.5), Gossip)  # not again this period
+    assert sent(s.handle("b:1", Packet(Nack(125)), 2.1), Gossip)
+    assert not sent(s.handle("c:1", Packet(Nack(126)), 2.2), Gossip)  # c is not accused
+
+
+def test_the_accused_answers_the_accuser_directly_even_when_already_refuted() -> None:
+    s = make()
+    gossip(s, Suspect("a", 0, "b"))  # refuted: incarnation 1
+    fx = s.handle("b:1", Packet(Gossip(), (Suspect("a", 0, "b"),)), 1.0)
+    assert ("b:1", (Alive("a", "a:1", 1, {}, False),)) in [
+        (a, u[:1]) for a, _, u in sent(fx, Gossip)
+    ]
+    classic = make(lifeguard=False)
+    gossip(classic, Suspect("a", 0, "b"))
+    fx = classic.handle("b:1", Packet(Gossip(), (Suspect("a", 0, "b"),)), 1.0)
+    assert not fx.messages and classic.stats["reannounced"] == 0
+
+
+def test_relay_attaches_its_suspicion_to_the_relayed_ping() -> None:
+    s = make()
+    gossip(s, Suspect("c", 0, "x"))
+    fx = s.handle("b:1", Packet(PingReq(9, "c", "c:1", 0.4)), 1.0)
+    ((_, _, updates),) = sent(fx, Ping)
+    assert updates[0] == Suspect("c", 0, "a")

@@ -12,7 +12,8 @@ Inputs are calls with the current time; each returns :class:`Effects` — the pa
 Failure detection, per protocol period P' = P × (awareness + 1):
     1. ping the next member of the shuffled round-robin (a suspect one gets the suspicion
        piggybacked, so it refutes at once: Lifeguard's buddy system); a member this node
-       suspects goes first, once per suspicion (the re-check, see _recheck_target);
+       suspects goes first, once per suspicion, and again after each answer that did not
+       carry its refutation (the re-check, see _recheck_target);
     2. no ack within the probe timeout (scaled the same way): ping-req through k random
        alive members, which ping the target, relay its ack, and nack if they get none
        (they nack after the `nack_after` the request names: 80 % of what is left of the
@@ -21,8 +22,22 @@ Failure detection, per protocol period P' = P × (awareness + 1):
        when there was nobody to ask), −1 on an ack, +1 whenever this node has to refute.
 A suspicion becomes a death at its Lifeguard deadline (suspicion.py); all timing formulas
 are in config.py. A node that learns it is suspected or dead raises its incarnation and
-gossips alive. A ping from a member this node holds dead is answered with that claim, so a
-member that was wrongly declared dead finds out and refutes.
+gossips alive.
+
+Getting a refutation to the one node that missed it. Epidemic gossip reaches nearly every
+node, and "nearly" is what turns a suspicion into a false death under heavy loss. So, with
+Lifeguard on, every contact between accuser and accused carries the accusation or the
+answer:
+    - any packet from a member this node holds suspect (or dead, also without Lifeguard)
+      is answered, at most once a period, with that claim (`_tell_accused`; a ping gets it
+      in the ack);
+    - a member shown a claim about itself answers the sender directly with its alive,
+      also when the claim is older than its incarnation (it refuted already, but that
+      news missed the sender), and gossips that alive afresh;
+    - a relay pings a target it suspects with the suspicion attached, and relays the
+      target's ack with the target's alive as the relay holds it.
+With ``lifeguard=False`` none of this runs except telling a member it is held dead (so a
+wrongly dead member still finds out), which makes the comparison with classic SWIM fair.
 
 Push-pull: every push_pull_interval_s with one random alive member, and also with one
 random dead member so that two sides of a healed partition find each other again.
@@ -30,6 +45,7 @@ random dead member so that two sides of a healed partition find each other again
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 from collections.abc import Mapping
@@ -164,6 +180,9 @@ class Swim:
         )
         self._members: dict[str, Member] = {name: self._self}
         self._active = 1  # num_active(), kept up to date by _set_state
+        self._by_addr: dict[str, str] = {addr: name}
+        self._told: dict[str, float] = {}
+        self._accused = False  # set while handling a packet that holds a claim against us
         self._order = ProbeOrder(rng)
         self._queue = BroadcastQueue()
         self._awareness = Awareness(config.awareness_max_multiplier, enabled=config.lifeguard)
@@ -204,12 +223,19 @@ class Swim:
     def handle(self, src: str, packet: Packet, now: float) -> Effects:
         """Handle one decoded packet (updates first, so a reply carries any refutation)."""
         now = self._clock(now)
+        self._accused = False
         for u in packet.updates:
             self._apply(u, now)
         msg = packet.message
         if isinstance(msg, Ping):
-            self._on_ping(src, msg)
-        elif isinstance(msg, Ack):
+            self._on_ping(src, msg, now)
+        else:
+            self._tell_accused(src, now)
+            if self._accused:
+                # Answer the accuser itself: gossip may carry our alive anywhere but there.
+                self._send(src, Gossip(), [self._alive_update()])
+        self._accused = False
+        if isinstance(msg, Ack):
             self._on_ack(msg)
         elif isinstance(msg, Nack):
             if self._probe is not None and msg.seq == self._probe.seq:
@@ -414,24 +440,48 @@ class Swim:
         if relay is not None:
             vouch: list[Update] = []
             m = self._members.get(relay.target)
-            if m is not None and m.state is ALIVE:
+            if m is not None and m.state is ALIVE and self.config.lifeguard:
                 # The asker may hold the target suspect on stale news: pass on what we hold.
                 vouch.append(Alive(m.name, m.addr, m.incarnation, dict(m.meta), m.restarting))
             self._send(relay.requester, Ack(relay.seq, self.name), vouch)
             self.stats["relayed_acks"] += 1
 
-    def _on_ping(self, src: str, msg: Ping) -> None:
+    def _claim_against(self, m: Member | None) -> Update | None:
+        """What this node holds against `m`, to show it so it can refute (None if nothing)."""
+        if m is None or m is self._self:
+            return None
+        if m.state is DEAD:
+            return Dead(m.name, m.incarnation, self.name)
+        if m.state is SUSPECT and self.config.lifeguard:
+            return Suspect(m.name, m.incarnation, self.name)
+        return None
+
+    def _tell_accused(self, src: str, now: float) -> None:
+        """A packet from a member we hold suspect or dead shows it is up but has not refuted
+        (or its refutation missed us): tell it, at most once a period, so it does."""
+        name = self._by_addr.get(src)
+        m = self._members.get(name) if name is not None else None
+        claim = self._claim_against(m)
+        if (
+            claim is None
+            or now - self._told.get(claim.name, -math.inf) < self.config.probe_interval_s
+        ):
+            return
+        self._told[claim.name] = now
+        self._send(src, Gossip(), [claim])
+        self.stats["accused_told"] += 1
+
+    def _on_ping(self, src: str, msg: Ping, now: float) -> None:
         if msg.target != self.name or self._leaving:
             return
-        told: list[Update] = []
-        sender = self._members.get(msg.sender)
-        if sender is not None and sender.name != self.name:
-            # Tell a member we hold dead (or, with Lifeguard, suspect) so it can refute now.
-            if sender.state is DEAD:
-                told.append(Dead(sender.name, sender.incarnation, self.name))
-            elif sender.state is SUSPECT and self.config.lifeguard:
-                told.append(Suspect(sender.name, sender.incarnation, self.name))
-        self._send(src, Ack(msg.seq, self.name), told)
+        first: list[Update] = []
+        if self._accused:
+            first.append(self._alive_update())
+        claim = self._claim_against(self._members.get(msg.sender))
+        if claim is not None:
+            self._told[claim.name] = now
+            first.append(claim)
+        self._send(src, Ack(msg.seq, self.name), first)
 
     def _on_ping_req(self, src: str, msg: PingReq, now: float) -> None:
         if self._leaving or len(self._relays) >= MAX_RELAYS:
@@ -445,7 +495,10 @@ class Swim:
             nack_at=nack_at,
             expires=now + msg.nack_after + 2 * self.config.probe_interval_s,
         )
-        self._send(msg.target_addr, Ping(self._seq, msg.target, self.name))
+        # The buddy system holds for relayed pings too: a target we suspect hears of it.
+        claim = self._claim_against(self._members.get(msg.target))
+        buddy: list[Update] | None = [claim] if isinstance(claim, Suspect) else None
+        self._send(msg.target_addr, Ping(self._seq, msg.target, self.name), buddy)
         self.stats["relayed_pings"] += 1
 
     def _expire_relays(self, now: float) -> None:
@@ -495,6 +548,7 @@ class Swim:
                 now,
             )
             self._members[a.name] = m
+            self._by_addr[a.addr] = a.name
             self._active += 1
             self._order.add(a.name)
             self._queue.push(a)
@@ -505,6 +559,8 @@ class Swim:
         old = m.state
         planned = m.restarting
         m.incarnation = a.incarnation
+        if m.addr != a.addr:
+            self._by_addr[a.addr] = a.name
         m.addr = a.addr
         m.meta = dict(a.meta)
         m.restarting = a.restarting
@@ -564,9 +620,11 @@ class Swim:
         announce our alive again, fresh — the reply to its ping then carries it."""
         if self._leaving:
             return
+        # Classic SWIM (no Lifeguard) only refutes through gossip, as memberlist does.
+        self._accused = self.config.lifeguard
         if incarnation >= self._self.incarnation:
             self._refute(incarnation)
-        else:
+        elif self.config.lifeguard:
             self._queue.push(self._alive_update())
             self.stats["reannounced"] += 1
 
