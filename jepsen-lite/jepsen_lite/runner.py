@@ -133,6 +133,24 @@ def _shm_dir(cfg: RunConfig) -> Path:
     return base / f"jepsen-lite-{tag}" if base.is_dir() else cfg.out / "shm"
 
 
+def kvstore_revision() -> str:
+    """The commit of the kvstore source the nodes run (nodes restarted mid-run load whatever
+    is on disk then, so a run's figures belong to this revision only if it stays clean)."""
+    import subprocess
+
+    import kvstore
+
+    root = Path(kvstore.__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "kvstore", "storage", "cli"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return (rev or "unknown") + ("+dirty" if dirty else "")
+
+
 def _verdict_word(valid: Any) -> str:
     return "valid" if valid is True else "invalid" if valid is False else "unknown"
 
@@ -154,6 +172,7 @@ async def run(cfg: RunConfig) -> int:
     cfg_doc = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
     (out / "config.json").write_text(json.dumps(cfg_doc, indent=1, default=str) + "\n")
 
+    revision = await asyncio.to_thread(kvstore_revision)
     shm = _shm_dir(cfg)
     shm.mkdir(parents=True, exist_ok=True)
     n = cfg.n
@@ -219,6 +238,7 @@ async def run(cfg: RunConfig) -> int:
     results["run"] = {
         "command": cfg.command,
         "jepsen_lite": __version__,
+        "kvstore_revision": revision,
         "nodes": cfg.nodes,
         "workload": cfg.workload,
         "nemeses": ",".join(cfg.nemeses) or "none",
