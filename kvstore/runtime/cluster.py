@@ -49,6 +49,8 @@ class ClusterView:
         # one; SWIM plugs in another.
         self.down_checks: list[Callable[[str, str], bool]] = []
         self.listeners: list[Callable[[], None]] = []
+        # Preference among live nodes (0 first): SWIM ranks a damped member after healthy ones.
+        self.rank: Callable[[str], int] = lambda _node: 0
 
     @property
     def version(self) -> int:
@@ -106,6 +108,10 @@ class ClusterView:
         if addr is None:
             return False
         return not any(check(node, addr) for check in self.down_checks)
+
+    def by_preference(self, nodes: tuple[str, ...] | list[str]) -> list[str]:
+        """Live nodes first, healthier first, keeping the given order among equals."""
+        return sorted(nodes, key=lambda n: (not self.is_up(n), self.rank(n)))
 
     def members(self) -> tuple[str, ...]:
         """Everyone in the current or the pending ring."""

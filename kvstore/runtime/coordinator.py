@@ -77,7 +77,7 @@ class Coordinator:
         on the next node; one whose outcome is unknown is retried only if idempotent."""
         self.counters.forwarded += 1
         last: KVError | None = None
-        order = [n for n in pref if self.view.is_up(n)] + [n for n in pref if not self.view.is_up(n)]
+        order = self.view.by_preference(pref)
         for node in order:
             try:
                 return await self.rpc.call(self.view.addr_of(node), method, params, self.s.forward_timeout_s)

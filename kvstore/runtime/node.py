@@ -19,7 +19,7 @@ from kvstore import __version__
 from kvstore.config import Settings, parse_addr
 from kvstore.core import messages as m
 from kvstore.core import vclock
-from kvstore.core.membership import MemberEvent, SwimConfig
+from kvstore.core.membership import MemberEvent, SwimConfig, route_rank
 from kvstore.core.ring import Ring, claim
 from kvstore.errors import InvalidRequest, KVError, StorageError, Unavailable
 from kvstore.runtime.antientropy import AntiEntropy
@@ -145,6 +145,7 @@ class Node:
             push_pull_via(self.rpc), self._on_member, meta={"ring": self.view.version},
         )
         self.view.down_checks.append(self._gossip_says_down)
+        self.view.rank = self._gossip_rank
         self.server = RpcServer(
             {**self._handlers(), **gossip_handlers(self.gossip)}, max_frame_bytes=self.s.max_frame_bytes
         )
@@ -455,6 +456,11 @@ class Node:
             return False
         info = g.member(node)
         return info is not None and (info.state.gone or info.restarting)
+
+    def _gossip_rank(self, node: str) -> int:
+        """Flap dampening takes effect here: a damped member is used after healthy ones."""
+        info = self.gossip.member(node) if self.gossip is not None and self._gossip_on else None
+        return 0 if info is None else route_rank(info)
 
     def _on_member(self, ev: MemberEvent) -> None:
         m_ = ev.member
