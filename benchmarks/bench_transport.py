@@ -122,7 +122,13 @@ def _pct(lat: list[float], p: float) -> float:
 
 
 def _result(
-    args: argparse.Namespace, n: int, errors: int, dt: float, lat: list[float], cpu: float
+    args: argparse.Namespace,
+    n: int,
+    errors: int,
+    dt: float,
+    lat: list[float],
+    cpu: float,
+    client_cpu: float,
 ) -> str:
     lat.sort()
     return json.dumps(
@@ -137,13 +143,20 @@ def _result(
             "n": n,
             "errors": errors,
             "server_cpu_pct": round(100 * cpu / dt, 1) if args.spid and dt > 0 else None,
+            "client_cpu_pct": round(100 * client_cpu / dt, 1) if dt > 0 else None,
         }
     )
 
 
 def load(args: argparse.Namespace) -> None:
-    reqs = _requests(args.op, args.proto, args.keyspace, args.seed)
     host, port = args.host, args.port
+    if args.driver == "rpcclient":
+        sys.path.insert(0, str(REPO))
+        from kvstore.runtime.rpc import run
+
+        print(run(_load_rpcclient(args, host, port), loop="uvloop"), flush=True)
+        return
+    reqs = _requests(args.op, args.proto, args.keyspace, args.seed)
     if args.conns == 1 and args.window == 1:
         print(_load_seq(args, reqs, host, port), flush=True)
         return
@@ -166,7 +179,7 @@ def _load_seq(args: argparse.Namespace, reqs: list[bytes], host: str, port: int)
     t_warm = pc() + args.warm
     measuring = False
     start = t1 = t_end = 0.0
-    c0 = 0.0
+    c0 = cl0 = 0.0
     while True:
         t0 = pc()
         s.sendall(reqs[i & MASK])
@@ -189,8 +202,60 @@ def _load_seq(args: argparse.Namespace, reqs: list[bytes], host: str, port: int)
             measuring = True
             start, t_end = t1, t1 + args.secs
             c0 = _cpu_s(args.spid)
+            cl0 = time.process_time()
     s.close()
-    return _result(args, n, errors, t1 - start, lat, _cpu_s(args.spid) - c0)
+    return _result(
+        args, n, errors, t1 - start, lat, _cpu_s(args.spid) - c0, time.process_time() - cl0
+    )
+
+
+async def _load_rpcclient(args: argparse.Namespace, host: str, port: int) -> str:
+    """The same load through kvstore's RpcClient: conns pooled connections, conns x window
+    concurrent callers, so its cost per call can be read against the raw generator's."""
+    from kvstore.runtime.rpc import RpcClient
+
+    rnd = random.Random(args.seed)
+    keys = [b"%016d" % rnd.randrange(args.keyspace) for _ in range(NPRE)]
+    extra: list[Any] = ([None, {}] if args.op == "put" else [{}]) if args.proto == "node" else []
+    client = RpcClient(conns_per_peer=args.conns)
+    addr = f"{host}:{port}"
+    state = {"measuring": False, "stop": False, "n": 0, "errors": 0}
+    lat: list[float] = []
+    pc = time.perf_counter
+    op = args.op
+
+    async def caller(base: int) -> None:
+        i = base
+        while not state["stop"]:
+            k = keys[i & MASK]
+            i += 1
+            params = [k, VALUE, *extra] if op == "put" else [k, *extra]
+            t0 = pc()
+            try:
+                await client.call(addr, op, params, 10.0)
+                ok = True
+            except Exception:
+                ok = False
+            if state["measuring"]:
+                lat.append(pc() - t0)
+                state["n"] += 1
+                state["errors"] += not ok
+
+    callers = [asyncio.create_task(caller(c * 997)) for c in range(args.conns * args.window)]
+    await asyncio.sleep(args.warm)
+    state["measuring"] = True
+    c0 = _cpu_s(args.spid)
+    cl0 = time.process_time()
+    t0 = pc()
+    await asyncio.sleep(args.secs)
+    state["measuring"] = False
+    t1 = pc()
+    c1 = _cpu_s(args.spid)
+    cl1 = time.process_time()
+    state["stop"] = True
+    await asyncio.gather(*callers)
+    await client.close()
+    return _result(args, int(state["n"]), int(state["errors"]), t1 - t0, lat, c1 - c0, cl1 - cl0)
 
 
 async def _load_pipe(args: argparse.Namespace, reqs: list[bytes], host: str, port: int) -> str:
@@ -249,14 +314,16 @@ async def _load_pipe(args: argparse.Namespace, reqs: list[bytes], host: str, por
     await asyncio.sleep(args.warm)
     state["measuring"] = True
     c0 = _cpu_s(args.spid)
+    cl0 = time.process_time()
     t0 = pc()
     await asyncio.sleep(args.secs)
     state["measuring"] = False
     t1 = pc()
     c1 = _cpu_s(args.spid)
+    cl1 = time.process_time()
     for tr in transports:
         tr.abort()
-    return _result(args, int(state["n"]), int(state["errors"]), t1 - t0, lat, c1 - c0)
+    return _result(args, int(state["n"]), int(state["errors"]), t1 - t0, lat, c1 - c0, cl1 - cl0)
 
 
 # --------------------------------------------------------------------------- compare
@@ -316,13 +383,14 @@ def _drive(
     window: int,
     proto: str,
     host: str = "127.0.0.1",
+    driver: str = "raw",
 ) -> dict[str, Any]:
     cmd = [
         sys.executable, __file__, "load",
         "--host", host, "--port", str(port), "--op", op,
         "--conns", str(conns), "--window", str(window),
         "--secs", str(args.secs), "--warm", str(args.warm),
-        "--proto", proto, "--spid", str(pid),
+        "--proto", proto, "--spid", str(pid), "--driver", driver,
     ]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.secs + args.warm + 60)
     if out.returncode != 0:
@@ -337,7 +405,11 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _table(
-    title: str, a_name: str, b_name: str, rows: list[tuple[str, dict[str, Any], dict[str, Any]]]
+    title: str,
+    a_name: str,
+    b_name: str,
+    rows: list[tuple[str, dict[str, Any], dict[str, Any]]],
+    cpu_key: str = "server_cpu_pct",
 ) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -357,12 +429,11 @@ def _table(
 
     for label, a, b in rows:
         ratio = a["ops_s"] / b["ops_s"] if b["ops_s"] else float("nan")
-        # Throughput per second of server CPU: steadier than ops/s when the box is busy.
+        # Throughput per second of CPU (of the server, or of the client when comparing
+        # clients): steadier than ops/s when the box is busy.
         per_cpu = "-"
-        if a.get("server_cpu_pct") and b.get("server_cpu_pct"):
-            per_cpu = (
-                f"{(a['ops_s'] / a['server_cpu_pct']) / (b['ops_s'] / b['server_cpu_pct']):.2f}"
-            )
+        if a.get(cpu_key) and b.get(cpu_key):
+            per_cpu = f"{(a['ops_s'] / a[cpu_key]) / (b['ops_s'] / b[cpu_key]):.2f}"
         t.add_row(
             label, f"{a['ops_s']:,}", f"{b['ops_s']:,}", f"{ratio:.2f}", per_cpu, lat(a), lat(b)
         )
@@ -422,6 +493,39 @@ def compare(args: argparse.Namespace) -> None:
             "reference",
             rows,
         )
+        if args.client:
+            crows = []
+            for op, conns, window in _points(args):
+                cr: list[dict[str, Any]] = []
+                rw: list[dict[str, Any]] = []
+                for _ in range(args.repeat):
+                    cr.append(
+                        _drive(
+                            args,
+                            proj_port,
+                            proj.pid,
+                            op,
+                            conns,
+                            window,
+                            "simple",
+                            driver="rpcclient",
+                        )
+                    )
+                    rw.append(_drive(args, proj_port, proj.pid, op, conns, window, "simple"))
+                c, w = _median(cr), _median(rw)
+                crows.append((_label(op, conns, window), c, w))
+                if args.json:
+                    print(
+                        json.dumps({"load": _label(op, conns, window), "rpcclient": c, "raw": w}),
+                        flush=True,
+                    )
+            _table(
+                f"kvstore RpcClient vs the raw load generator, both against RpcServer (median of {args.repeat}; ratio/CPU is per client CPU)",
+                "RpcClient",
+                "raw",
+                crows,
+                cpu_key="client_cpu_pct",
+            )
     finally:
         _stop(procs)
 
@@ -510,6 +614,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     lp.add_argument("--seed", type=int, default=1)
     lp.add_argument("--proto", choices=("simple", "node"), default="simple")
     lp.add_argument("--spid", type=int, default=0)
+    lp.add_argument("--driver", choices=("raw", "rpcclient"), default="raw")
     for p in (ap,):
         p.add_argument(
             "--ref-dir",
@@ -535,6 +640,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             help="with --target: compare with the 3-node quorum ceiling",
         )
         p.add_argument("--json", action="store_true", help="also print one JSON line per point")
+        p.add_argument(
+            "--client",
+            action="store_true",
+            help="also drive RpcServer with RpcClient (client cost)",
+        )
     args = ap.parse_args(argv)
     if args.cmd == "serve":
         serve(args.port, args.loop, args.handlers)
