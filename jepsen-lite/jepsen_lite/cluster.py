@@ -106,12 +106,11 @@ class Cluster:
     def _command(self, node: Node) -> list[str]:
         cmd = [*self.kv_cmd, "node", "start", "--name", node.name, "--listen", node.addr,
                "--data-dir", str(node.data_dir)]
-        # The first node founds the ring on its first start; every other start (and every
-        # restart) may join or rejoin through anyone, since any one of them may be down.
-        if node.index > 0 or node.starts > 0:
-            for other in self.nodes:
-                if other is not node:
-                    cmd += ["--seed", other.addr]
+        # First start: join through the nodes already up (the first node founds the ring).
+        # A restart may rejoin through anyone, since any one of them may be down.
+        seeds = [o for o in self.nodes if o is not node and (node.starts > 0 or o.index < node.index)]
+        for other in seeds:
+            cmd += ["--seed", other.addr]
         for k, v in self.settings.items():
             cmd += [f"--{k.replace('_', '-')}", str(v)]
         return cmd
@@ -236,9 +235,9 @@ class Cluster:
             await asyncio.sleep(0.1)
 
     async def start_all(self) -> None:
-        first, rest = self.nodes[0], self.nodes[1:]
-        self.start(first)
-        await self.wait_ready(first)
-        for n in rest:
+        """One node at a time, each waiting until it sees all before it: bringing the cluster
+        up is not what is under test, and concurrent joins are a separate question."""
+        for i, n in enumerate(self.nodes):
             self.start(n)
+            await self.wait_ready(n, members=i + 1)
         await asyncio.gather(*(self.wait_ready(n, members=len(self.nodes)) for n in self.nodes))

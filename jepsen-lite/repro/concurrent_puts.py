@@ -47,8 +47,9 @@ def main() -> int:
     args = ap.parse_args()
     kv = str(Path(sys.executable).parent / "kv")
     with tempfile.TemporaryDirectory() as tmp:
+        Path(f"{tmp}/shm").mkdir()
         up = subprocess.Popen([kv, "cluster", "up", "--nodes", "3", "--port", str(args.port), "--data-dir", tmp,
-                               "--log-dir", f"{tmp}/logs"], stdout=subprocess.PIPE, text=True)
+                               "--log-dir", f"{tmp}/logs", "--set", f"snapshot_dir={tmp}/shm"], stdout=subprocess.PIPE, text=True)
         try:
             addr = f"127.0.0.1:{args.port}"
             assert up.stdout is not None
