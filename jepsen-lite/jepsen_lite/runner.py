@@ -165,7 +165,12 @@ async def run(cfg: RunConfig) -> int:
     firewall = Firewall() if cfg.netns else None
     preflight = None
     if firewall is not None and "partition" in cfg.nemeses:
-        preflight = await asyncio.to_thread(preflight_partition, firewall)
+        try:
+            preflight = await asyncio.to_thread(preflight_partition, firewall)
+        except HarnessError as e:
+            progress.log(f"harness error: {e}", style="bold red")
+            (out / "error.txt").write_text(str(e) + "\n")
+            return EXIT["harness"]
         progress.log(f"partition preflight ok: {preflight}")
     schedule = make_schedule(cfg.seed, cfg.nodes, cfg.nemeses, cfg.time_s, cfg.timing, cfg.partitions)
     (out / "schedule.json").write_text(json.dumps([f.to_json() for f in schedule], indent=1) + "\n")
