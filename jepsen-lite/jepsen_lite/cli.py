@@ -4,6 +4,7 @@
                     --concurrency 10 --seed 7 --out store/<timestamp>/
     jepsen-lite check store/<run>/history.jsonl --workload set     # re-judge a history
     jepsen-lite report store/<run>/                                 # rebuild index.html
+    jepsen-lite summary store/*/                                    # markdown table of runs
     jepsen-lite cleanup                                             # stale namespaces
 
 As root with `ip` and `iptables`, `run` puts the cluster in a private network namespace
@@ -104,6 +105,9 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="rebuild index.html and results.json of a run folder")
     rep.add_argument("dir", type=Path)
 
+    sm = sub.add_parser("summary", help="a markdown table of the verdicts of run folders")
+    sm.add_argument("dirs", type=Path, nargs="+")
+
     sub.add_parser("cleanup", help="remove namespaces left by killed runs")
     return p
 
@@ -198,6 +202,24 @@ def _report(a: argparse.Namespace) -> int:
     return 0
 
 
+def _summary(a: argparse.Namespace) -> int:
+    print("| run | workload | conflict | faults | kvstore | acked | lost | lost % | availability | verdict |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for d in a.dirs:
+        path = d / "results.json"
+        if not path.exists():
+            print(f"| {d.name} | no results.json | | | | | | | | |")
+            continue
+        r = json.loads(path.read_text())
+        w, run = r["workload_result"], r.get("run", {})
+        av = r["availability"]["overall"].get("availability")
+        valid = {True: "valid", False: "INVALID"}.get(r["valid"], str(r["valid"]))
+        print(f"| {d.name} | {r['workload']} | {run.get('conflict', '?')} | {run.get('nemeses', '?')} "
+              f"| {run.get('kvstore_revision', '?')} | {w.get('acknowledged_count', 0)} | {w.get('lost_count', 0)} "
+              f"| {100 * w.get('lost_fraction', 0):.1f}% | {'-' if av is None else f'{100 * av:.1f}%'} | {valid} |")
+    return 0
+
+
 def _cleanup() -> int:
     from jepsen_lite.netns import can_partition, sweep_stale
 
@@ -219,6 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check(a)
     if a.cmd == "report":
         return _report(a)
+    if a.cmd == "summary":
+        return _summary(a)
     return _cleanup()
 
 
