@@ -222,9 +222,9 @@ on_exit() {
   local rc=$?
   set +e
   if [ $rc -ne 0 ] && [ -n "${UP:-}" ]; then
-    for s in kv1 kv2 kv3; do
-      log "--- last log lines of $s"
-      podman logs --tail 25 "$(ctr "$s")" 2>&1 | sed 's/^/    /' >&2
+    for c in $(podman ps -a --filter "label=io.podman.compose.project=$PROJECT" --format '{{.Names}}'); do
+      log "--- last log lines of $c"
+      podman logs --tail 30 "$c" 2>&1 | sed 's/^/    /' >&2
     done
   fi
   if [ "${KVSTORE_CI_KEEP:-0}" = 1 ] && [ -n "${UP:-}" ]; then
@@ -324,6 +324,7 @@ k8s_pods() {
   # (grep -c, not grep -q: with pipefail, grep -q's early exit fails the pipeline)
   [ "$(podman logs "${PROJECT}_kvstore-0" 2>&1 | grep -c "founding the cluster")" = 1 ] ||
     die "kvstore-0 did not found the cluster"
+  log "pods: kvstore-0..2 ready, in order"
   # all three in the ring, reachable by their stable names; a write with W=3 reaches all
   deadline=$((SECONDS + 60))
   until podman exec "${PROJECT}_kvstore-2" kv cluster status --json 2>/dev/null | "$VENV_PY" -c \
@@ -331,8 +332,18 @@ k8s_pods() {
     [ $SECONDS -lt $deadline ] || die "the StatefulSet's pods did not form a ring of 3"
     sleep 1
   done
-  podman exec "${PROJECT}_kvstore-1" kv put k8s yes -w 3 >/dev/null || die "put -w 3 in the pods failed"
-  expect_value yes podman exec "${PROJECT}_kvstore-0" kv get k8s -r 3
+  # W=3 and R=3: every replica answers (a fresh key per attempt, as above)
+  local attempt=0
+  deadline=$((SECONDS + 60))
+  until attempt=$((attempt + 1)) &&
+    podman exec "${PROJECT}_kvstore-1" kv put "k8s-$attempt" yes -w 3 >"$WORK/last" 2>&1 &&
+    podman exec "${PROJECT}_kvstore-0" kv get "k8s-$attempt" -r 3 >"$WORK/last" 2>&1 &&
+    [ "$(cat "$WORK/last")" = yes ]; do
+    [ $SECONDS -lt $deadline ] || die "W=3/R=3 in the pods still fail after 60 s: $(cat "$WORK/last")"
+    sleep 1
+  done
+  local key=k8s-$attempt
+  log "pods: W=3/R=3 pass (attempt $attempt); SIGTERM kvstore-0 (PID 1), restart it"
   # Without an init (Kubernetes has none) the node is PID 1 and must still stop on SIGTERM,
   # exit 0, and on restart (data on its volume) rejoin instead of founding a new cluster.
   podman stop --time 30 "${PROJECT}_kvstore-0" >/dev/null 2>>"$WORK/podman.log"
@@ -340,12 +351,13 @@ k8s_pods() {
     die "kvstore-0 did not exit 0 on SIGTERM as PID 1"
   podman start "${PROJECT}_kvstore-0" >/dev/null 2>>"$WORK/podman.log"
   deadline=$((SECONDS + 60))
-  until [ "$(podman exec "${PROJECT}_kvstore-0" kv get k8s -r 3 2>/dev/null)" = yes ]; do
+  until [ "$(podman exec "${PROJECT}_kvstore-0" kv get "$key" -r 3 2>/dev/null)" = yes ]; do
     [ $SECONDS -lt $deadline ] || die "kvstore-0 did not come back"
     sleep 0.5
   done
   [ "$(podman logs "${PROJECT}_kvstore-0" 2>&1 | grep -c "founding the cluster")" = 1 ] ||
     die "kvstore-0 founded the cluster again on restart"
+  log "pods: kvstore-0 rejoined after its restart"
 }
 
 # ------------------------------------------------------------------ main
@@ -450,7 +462,7 @@ podman start "$(ctr kv2)" >/dev/null 2>>"$WORK/podman.log"
 wait_healthy kv2 90
 expect_value "hello again" hkv "$P2" get greeting -r 3
 
-log "down"
+log "down (podman-compose down -v)"
 t=$SECONDS
 teardown
 TIMES[down]=$(since $t)
