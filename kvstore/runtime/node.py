@@ -208,7 +208,7 @@ class Node:
             except (KVError, OSError) as e:
                 log.info("could not announce the stop: %s", e)
         if self.server is not None:
-            await self.server.close()
+            await self.server.drain()
         if self.gossip is not None:
             self._gossip_on = False
             await self.gossip.stop()

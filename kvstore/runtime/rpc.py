@@ -88,6 +88,13 @@ _T = TypeVar("_T")
 # --------------------------------------------------------------------------- helpers
 
 
+# A server that is stopping sends this notification on every connection (see RpcServer.drain).
+GOAWAY = "goaway"
+GOAWAY_B = b"goaway"
+# How long a client then treats that server as down before trying it again.
+GOAWAY_HOLD_S = 1.0
+
+
 def as_bytes(x: object, what: str = "value") -> bytes:
     """``x`` as bytes: bin as is, str as UTF-8 (lossless for str decoded from invalid UTF-8)."""
     if type(x) is bytes:
@@ -340,6 +347,7 @@ class _ServerConn(_Conn):
             pass  # closing transports may refuse; nothing left to throttle then
 
     def _drain(self) -> None:
+        self._server._chunks_in += 1
         # The hot path: a request of the usual shape to a sync handler costs one unpacking
         # assignment, a dict lookup, a few type checks, the call and one pack. Everything
         # unusual (other shapes, bytes method names, unknown methods) goes to _other.
@@ -548,6 +556,7 @@ class RpcServer:
         self._conns: set[_ServerConn] = set()
         self._running: set[asyncio.Future[Any]] = set()  # tasks and futures of handlers
         self._closing = False
+        self._chunks_in = 0  # reads that carried requests: drain() waits for them to stop
         self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._flusher: _Flusher | None = None
@@ -592,6 +601,29 @@ class RpcServer:
     def running_handlers(self) -> int:
         """Handler tasks and futures not settled yet."""
         return len(self._running)
+
+    async def drain(self, *, grace_s: float = 3.0, quiet_s: float = 0.2) -> None:
+        """Stop gracefully: stop listening, tell every client to go elsewhere (a ``goaway``
+        notification), keep serving what they still send until they are quiet and every
+        running handler has answered, then close. A client that honours ``goaway`` sends
+        its next requests to another node, so none is left with an unknown outcome."""
+        if self._server is not None:
+            self._server.close()
+        note = self._pack([2, GOAWAY, []])
+        for c in list(self._conns):
+            c._queue(note)
+        loop = self._loop
+        if loop is None:
+            return
+        deadline = loop.time() + grace_s
+        seen, quiet_since = self._chunks_in, loop.time()
+        while loop.time() < deadline:
+            await asyncio.sleep(0.01)
+            if self._chunks_in != seen:
+                seen, quiet_since = self._chunks_in, loop.time()
+            elif not self._running and loop.time() - quiet_since >= quiet_s:
+                break
+        await self.close(grace_s=max(0.1, deadline - loop.time()))
 
     async def close(self, *, grace_s: float = 1.0) -> None:
         """Stop listening, cancel running handlers, close every connection."""
@@ -709,8 +741,11 @@ class _ClientConn(_Conn):
                             fut.set_result(msg[3])
                         else:
                             fut.set_exception(from_wire(err))
-                elif not (type(msg) is list and len(msg) == 3 and msg[0] == 2):
-                    # Server notifications are ignored; anything else means we are out of step.
+                elif type(msg) is list and len(msg) == 3 and msg[0] == 2:
+                    if msg[1] in (GOAWAY, GOAWAY_B):
+                        self._owner._goaway(self)
+                else:
+                    # Other notifications are ignored; anything else means we are out of step.
                     self._abandon("malformed response")
                     return
         except Exception as e:
@@ -1120,6 +1155,16 @@ class RpcClient:
         peer.backoff_s = min(b * 2, self._backoff_max)
         peer.reason = reason
         return _unreachable(f"cannot reach {peer.addr}: {reason}", sent=False)
+
+    def _goaway(self, conn: _ClientConn) -> None:
+        """The server is stopping: calls already sent on ``conn`` still get their answers,
+        but new ones must go elsewhere, so the peer counts as down for a moment and the
+        connection leaves the pool."""
+        self._forget(conn)
+        peer = self._peers.get(conn._addr)
+        if peer is not None:
+            peer.down_until = self._loop.time() + GOAWAY_HOLD_S
+            peer.reason = "it is shutting down or restarting"
 
     def _forget(self, conn: _ClientConn) -> None:
         peer = self._peers.get(conn._addr)
