@@ -41,6 +41,8 @@ PushPull = Callable[[str, bytes], Awaitable[bytes]]
 # Never re-arm the timer closer than this: a bug that keeps asking for "now" must not spin.
 MIN_TIMER_S = 0.001
 _MAX_RESOLVED = 4096
+RESOLVE_TTL_S = 30.0
+RESOLVE_TIMEOUT_S = 5.0
 
 
 def push_pull_via(client: RpcClient, timeout_s: float = 2.0) -> PushPull:
@@ -103,7 +105,8 @@ class Gossip:
         self._timer_at = float("inf")
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pp_inflight: set[str] = set()
-        self._resolved: dict[str, Any] = {}
+        self._resolved: dict[str, tuple[Any, float]] = {}  # addr -> (sockaddr, expires)
+        self._resolving: set[str] = set()
         self._family = socket.AF_INET
         self._stopped = False
         self.counters: dict[str, int] = {
@@ -297,21 +300,45 @@ class Gossip:
             log.debug("gossip: cannot send to %s: %s", addr, e)
 
     def _resolve(self, addr: str) -> Any:
-        target = self._resolved.get(addr)
-        if target is not None:
-            return target
+        """The socket address for ``addr``. Hostnames are resolved off the event loop (a
+        stalled DNS server must not freeze the node) and re-resolved every
+        ``RESOLVE_TTL_S``, since a rescheduled container keeps its name but not its IP;
+        until the first answer the datagram is dropped, which SWIM tolerates."""
+        assert self._loop is not None
+        now = self._loop.time()
+        hit = self._resolved.get(addr)
+        if hit is not None and hit[1] > now:
+            return hit[0]
         host, port = parse_addr(addr)
         try:
             ipaddress.ip_address(host)
-            target = (host, port)
         except ValueError:
-            # A hostname: resolved once (blocking, but only the first time) and cached.
-            infos = socket.getaddrinfo(host, port, self._family, socket.SOCK_DGRAM)
-            target = infos[0][4]
+            if addr not in self._resolving:
+                self._resolving.add(addr)
+                self._spawn(self._lookup(addr, host, port))
+            if hit is not None:
+                return hit[0]  # stale while a fresh lookup runs
+            raise OSError(f"{host} is still being resolved") from None
         if len(self._resolved) >= _MAX_RESOLVED:
             self._resolved.clear()
-        self._resolved[addr] = target
-        return target
+        self._resolved[addr] = ((host, port), float("inf"))
+        return (host, port)
+
+    async def _lookup(self, addr: str, host: str, port: int) -> None:
+        assert self._loop is not None
+        try:
+            infos = await asyncio.wait_for(
+                self._loop.getaddrinfo(host, port, family=self._family, type=socket.SOCK_DGRAM),
+                RESOLVE_TIMEOUT_S,
+            )
+            if infos:
+                if len(self._resolved) >= _MAX_RESOLVED:
+                    self._resolved.clear()
+                self._resolved[addr] = (infos[0][4], self._loop.time() + RESOLVE_TTL_S)
+        except (OSError, TimeoutError) as e:
+            log.debug("gossip: cannot resolve %s: %s", host, e)
+        finally:
+            self._resolving.discard(addr)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         assert self._loop is not None

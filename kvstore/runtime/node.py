@@ -37,6 +37,9 @@ from storage.snapshot import write_snapshot
 
 log = logging.getLogger("kvstore.node")
 
+# Error reason a node gives while it has no ring yet (see Node._join_through).
+NO_RING = "no_ring"
+
 
 def _as_str(x: Any, what: str) -> str:
     if isinstance(x, bytes):
@@ -175,18 +178,31 @@ class Node:
         )
 
     async def _join_through(self, seeds: list[str]) -> None:
+        """Join through any seed. If every seed answers but none has a ring yet (all nodes
+        of a new cluster started at once, each seeded with the others), the node with the
+        lowest address founds it and the others join it: deterministic, and never done
+        while a seed cannot be asked (it might hold the cluster's ring)."""
         assert self.view is not None
         deadline = asyncio.get_running_loop().time() + 120.0
         delay = 0.1
         while True:
+            ringless = 0
             for seed in seeds:
                 try:
                     doc = await self.rpc.call(seed, m.JOIN, [self.name, self.addr], 5.0)
                 except KVError as e:
-                    log.info("join through %s: %s", seed, e)
+                    if isinstance(e, Unavailable) and e.extra.get("reason") == NO_RING:
+                        ringless += 1
+                    else:
+                        log.info("join through %s: %s", seed, e)
                     continue
                 await self._accept_view(doc)
                 log.info("joined the cluster through %s", seed)
+                return
+            if ringless == len(seeds) and self.addr == min([self.addr, *seeds]):
+                self.view.ring = claim([self.name], self.s.partitions)
+                await self.view.save()
+                log.info("no seed has a ring yet and this node has the lowest address: founding the cluster")
                 return
             if asyncio.get_running_loop().time() > deadline:
                 raise Unavailable(f"could not join through any seed ({', '.join(seeds)})", required=1)
@@ -318,7 +334,7 @@ class Node:
     def _ring(self) -> dict[str, Any]:
         assert self.view is not None
         if self.view.ring is None:
-            raise Unavailable("this node has not joined a ring yet", required=1)
+            raise Unavailable("this node has not joined a ring yet", required=1, reason=NO_RING)
         doc = self.view.to_wire()
         doc["n"] = self.s.n_replicas
         doc["version"] = self.view.version
@@ -402,7 +418,7 @@ class Node:
         parse_addr(where)
         async with self._join_lock:
             if self.view.ring is None:
-                raise Unavailable("this node has not joined a ring yet", required=1)
+                raise Unavailable("this node has not joined a ring yet", required=1, reason=NO_RING)
             self.view.addrs[node] = where
             if node in self.view.members():
                 await self.view.save()

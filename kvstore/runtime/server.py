@@ -72,10 +72,7 @@ def reexec() -> None:
     supervisor (kv cluster up, systemd, a container runtime) sees nothing happen, and the
     installed code, which may be newer, is what runs."""
     argv = list(sys.orig_argv)
-    log.info("restarting: exec %s", " ".join(argv))
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    print(f"restarting: exec {' '.join(argv)}", file=sys.stderr, flush=True)
     os.execv(sys.executable, argv)
 
 
@@ -83,7 +80,15 @@ def run(settings: Settings, log_level: str = "INFO") -> int:
     setup_logging(log_level)
     loop_name = install_loop()
     log.info("starting node %s on %s (%s loop)", settings.name, settings.listen, loop_name)
-    code = asyncio.run(serve(settings))
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    code = loop.run_until_complete(serve(settings))
+    # Everything that matters is durable and closed by now. Closing the loop would wait for
+    # its worker threads, and one stuck in a DNS lookup can hold the process for minutes (a
+    # container runtime then SIGKILLs it): exit (or re-exec) without that wait.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
     if code == RESTART:
         reexec()
-    return code
+    os._exit(code)

@@ -210,3 +210,23 @@ def test_concurrent_same_context_puts_through_one_coordinator_keep_both(cluster:
             return out
 
     assert asyncio.run(go()) == [[b"x", b"y"]] * 20
+
+
+def test_nodes_all_seeded_with_each_other_form_one_cluster(tmp_path: Path) -> None:
+    """Containers and StatefulSets start every node at once, each seeded with the others:
+    the lowest address founds the ring, the others join it."""
+    with LocalCluster(tmp_path, nodes=3) as c:
+        addrs = c.addrs()
+        for node in c.nodes.values():
+            args = [a for a in node.args]
+            while "--seed" in args:
+                i = args.index("--seed")
+                del args[i : i + 2]
+            node.args = args + [x for a in addrs if a != node.addr for x in ("--seed", a)]
+        for name in c.nodes:
+            c.start(name, wait=False)
+        for name in c.nodes:
+            c.wait_serving(name, timeout=60)
+        c.wait_ring(3, timeout=60)
+        c.client().put("everyone", "seeded")
+        assert c.client(route=False).get("everyone", r=3).value == b"seeded"
