@@ -8,6 +8,7 @@ through the Replica, calls to peers through the RPC client, timers on the event 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -26,6 +27,12 @@ from kvstore.runtime.replica import Replica
 from kvstore.runtime.rpc import RpcClient, was_sent
 
 log = logging.getLogger("kvstore.coordinator")
+
+
+def _consume(f: asyncio.Future[Any]) -> None:
+    """Fire-and-forget RPCs: read the outcome so a failure is not reported as unretrieved."""
+    if not f.cancelled():
+        f.exception()
 
 
 @dataclass(slots=True)
@@ -72,7 +79,7 @@ class Coordinator:
         p = partition_of(key, ring.partitions)
         return ring, p, self.view.read_preference(p)
 
-    async def _forward(self, method: str, pref: tuple[str, ...], params: list[Any], idempotent: bool) -> Any:
+    async def _forward(self, method: str, pref: tuple[str, ...], params: list[Any], idempotent: bool) -> dict[str, Any]:
         """Send the request to a preference-list node. A call that could not be sent is tried
         on the next node; one whose outcome is unknown is retried only if idempotent."""
         self.counters.forwarded += 1
@@ -80,7 +87,7 @@ class Coordinator:
         order = self.view.by_preference(pref)
         for node in order:
             try:
-                return await self.rpc.call(self.view.addr_of(node), method, params, self.s.forward_timeout_s)
+                return await self.rpc.call(self.view.addr_of(node), method, params, self.s.forward_timeout_s)  # type: ignore[no-any-return]
             except Unreachable as e:
                 last = e
                 if was_sent(e) and not idempotent:
@@ -96,43 +103,37 @@ class Coordinator:
         )
 
     # ------------------------------------------------------------------ public API
-    async def get(self, raw_key: Any, raw_opts: Any, *, forwarded: bool = False) -> dict[str, Any]:
+    # Each returns a Future (the local path: callbacks only, no task per request) or, when
+    # the request must be forwarded, a coroutine; the RPC server takes either.
+    def get(self, raw_key: Any, raw_opts: Any, *, forwarded: bool = False) -> Awaitable[dict[str, Any]]:
         key = m.check_key(raw_key, self.limits)
         opts = m.parse_options(raw_opts, "r", self.limits)
         ring, p, pref = self._locate(key)
         if self.name not in pref:
             if forwarded:
                 raise Unavailable("forwarded get reached a node outside the preference list", required=1)
-            return await self._forward(m.FWD_GET, pref, [key, m.options_to_wire(opts, "r")], True)  # type: ignore[no-any-return]
+            return self._forward(m.FWD_GET, pref, [key, m.options_to_wire(opts, "r")], True)
         self.counters.gets += 1
-        merged = await self._read(ring, p, pref, key, opts)
-        if merged is None:
-            return {"values": [], "context": b""}
-        shown = vclock.lww(merged) if self.lww else merged
-        return {"values": vclock.values(shown), "context": vclock.encode_context(vclock.context_of(merged))}
+        return self._read(ring, p, pref, key, opts)
 
-    async def put(
+    def put(
         self, raw_key: Any, raw_value: Any, raw_ctx: Any, raw_opts: Any, *, forwarded: bool = False
-    ) -> dict[str, Any]:
+    ) -> Awaitable[dict[str, Any]]:
         key = m.check_key(raw_key, self.limits)
         value = m.check_value(raw_value, self.limits)
-        return await self._write(key, value, raw_ctx, raw_opts, m.FWD_PUT, forwarded)
+        return self._write(key, value, raw_ctx, raw_opts, m.FWD_PUT, forwarded)
 
-    async def delete(self, raw_key: Any, raw_ctx: Any, raw_opts: Any, *, forwarded: bool = False) -> dict[str, Any]:
+    def delete(self, raw_key: Any, raw_ctx: Any, raw_opts: Any, *, forwarded: bool = False) -> Awaitable[dict[str, Any]]:
         key = m.check_key(raw_key, self.limits)
-        return await self._write(key, None, raw_ctx, raw_opts, m.FWD_DELETE, forwarded)
+        return self._write(key, None, raw_ctx, raw_opts, m.FWD_DELETE, forwarded)
 
     # ------------------------------------------------------------------ internals
-    def _deadline(self, opts: m.Options) -> tuple[float, float]:
-        timeout = opts.timeout_s or self.s.request_timeout_s
-        return timeout, asyncio.get_running_loop().time() + timeout
-
     def _plan(self, ring: Ring, p: int, pref: tuple[str, ...], sloppy: bool) -> quorum.Plan:
         return quorum.plan(pref, ring.fallbacks(p, self.s.n_replicas), self.view.is_up, sloppy=sloppy)
 
-    async def _write(
+    def _write(
         self, key: bytes, value: bytes | None, raw_ctx: Any, raw_opts: Any, fwd: str, forwarded: bool
-    ) -> dict[str, Any]:
+    ) -> Awaitable[dict[str, Any]]:
         ctx = vclock.decode_context(m.check_context(raw_ctx))
         opts = m.parse_options(raw_opts, "w", self.limits)
         ring, p, pref = self._locate(key)
@@ -141,57 +142,58 @@ class Coordinator:
                 raise Unavailable("forwarded write reached a node outside the preference list", required=1)
             params: list[Any] = [key] + ([value] if fwd == m.FWD_PUT else [])
             params += [m.check_context(raw_ctx), m.options_to_wire(opts, "w")]
-            return await self._forward(fwd, pref, params, False)  # type: ignore[no-any-return]
+            return self._forward(fwd, pref, params, False)
         self.counters.puts += 1
+        loop = asyncio.get_running_loop()
         w = opts.quorum or self.s.w
-        timeout, deadline = self._deadline(opts)
-        plan = self._plan(ring, p, pref, sloppy=not opts.strict and self.on_hinted is not None)
+        timeout = opts.timeout_s or self.s.request_timeout_s
+        deadline = loop.time() + timeout
+        hinting = self.on_hinted is not None
+        sloppy = hinting and not opts.strict
+        plan = self._plan(ring, p, pref, sloppy=sloppy)
         wq = WriteQuorum(plan.targets, w, deadline, strict=opts.strict)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-        def settle(status: Status) -> None:
-            if status is not Status.PENDING and not done.done():
-                done.set_result(None)
+        result: asyncio.Future[dict[str, Any]] = loop.create_future()
 
         local = self.replica.read(p, key)
         new = vclock.update(local, ctx, value, self.replica.actor, self.wall_ms())
         if self.lww:
             new = vclock.lww(new)
         record = vclock.encode(new)
-
-        # Applied to the local table right here, before any other request can read the key.
-        durable = self.replica.write_new(p, key, new) if self.name in plan.nodes else None
-
-        async def local_write() -> None:
-            assert durable is not None
-            try:
-                await durable
-            except KVError as e:
-                settle(wq.on_error(self.name, str(e)))
-            except Exception as e:  # storage errors not yet wrapped
-                settle(wq.on_error(self.name, f"{type(e).__name__}: {e}"))
-            else:
-                settle(wq.on_ack(self.name))
-
-        hinting = self.on_hinted is not None
-        sloppy = hinting and not opts.strict
         fallbacks = ring.fallbacks(p, self.s.n_replicas)
         # A primary gets part of the time, so that if it does not answer a stand-in can still
         # be asked before the deadline (Dynamo: "does not answer in time").
         primary_timeout = timeout * 0.5 if sloppy and fallbacks else timeout
 
-        async def remote_write(t: quorum.Target) -> None:
+        def settle(status: Status) -> None:
+            if status is Status.PENDING or result.done():
+                return
+            timer.cancel()
+            if status is Status.OK:
+                result.set_result({"context": vclock.encode_context(vclock.context_of(new))})
+            else:
+                self.counters.unavailable += 1
+                result.set_exception(Unavailable(wq.explain(), answered=wq.acks, required=w))
+
+        def answered(t: quorum.Target, f: asyncio.Future[Any]) -> None:
+            err = None if f.cancelled() else f.exception()
+            if f.cancelled() or err is not None:
+                if t.hint_for is None and t.node != self.name:
+                    cover(t.node)
+                code = err.code if isinstance(err, KVError) else type(err).__name__ if err else "cancelled"
+                settle(wq.on_error(t.node, code))
+            else:
+                settle(wq.on_ack(t.node))
+
+        def send(t: quorum.Target) -> None:
             try:
-                await self.rpc.call(
+                f = self.rpc.request(
                     self.view.addr_of(t.node), m.REPLICA_PUT, [p, key, record, t.hint_for],
                     primary_timeout if t.hint_for is None else timeout,
                 )
             except KVError as e:
-                if t.hint_for is None:
-                    cover(t.node)
-                settle(wq.on_error(t.node, e.code))
-            else:
-                settle(wq.on_ack(t.node))
+                f = loop.create_future()
+                f.set_exception(e)
+            f.add_done_callback(functools.partial(answered, t))
 
         def cover(primary: str) -> None:
             """Find a stand-in for a primary that is down or failed; else keep the hint here."""
@@ -199,12 +201,18 @@ class Coordinator:
             if stand_in is not None and stand_in != self.name:
                 t = quorum.Target(stand_in, hint_for=primary)
                 wq.add_stand_in(t)
-                self._spawn(remote_write(t))
+                send(t)
             elif hinting:
                 self._spawn(self._keep_hint(primary, p, key, new))
 
+        timer = loop.call_at(deadline, lambda: settle(wq.tick(deadline)))
         for t in plan.targets:
-            self._spawn(local_write() if t.node == self.name else remote_write(t))
+            if t.node == self.name:
+                # Applied to the local table right here, before any other request can read
+                # the key; acknowledged once durable.
+                self.replica.write_new(p, key, new).add_done_callback(functools.partial(answered, t))
+            else:
+                send(t)
         for primary in plan.uncovered:
             cover(primary)
         # During a ring change the partition's new replicas get every write too (best effort,
@@ -212,15 +220,7 @@ class Coordinator:
         for extra in self.view.extra_write_targets(p):
             if extra != self.name and self.view.is_up(extra):
                 self._spawn(self._best_effort_put(extra, p, key, record, timeout))
-        timer = asyncio.get_running_loop().call_at(deadline, lambda: settle(wq.tick(deadline)))
-        try:
-            await done
-        finally:
-            timer.cancel()
-        if wq.status is not Status.OK:
-            self.counters.unavailable += 1
-            raise Unavailable(wq.explain(), answered=wq.acks, required=w)
-        return {"context": vclock.encode_context(vclock.context_of(new))}
+        return result
 
     async def _keep_hint(self, primary: str, p: int, key: bytes, obj: Obj) -> None:
         assert self.on_hinted is not None
@@ -235,69 +235,81 @@ class Coordinator:
         except KVError as e:
             log.debug("write of %r to new replica %s failed (handoff will carry it): %s", key, node, e)
 
-    async def _read(
+    def _read(
         self, ring: Ring, p: int, pref: tuple[str, ...], key: bytes, opts: m.Options
-    ) -> Obj | None:
+    ) -> asyncio.Future[dict[str, Any]]:
+        loop = asyncio.get_running_loop()
         r = opts.quorum or self.s.r
-        timeout, deadline = self._deadline(opts)
+        timeout = opts.timeout_s or self.s.request_timeout_s
+        deadline = loop.time() + timeout
         plan = self._plan(ring, p, pref, sloppy=False)
         rq = ReadQuorum(plan.targets, r, deadline, strict=opts.strict)
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-        finished: asyncio.Future[None] = loop.create_future()
+        result: asyncio.Future[dict[str, Any]] = loop.create_future()
+        repaired = False
 
         def settle(status: Status) -> None:
-            if status is not Status.PENDING and not done.done():
-                done.set_result(None)
-            if (rq.all_answered or status is Status.UNAVAILABLE) and not finished.done():
-                finished.set_result(None)
+            nonlocal repaired
+            if status is not Status.PENDING and not result.done():
+                if status is Status.OK:
+                    merged = rq.merged
+                    if merged is None:
+                        result.set_result({"values": [], "context": b""})
+                    else:
+                        shown = vclock.lww(merged) if self.lww else merged
+                        result.set_result(
+                            {"values": vclock.values(shown), "context": vclock.encode_context(vclock.context_of(merged))}
+                        )
+                else:
+                    self.counters.unavailable += 1
+                    result.set_exception(Unavailable(rq.explain(), answered=rq.answered, required=r))
+            if not repaired and status is Status.OK and (rq.all_answered or loop.time() >= deadline):
+                # Every replica answered (or time is up): repair the ones found stale.
+                repaired = True
+                timer.cancel()
+                for node, obj in rq.repairs():
+                    self._repair(node, p, key, obj)
+            elif status is Status.UNAVAILABLE or rq.all_answered:
+                timer.cancel()
 
-        async def remote_read(node: str) -> None:
+        def answered(node: str, f: asyncio.Future[Any]) -> None:
+            err = None if f.cancelled() else f.exception()
+            if f.cancelled() or err is not None:
+                settle(rq.on_error(node, err.code if isinstance(err, KVError) else "failed"))
+                return
+            rec = f.result()
             try:
-                rec = await self.rpc.call(self.view.addr_of(node), m.REPLICA_GET, [p, key], timeout)
-                obj = None if rec is None else vclock.decode(rec)
+                obj = None if rec is None else vclock.decode(m.as_bytes(rec, "record"))
             except KVError as e:
                 settle(rq.on_error(node, e.code))
             else:
                 settle(rq.on_reply(node, obj))
 
+        timer = loop.call_at(deadline, lambda: settle(rq.tick(deadline)))
         for t in plan.targets:
             if t.node == self.name:
                 settle(rq.on_reply(self.name, self.replica.read(p, key)))
             else:
-                self._spawn(remote_read(t.node))
-
-        def at_deadline() -> None:
-            settle(rq.tick(deadline))
-            if not finished.done():
-                finished.set_result(None)
-
-        timer = loop.call_at(deadline, at_deadline)
-        await done
-        if rq.status is not Status.OK:
-            timer.cancel()
-            self.counters.unavailable += 1
-            raise Unavailable(rq.explain(), answered=rq.answered, required=r)
-        self._spawn(self._repair_after(rq, finished, timer, p, key))
-        return rq.merged
-
-    async def _repair_after(
-        self, rq: ReadQuorum, finished: asyncio.Future[None], timer: asyncio.TimerHandle, p: int, key: bytes
-    ) -> None:
-        await finished
-        timer.cancel()
-        for node, obj in rq.repairs():
-            self.counters.read_repairs += 1
-            try:
-                if node == self.name:
-                    await self.replica.merge_in(p, key, obj)
+                try:
+                    f = self.rpc.request(self.view.addr_of(t.node), m.REPLICA_GET, [p, key], timeout)
+                except KVError as e:
+                    settle(rq.on_error(t.node, e.code))
                 else:
-                    await self.rpc.call(
-                        self.view.addr_of(node), m.REPLICA_PUT, [p, key, vclock.encode(obj), None],
-                        self.s.request_timeout_s,
-                    )
-            except KVError as e:
-                log.debug("read repair of %r on %s failed: %s", key, node, e)
+                    f.add_done_callback(functools.partial(answered, t.node))
+        return result
+
+    def _repair(self, node: str, p: int, key: bytes, obj: Obj) -> None:
+        self.counters.read_repairs += 1
+        if node == self.name:
+            self._spawn(self.replica.merge_in(p, key, obj))  # type: ignore[arg-type]
+            return
+        try:
+            f = self.rpc.request(
+                self.view.addr_of(node), m.REPLICA_PUT, [p, key, vclock.encode(obj), None], self.s.request_timeout_s
+            )
+        except KVError as e:
+            log.debug("read repair of %r on %s failed: %s", key, node, e)
+            return
+        f.add_done_callback(_consume)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)

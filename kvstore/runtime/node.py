@@ -100,6 +100,8 @@ class Node:
         self.handoff: Handoff | None = None
         self.gossip: Gossip | None = None
         self._gossip_on = False
+        self._swim_down: set[str] = set()
+        self._swim_rank: dict[str, int] = {}
         self.aae: AntiEntropy | None = None
         # Set when this node should exit on its own (it left the ring).
         self.exit_requested = asyncio.Event()
@@ -214,7 +216,7 @@ class Node:
             return
         self._stopping = True
         log.info("node %s stopping", self.name)
-        if self._gossip_on:
+        if self.gossip is not None and self._gossip_on:
             # Say so first, so coordinators and clients route around us instead of timing out.
             try:
                 if self.restart_requested:
@@ -284,15 +286,16 @@ class Node:
     def _replica_get(self, p: Any, key: Any) -> bytes | None:
         return self.replica.read_raw(self._partition(p), m.as_bytes(key, "key"))
 
-    async def _replica_put(self, p: Any, key: Any, record: Any, hint_for: Any = None) -> bool:
+    def _replica_put(self, p: Any, key: Any, record: Any, hint_for: Any = None) -> Any:
+        """Merge a version sent by a coordinator; the reply goes once it is durable (a Future,
+        so the hot path needs no task). With ``hint_for`` it is kept as a hint instead."""
         part = self._partition(p)
         k = m.as_bytes(key, "key")
         obj = vclock.decode(m.as_bytes(record, "record"))
         if hint_for is not None and self.coord is not None and self.coord.on_hinted is not None:
-            await self.coord.on_hinted(_as_str(hint_for, "hint_for"), part, k, obj)
-            return True
-        await self.replica.merge_in(part, k, obj)
-        return True
+            return self.coord.on_hinted(_as_str(hint_for, "hint_for"), part, k, obj)
+        durable = self.replica.apply(part, k, obj)
+        return True if durable is None else durable
 
     async def _replica_put_batch(self, items: Any) -> int:
         """Hints delivered by a peer: merge each, acknowledge once all are persisted."""
@@ -309,7 +312,7 @@ class Node:
         return len(waits)
 
     def _swim_fields(self, node: str) -> dict[str, Any]:
-        info = self.gossip.member(node) if self._gossip_on else None
+        info = self.gossip.member(node) if self.gossip is not None and self._gossip_on else None
         if info is None:
             return {"state": "unknown"}
         return {
@@ -466,20 +469,21 @@ class Node:
 
     def _gossip_says_down(self, node: str, _addr: str) -> bool:
         """SWIM's word on liveness: dead, left or about to restart means skip it; a suspect is
-        still tried (it may well be alive)."""
-        g = self.gossip
-        if g is None or not self._gossip_on:
-            return False
-        info = g.member(node)
-        return info is not None and (info.state.gone or info.restarting)
+        still tried (it may well be alive). Kept up to date from membership events, since it
+        is asked several times per request."""
+        return node in self._swim_down
 
     def _gossip_rank(self, node: str) -> int:
         """Flap dampening takes effect here: a damped member is used after healthy ones."""
-        info = self.gossip.member(node) if self.gossip is not None and self._gossip_on else None
-        return 0 if info is None else route_rank(info)
+        return self._swim_rank.get(node, 0)
 
     def _on_member(self, ev: MemberEvent) -> None:
         m_ = ev.member
+        if m_.state.gone or m_.restarting:
+            self._swim_down.add(m_.name)
+        else:
+            self._swim_down.discard(m_.name)
+        self._swim_rank[m_.name] = route_rank(m_)
         if ev.old_state != ev.new_state:
             log.info("member %s (%s): %s -> %s, incarnation %d", m_.name, m_.addr,
                      ev.old_state.value if ev.old_state else "new", ev.new_state.value, ev.incarnation)
@@ -493,7 +497,7 @@ class Node:
 
     def _on_view_change(self) -> None:
         assert self.view is not None
-        if self._gossip_on:
+        if self.gossip is not None and self._gossip_on:
             self.gossip.set_meta({"ring": self.view.version})
         if self.handoff is not None:
             self.handoff.wake()

@@ -8,8 +8,9 @@ handoff or anti-entropy).
 
 from __future__ import annotations
 
+import asyncio
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from kvstore.core import vclock
 from kvstore.core.vclock import Obj
@@ -50,37 +51,50 @@ class Replica:
     def read_raw(self, partition: int, key: bytes) -> bytes | None:
         return self.engine.get(partition, key)
 
-    async def merge_in(self, partition: int, key: bytes, incoming: Obj) -> Obj:
-        """Merge ``incoming`` into the local version and persist before returning (the caller
-        acknowledges only after this)."""
+    def apply(self, partition: int, key: bytes, incoming: Obj) -> asyncio.Future[None] | None:
+        """Merge ``incoming`` into the local version now (visible to the next read at once);
+        the returned future completes when the merge is durable, None if nothing changed.
+        A replica acknowledges only after that future."""
         local = self.read(partition, key)
         merged = vclock.sync(local, incoming)
-        assert merged is not None
         if self.lww:
             merged = vclock.lww(merged)
         if merged == local:
-            return merged
-        await self.engine.put(partition, key, vclock.encode(merged))
-        for hook in self.hooks:
-            hook(partition, key, local, merged)
+            return None
+        return self._store(partition, key, local, merged)
+
+    async def merge_in(self, partition: int, key: bytes, incoming: Obj) -> Obj:
+        """``apply`` for coroutines: returns the merged version once it is durable."""
+        durable = self.apply(partition, key, incoming)
+        if durable is not None:
+            await durable
+        merged = self.read(partition, key)
+        assert merged is not None
         return merged
 
-    def write_new(self, partition: int, key: bytes, obj: Obj) -> Awaitable[None]:
+    def write_new(self, partition: int, key: bytes, obj: Obj) -> asyncio.Future[None]:
         """Store a version this node just coordinated (already merged with the local one).
 
         Not a coroutine on purpose: the write is applied to the table *now*, so the next
         request for the key, even in the same loop turn, builds on it. (Deferring it to a
         task let two concurrent puts both start from the old version and mint the same dot,
-        and one of the two siblings was lost.) The result completes once it is durable.
+        and one of the two siblings was lost.) The future completes once it is durable.
         """
-        local = self.read(partition, key)
-        durable = self.engine.put(partition, key, vclock.encode(obj))
-        return self._after(durable, partition, key, local, obj)
+        return self._store(partition, key, self.read(partition, key), obj)
 
-    async def _after(self, durable: Awaitable[None], partition: int, key: bytes, old: Obj | None, new: Obj) -> None:
-        await durable
-        for hook in self.hooks:
-            hook(partition, key, old, new)
+    def _store(self, partition: int, key: bytes, old: Obj | None, new: Obj) -> asyncio.Future[None]:
+        durable = self.engine.put(partition, key, vclock.encode(new))
+        if self.hooks:
+            hooks = self.hooks
+
+            def after(f: asyncio.Future[None]) -> None:
+                # Hooks (Merkle trees) follow what is durable: a failed write changed nothing.
+                if not f.cancelled() and f.exception() is None:
+                    for hook in hooks:
+                        hook(partition, key, old, new)
+
+            durable.add_done_callback(after)
+        return durable
 
     async def forget(self, partition: int, key: bytes, expected_digest: int) -> bool:
         """Remove a collected tombstone, but only if the local version is still exactly the
