@@ -101,6 +101,8 @@ class AsyncClient:
         self._n = 3
         self._ring_at = 0.0
         self._rr = 0
+        self.avoid_s = 2.0
+        self._avoid: dict[str, float] = {}
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -141,6 +143,13 @@ class AsyncClient:
         for a in self._seed_order():
             if a not in out:
                 out.append(a)
+        if self._avoid:
+            # Nodes that just timed out or could not reach a quorum go last for a while: the
+            # operation is not retried, but the next ones try a coordinator that may do better
+            # (e.g. one on the majority side of a partition).
+            now = time.monotonic()
+            self._avoid = {a: t for a, t in self._avoid.items() if t > now}
+            out.sort(key=lambda a: a in self._avoid)
         return out
 
     async def _call(self, key: bytes, method: str, params: list[Any], idempotent: bool, timeout: float) -> Any:
@@ -158,11 +167,13 @@ class AsyncClient:
                     raise
             except Timeout as e:
                 last = e
+                self._avoid[addr] = time.monotonic() + self.avoid_s
                 if not idempotent:
                     raise
             except Unavailable as e:
                 # Another coordinator may see more replicas; only a read can safely try it.
                 last = e
+                self._avoid[addr] = time.monotonic() + self.avoid_s
                 if not idempotent:
                     raise
         assert last is not None

@@ -39,6 +39,9 @@ log = logging.getLogger("kvstore.node")
 
 # Error reason a node gives while it has no ring yet (see Node._join_through).
 NO_RING = "no_ring"
+# Set once this node has been a member of a committed ring: only such a node may conclude,
+# on finding itself outside the ring, that it was asked to leave.
+WAS_MEMBER_KEY = b"node.was_member"
 
 
 def _as_str(x: Any, what: str) -> str:
@@ -109,6 +112,7 @@ class Node:
         # Changes on every process start: lets `kv cluster rolling-restart` see a restart happen.
         self.boot_id = secrets.token_hex(6)
         self._drop_at: float | None = None
+        self._was_member = False
 
     def _source_host(self) -> str | None:
         host, _ = parse_addr(self.s.listen)
@@ -136,6 +140,7 @@ class Node:
         if not replica.actor:
             await replica.new_epoch()
         self.replica = replica
+        self._was_member = self.engine.meta_get(WAS_MEMBER_KEY) is not None
         self.coord = Coordinator(self.s, self.view, replica, self.rpc)
         self.handoff = Handoff(self.s, self.view, replica, self.engine, self.rpc)
         # Before serving: it copies the table so its trees count every write exactly once.
@@ -413,12 +418,35 @@ class Node:
         await self._broadcast_view()
         return self.view.to_wire()
 
-    async def _join(self, name: Any, addr: Any) -> dict[str, Any]:
+    def _claimant(self) -> str | None:
+        """The one member that makes ring changes: the lowest-named live member of the ring
+        (Riak's claimant). Two nodes computing changes at once would each bump the version
+        and one change would silently lose, so every join and leave goes through it."""
+        assert self.view is not None
+        ring = self.view.ring
+        if ring is None:
+            return None
+        live = [n for n in ring.members if self.view.is_up(n)]
+        return live[0] if live else None
+
+    async def _via_claimant(self, method: str, params: list[Any], hops: Any) -> dict[str, Any] | None:
+        claimant = self._claimant()
+        if claimant is None or claimant == self.name or hops:
+            return None
+        doc = await self.rpc.call(self.view.addr_of(claimant), method, [*params, 1], 10.0)  # type: ignore[union-attr]
+        await self._accept_view(doc)
+        return doc  # type: ignore[no-any-return]
+
+    async def _join(self, name: Any, addr: Any, hops: Any = 0) -> dict[str, Any]:
         """Add a node to the ring (or update its address) and tell every member."""
         assert self.view is not None
         node = _as_str(name, "name")
         where = _as_str(addr, "addr")
         parse_addr(where)
+        if self.view.ring is not None and node not in self.view.members():
+            forwarded = await self._via_claimant(m.JOIN, [node, where], hops)
+            if forwarded is not None:
+                return forwarded
         async with self._join_lock:
             if self.view.ring is None:
                 raise Unavailable("this node has not joined a ring yet", required=1, reason=NO_RING)
@@ -429,9 +457,12 @@ class Node:
                 return self.view.to_wire()
             return await self._change([*self.view.ring.members, node], f"{node} ({where}) joins")
 
-    async def _leave(self, name: Any) -> dict[str, Any]:
+    async def _leave(self, name: Any, hops: Any = 0) -> dict[str, Any]:
         assert self.view is not None
         node = _as_str(name, "name")
+        forwarded = await self._via_claimant(m.LEAVE, [node], hops)
+        if forwarded is not None:
+            return forwarded
         async with self._join_lock:
             ring = self.view.ring
             if ring is None or node not in ring.members:
@@ -539,10 +570,20 @@ class Node:
                     if self.aae is not None:
                         self.aae.prune()
                 ring = self.view.ring
-                if ring is not None and self.view.next is None and self.name not in ring.members:
-                    log.info("this node has left the ring and handed off its data; exiting")
-                    self.exit_requested.set()
-                    return
+                if ring is not None and self.view.next is None:
+                    if self.name in ring.members:
+                        if not self._was_member:
+                            self._was_member = True
+                            await self.engine.meta_put(WAS_MEMBER_KEY, b"1")  # type: ignore[union-attr]
+                    elif self._was_member:
+                        log.info("this node has left the ring and handed off its data; exiting")
+                        self.exit_requested.set()
+                        return
+                    elif self.s.auto_join:
+                        # Told we joined, but the change that committed does not hold us (it
+                        # raced another): ask again rather than sit outside the ring.
+                        log.info("not in the committed ring v%d; joining again", ring.version)
+                        await self._join_through([self.view.addrs[n] for n in ring.members if n in self.view.addrs])
             except KVError as e:
                 log.info("maintenance: %s", e)
 
