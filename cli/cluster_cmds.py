@@ -61,7 +61,7 @@ def cluster() -> None:
 @click.option("--data-dir", default="./kvdata", show_default=True, type=click.Path(file_okay=False), help="Each node keeps its store in DATA_DIR/nNAME.")
 @click.option("--n-replicas", default=None, type=int, help="N (default: min(3, nodes)).")
 @click.option("--ready-timeout", default=60.0, show_default=True, help="Seconds to wait for every node to serve.")
-@click.option("--log-dir", default=None, type=click.Path(file_okay=False), help="Write each node's log to LOG_DIR/NAME.log instead of this terminal.")
+@click.option("--log-dir", default=None, type=click.Path(file_okay=False), help="Each node logs to LOG_DIR/NAME.log [default: DATA_DIR/logs]; '-' logs to this terminal.")
 @click.option("--set", "extra", multiple=True, metavar="FLAG=VALUE", help="Pass a setting to every node, e.g. --set fsync=always.")
 def up(count: int, host: str, port: int, data_dir: str, n_replicas: int | None, ready_timeout: float, log_dir: str | None, extra: tuple[str, ...]) -> None:
     """Start COUNT nodes on HOST:PORT, PORT+1, ... and stay in the foreground.
@@ -73,6 +73,10 @@ def up(count: int, host: str, port: int, data_dir: str, n_replicas: int | None, 
     r = w = min(2, n) if n > 1 else 1
     base = Path(data_dir)
     base.mkdir(parents=True, exist_ok=True)
+    if log_dir is None:
+        log_dir = str(base / "logs")
+    if log_dir == "-":
+        log_dir = None
     if log_dir:
         Path(log_dir).mkdir(parents=True, exist_ok=True)
     first = f"{host}:{port}"
@@ -122,7 +126,8 @@ def up(count: int, host: str, port: int, data_dir: str, n_replicas: int | None, 
             stderr = open(Path(log_dir) / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the node
         p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=stderr, start_new_session=True, preexec_fn=_die_with_parent)
         procs.append((name, addr, p))
-        click.echo(f"{name}  {addr}  data {base / name}  pid {p.pid}")
+        where = f"  log {Path(log_dir) / (name + '.log')}" if log_dir else ""
+        click.echo(f"{name}  {addr}  data {base / name}  pid {p.pid}{where}")
 
     deadline = time.monotonic() + ready_timeout
     waiting = {name: addr for name, addr, _ in procs}
