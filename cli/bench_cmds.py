@@ -185,13 +185,17 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
 
     loop = asyncio.get_running_loop()
     transports: list[asyncio.Transport] = []
+    # Each connection walks its own stretch of the requests: overlapping walks would send
+    # the same keys from several connections at once, which on the cluster are concurrent
+    # blind writes of one key (siblings), not what a spread workload does.
+    stride = NPRE // spec["conns"]
     try:
         for c in range(spec["conns"]):
             addr = addrs[c % len(addrs)]
             host, port = parse_addr(addr)
             try:
                 tr, _ = await asyncio.wait_for(
-                    loop.create_connection(lambda c=c, a=addr: Conn(c * 997, a), host, port),  # type: ignore[misc]
+                    loop.create_connection(lambda c=c, a=addr: Conn(c * stride, a), host, port),  # type: ignore[misc]
                     spec["connect_timeout_s"],
                 )
             except TimeoutError:
@@ -275,7 +279,9 @@ def _child_main(argv: list[str]) -> None:
 
         print(json.dumps(run(_load(json.loads(argv[1])), loop="auto")), flush=True)
     else:
-        sys.exit("usage: python -m cli.bench_cmds serve KEYS VALUE_BYTES | load SPEC_JSON (kv bench)")
+        sys.exit(
+            "usage: python -m cli.bench_cmds serve KEYS VALUE_BYTES | load SPEC_JSON (kv bench)"
+        )
 
 
 # --------------------------------------------------------------------------- parent
@@ -374,7 +380,13 @@ class _Progress:
 def _run_point(spec: dict[str, Any], progress: _Progress, label: str) -> dict[str, Any]:
     p = _spawn(["load", json.dumps(spec)], subprocess.PIPE)
     try:
-        limit = time.monotonic() + spec["warm"] + spec["secs"] + spec["connect_timeout_s"] + CHILD_GRACE_S
+        limit = (
+            time.monotonic()
+            + spec["warm"]
+            + spec["secs"]
+            + spec["connect_timeout_s"]
+            + CHILD_GRACE_S
+        )
         with progress.point(label) as tick:
             while True:
                 try:
@@ -454,7 +466,9 @@ def _print_table(doc: dict[str, Any]) -> None:
     for row in doc["rows"]:
         c, r = row["cluster"], row["reference"]
         ops = f"{c['ops_s']:,} / {r['ops_s']:,}" if r else f"{c['ops_s']:,} / -"
-        ratio = "-" if row["ratio"] is None else f"{row['ratio']:.{2 if row['ratio'] >= 0.1 else 3}f}"
+        ratio = (
+            "-" if row["ratio"] is None else f"{row['ratio']:.{2 if row['ratio'] >= 0.1 else 3}f}"
+        )
         t.add_row(row["op"], row["load"], ops, ratio, _lat(c), _lat(r), f"{c['errors']:,}")
         if c["errors"]:
             notes.append(f"{row['op']}: {c['errors']:,} error replies, first: {c['first_error']}")
@@ -483,17 +497,71 @@ def _raise_interrupt(signum: int, frame: Any) -> NoReturn:
 
 
 @click.command()
-@click.option("--ops", default="put,get", show_default=True, help="Points to run, in order: put, get or both.")
-@click.option("--conns", default=4, show_default=True, type=click.IntRange(1, 1024), help="Connections (spread over the --node addresses).")
-@click.option("--window", default=64, show_default=True, type=click.IntRange(1, 4096), help="Requests in flight per connection.")
-@click.option("--secs", default=3.0, show_default=True, type=click.FloatRange(0.1, 3600), help="Measured seconds per point.")
-@click.option("--warm", default=0.5, show_default=True, type=click.FloatRange(0, 600), help="Warm-up seconds per point (not measured).")
-@click.option("--keys", default=100_000, show_default=True, type=click.IntRange(1, 10**8), help="Key space (keys kvbench:00000000 ...).")
-@click.option("--value-bytes", default=100, show_default=True, type=click.IntRange(0, 1024 * 1024), help="Size of each put's value.")
-@click.option("--reference/--no-reference", default=True, show_default=True, help="Also drive a bare msgpack-RPC dict server in this run.")
+@click.option(
+    "--ops", default="put,get", show_default=True, help="Points to run, in order: put, get or both."
+)
+@click.option(
+    "--conns",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1, 1024),
+    help="Connections (spread over the --node addresses).",
+)
+@click.option(
+    "--window",
+    default=64,
+    show_default=True,
+    type=click.IntRange(1, 4096),
+    help="Requests in flight per connection.",
+)
+@click.option(
+    "--secs",
+    default=3.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 3600),
+    help="Measured seconds per point.",
+)
+@click.option(
+    "--warm",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(0, 600),
+    help="Warm-up seconds per point (not measured).",
+)
+@click.option(
+    "--keys",
+    default=100_000,
+    show_default=True,
+    type=click.IntRange(1, 10**8),
+    help="Key space (keys kvbench:00000000 ...).",
+)
+@click.option(
+    "--value-bytes",
+    default=100,
+    show_default=True,
+    type=click.IntRange(0, 1024 * 1024),
+    help="Size of each put's value.",
+)
+@click.option(
+    "--reference/--no-reference",
+    default=True,
+    show_default=True,
+    help="Also drive a bare msgpack-RPC dict server in this run.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 @click.pass_context
-def bench(ctx: click.Context, ops: str, conns: int, window: int, secs: float, warm: float, keys: int, value_bytes: int, reference: bool, as_json: bool) -> None:
+def bench(
+    ctx: click.Context,
+    ops: str,
+    conns: int,
+    window: int,
+    secs: float,
+    warm: float,
+    keys: int,
+    value_bytes: int,
+    reference: bool,
+    as_json: bool,
+) -> None:
     """Measure the cluster's put/get throughput and latency next to a reference.
 
     C connections x W requests in flight from a separate load-generator process, first
