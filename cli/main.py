@@ -3,6 +3,7 @@
     kv put KEY VALUE        kv get KEY        kv delete KEY
     kv node start ...       kv node ping
     kv cluster up           kv cluster status
+    kv bench                load a cluster, side by side with a bare msgpack-RPC server
 
 Exit status: 0 ok (found), 1 not found, 2 usage, 3 unavailable or timed out.
 """
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 import click
 
 from cli import output as out
+from cli.bench_cmds import bench
 from cli.cluster_cmds import cluster
 from cli.node_cmds import node
 from kvstore.client import AsyncClient
@@ -124,6 +126,7 @@ def delete(ctx: click.Context, key: str, context: str | None, w: int | None) -> 
 
 cli.add_command(node)
 cli.add_command(cluster)
+cli.add_command(bench)
 
 
 def main(argv: list[str] | None = None) -> Any:
