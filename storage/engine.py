@@ -762,7 +762,11 @@ class Engine:
         loop = self._loop
         assert loop is not None
         cf = self._log_sync = self._executor.submit(_fsync_logs, self.path)
-        cf.add_done_callback(lambda f: loop.call_soon_threadsafe(self._on_logs_synced, gen, f))
+        def done(f: concurrent.futures.Future[int]) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop may be gone by now (closing)
+                loop.call_soon_threadsafe(self._on_logs_synced, gen, f)
+
+        cf.add_done_callback(done)
 
     def _on_logs_synced(self, gen: int, cf: concurrent.futures.Future[int]) -> None:
         self._log_sync = None
