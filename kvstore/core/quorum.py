@@ -84,45 +84,78 @@ def next_stand_in(
 
 
 @dataclass(slots=True)
-class WriteQuorum:
-    """A put or delete: done after ``w`` acknowledgements; unavailable as soon as ``w`` can no
-    longer be reached, or at the deadline.
-
-    ``strict`` (Riak's pw): only acknowledgements from primaries count.
-    """
+class _Quorum:
+    """What reads and writes share: ``need`` successes out of the targets, counting only
+    primaries when ``strict``; done as soon as that is reached, unavailable as soon as it no
+    longer can be, or at the deadline. Once decided, the status never changes."""
 
     targets: tuple[Target, ...]
-    w: int
+    need: int
     deadline: float
     strict: bool = False
-    acked: set[str] = field(default_factory=set)
     failed: dict[str, str] = field(default_factory=dict)
     status: Status = Status.PENDING
+
+    def _succeeded(self, node: str) -> bool:
+        raise NotImplementedError
 
     def _counts(self, t: Target) -> bool:
         return not (self.strict and t.hint_for is not None)
 
     @property
-    def _eligible(self) -> int:
-        return sum(1 for t in self.targets if self._counts(t))
-
-    @property
-    def acks(self) -> int:
-        return sum(1 for t in self.targets if t.node in self.acked and self._counts(t))
+    def successes(self) -> int:
+        return sum(1 for t in self.targets if self._counts(t) and self._succeeded(t.node))
 
     def _decide(self) -> Status:
         if self.status is Status.PENDING:
-            if self.acks >= self.w:
+            got = self.successes
+            if got >= self.need:
                 self.status = Status.OK
             else:
-                still_possible = sum(
+                still = sum(
                     1
                     for t in self.targets
-                    if self._counts(t) and t.node not in self.failed and t.node not in self.acked
+                    if self._counts(t) and t.node not in self.failed and not self._succeeded(t.node)
                 )
-                if self.acks + still_possible < self.w:
+                if got + still < self.need:
                     self.status = Status.UNAVAILABLE
         return self.status
+
+    def on_error(self, node: str, reason: str) -> Status:
+        if not self._succeeded(node):
+            self.failed[node] = reason
+        return self._decide()
+
+    def tick(self, now: float) -> Status:
+        if self.status is Status.PENDING and now >= self.deadline:
+            self.status = Status.UNAVAILABLE
+        return self._decide()
+
+    @property
+    def all_answered(self) -> bool:
+        return all(self._succeeded(t.node) or t.node in self.failed for t in self.targets)
+
+    def _explain(self, what: str) -> str:
+        kind = "primary " if self.strict else ""
+        msg = f"{self.successes} of {self.need} required {kind}replicas {what}"
+        if self.failed:
+            msg += " (" + ", ".join(f"{n}: {r}" for n, r in sorted(self.failed.items())) + ")"
+        return msg
+
+
+@dataclass(slots=True)
+class WriteQuorum(_Quorum):
+    """A put or delete: done after W acknowledgements (``need``). ``strict`` (Riak's pw):
+    only acknowledgements from primaries count."""
+
+    acked: set[str] = field(default_factory=set)
+
+    def _succeeded(self, node: str) -> bool:
+        return node in self.acked
+
+    @property
+    def acks(self) -> int:
+        return self.successes
 
     def on_ack(self, node: str) -> Status:
         if node not in self.failed:
@@ -135,65 +168,25 @@ class WriteQuorum:
         if self.status is Status.PENDING and t.node not in {x.node for x in self.targets}:
             self.targets = (*self.targets, t)
 
-    def on_error(self, node: str, reason: str) -> Status:
-        if node not in self.acked:
-            self.failed[node] = reason
-        return self._decide()
-
-    def tick(self, now: float) -> Status:
-        if self.status is Status.PENDING and now >= self.deadline:
-            self.status = Status.UNAVAILABLE
-        return self._decide()
-
-    @property
-    def all_answered(self) -> bool:
-        return all(t.node in self.acked or t.node in self.failed for t in self.targets)
-
     def explain(self) -> str:
-        kind = "primary " if self.strict else ""
-        msg = f"{self.acks} of {self.w} required {kind}replicas acknowledged the write"
-        if self.failed:
-            msg += " (" + ", ".join(f"{n}: {r}" for n, r in sorted(self.failed.items())) + ")"
-        return msg
+        return self._explain("acknowledged the write")
 
 
 @dataclass(slots=True)
-class ReadQuorum:
-    """A get: done after ``r`` replies, with their merge; keeps listening for the rest so that
-    replicas found stale can be repaired once every target has answered (or the deadline passed).
-    """
+class ReadQuorum(_Quorum):
+    """A get: done after R replies (``need``), with their merge; keeps listening for the rest
+    so that replicas found stale can be repaired once every target has answered (or the
+    deadline passed)."""
 
-    targets: tuple[Target, ...]
-    r: int
-    deadline: float
-    strict: bool = False
     replies: dict[str, Obj | None] = field(default_factory=dict)
-    failed: dict[str, str] = field(default_factory=dict)
-    status: Status = Status.PENDING
     merged: Obj | None = None
 
-    def _counts(self, node: str) -> bool:
-        if not self.strict:
-            return True
-        return any(t.node == node and t.hint_for is None for t in self.targets)
+    def _succeeded(self, node: str) -> bool:
+        return node in self.replies
 
     @property
     def answered(self) -> int:
-        return sum(1 for n in self.replies if self._counts(n))
-
-    def _decide(self) -> Status:
-        if self.status is Status.PENDING:
-            if self.answered >= self.r:
-                self.status = Status.OK
-            else:
-                still = sum(
-                    1
-                    for t in self.targets
-                    if self._counts(t.node) and t.node not in self.replies and t.node not in self.failed
-                )
-                if self.answered + still < self.r:
-                    self.status = Status.UNAVAILABLE
-        return self.status
+        return self.successes
 
     def on_reply(self, node: str, obj: Obj | None) -> Status:
         if node in self.replies or node in self.failed:
@@ -201,20 +194,6 @@ class ReadQuorum:
         self.replies[node] = obj
         self.merged = vclock.sync(self.merged, obj)
         return self._decide()
-
-    def on_error(self, node: str, reason: str) -> Status:
-        if node not in self.replies:
-            self.failed[node] = reason
-        return self._decide()
-
-    def tick(self, now: float) -> Status:
-        if self.status is Status.PENDING and now >= self.deadline:
-            self.status = Status.UNAVAILABLE
-        return self._decide()
-
-    @property
-    def all_answered(self) -> bool:
-        return all(t.node in self.replies or t.node in self.failed for t in self.targets)
 
     def repairs(self) -> list[tuple[str, Obj]]:
         """Replicas that answered with less than the merge of all answers: each gets the merge.
@@ -225,15 +204,7 @@ class ReadQuorum:
         merged = self.merged
         if merged is None:
             return []
-        out = []
-        for node, obj in self.replies.items():
-            if vclock.is_stale(obj, merged):
-                out.append((node, merged))
-        return out
+        return [(node, merged) for node, obj in self.replies.items() if vclock.is_stale(obj, merged)]
 
     def explain(self) -> str:
-        kind = "primary " if self.strict else ""
-        msg = f"{self.answered} of {self.r} required {kind}replicas answered the read"
-        if self.failed:
-            msg += " (" + ", ".join(f"{n}: {r}" for n, r in sorted(self.failed.items())) + ")"
-        return msg
+        return self._explain("answered the read")
