@@ -413,18 +413,11 @@ def _run_point(spec: dict[str, Any], progress: _Progress, label: str) -> dict[st
 
 def _ping(addrs: list[str], timeout: float) -> None:
     """Fail early, and in one line, when a node does not answer."""
-    from kvstore.runtime.rpc import RpcClient
-
-    async def go() -> None:
-        rpc = RpcClient(connect_timeout_s=timeout)
-        try:
-            for a in addrs:
-                await rpc.call(a, "ping", [], timeout)
-        finally:
-            await rpc.close()
+    from cli.remote import call_once
 
     try:
-        asyncio.run(go())
+        for a in addrs:
+            asyncio.run(call_once(a, "ping", [], timeout))
     except KVError as e:
         out.fail_for(e)
 

@@ -14,8 +14,8 @@ from typing import Any
 import click
 
 from cli import output as out
+from cli.remote import call_once
 from kvstore.errors import KVError
-from kvstore.runtime.rpc import RpcClient
 
 # Timings for a cluster on one machine: failures are noticed in about a second, not ten.
 LOCAL_TIMINGS = {
@@ -34,17 +34,9 @@ def _die_with_parent() -> None:
         pass
 
 
-async def _call(addr: str, method: str, params: list[Any], timeout: float) -> Any:
-    rpc = RpcClient(connect_timeout_s=timeout)
-    try:
-        return await rpc.call(addr, method, params, timeout)
-    finally:
-        await rpc.close()
-
-
 def _status(addr: str, timeout: float = 1.0) -> dict[str, Any] | None:
     try:
-        return asyncio.run(_call(addr, "cluster.status", [], timeout))  # type: ignore[no-any-return]
+        return asyncio.run(call_once(addr, "cluster.status", [], timeout))  # type: ignore[no-any-return]
     except KVError:
         return None
 
@@ -169,7 +161,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     err: KVError | None = None
     for a in addrs:
         try:
-            first = asyncio.run(_call(a, "cluster.status", [], timeout))
+            first = asyncio.run(call_once(a, "cluster.status", [], timeout))
             break
         except KVError as e:
             err = e
@@ -215,7 +207,7 @@ def _first_reachable(ctx: click.Context) -> tuple[str, dict[str, Any]]:
     err: KVError | None = None
     for a in [a.strip() for a in ctx.obj["nodes"].split(",") if a.strip()]:
         try:
-            return a, asyncio.run(_call(a, "cluster.ring", [], ctx.obj["timeout"]))
+            return a, asyncio.run(call_once(a, "cluster.ring", [], ctx.obj["timeout"]))
         except KVError as e:
             err = e
     assert err is not None
@@ -233,12 +225,12 @@ def join(ctx: click.Context, new_node: str) -> None:
     """
     timeout = ctx.obj["timeout"]
     try:
-        info = asyncio.run(_call(new_node, "ping", [], timeout))
+        info = asyncio.run(call_once(new_node, "ping", [], timeout))
     except KVError as e:
         out.fail(f"cannot reach the new node: {e}", out.exit_code_for(e))
     via, _ = _first_reachable(ctx)
     try:
-        doc = asyncio.run(_call(via, "cluster.join", [info["node"], info["addr"]], timeout))
+        doc = asyncio.run(call_once(via, "cluster.join", [info["node"], info["addr"]], timeout))
     except KVError as e:
         out.fail_for(e)
     nxt = doc.get("next")
@@ -257,7 +249,7 @@ def leave(ctx: click.Context, node_name: str) -> None:
     addrs = {str(k): str(v) for k, v in doc["addrs"].items()}
     name = next((n for n, a in addrs.items() if a == node_name), node_name)
     try:
-        asyncio.run(_call(via, "cluster.leave", [name], ctx.obj["timeout"]))
+        asyncio.run(call_once(via, "cluster.leave", [name], ctx.obj["timeout"]))
     except KVError as e:
         out.fail_for(e)
     click.echo(f"{name} leaving: its partitions are being handed off")
@@ -274,7 +266,7 @@ def transfers(ctx: click.Context, as_json: bool) -> None:
     rows: dict[str, dict[str, Any] | None] = {}
     for n in names:
         try:
-            rows[n] = asyncio.run(_call(addrs[n], "handoff.status", [], ctx.obj["timeout"]))
+            rows[n] = asyncio.run(call_once(addrs[n], "handoff.status", [], ctx.obj["timeout"]))
         except KVError:
             rows[n] = None
     if as_json:
@@ -308,7 +300,7 @@ def hints(ctx: click.Context, as_json: bool) -> None:
     rows: dict[str, dict[str, Any] | None] = {}
     for n in sorted(addrs):
         try:
-            rows[n] = asyncio.run(_call(addrs[n], "cluster.hints", [], ctx.obj["timeout"]))
+            rows[n] = asyncio.run(call_once(addrs[n], "cluster.hints", [], ctx.obj["timeout"]))
         except KVError:
             rows[n] = None
     if as_json:
@@ -346,7 +338,7 @@ def rolling_restart(ctx: click.Context, node_timeout: float) -> None:
     timeout = ctx.obj["timeout"]
 
     async def ask(addr: str, method: str) -> Any:
-        return await _call(addr, method, [], min(timeout, 2.0))
+        return await call_once(addr, method, [], min(timeout, 2.0))
 
     async def back(name: str, old_boot: str) -> str | None:
         """None when the node is fully back, else what is still awaited."""

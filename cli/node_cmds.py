@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from cli import output as out
+from cli.remote import call_once
 from kvstore.config import Settings, load_settings
 from kvstore.errors import KVError
 
@@ -65,19 +66,9 @@ def start(config_path: str | None, log_level: str, **overrides: Any) -> None:
 @click.pass_context
 def ping(ctx: click.Context) -> None:
     """Exit 0 if the node answers (for health checks), 3 if not."""
-    from kvstore.runtime.rpc import RpcClient
-
     addr = ctx.obj["nodes"].split(",")[0].strip()
-
-    async def go() -> Any:
-        rpc = RpcClient(connect_timeout_s=ctx.obj["timeout"])
-        try:
-            return await rpc.call(addr, "ping", [], ctx.obj["timeout"])
-        finally:
-            await rpc.close()
-
     try:
-        doc = asyncio.run(go())
+        doc = asyncio.run(call_once(addr, "ping", [], ctx.obj["timeout"]))
     except KVError as e:
         out.fail_for(e)
     click.echo(f"{doc['node']} at {doc['addr']}: ok (kvstore {doc['version']})")

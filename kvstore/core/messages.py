@@ -43,15 +43,16 @@ class Limits:
     n_replicas: int
 
 
-def as_bytes(x: Any, what: str) -> bytes:
-    """Keys and values may arrive as str from old msgpack clients: UTF-8 encode them."""
-    if isinstance(x, bytes):
+def as_bytes(x: Any, what: str = "value") -> bytes:
+    """Keys and values may arrive as str from old msgpack clients: UTF-8 encode them
+    (lossless for str that was decoded from invalid UTF-8 with surrogateescape)."""
+    if type(x) is bytes:
         return x
     if isinstance(x, str):
         try:
             return x.encode("utf-8", "surrogateescape")
         except UnicodeEncodeError:
-            raise InvalidRequest(f"{what} is not valid UTF-8") from None
+            raise InvalidRequest(f"{what} is not encodable as UTF-8") from None
     if isinstance(x, (bytearray, memoryview)):
         return bytes(x)
     raise InvalidRequest(f"{what} must be bytes or str, got {type(x).__name__}")

@@ -46,6 +46,7 @@ from typing import Any, TypeVar
 import msgpack
 
 from kvstore.config import Settings, parse_addr
+from kvstore.core.messages import as_bytes
 from kvstore.errors import (
     InternalError,
     InvalidRequest,
@@ -93,20 +94,6 @@ GOAWAY = "goaway"
 GOAWAY_B = b"goaway"
 # How long a client then treats that server as down before trying it again.
 GOAWAY_HOLD_S = 1.0
-
-
-def as_bytes(x: object, what: str = "value") -> bytes:
-    """``x`` as bytes: bin as is, str as UTF-8 (lossless for str decoded from invalid UTF-8)."""
-    if type(x) is bytes:
-        return x
-    if isinstance(x, str):
-        try:
-            return x.encode("utf-8", "surrogateescape")
-        except UnicodeEncodeError:
-            raise InvalidRequest(f"{what} is not encodable as UTF-8") from None
-    if isinstance(x, (bytearray, memoryview)):
-        return bytes(x)
-    raise InvalidRequest(f"{what} must be bytes or str, got {type(x).__name__}")
 
 
 def as_str(x: object, what: str = "value") -> str:
