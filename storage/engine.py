@@ -377,12 +377,15 @@ class Engine:
         value: bytes | None = self._meta.get(key)
         return value
 
-    def meta_iter(self, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
-        """(key, value) of meta keys starting with ``prefix``, ascending, as of this call."""
+    def meta_iter(
+        self, prefix: bytes = b"", *, limit: int | None = None
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) of meta keys starting with ``prefix``, ascending, as of this call;
+        at most ``limit`` of them (a bounded batch need not copy a long range)."""
         meta = self._meta
         out: list[tuple[bytes, bytes]] = []
         for k in meta.irange(minimum=prefix):
-            if not k.startswith(prefix):
+            if not k.startswith(prefix) or (limit is not None and len(out) >= limit):
                 break
             out.append((k, meta[k]))
         return iter(out)

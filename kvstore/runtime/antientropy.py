@@ -551,7 +551,9 @@ class AntiEntropy:
         if self.view.ring is None:
             return
         await self._reset_emptied()
-        due = await self._compare_roots()
+        # An exchange repairs both sides, so of each pair of replicas only the lower-named one
+        # starts it: otherwise both would do the same work in the same round.
+        due = [(p, peer) for p, peer in await self._compare_roots() if self.name < peer]
         due.sort(key=lambda pp: self._last_exchange.get(pp, -1.0))
         for p, peer in due:
             if not self._exchange_tokens.try_take():

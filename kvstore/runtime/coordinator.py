@@ -227,7 +227,9 @@ class Coordinator:
         try:
             await self.on_hinted(primary, p, key, obj)
         except KVError as e:
-            log.warning("could not keep a hint for %s: %s", primary, e)
+            # The hint store logs (rate-limited) and counts refusals; one line per write here
+            # would flood the log while it is full.
+            log.debug("could not keep a hint for %s: %s", primary, e)
 
     async def _best_effort_put(self, node: str, p: int, key: bytes, record: bytes, timeout: float) -> None:
         try:

@@ -115,7 +115,7 @@ class Hints:
             batch: list[tuple[bytes, int, bytes, bytes]] = []
             expired: list[bytes] = []
             cutoff = self.wall() - self.s.hint_max_age_s
-            for hk, val in self.engine.meta_iter(prefix):
+            for hk, val in self.engine.meta_iter(prefix, limit=self.s.hint_batch_keys * 4):
                 since, rec = msgpack.unpackb(val)
                 if since < cutoff:
                     expired.append(hk)
@@ -130,6 +130,8 @@ class Hints:
                 self.pending[target] = max(0, self.pending.get(target, 0) - len(expired))
                 log.warning("dropped %d hints for %s older than %.0fs", len(expired), target, self.s.hint_max_age_s)
             if not batch:
+                if expired:
+                    continue  # a window of expired hints: there may be live ones after it
                 return delivered
             try:
                 await self.rpc.call(addr, PUT_BATCH, [[[p, k, rec] for _, p, k, rec in batch]], 10.0)
