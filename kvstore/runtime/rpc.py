@@ -94,6 +94,8 @@ GOAWAY = "goaway"
 GOAWAY_B = b"goaway"
 # How long a client then treats that server as down before trying it again.
 GOAWAY_HOLD_S = 1.0
+# How long a call waits for a reconnect to a peer that failed before (see _connect).
+RETRY_CONNECT_WAIT_S = 0.25
 
 
 def as_str(x: object, what: str = "value") -> str:
@@ -1019,11 +1021,14 @@ class RpcClient:
         task.add_done_callback(self._background.discard)
 
     def is_down(self, addr: str) -> bool:
-        """True while ``addr`` failed its last connect and its backoff has not expired."""
+        """True while ``addr`` failed its last connect and its backoff has not expired, or
+        a reconnect to it is still under way."""
         peer = self._peers.get(addr)
         if peer is None or not peer.down_until:
             return False
-        return self._loop.time() < peer.down_until
+        if self._loop.time() < peer.down_until:
+            return True
+        return bool(peer.reason) and any(t is not None for t in peer.connecting)
 
     def connected(self, addr: str) -> int:
         """Open connections to ``addr``."""
@@ -1087,6 +1092,12 @@ class RpcClient:
         if task.done():
             return task.result()
         wait = min(timeout, self._connect_timeout)
+        if peer.reason:
+            # The peer failed before: the connect goes on in the background, but this call
+            # waits only briefly for it. A partition drops SYNs silently, and holding every
+            # request behind a full connect timeout each time the backoff expires would
+            # stall callers that could go elsewhere at once.
+            wait = min(wait, RETRY_CONNECT_WAIT_S)
         if wait <= 0:
             raise _unreachable(f"cannot reach {peer.addr}: connect timed out", sent=False)
         # Shielded: one caller giving up must not abort the connect the others wait for.
