@@ -107,3 +107,30 @@ def restart(ctx: click.Context, target: str | None) -> None:
     except KVError as e:
         out.fail_for(e)
     click.echo(f"{doc['node']} at {doc['addr']}: restarted")
+
+
+@node.command()
+@click.argument("target", metavar="NODE", required=False)
+@click.pass_context
+def stop(ctx: click.Context, target: str | None) -> None:
+    """Stop NODE gracefully (HOST:PORT; default: --node): it tells the cluster, finishes the
+    requests it has, writes its shared-memory snapshot and exits. Waits until it is gone."""
+    addr = target or ctx.obj["nodes"].split(",")[0].strip()
+    timeout = ctx.obj["timeout"]
+
+    async def go() -> Any:
+        doc = await call_once(addr, "node.stop", [], timeout)
+        deadline = asyncio.get_running_loop().time() + 60
+        while asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.2)
+            try:
+                await call_once(addr, "ping", [], 1.0)
+            except KVError:
+                return doc
+        raise KVError(f"{addr} still answers 60s after being asked to stop")
+
+    try:
+        doc = asyncio.run(go())
+    except KVError as e:
+        out.fail_for(e)
+    click.echo(f"{doc['node']} at {addr}: stopped")

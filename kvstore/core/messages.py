@@ -19,6 +19,7 @@ DELETE = "delete"
 PING = "ping"
 RING = "cluster.ring"
 RESTART = "node.restart"
+STOP = "node.stop"
 STATUS = "cluster.status"
 
 # Coordinator-to-coordinator (handle-or-forward): same params as the public call.

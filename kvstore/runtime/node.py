@@ -272,6 +272,7 @@ class Node:
             "cluster.hints": lambda: {"node": self.name, "pending": self.hints.by_target(), **vars(self.hints.stats)},
             m.PING: self._ping,
             m.RESTART: self._restart,
+            m.STOP: self._stop_request,
             m.RING: self._ring,
             m.STATUS: self._status,
             m.JOIN: self._join,
@@ -331,6 +332,11 @@ class Node:
 
     def _ping(self) -> dict[str, Any]:
         return {"node": self.name, "addr": self.addr, "version": __version__, "boot": self.boot_id}
+
+    def _stop_request(self) -> dict[str, Any]:
+        """Admin: stop gracefully (announce, drain, snapshot, exit 0). Answers first."""
+        asyncio.get_running_loop().call_soon(self.exit_requested.set)
+        return {"node": self.name, "boot": self.boot_id}
 
     def _restart(self) -> dict[str, Any]:
         """Admin: write the snapshot and re-execute this node's command line (same identity,

@@ -91,3 +91,21 @@ def test_rolling_restart_under_load_fails_no_request(tmp_path: Path) -> None:
         with Client(c.addrs()) as check:
             missing = [k for k in traffic.acked if check.get(k, r=3).value != k.encode()]
         assert missing == []
+
+
+def test_kv_node_stop_is_graceful_and_leaves_a_snapshot(tmp_path: Path) -> None:
+    with LocalCluster(tmp_path, nodes=3) as c:
+        c.start_all()
+        c.client().put("s", "1")
+        res = subprocess.run(
+            [sys.executable, "-m", "cli", "node", "stop", c.nodes["n3"].addr],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert res.returncode == 0, res.stderr
+        proc = c.nodes["n3"].proc
+        assert proc is not None and proc.wait(30) == 0
+        assert list((tmp_path / "shm").glob("*n3*"))  # its snapshot, for a fast start
+        c.start("n3")
+        st = c.status("n3")
+        assert st is not None and st["load"]["path"] == "snapshot"
+        assert c.client("n3", route=False).get("s", r=1).value == b"1"
