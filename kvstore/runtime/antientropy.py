@@ -318,13 +318,13 @@ class AntiEntropy:
                 continue
             for key, rec in copy.items():
                 try:
-                    obj = vclock.decode(rec)
+                    digest, tomb_ts = vclock.record_summary(rec)
                 except InvalidRequest:
                     log.warning("partition %d: unreadable record for key %r left out of its tree", p, key[:40])
                     continue
-                tree.update(key, None, vclock.digest(obj))
-                if vclock.is_deleted(obj) and (p, key) not in self._tombs:
-                    self._tombs[(p, key)] = _newest_ts(obj)
+                tree.update(key, None, digest)
+                if tomb_ts is not None and (p, key) not in self._tombs:
+                    self._tombs[(p, key)] = tomb_ts
                 budget -= 1
                 if budget <= 0:
                     budget = BUILD_YIELD_KEYS
