@@ -41,6 +41,21 @@ def _status(addr: str, timeout: float = 1.0) -> dict[str, Any] | None:
         return None
 
 
+def _why(log_dir: str | None, name: str) -> str:
+    """The node's own account of a failed start, from its log, for a one-line error."""
+    if not log_dir:
+        return ""
+    path = Path(log_dir) / f"{name}.log"
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        if "failed to start:" in line:
+            return ": " + line.split("failed to start:", 1)[1].strip()
+    return f" (see {path})"
+
+
 @click.group()
 def cluster() -> None:
     """Start a local cluster, or inspect a running one."""
@@ -123,14 +138,16 @@ def up(count: int, host: str, port: int, data_dir: str, n_replicas: int | None, 
 
     deadline = time.monotonic() + ready_timeout
     waiting = {name: addr for name, addr, _ in procs}
+    pids = {name: p.pid for name, _, p in procs}
     while waiting:
         for name, addr, p in procs:
             if p.poll() is not None:
                 stop_all()
-                out.fail(f"node {name} ({addr}) exited with status {p.returncode} during start", 1)
+                out.fail(f"node {name} ({addr}) exited with status {p.returncode} during start{_why(log_dir, name)}", 1)
         for name, addr in list(waiting.items()):
             st = _status(addr)
-            if st is not None and len(st["members"]) >= count and not st["pending"]:
+            # The pid check: another cluster already on these ports must not count as ours.
+            if st is not None and st.get("pid") == pids[name] and len(st["members"]) >= count and not st["pending"]:
                 waiting.pop(name)
         if waiting and time.monotonic() > deadline:
             stop_all()

@@ -366,6 +366,7 @@ class Node:
             "version": __version__,
             "uptime_s": round(time.time() - self.started_at, 1),
             "boot": self.boot_id,
+            "pid": os.getpid(),
             "ring_version": self.view.version,
             "ring_checksum": self.view.checksum,
             "pending": self.view.next is not None,

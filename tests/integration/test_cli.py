@@ -205,3 +205,14 @@ def test_node_refuses_to_start_on_a_locked_store(tmp_path: Path) -> None:
     finally:
         first.send_signal(signal.SIGTERM)
         assert first.wait(30) == 0
+
+
+def test_cluster_up_on_busy_ports_fails_clearly_instead_of_adopting_another_cluster(up: Up, tmp_path: Path) -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "cli", "cluster", "up", "--nodes", "3", "--port", str(up.port),
+         "--data-dir", str(tmp_path / "other"), "--set", f"snapshot_dir={tmp_path / 'shm2'}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert res.returncode == 1
+    assert "ready" not in res.stdout.splitlines()
+    assert "address already in use" in res.stderr and "Traceback" not in res.stderr
