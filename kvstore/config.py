@@ -59,6 +59,7 @@ class Settings:
     # --- storage
     fsync: str = _s("everysec", "LevelDB sync policy: always (each batch), everysec, no.")
     snapshot_dir: str = _s("/dev/shm", "Where graceful stops write the shared-memory snapshot.")
+    handoff_batch_keys: int = _s(500, "Records per ownership-handoff fetch (bounded batches give back-pressure).")
     handoff_drop_delay_s: float = _s(10.0, "After a ring change commits, wait this long before dropping data no longer replicated here.")
 
     # --- healing: hinted handoff, anti-entropy, tombstones
@@ -110,9 +111,14 @@ class Settings:
             problems.append(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, got {self.fsync!r}")
         if self.conflict not in CONFLICT_MODES:
             problems.append(f"conflict must be one of {', '.join(CONFLICT_MODES)}, got {self.conflict!r}")
-        for name in ("max_key_bytes", "max_value_bytes", "max_frame_bytes"):
+        for name in (
+            "max_key_bytes", "max_value_bytes", "max_frame_bytes", "hint_batch_keys",
+            "handoff_batch_keys", "aae_exchanges_per_min", "aae_max_repairs_per_s",
+        ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be positive")
+        if self.max_hints < 0:
+            problems.append("max_hints must be >= 0")
         for f in fields(self):
             if f.name.endswith("_s") and getattr(self, f.name) <= 0:
                 problems.append(f"{f.name} must be > 0 seconds")

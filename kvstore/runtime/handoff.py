@@ -36,7 +36,6 @@ log = logging.getLogger("kvstore.handoff")
 
 FETCH = "handoff.fetch"
 STATUS = "handoff.status"
-BATCH_KEYS = 500
 PROGRESS_PREFIX = b"handoff/"
 
 
@@ -147,7 +146,7 @@ class Handoff:
         while True:
             after = t.cursor.get(p)
             try:
-                records, more = await self.rpc.call(addr, FETCH, [p, after, BATCH_KEYS], 10.0)
+                records, more = await self.rpc.call(addr, FETCH, [p, after, self.s.handoff_batch_keys], 10.0)
             except KVError as e:
                 log.info("handoff of partition %d from %s paused: %s", p, src, e)
                 return False
