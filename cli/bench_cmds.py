@@ -437,7 +437,6 @@ def _lat(r: dict[str, Any] | None) -> str:
 
 
 def _print_table(doc: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     p = doc["params"]
@@ -479,7 +478,7 @@ def _print_table(doc: dict[str, Any]) -> None:
                     "so it may be what limits this figure"
                 )
     # Not a terminal (a pipe, a file): wide enough that no column is cut.
-    console = Console() if Console().is_terminal else Console(width=160)
+    console = out.console()
     console.print(t)
     for n in notes:
         console.print(f"  note: {n}", highlight=False)

@@ -108,8 +108,12 @@ def up(count: int, host: str, port: int, data_dir: str, n_replicas: int | None, 
                 p.kill()
                 p.wait()
 
-    signal.signal(signal.SIGTERM, lambda *_: (stop_all(), sys.exit(0)))
-    signal.signal(signal.SIGINT, lambda *_: (stop_all(), sys.exit(0)))
+    def on_signal(*_: Any) -> None:
+        stop_all()
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
 
     for i in range(count):
         name = f"n{i + 1}"
@@ -192,7 +196,6 @@ def status(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         out.print_json({"ring_version": first["ring_version"], "nodes": per_node, "view_of": first["node"], "members": first["members"]})
         return
-    from rich.console import Console
     from rich.table import Table
 
     pending = " (ring change pending: see kv cluster transfers)" if first.get("pending") else ""
@@ -215,7 +218,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
             "-" if health is None else str(health), damping or "-", str(mem["partitions"]),
             str(st["keys"]) if st else "-", str(sum(st["hints"].values())) if st else "-",
         )
-    Console().print(t)
+    out.console().print(t)
 
 
 
@@ -292,7 +295,6 @@ def transfers(ctx: click.Context, as_json: bool) -> None:
     if doc.get("next") is None:
         click.echo(f"no ring change pending (ring v{doc['ring']['version']})")
         return
-    from rich.console import Console
     from rich.table import Table
 
     t = Table(title=f"ring change to v{doc['next']['version']}")
@@ -304,7 +306,7 @@ def transfers(ctx: click.Context, as_json: bool) -> None:
             t.add_row(n, "-", "-", "-", "unreachable")
         else:
             t.add_row(n, str(st["needed"]), str(st["done"]), str(st["keys_moved"]), "yes" if st["complete"] else "no")
-    Console().print(t)
+    out.console().print(t)
 
 
 @cluster.command()
@@ -323,7 +325,6 @@ def hints(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         out.print_json(rows)
         return
-    from rich.console import Console
     from rich.table import Table
 
     t = Table(title="hinted handoff")
@@ -335,7 +336,7 @@ def hints(ctx: click.Context, as_json: bool) -> None:
             continue
         pending = ", ".join(f"{k}: {v}" for k, v in st["pending"].items()) or "none"
         t.add_row(n, pending, str(st["stored"]), str(st["delivered"]), str(st["refused_full"]), str(st["expired"]))
-    Console().print(t)
+    out.console().print(t)
 
 
 @cluster.command("rolling-restart")

@@ -61,3 +61,12 @@ def show_bytes(b: bytes) -> str:
 
 def print_json(doc: Any) -> None:
     click.echo(json.dumps(doc, indent=None, sort_keys=True))
+
+
+def console() -> Any:
+    """A rich console; when output is not a terminal (piped, logged) tables get 160
+    columns instead of rich's 80, so addresses are not cut short."""
+    from rich.console import Console
+
+    c = Console()
+    return c if c.is_terminal else Console(width=160)
