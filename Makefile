@@ -21,7 +21,7 @@ lint: setup
 	$(BIN)/ruff check .
 
 typecheck: setup
-	$(BIN)/mypy kvstore/core storage
+	$(BIN)/mypy kvstore storage cli
 
 test: setup lint typecheck
 	$(BIN)/python -m pytest -q
