@@ -128,8 +128,8 @@ class Coordinator:
         return self._write(key, None, raw_ctx, raw_opts, m.FWD_DELETE, forwarded)
 
     # ------------------------------------------------------------------ internals
-    def _plan(self, ring: Ring, p: int, pref: tuple[str, ...], sloppy: bool) -> quorum.Plan:
-        return quorum.plan(pref, ring.fallbacks(p, self.s.n_replicas), self.view.is_up, sloppy=sloppy)
+    def _plan(self, pref: tuple[str, ...], fallbacks: tuple[str, ...], sloppy: bool) -> quorum.Plan:
+        return quorum.plan(pref, fallbacks, self.view.is_up, sloppy=sloppy)
 
     def _write(
         self, key: bytes, value: bytes | None, raw_ctx: Any, raw_opts: Any, fwd: str, forwarded: bool
@@ -150,7 +150,8 @@ class Coordinator:
         deadline = loop.time() + timeout
         hinting = self.on_hinted is not None
         sloppy = hinting and not opts.strict
-        plan = self._plan(ring, p, pref, sloppy=sloppy)
+        fallbacks = ring.fallbacks(p, self.s.n_replicas)
+        plan = self._plan(pref, fallbacks, sloppy=sloppy)
         wq = WriteQuorum(plan.targets, w, deadline, strict=opts.strict)
         result: asyncio.Future[dict[str, Any]] = loop.create_future()
 
@@ -159,7 +160,6 @@ class Coordinator:
         if self.lww:
             new = vclock.lww(new)
         record = vclock.encode(new)
-        fallbacks = ring.fallbacks(p, self.s.n_replicas)
         # A primary gets part of the time, so that if it does not answer a stand-in can still
         # be asked before the deadline (Dynamo: "does not answer in time").
         primary_timeout = timeout * 0.5 if sloppy and fallbacks else timeout
@@ -244,7 +244,7 @@ class Coordinator:
         r = opts.quorum or self.s.r
         timeout = opts.timeout_s or self.s.request_timeout_s
         deadline = loop.time() + timeout
-        plan = self._plan(ring, p, pref, sloppy=False)
+        plan = self._plan(pref, (), sloppy=False)
         rq = ReadQuorum(plan.targets, r, deadline, strict=opts.strict)
         result: asyncio.Future[dict[str, Any]] = loop.create_future()
         repaired = False

@@ -55,22 +55,23 @@ class Replica:
         """Merge ``incoming`` into the local version now (visible to the next read at once);
         the returned future completes when the merge is durable, None if nothing changed.
         A replica acknowledges only after that future."""
+        return self._merge(partition, key, incoming)[1]
+
+    async def merge_in(self, partition: int, key: bytes, incoming: Obj) -> Obj:
+        """``apply`` for coroutines: returns the merged version once it is durable."""
+        merged, durable = self._merge(partition, key, incoming)
+        if durable is not None:
+            await durable
+        return merged
+
+    def _merge(self, partition: int, key: bytes, incoming: Obj) -> tuple[Obj, asyncio.Future[None] | None]:
         local = self.read(partition, key)
         merged = vclock.sync(local, incoming)
         if self.lww:
             merged = vclock.lww(merged)
         if merged == local:
-            return None
-        return self._store(partition, key, local, merged)
-
-    async def merge_in(self, partition: int, key: bytes, incoming: Obj) -> Obj:
-        """``apply`` for coroutines: returns the merged version once it is durable."""
-        durable = self.apply(partition, key, incoming)
-        if durable is not None:
-            await durable
-        merged = self.read(partition, key)
-        assert merged is not None
-        return merged
+            return merged, None
+        return merged, self._store(partition, key, local, merged)
 
     def write_new(self, partition: int, key: bytes, obj: Obj) -> asyncio.Future[None]:
         """Store a version this node just coordinated (already merged with the local one).
