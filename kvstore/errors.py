@@ -6,6 +6,8 @@
     │   └── UnknownMethod        code "unknown_method" no such RPC method
     ├── ProtocolError            code "protocol"      bytes on the wire that are not msgpack-RPC
     ├── Unavailable              code "unavailable"   fewer than R/W replicas answered in time
+    ├── DotConflict              code "dot_conflict"  two versions of a key under one dot: refused
+    ├── NotOwner                 code "not_owner"     a replica asked for a partition it does not replicate
     ├── Timeout                  code "timeout"       a call got no answer before its deadline
     ├── Unreachable              code "unreachable"   cannot connect to a peer (refused, down)
     ├── ConfigError              code "config"        a setting is missing, malformed or out of range
@@ -25,9 +27,11 @@ import storage.errors
 
 __all__ = [
     "ConfigError",
+    "DotConflict",
     "InternalError",
     "InvalidRequest",
     "KVError",
+    "NotOwner",
     "ProtocolError",
     "StorageError",
     "Timeout",
@@ -81,6 +85,23 @@ class Unavailable(KVError):
         self.required = required
 
 
+class DotConflict(KVError):
+    """Two different versions of a key carry the same dot. Dots are minted once (fresh actor
+    epochs after any loss of local state), so this is a bug or a restored old data
+    directory; the merge is refused rather than keep one and silently lose the other."""
+
+    code = "dot_conflict"
+
+
+class NotOwner(KVError):
+    """A replica was sent a read or write of a partition it does not replicate in its view
+    of the ring (the sender's view is stale, or this node's is). Refused: data stored there
+    would never be served or handed off, and data kept there is stale. Not an invalid
+    request: the same call is right once the views agree."""
+
+    code = "not_owner"
+
+
 class Timeout(KVError):
     code = "timeout"
 
@@ -113,6 +134,8 @@ _BY_CODE: dict[str, type[KVError]] = {
         UnknownMethod,
         ProtocolError,
         Unavailable,
+        DotConflict,
+        NotOwner,
         Timeout,
         Unreachable,
         ConfigError,

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple, overload
 import msgpack
 import xxhash
 
-from kvstore.errors import InvalidRequest
+from kvstore.errors import DotConflict, InvalidRequest
 
 __all__ = [
     "VV",
@@ -106,15 +106,25 @@ class Obj:
 # ---------------------------------------------------------------------- operations
 
 
-def update(obj: Obj | None, context: VV, value: bytes | None, node: str, ts: int) -> Obj:
-    """A write coordinated by ``node``: replace what ``context`` covers, add one sibling."""
+def update(
+    obj: Obj | None, context: VV, value: bytes | None, node: str, ts: int, floor: int = 0
+) -> Obj:
+    """A write coordinated by ``node``: replace what ``context`` covers, add one sibling.
+
+    The new dot's counter is above ``floor``, the highest counter ``node`` has minted for any
+    key: a coordinator that no longer holds a key (its tombstone was collected) cannot know
+    which counters it used for it, and a copy of the old tombstone that survived elsewhere
+    would cover a counter restarted from the context and swallow the write (Riak's KV679).
+    Counters of one actor are then unique across all keys, and the new version's vector
+    covers only this actor's own earlier events, which all happened before it.
+    """
     if obj is None:
         vv = {n: c for n, c in context.items() if c > 0}
         keep: list[Sibling] = []
-        counter = context.get(node, 0) + 1
+        counter = max(context.get(node, 0), floor) + 1
     else:
         ovv = obj.vv
-        counter = max(ovv.get(node, 0), context.get(node, 0)) + 1
+        counter = max(ovv.get(node, 0), context.get(node, 0), floor) + 1
         keep = [s for s in obj.siblings if s.dot.counter > context.get(s.dot.node, 0)]
         vv = dict(ovv)
         for n, c in context.items():
@@ -139,6 +149,8 @@ def sync(a: Obj | None, b: Obj | None) -> Obj | None:
     """Merge two replicas' states: keep every sibling the other side has not overwritten.
 
     Commutative, associative and idempotent, so replicas converge whatever the order.
+    Raises :class:`~kvstore.errors.DotConflict` when both carry one dot with different
+    contents: that can only follow a dot minted twice, and neither side may be dropped.
     """
     if a is None:
         return b
@@ -164,12 +176,14 @@ def sync(a: Obj | None, b: Obj | None) -> Obj | None:
 
 
 def _pick(x: Sibling, y: Sibling) -> Sibling:
-    # Two different values under one dot means a dot was reused (a coordinator that lost
-    # its state). Choosing by content keeps sync commutative even then.
-    def key(s: Sibling) -> tuple[int, bool, bytes]:
-        return (s.ts, s.value is not None, s.value or b"")
-
-    return x if key(x) >= key(y) else y
+    # Two different values under one dot means a dot was minted twice. Keeping either one
+    # would silently drop an acknowledged write, so the merge refuses and says which dot.
+    raise DotConflict(
+        f"two different versions carry the dot {x.dot.node}:{x.dot.counter} "
+        "(a dot was minted twice); refusing to pick one",
+        node=x.dot.node,
+        counter=x.dot.counter,
+    )
 
 
 def sync_all(objs: Iterable[Obj | None]) -> Obj | None:

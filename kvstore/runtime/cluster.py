@@ -124,6 +124,16 @@ class ClusterView:
         assert self.ring is not None
         return self.ring.preference_list(p, self.n)
 
+    def replicates(self, p: int) -> bool:
+        """This node is a replica of ``p`` in the ring or in a pending change: the only
+        partitions it may store, serve or merge into (anything else it holds is stale)."""
+        ring = self.ring
+        if ring is None or not 0 <= p < ring.partitions:
+            return False
+        if self.name in ring.preference_list(p, self.n):
+            return True
+        return self.next is not None and self.name in self.next.preference_list(p, self.n)
+
     def extra_write_targets(self, p: int) -> tuple[str, ...]:
         """During a ring change: the new replicas of ``p`` that are not yet old ones."""
         if self.next is None:

@@ -144,6 +144,24 @@ class Coordinator:
             params += [m.check_context(raw_ctx), m.options_to_wire(opts, "w")]
             return self._forward(fwd, pref, params, False)
         self.counters.puts += 1
+        if value is None and not ctx:
+            # A delete without a context deletes what a read finds (as Riak does): a tombstone
+            # that covers nothing would only sit beside the value as one more sibling.
+            return self._delete_what_is_read(ring, p, pref, key, opts)
+        return self._coordinate_write(ring, p, pref, key, value, ctx, opts)
+
+    async def _delete_what_is_read(
+        self, ring: Ring, p: int, pref: tuple[str, ...], key: bytes, opts: m.Options
+    ) -> dict[str, Any]:
+        found = await self._read(ring, p, pref, key, m.Options(None, opts.strict, opts.timeout_s))
+        ctx = vclock.decode_context(found["context"])
+        if not found["values"]:
+            return {"context": found["context"]}  # absent or already deleted
+        return await self._coordinate_write(ring, p, pref, key, None, ctx, opts)
+
+    def _coordinate_write(
+        self, ring: Ring, p: int, pref: tuple[str, ...], key: bytes, value: bytes | None, ctx: vclock.VV, opts: m.Options
+    ) -> asyncio.Future[dict[str, Any]]:
         loop = asyncio.get_running_loop()
         w = opts.quorum or self.s.w
         timeout = opts.timeout_s or self.s.request_timeout_s
@@ -156,7 +174,7 @@ class Coordinator:
         result: asyncio.Future[dict[str, Any]] = loop.create_future()
 
         local = self.replica.read(p, key)
-        new = vclock.update(local, ctx, value, self.replica.actor, self.wall_ms())
+        new = self.replica.mint(local, ctx, value, self.wall_ms())
         if self.lww:
             new = vclock.lww(new)
         record = vclock.encode(new)
@@ -177,8 +195,10 @@ class Coordinator:
         def answered(t: quorum.Target, f: asyncio.Future[Any]) -> None:
             err = None if f.cancelled() else f.exception()
             if f.cancelled() or err is not None:
-                if t.hint_for is None and t.node != self.name:
-                    cover(t.node)
+                if t.node != self.name:
+                    # A failed stand-in's hint is re-covered like a failed primary's write:
+                    # else the primary would miss it until anti-entropy finds it.
+                    cover(t.hint_for or t.node)
                 code = err.code if isinstance(err, KVError) else type(err).__name__ if err else "cancelled"
                 settle(wq.on_error(t.node, code))
             else:
@@ -195,10 +215,15 @@ class Coordinator:
                 f.set_exception(e)
             f.add_done_callback(functools.partial(answered, t))
 
+        # Every node asked to carry this write so far (the quorum stops adding targets once it
+        # has decided, but a stand-in found after that must still not be asked twice).
+        tried = [t.node for t in plan.targets]
+
         def cover(primary: str) -> None:
             """Find a stand-in for a primary that is down or failed; else keep the hint here."""
-            stand_in = next_stand_in(fallbacks, self.view.is_up, [t.node for t in wq.targets]) if sloppy else None
+            stand_in = next_stand_in(fallbacks, self.view.is_up, tried) if sloppy else None
             if stand_in is not None and stand_in != self.name:
+                tried.append(stand_in)
                 t = quorum.Target(stand_in, hint_for=primary)
                 wq.add_stand_in(t)
                 send(t)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,8 +45,10 @@ class Transfers:
     """This node's inbound transfers for one pending ring version."""
 
     version: int
-    needed: dict[int, str] = field(default_factory=dict)  # partition -> source node
-    cursor: dict[int, bytes] = field(default_factory=dict)  # last key merged
+    # partition -> the old replicas it is pulled from (every one of them, see _plan)
+    needed: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    cursor: dict[tuple[int, str], bytes] = field(default_factory=dict)  # last key merged
+    pulled: dict[int, set[str]] = field(default_factory=dict)  # sources read to the end
     done: set[int] = field(default_factory=set)
     keys_moved: int = 0
 
@@ -65,6 +68,8 @@ class Handoff:
         self.current: Transfers | None = None
         self._wake = asyncio.Event()
         self._rng = random.Random()
+        # Told of each partition whose data this node dropped (anti-entropy forgets its tree).
+        self.dropped_listeners: list[Callable[[int], None]] = []
 
     # ------------------------------------------------------------------ serving side
     def fetch(self, p: Any, after: Any, limit: Any) -> list[Any]:
@@ -105,46 +110,78 @@ class Handoff:
         self._wake.set()
 
     # ------------------------------------------------------------------ pulling side
-    def _plan(self, ring: Ring, nxt: Ring) -> dict[int, str]:
+    def _plan(self, ring: Ring, nxt: Ring) -> dict[int, tuple[str, ...]]:
+        """Partitions gained, each with all its old replicas as sources. One source is not
+        enough: a write acknowledged by W of the N old replicas may be missing on any one of
+        them, and the old replicas that lose the partition drop it without merging."""
         n = self.view.n
-        needed: dict[int, str] = {}
+        needed: dict[int, tuple[str, ...]] = {}
         for p in range(nxt.partitions):
             new = nxt.preference_list(p, n)
             old = ring.preference_list(p, n)
             if self.name in new and self.name not in old:
-                needed[p] = old[0]
+                needed[p] = old
         return needed
+
+    def _enough(self, t: Transfers, p: int) -> bool:
+        """Pulled from every old replica that is up, and from at least N-W+1 of them: any
+        N-W+1 of the old replicas hold every write acknowledged with the cluster's W."""
+        sources = t.needed[p]
+        got = t.pulled.get(p, set())
+        if any(src not in got and self.view.is_up(src) for src in sources):
+            return False
+        return len(got) >= min(len(sources), max(1, self.view.n - self.s.w + 1))
 
     def _load_progress(self, version: int) -> Transfers:
         t = Transfers(version)
         raw = self.engine.meta_get(PROGRESS_PREFIX + b"%d" % version)
         if raw is not None:
             doc = msgpack.unpackb(raw, raw=False, strict_map_key=False)
-            t.cursor = {int(p): bytes(c) for p, c in doc.get("cursor", {}).items()}
+            t.cursor = {(int(p), str(src)): bytes(c) for p, src, c in doc.get("cursor", [])}
+            t.pulled = {int(p): {str(x) for x in srcs} for p, srcs in doc.get("pulled", [])}
             t.done = {int(p) for p in doc.get("done", [])}
             t.keys_moved = int(doc.get("keys_moved", 0))
         return t
 
     async def _save_progress(self, t: Transfers) -> None:
-        doc = {"cursor": t.cursor, "done": sorted(t.done), "keys_moved": t.keys_moved}
+        doc = {
+            "cursor": [[p, src, c] for (p, src), c in sorted(t.cursor.items())],
+            "pulled": [[p, sorted(srcs)] for p, srcs in sorted(t.pulled.items())],
+            "done": sorted(t.done),
+            "keys_moved": t.keys_moved,
+        }
         await self.engine.meta_put(PROGRESS_PREFIX + b"%d" % t.version, msgpack.packb(doc, use_bin_type=True))
 
-    def _source(self, p: int, preferred: str) -> str | None:
-        ring = self.view.ring
-        assert ring is not None
-        old = [x for x in ring.preference_list(p, self.view.n) if x != self.name]
-        up = [x for x in old if self.view.is_up(x)]
-        if preferred in up:
-            return preferred
-        return up[0] if up else None
+    async def _clear_stale(self, t: Transfers, p: int) -> None:
+        """Before the first record of a gained partition is merged, drop whatever this node
+        still holds of it from an earlier ownership (a drop cut short by a restart): that copy
+        predates deletes whose tombstones have since been collected, and merging the fresh
+        stream into it would bring those keys back."""
+        if t.pulled.get(p) or any(pp == p for pp, _ in t.cursor):
+            return  # this transfer already started on a clean partition
+        if self.engine.count(p):
+            self.replica.new_epoch()  # it forgets versions it may have coordinated
+            n = await self.engine.drop_partition(p)
+            for cb in self.dropped_listeners:
+                cb(p)
+            log.info("partition %d: dropped %d stale keys kept from an earlier ownership", p, n)
 
     async def _pull_partition(self, t: Transfers, p: int) -> bool:
-        src = self._source(p, t.needed[p])
-        if src is None:
-            return False
+        await self._clear_stale(t, p)
+        for src in t.needed[p]:
+            if src == self.name or src in t.pulled.get(p, set()) or not self.view.is_up(src):
+                continue
+            await self._pull_from(t, p, src)
+        if self._enough(t, p):
+            t.done.add(p)
+            await self._save_progress(t)
+            return True
+        return False
+
+    async def _pull_from(self, t: Transfers, p: int, src: str) -> bool:
         addr = self.view.addr_of(src)
         while True:
-            after = t.cursor.get(p)
+            after = t.cursor.get((p, src))
             try:
                 records, more = await self.rpc.call(addr, FETCH, [p, after, self.s.handoff_batch_keys], 10.0)
             except KVError as e:
@@ -152,10 +189,10 @@ class Handoff:
                 return False
             for k, rec in records:
                 await self.replica.merge_in(p, bytes(k), vclock.decode(bytes(rec)))
-                t.cursor[p] = bytes(k)
+                t.cursor[(p, src)] = bytes(k)
                 t.keys_moved += 1
             if not more:
-                t.done.add(p)
+                t.pulled.setdefault(p, set()).add(src)
             await self._save_progress(t)
             if not more:
                 return True
@@ -198,7 +235,7 @@ class Handoff:
         if not gone:
             return 0
         # This node forgets versions it coordinated: its future writes need a new actor id.
-        await self.replica.new_epoch()
+        self.replica.new_epoch()
         dropped = 0
         for p in gone:
             dropped += await self.engine.drop_partition(p)

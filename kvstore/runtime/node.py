@@ -21,7 +21,7 @@ from kvstore.core import messages as m
 from kvstore.core import vclock
 from kvstore.core.membership import MemberEvent, SwimConfig, route_rank
 from kvstore.core.ring import Ring, claim
-from kvstore.errors import InvalidRequest, KVError, StorageError, Unavailable
+from kvstore.errors import InvalidRequest, KVError, NotOwner, StorageError, Unavailable
 from kvstore.runtime.antientropy import AntiEntropy
 from kvstore.runtime.cluster import ClusterView
 from kvstore.runtime.coordinator import Coordinator
@@ -137,14 +137,15 @@ class Node:
         self.view.down_checks.append(lambda _n, addr: self.rpc.is_down(addr))
         had_view = self.view.load()
         replica = Replica(self.engine, self.name, lww=self.s.conflict == "lww")
-        if not replica.actor:
-            await replica.new_epoch()
+        if not await replica.start():
+            log.info("no clean stop recorded: coordinating writes as %s (a new actor epoch)", replica.actor)
         self.replica = replica
         self._was_member = self.engine.meta_get(WAS_MEMBER_KEY) is not None
         self.coord = Coordinator(self.s, self.view, replica, self.rpc)
         self.handoff = Handoff(self.s, self.view, replica, self.engine, self.rpc)
         # Before serving: it copies the table so its trees count every write exactly once.
         self.aae = AntiEntropy(self.s, self.view, replica, self.engine, self.rpc)
+        self.handoff.dropped_listeners.append(self.aae.drop)
         if "aae" in self.engine.snapshot_extra:
             self.aae.import_(self.engine.snapshot_extra["aae"])
         self.hints = Hints(self.s, self.view, self.engine, self.rpc)
@@ -175,6 +176,10 @@ class Node:
             await self._join_through(seeds)
         elif seeds:
             await self._pull_view(seeds)
+        # Partitions left over from a ring change whose drop a stop or crash interrupted: the
+        # drop timer lives in memory, so every start sets it again (drop_unowned keeps all
+        # that the ring or a pending change still places here).
+        self._drop_at = asyncio.get_running_loop().time() + self.s.handoff_drop_delay_s
         self._spawn(self.handoff.run())
         self._spawn(self.aae.run())
         self._spawn(self.hints.run())
@@ -252,6 +257,11 @@ class Node:
                     log.info("snapshot written: %s", info)
             except (OSError, RawStorageError, ValueError) as e:
                 log.warning("no snapshot written (next start reads LevelDB): %s", e)
+            try:
+                if not self.engine.closed:
+                    await self.replica.record_clean_stop()
+            except RawStorageError as e:
+                log.warning("clean stop not recorded (the next start takes a new actor epoch): %s", e)
             await self.engine.close()
         log.info("node %s stopped", self.name)
 
@@ -289,8 +299,18 @@ class Node:
             raise InvalidRequest(f"partition must be a non-negative integer, got {p!r}")
         return p
 
+    def _owned(self, p: Any) -> int:
+        part = self._partition(p)
+        assert self.view is not None
+        if not self.view.replicates(part):
+            raise NotOwner(
+                f"{self.name} does not replicate partition {part} in ring v{self.view.version}",
+                ring_version=self.view.version,
+            )
+        return part
+
     def _replica_get(self, p: Any, key: Any) -> bytes | None:
-        return self.replica.read_raw(self._partition(p), m.as_bytes(key, "key"))
+        return self.replica.read_raw(self._owned(p), m.as_bytes(key, "key"))
 
     def _replica_put(self, p: Any, key: Any, record: Any, hint_for: Any = None) -> Any:
         """Merge a version sent by a coordinator; the reply goes once it is durable (a Future,
@@ -300,6 +320,7 @@ class Node:
         obj = vclock.decode(m.as_bytes(record, "record"))
         if hint_for is not None and self.coord is not None and self.coord.on_hinted is not None:
             return self.coord.on_hinted(_as_str(hint_for, "hint_for"), part, k, obj)
+        part = self._owned(part)
         durable = self.replica.apply(part, k, obj)
         return True if durable is None else durable
 
@@ -307,13 +328,14 @@ class Node:
         """Hints delivered by a peer: merge each, acknowledge once all are persisted."""
         if not isinstance(items, list):
             raise InvalidRequest("put_batch takes a list of [partition, key, record]")
-        waits = []
+        decoded = []
         for item in items:
             if not isinstance(item, list) or len(item) != 3:
                 raise InvalidRequest("put_batch items are [partition, key, record]")
             p, key, record = item
-            obj = vclock.decode(m.as_bytes(record, "record"))
-            waits.append(self.replica.merge_in(self._partition(p), m.as_bytes(key, "key"), obj))
+            decoded.append((self._owned(p), m.as_bytes(key, "key"), vclock.decode(m.as_bytes(record, "record"))))
+        # All checked before any is merged: a refused batch changes nothing.
+        waits = [self.replica.merge_in(p, k, obj) for p, k, obj in decoded]
         await asyncio.gather(*waits)
         return len(waits)
 

@@ -9,8 +9,11 @@ handoff or anti-entropy).
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from collections.abc import Callable
+
+import msgpack
 
 from kvstore.core import vclock
 from kvstore.core.vclock import Obj
@@ -19,30 +22,77 @@ from storage.engine import Engine
 # Called after each stored change: (partition, key, old, new) — Merkle trees hook in here.
 ChangeHook = Callable[[int, bytes, Obj | None, Obj | None], None]
 
+log = logging.getLogger("kvstore.replica")
 
-ACTOR_KEY = b"replica.actor"
+
+# Written by a clean stop, deleted (durably) by the start that reads it: ``[actor, counter]``.
+CLEAN_STOP_KEY = b"replica.clean_stop"
 
 
 class Replica:
     """``actor`` is the name this node's writes carry in vector clocks: the node name plus an
-    epoch that changes whenever the node may have forgotten versions it coordinated (a new
-    data directory, or partitions dropped after a ring change). Without it, a node that
-    coordinates a blind write for a key it no longer holds would number the new version
-    with a dot its peers have already seen, and they would discard it as old."""
+    epoch. Within one epoch the node mints dot counters from one node-wide sequence
+    (``counter``), so a dot is never minted twice, even for a key whose tombstone was
+    collected here while a copy survived elsewhere.
+
+    The epoch changes whenever the node may have forgotten versions it coordinated: every
+    start that did not follow a clean stop (a crash may lose the un-synced log tail: the
+    peers hold writes this node no longer knows it made), any failed storage write (rolled
+    back here, perhaps stored by the peers), and dropped partitions. Without that, the next
+    blind write of such a key would reuse a dot its peers already hold, and one of the two
+    versions would be lost. A clean stop records the actor and its counter; the start that
+    resumes them deletes the record durably before coordinating anything, so a crash after
+    it is never mistaken for a clean stop.
+    """
 
     def __init__(self, engine: Engine, name: str, *, lww: bool = False) -> None:
         self.engine = engine
         self.name = name
         self.lww = lww
         self.hooks: list[ChangeHook] = []
-        raw = engine.meta_get(ACTOR_KEY)
-        self.actor = raw.decode() if raw else ""
+        self.actor = ""
+        # The highest dot counter minted under ``actor`` (for any key).
+        self.counter = 0
+        self.resumed = False
+        self._failed_epoch = False
 
-    async def new_epoch(self) -> str:
-        """Pick a fresh actor id and persist it before any write can use it."""
-        self.actor = f"{self.name}~{secrets.token_hex(4)}"
-        await self.engine.meta_put(ACTOR_KEY, self.actor.encode())
+    async def start(self) -> bool:
+        """Resume the actor of a clean stop, or take a fresh epoch; True if resumed."""
+        raw = self.engine.meta_get(CLEAN_STOP_KEY)
+        resumed = False
+        if raw is not None:
+            try:
+                actor, counter = msgpack.unpackb(raw, raw=False)
+                resumed = isinstance(actor, str) and actor.startswith(self.name + "~") and type(counter) is int
+            except Exception:  # a damaged marker: not a clean stop
+                resumed = False
+            if resumed:
+                self.actor, self.counter = actor, counter
+            await self.engine.meta_delete(CLEAN_STOP_KEY)
+            await self.engine.flush()  # synced: a crash from here on must not look clean
+        if not resumed:
+            self.new_epoch()
+        self.resumed = resumed
+        return resumed
+
+    def new_epoch(self) -> str:
+        """Write under a fresh actor from now on. Random, so it needs no durable step before
+        use: a later start either resumes it from a clean stop or takes another one."""
+        self.actor = f"{self.name}~{secrets.token_hex(8)}"
+        self.counter = 0
         return self.actor
+
+    async def record_clean_stop(self) -> None:
+        """At a graceful stop, once every write is durable: the next start may resume."""
+        # After a failed write the engine refuses this too: the next start takes a new epoch.
+        await self.engine.meta_put(CLEAN_STOP_KEY, msgpack.packb([self.actor, self.counter]))
+        await self.engine.flush()
+
+    def mint(self, local: Obj | None, context: vclock.VV, value: bytes | None, ts: int) -> Obj:
+        """The new version of a write this node coordinates (not yet stored)."""
+        new = vclock.update(local, context, value, self.actor, ts, self.counter)
+        self.counter = new.vv[self.actor]
+        return new
 
     def read(self, partition: int, key: bytes) -> Obj | None:
         rec = self.engine.get(partition, key)
@@ -85,16 +135,24 @@ class Replica:
 
     def _store(self, partition: int, key: bytes, old: Obj | None, new: Obj) -> asyncio.Future[None]:
         durable = self.engine.put(partition, key, vclock.encode(new))
-        if self.hooks:
-            hooks = self.hooks
+        hooks = self.hooks
 
-            def after(f: asyncio.Future[None]) -> None:
-                # Hooks (Merkle trees) follow what is durable: a failed write changed nothing.
-                if not f.cancelled() and f.exception() is None:
-                    for hook in hooks:
-                        hook(partition, key, old, new)
+        def after(f: asyncio.Future[None]) -> None:
+            if f.cancelled():
+                return
+            if f.exception() is not None:
+                # Rolled back here, but the peers may hold what this node coordinated: never
+                # mint under this actor again.
+                if not self._failed_epoch:
+                    self._failed_epoch = True
+                    log.warning("storage write failed: writes coordinated from now on use a new actor epoch")
+                    self.new_epoch()
+                return
+            # Hooks (Merkle trees) follow what is durable: a failed write changed nothing.
+            for hook in hooks:
+                hook(partition, key, old, new)
 
-            durable.add_done_callback(after)
+        durable.add_done_callback(after)
         return durable
 
     async def forget(self, partition: int, key: bytes, expected_digest: int) -> bool:

@@ -167,7 +167,7 @@ async def test_trees_stay_exact_under_writes_racing_build_and_rebuild(tmp_path: 
     view = ClusterView("a", "127.0.0.1:1", eng, 3)
     view.ring = claim(["a"], 4)
     rep = Replica(eng, "a")
-    await rep.new_epoch()
+    rep.new_epoch()
     rng = random.Random(1)
 
     async def write(i: int) -> None:
