@@ -147,7 +147,7 @@ class Node:
         self.aae = AntiEntropy(self.s, self.view, replica, self.engine, self.rpc)
         if "aae" in self.engine.snapshot_extra:
             self.aae.import_(self.engine.snapshot_extra["aae"])
-        self.hints = Hints(self.s, self.view, self.engine, self.rpc)
+        self.hints = Hints(self.s, self.view, self.engine, self.rpc, replica)
         self.coord.on_hinted = self.hints.store
         self.view.listeners.append(self._on_view_change)
         self.gossip = Gossip(
