@@ -387,20 +387,27 @@ class Hints:
         self.stats.delivered += n
         return n
 
+    async def tick(self) -> int:
+        """One round: deliver to each target that is up, and check the hints of the others
+        against the ring once per ring version. Returns how many hints it delivered."""
+        version = self.view.version
+        total = 0
+        for target in [t for t, n in self.pending.items() if n]:
+            up = target in self.view.addrs and self.view.is_up(target)
+            if not up and self._checked.get(target) == version:
+                continue
+            try:
+                n = await self._scan(target, send=up)
+            except KVError as e:
+                log.warning("hints for %s: %s", target, e)
+                continue
+            self._checked[target] = version
+            if n:
+                total += n
+                log.info("delivered %d hints to %s (%d left)", n, target, self.pending.get(target, 0))
+        return total
+
     async def run(self) -> None:
         while True:
-            version = self.view.version
-            for target in [t for t, n in self.pending.items() if n]:
-                up = target in self.view.addrs and self.view.is_up(target)
-                if not up and self._checked.get(target) == version:
-                    continue
-                try:
-                    n = await self._scan(target, send=up)
-                except KVError as e:
-                    log.warning("hints for %s: %s", target, e)
-                    continue
-                self._checked[target] = version
-                if n:
-                    log.info("delivered %d hints to %s (%d left)", n, target, self.pending.get(target, 0))
+            await self.tick()
             await asyncio.sleep(self.s.hint_interval_s)
-
