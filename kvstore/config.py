@@ -11,6 +11,13 @@ Timing formulas (SWIM, as hashicorp/memberlist computes them):
                          Lifeguard; the maximum is suspicion_max_timeout_mult × that)
     retransmissions    = retransmit_mult × ceil(log10(N + 1))
     probe interval     = probe_interval_s × (1 + health score)  (Lifeguard local health)
+
+Safety rules checked at load (a node refuses to start otherwise):
+    tombstone_grace_s  > hint_max_age_s + max_clock_skew_s       (no hint outlives a tombstone)
+    max_record_bytes, hint_batch_bytes
+                       <= max_frame_bytes - max_key_bytes - 64 KiB (a record always fits a frame)
+    max_value_bytes    <= max_record_bytes, warn_siblings <= max_siblings
+    node name          1..246 of A-Z a-z 0-9 . - _ : [ ]           (hint keys, vclock actors)
 """
 
 from __future__ import annotations

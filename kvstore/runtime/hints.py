@@ -236,11 +236,14 @@ class Hints:
             self.pending[target] = max(0, self.pending.get(target, 0) - len(gone))
         return len(gone)
 
-    async def _drop_unreadable(self, target: str, keys: list[bytes]) -> None:
-        await self.engine.meta_write_many((k, None) for k in keys)
-        self.pending[target] = max(0, self.pending.get(target, 0) - len(keys))
-        self.stats.unreadable += len(keys)
-        log.warning("dropped %d unreadable hints for %s", len(keys), target)
+    async def _drop_unreadable(self, target: str, found: list[tuple[bytes, bytes]]) -> None:
+        """Delete hints that cannot be read, unless a write replaced one meanwhile."""
+        gone = [k for k, val in found if self.engine.meta_get(k) == val]
+        if gone:
+            await self.engine.meta_write_many((k, None) for k in gone)
+            self.pending[target] = max(0, self.pending.get(target, 0) - len(gone))
+            self.stats.unreadable += len(gone)
+            log.warning("dropped %d unreadable hints for %s", len(gone), target)
 
     async def _drop_expired(self, target: str, hints: list[_Hint]) -> None:
         n = await self._forget(target, hints)
@@ -254,7 +257,7 @@ class Hints:
         try:
             obj = vclock.decode(h.rec)
         except KVError:
-            await self._drop_unreadable(target, [h.hk])
+            await self._drop_unreadable(target, [(h.hk, h.raw)])
             return
         try:
             for q in owners:
@@ -270,10 +273,10 @@ class Hints:
 
     def _read_window(
         self, target: str, after: bytes | None
-    ) -> tuple[list[_Hint], list[bytes], bytes | None]:
+    ) -> tuple[list[_Hint], list[tuple[bytes, bytes]], bytes | None]:
         """The next hints of ``target`` after the cursor: (hints, unreadable keys, new cursor)."""
         hints: list[_Hint] = []
-        bad: list[bytes] = []
+        bad: list[tuple[bytes, bytes]] = []
         last = None
         for hk, val in self.engine.meta_iter(target_prefix(target), after=after, limit=self.s.hint_batch_keys):
             last = hk
@@ -281,7 +284,7 @@ class Hints:
                 _, p, key = parse_hint_key(hk)
                 since, rec = _unpack_hint(val)
             except ValueError:
-                bad.append(hk)
+                bad.append((hk, val))
                 continue
             hints.append(_Hint(hk, p, key, since, rec, val))
         return hints, bad, last
@@ -310,7 +313,7 @@ class Hints:
                 try:
                     owners = self._owners(h.p)
                 except InvalidRequest:  # a partition outside the ring: not a hint of this cluster
-                    await self._drop_unreadable(target, [h.hk])
+                    await self._drop_unreadable(target, [(h.hk, h.raw)])
                     continue
                 if owners is not None and target not in owners:
                     await self._reroute(target, h, owners)

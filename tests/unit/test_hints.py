@@ -25,11 +25,16 @@ ME = "h"
 
 
 class Clock:
+    """Wall clock under the test's control; ``step`` moves it on after every reading."""
+
     def __init__(self) -> None:
         self.now = 1_000_000.0
+        self.step = 0.0
 
     def __call__(self) -> float:
-        return self.now
+        t = self.now
+        self.now += self.step
+        return t
 
 
 class Holder:
@@ -189,3 +194,30 @@ async def test_large_hints_go_in_batches_bounded_by_bytes(tmp_path: Path, target
     finally:
         await h.rpc.close()
         await engine.close()
+
+
+async def test_expiry_is_checked_again_right_before_sending(holder: Holder, target: Node) -> None:
+    assert target.view is not None and target.view.ring is not None
+    ring = target.view.ring
+    holder.view.ring = ring
+    holder.view.addrs["t"] = target.addr
+    await holder.hints.store("t", ring.partition_of(b"k"), b"k", _obj(b"v"))
+    # Listed at age 90 s (alive), about to be sent at 110 s: past the 100 s age by then.
+    holder.clock.now += 90
+    holder.clock.step = 20
+    assert await holder.hints.tick() == 0
+    assert holder.hints.stats.expired == 1 and holder.hints.by_target() == {}
+    assert target.replica.read(ring.partition_of(b"k"), b"k") is None
+
+
+async def test_an_unreadable_hint_is_dropped_and_the_others_delivered(holder: Holder, target: Node) -> None:
+    assert target.view is not None and target.view.ring is not None
+    ring = target.view.ring
+    holder.view.ring = ring
+    holder.view.addrs["t"] = target.addr
+    await holder.hints.store("t", ring.partition_of(b"a"), b"a", _obj(b"1"))
+    await holder.hints.store("t", ring.partition_of(b"c"), b"c", _obj(b"3"))
+    await holder.engine.meta_put(hint_key("t", ring.partition_of(b"b"), b"b"), b"\xc1 not msgpack")
+    holder.hints.pending["t"] += 1
+    assert await holder.hints.tick() == 2
+    assert holder.hints.stats.unreadable == 1 and holder.hints.by_target() == {}
