@@ -14,7 +14,7 @@ Timing formulas (SWIM, as hashicorp/memberlist computes them):
 
 Safety rules checked at load (a node refuses to start otherwise):
     tombstone_grace_s  > hint_max_age_s + max_clock_skew_s       (no hint outlives a tombstone)
-    max_record_bytes, hint_batch_bytes
+    max_record_bytes, hint_batch_bytes, handoff_batch_bytes
                        <= max_frame_bytes - max_key_bytes - 64 KiB (a record always fits a frame)
     max_value_bytes    <= max_record_bytes, warn_siblings <= max_siblings
     node name          1..246 of A-Z a-z 0-9 . - _ : [ ]           (hint keys, vclock actors)
@@ -104,6 +104,10 @@ class Settings:
     fsync: str = _s("everysec", "LevelDB sync policy: always (each batch), everysec, no.")
     snapshot_dir: str = _s("/dev/shm", "Where graceful stops write the shared-memory snapshot.")
     handoff_batch_keys: int = _s(500, "Records per ownership-handoff fetch (bounded batches give back-pressure).")
+    handoff_batch_bytes: int = _s(
+        2 * 1024 * 1024,
+        "Most record bytes per ownership-handoff fetch (a larger record goes alone); well under max_frame_bytes.",
+    )
     handoff_drop_delay_s: float = _s(10.0, "After a ring change commits, wait this long before dropping data no longer replicated here.")
 
     # --- healing: hinted handoff, anti-entropy, tombstones
@@ -180,13 +184,14 @@ class Settings:
             "max_key_bytes", "max_value_bytes", "max_frame_bytes", "hint_batch_keys",
             "handoff_batch_keys", "aae_exchanges_per_min", "aae_max_repairs_per_s",
             "max_record_bytes", "max_siblings", "warn_siblings", "hint_batch_bytes",
+            "handoff_batch_bytes",
         ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be positive")
         # A record (or a hint batch) that fits its own bound must still fit in one RPC frame
         # with its key and the call's envelope, or it could be stored but never replicated.
         room = self.max_frame_bytes - self.max_key_bytes - FRAME_ENVELOPE_BYTES
-        for name in ("max_record_bytes", "hint_batch_bytes"):
+        for name in ("max_record_bytes", "hint_batch_bytes", "handoff_batch_bytes"):
             if getattr(self, name) > room:
                 problems.append(
                     f"{name} ({getattr(self, name)}) must be at most max_frame_bytes ({self.max_frame_bytes}) "
