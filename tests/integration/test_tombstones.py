@@ -16,6 +16,7 @@ import pytest
 
 from kvstore.core import vclock
 from kvstore.core.ring import Ring, partition_of
+from kvstore.errors import Unavailable
 from kvstore.testing.processes import LocalCluster, wait_until
 
 Q = 256
@@ -158,8 +159,16 @@ def test_a_hint_held_past_its_age_is_dropped_so_a_collected_delete_stays(tmp_pat
         c.kill(fallback)  # away, hint and all
         c.start(b)
         nodes = Nodes(c)
-        ctx = nodes.clients[a].get(key, r=2).context
-        nodes.clients[a].delete(key, context=ctx, w=3)
+
+        def delete_everywhere() -> bool:
+            # b was just restarted: a's connection to it may not be back for the first try.
+            try:
+                nodes.clients[a].delete(key, context=nodes.clients[a].get(key, r=2).context, w=3)
+            except Unavailable:
+                return False
+            return True
+
+        wait_until(delete_everywhere, 30, 0.2, "a delete acknowledged by all three replicas")
         wait_until(lambda: all(raw(n) is None for n in (a, b, c3)), 60, 0.2, "the tombstone to be collected")
 
         c.start(fallback)
