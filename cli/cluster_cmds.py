@@ -328,14 +328,15 @@ def hints(ctx: click.Context, as_json: bool) -> None:
     from rich.table import Table
 
     t = Table(title="hinted handoff")
-    for col in ("node", "pending (per target)", "stored", "delivered", "refused (full)", "expired"):
+    cols = ("stored", "delivered", "refused_full", "refused_invalid", "rerouted", "expired")
+    for col in ("node", "pending (per target)", "stored", "delivered", "refused (full)", "refused (invalid)", "rerouted", "expired"):
         t.add_column(col)
     for n, st in rows.items():
         if st is None:
-            t.add_row(n, "unreachable", "-", "-", "-", "-")
+            t.add_row(n, "unreachable", *("-" for _ in cols))
             continue
         pending = ", ".join(f"{k}: {v}" for k, v in st["pending"].items()) or "none"
-        t.add_row(n, pending, str(st["stored"]), str(st["delivered"]), str(st["refused_full"]), str(st["expired"]))
+        t.add_row(n, pending, *(str(st.get(c, "-")) for c in cols))
     out.console().print(t)
 
 

@@ -11,6 +11,13 @@ Timing formulas (SWIM, as hashicorp/memberlist computes them):
                          Lifeguard; the maximum is suspicion_max_timeout_mult × that)
     retransmissions    = retransmit_mult × ceil(log10(N + 1))
     probe interval     = probe_interval_s × (1 + health score)  (Lifeguard local health)
+
+Safety rules checked at load (a node refuses to start otherwise):
+    tombstone_grace_s  > hint_max_age_s + max_clock_skew_s       (no hint outlives a tombstone)
+    max_record_bytes, hint_batch_bytes, handoff_batch_bytes
+                       <= max_frame_bytes - max_key_bytes - 64 KiB (a record always fits a frame)
+    max_value_bytes    <= max_record_bytes, warn_siblings <= max_siblings
+    node name          1..246 of A-Z a-z 0-9 . - _ : [ ]           (hint keys, vclock actors)
 """
 
 from __future__ import annotations
@@ -22,10 +29,36 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from kvstore.core.messages import Limits
 from kvstore.errors import ConfigError
 
 FSYNC_POLICIES = ("always", "everysec", "no")
 CONFLICT_MODES = ("siblings", "lww")
+
+# msgpack-RPC framing, method name, partition and the other small parameters around the one
+# large item (a record or a hint batch) of a call, with room to spare.
+FRAME_ENVELOPE_BYTES = 64 * 1024
+
+# Node names become vector-clock actors ("<name>~<8 hex digits>", runtime/replica.py), which
+# vclock refuses past 255 characters, and they appear in hint keys, logs and metrics labels.
+NODE_NAME_MAX_CHARS = 246
+_NODE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_:[]")
+
+
+def check_node_name(name: str) -> None:
+    """ConfigError unless ``name`` is a usable node name (the default, HOST:PORT, always is;
+    brackets are allowed for IPv6 addresses)."""
+    bad = sorted(set(name) - _NODE_NAME_CHARS)
+    if not name or len(name) > NODE_NAME_MAX_CHARS or bad:
+        why = (
+            "is empty" if not name
+            else f"is {len(name)} characters long" if len(name) > NODE_NAME_MAX_CHARS
+            else "contains " + ", ".join(repr(c) for c in bad)
+        )
+        raise ConfigError(
+            f"node name {name!r} {why}: a node name is 1 to {NODE_NAME_MAX_CHARS} characters, "
+            "each an ASCII letter or digit or one of . - _ : [ ]"
+        )
 
 
 def _s(default: Any, doc: str) -> Any:
@@ -35,7 +68,10 @@ def _s(default: Any, doc: str) -> Any:
 @dataclass(frozen=True, slots=True)
 class Settings:
     # --- identity and addresses
-    node_id: str = _s("", "Stable name of this node; defaults to its listen address.")
+    node_id: str = _s(
+        "",
+        "Stable name of this node: 1 to 246 ASCII letters, digits and . - _ : [ ]; defaults to its advertised address.",
+    )
     listen: str = _s("127.0.0.1:7000", "HOST:PORT for client and peer RPC (TCP) and gossip (UDP).")
     advertise: str = _s("", "HOST:PORT other nodes use to reach this one; defaults to listen.")
     data_dir: str = _s("./kvdata/node", "Directory of this node's LevelDB.")
@@ -55,22 +91,55 @@ class Settings:
     max_key_bytes: int = _s(64 * 1024, "Largest key accepted; larger ones get too_large.")
     max_value_bytes: int = _s(1024 * 1024, "Largest value accepted; larger ones get too_large.")
     max_frame_bytes: int = _s(8 * 1024 * 1024, "Largest msgpack-RPC frame; larger closes the connection.")
+    max_record_bytes: int = _s(
+        4 * 1024 * 1024,
+        "Largest encoded record (all siblings of a key) a write may leave; a write past it gets "
+        "too_large and is stored nowhere. Must leave room for a key and the envelope within "
+        "max_frame_bytes, or the record could no longer be replicated.",
+    )
+    max_siblings: int = _s(100, "Most siblings a write may leave on a key (as Riak); past it the write gets too_large.")
+    warn_siblings: int = _s(25, "A write leaving at least this many siblings on a key is logged as a warning.")
 
     # --- storage
     fsync: str = _s("everysec", "LevelDB sync policy: always (each batch), everysec, no.")
     snapshot_dir: str = _s("/dev/shm", "Where graceful stops write the shared-memory snapshot.")
     handoff_batch_keys: int = _s(500, "Records per ownership-handoff fetch (bounded batches give back-pressure).")
+    handoff_batch_bytes: int = _s(
+        2 * 1024 * 1024,
+        "Most record bytes per ownership-handoff fetch (a larger record goes alone); well under max_frame_bytes.",
+    )
     handoff_drop_delay_s: float = _s(10.0, "After a ring change commits, wait this long before dropping data no longer replicated here.")
 
     # --- healing: hinted handoff, anti-entropy, tombstones
     max_hints: int = _s(1_000_000, "Most hints a node keeps for down peers; past it new hints are refused (logged, counted).")
-    hint_max_age_s: float = _s(7 * 24 * 3600.0, "Hints older than this are dropped (anti-entropy repairs the rest).")
-    hint_batch_keys: int = _s(200, "Hints delivered per call to a peer that is back.")
+    hint_max_age_s: float = _s(
+        3 * 3600.0,
+        "Hints older than this (since first stored) are dropped, checked right before each "
+        "send; anti-entropy repairs the rest. Must stay below tombstone_grace_s (see there).",
+    )
+    hint_batch_keys: int = _s(200, "Most hints delivered per call to a peer that is back.")
+    hint_batch_bytes: int = _s(
+        2 * 1024 * 1024,
+        "Most record bytes per hint delivery call (a larger hint goes alone); well under max_frame_bytes.",
+    )
     hint_interval_s: float = _s(1.0, "How often pending hints are checked for delivery.")
     aae_interval_s: float = _s(10.0, "How often anti-entropy considers starting exchanges.")
     aae_exchanges_per_min: int = _s(60, "Most anti-entropy exchanges (one partition with one peer) a node starts per minute.")
     aae_max_repairs_per_s: int = _s(2000, "Most keys anti-entropy repairs per second on this node.")
-    tombstone_grace_s: float = _s(3600.0, "A tombstone held by all N replicas is collected after this long.")
+    tombstone_grace_s: float = _s(
+        24 * 3600.0,
+        "A tombstone held by all N replicas is collected after this long. Must exceed "
+        "hint_max_age_s + max_clock_skew_s (as Cassandra's gc_grace exceeds its hint window): "
+        "a hint is made by a write, so a delete that supersedes what it carries comes later, and "
+        "the hint is sent at most hint_max_age_s after it was made, while that delete's "
+        "tombstone is kept at least tombstone_grace_s: no hint arrives after the tombstone "
+        "that should have cancelled it is gone.",
+    )
+    max_clock_skew_s: float = _s(
+        60.0,
+        "Assumed bound on wall-clock differences between nodes (plus a hint delivery's duration); "
+        "time-based safety rules leave this much room.",
+    )
 
     # --- RPC client
     connect_timeout_s: float = _s(1.0, "Deadline to open a TCP connection to a peer.")
@@ -114,9 +183,39 @@ class Settings:
         for name in (
             "max_key_bytes", "max_value_bytes", "max_frame_bytes", "hint_batch_keys",
             "handoff_batch_keys", "aae_exchanges_per_min", "aae_max_repairs_per_s",
+            "max_record_bytes", "max_siblings", "warn_siblings", "hint_batch_bytes",
+            "handoff_batch_bytes",
         ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be positive")
+        # A record (or a hint batch) that fits its own bound must still fit in one RPC frame
+        # with its key and the call's envelope, or it could be stored but never replicated.
+        room = self.max_frame_bytes - self.max_key_bytes - FRAME_ENVELOPE_BYTES
+        for name in ("max_record_bytes", "hint_batch_bytes", "handoff_batch_bytes"):
+            if getattr(self, name) > room:
+                problems.append(
+                    f"{name} ({getattr(self, name)}) must be at most max_frame_bytes ({self.max_frame_bytes}) "
+                    f"- max_key_bytes ({self.max_key_bytes}) - {FRAME_ENVELOPE_BYTES} bytes of envelope = {room}, "
+                    "so that what it bounds still fits in one RPC frame"
+                )
+        if self.max_value_bytes > self.max_record_bytes:
+            problems.append(
+                f"max_value_bytes ({self.max_value_bytes}) must not exceed max_record_bytes "
+                f"({self.max_record_bytes}): a single value would make a record no write may leave"
+            )
+        if self.warn_siblings > self.max_siblings:
+            problems.append(f"warn_siblings ({self.warn_siblings}) must not exceed max_siblings ({self.max_siblings})")
+        if self.tombstone_grace_s <= self.hint_max_age_s + self.max_clock_skew_s:
+            problems.append(
+                f"tombstone_grace_s ({self.tombstone_grace_s:g}) must exceed hint_max_age_s "
+                f"({self.hint_max_age_s:g}) + max_clock_skew_s ({self.max_clock_skew_s:g}): a hint "
+                "delivered after the tombstone that superseded it was collected brings the deleted "
+                "value back (lower hint_max_age_s or raise tombstone_grace_s)"
+            )
+        try:
+            check_node_name(self.name)
+        except ConfigError as e:
+            problems.append(str(e))
         if self.max_hints < 0:
             problems.append("max_hints must be >= 0")
         for f in fields(self):
@@ -140,6 +239,15 @@ class Settings:
     @property
     def name(self) -> str:
         return self.node_id or self.advertised
+
+    @property
+    def limits(self) -> Limits:
+        """What request parsing and write checks need, without the rest of the settings."""
+        return Limits(
+            self.max_key_bytes, self.max_value_bytes, self.n_replicas,
+            max_record_bytes=self.max_record_bytes, max_siblings=self.max_siblings,
+            warn_siblings=self.warn_siblings,
+        )
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -378,13 +378,19 @@ class Engine:
         return value
 
     def meta_iter(
-        self, prefix: bytes = b"", *, limit: int | None = None
+        self, prefix: bytes = b"", *, limit: int | None = None, after: bytes | None = None
     ) -> Iterator[tuple[bytes, bytes]]:
         """(key, value) of meta keys starting with ``prefix``, ascending, as of this call;
-        at most ``limit`` of them (a bounded batch need not copy a long range)."""
+        at most ``limit`` of them (a bounded batch need not copy a long range), and only
+        those past ``after`` (a cursor: the last key of the previous batch)."""
         meta = self._meta
         out: list[tuple[bytes, bytes]] = []
-        for k in meta.irange(minimum=prefix):
+        keys = (
+            meta.irange(minimum=prefix)
+            if after is None or after < prefix
+            else meta.irange(minimum=after, inclusive=(False, True))
+        )
+        for k in keys:
             if not k.startswith(prefix) or (limit is not None and len(out) >= limit):
                 break
             out.append((k, meta[k]))

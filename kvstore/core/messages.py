@@ -7,9 +7,10 @@ checked values: bytes keys within limits, sane R/W, a decoded causal context.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from kvstore.core.vclock import Obj
 from kvstore.errors import InvalidRequest, TooLarge
 
 # Public API: what any msgpack-RPC client may call.
@@ -39,9 +40,15 @@ RING_UPDATE = "cluster.ring_update"
 
 @dataclass(frozen=True, slots=True)
 class Limits:
+    """The settings of the same names (kvstore.config documents them); built by
+    ``Settings.limits``."""
+
     max_key_bytes: int
     max_value_bytes: int
     n_replicas: int
+    max_record_bytes: int = field(kw_only=True)
+    max_siblings: int = field(kw_only=True)
+    warn_siblings: int = field(kw_only=True)
 
 
 def as_bytes(x: Any, what: str = "value") -> bytes:
@@ -73,6 +80,40 @@ def check_value(raw: Any, limits: Limits) -> bytes:
     if len(value) > limits.max_value_bytes:
         raise TooLarge(f"value is {len(value)} bytes, over the limit of {limits.max_value_bytes}")
     return value
+
+
+def _show_key(key: bytes) -> str:
+    return repr(key) if len(key) <= 64 else repr(key[:64])[:-1] + "…'"
+
+
+def check_record(key: bytes, obj: Obj, record_bytes: int, limits: Limits) -> str | None:
+    """Judge the version a write would leave on ``key`` (``record_bytes`` is its encoded size)
+    before it is stored anywhere: TooLarge past ``max_siblings`` or ``max_record_bytes``, a
+    warning to log at ``warn_siblings`` or more, else None.
+
+    Bounding here, at the one place a version is minted, is what keeps every record small
+    enough for replica.put, read repair, anti-entropy and hints to carry in one frame.
+    """
+    n = len(obj.siblings)
+    how = "; read the key and write back with its context to resolve the siblings"
+    if n > limits.max_siblings:
+        raise TooLarge(
+            f"write to key {_show_key(key)} refused: it would leave {n} siblings, over the limit of "
+            f"{limits.max_siblings} (max_siblings){how}",
+            siblings=n, limit=limits.max_siblings,
+        )
+    if record_bytes > limits.max_record_bytes:
+        raise TooLarge(
+            f"write to key {_show_key(key)} refused: its record would be {record_bytes} bytes "
+            f"({n} siblings), over the limit of {limits.max_record_bytes} (max_record_bytes){how}",
+            siblings=n, record_bytes=record_bytes, limit=limits.max_record_bytes,
+        )
+    if n >= limits.warn_siblings:
+        return (
+            f"key {_show_key(key)} has {n} siblings ({record_bytes} bytes); writes are refused past "
+            f"{limits.max_siblings}{how}"
+        )
+    return None
 
 
 def check_context(raw: Any) -> bytes:

@@ -59,7 +59,7 @@ class Coordinator:
         self.replica = replica
         self.rpc = rpc
         self.name = view.name
-        self.limits = m.Limits(settings.max_key_bytes, settings.max_value_bytes, settings.n_replicas)
+        self.limits = settings.limits
         self.lww = settings.conflict == "lww"
         self.wall_ms = wall_ms or (lambda: time.time_ns() // 1_000_000)
         self.counters = Counters()
@@ -178,6 +178,10 @@ class Coordinator:
         if self.lww:
             new = vclock.lww(new)
         record = vclock.encode(new)
+        # Refused here, before the local store or any peer sees it: a record past the bounds
+        # could be stored but never replicated.
+        if (warning := m.check_record(key, new, len(record), self.limits)) is not None:
+            log.warning("%s", warning)
         # A primary gets part of the time, so that if it does not answer a stand-in can still
         # be asked before the deadline (Dynamo: "does not answer in time").
         primary_timeout = timeout * 0.5 if sloppy and fallbacks else timeout

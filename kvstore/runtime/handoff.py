@@ -81,13 +81,20 @@ class Handoff:
             raise InvalidRequest("limit must be in 1..10000")
         start = b"" if after is None else (after.encode() if isinstance(after, str) else bytes(after))
         keys = sorted(k for k, _ in self.engine.iter_partition(p) if k > start)
-        batch = keys[:limit]
-        out = []
-        for k in batch:
+        out: list[list[bytes]] = []
+        size = 0
+        taken = 0
+        # Bounded by bytes too: 500 records of a few MiB each is a reply no frame can carry,
+        # and the transfer would stall on it forever. One record always goes.
+        for k in keys[:limit]:
             rec = self.engine.get(p, k)
             if rec is not None:
+                if out and size + len(k) + len(rec) > self.s.handoff_batch_bytes:
+                    break
                 out.append([k, rec])
-        return [out, len(keys) > limit]
+                size += len(k) + len(rec)
+            taken += 1
+        return [out, len(keys) > taken]
 
     def status(self) -> dict[str, Any]:
         nxt = self.view.next

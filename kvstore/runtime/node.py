@@ -148,7 +148,7 @@ class Node:
         self.handoff.dropped_listeners.append(self.aae.drop)
         if "aae" in self.engine.snapshot_extra:
             self.aae.import_(self.engine.snapshot_extra["aae"])
-        self.hints = Hints(self.s, self.view, self.engine, self.rpc)
+        self.hints = Hints(self.s, self.view, self.engine, self.rpc, replica)
         self.coord.on_hinted = self.hints.store
         self.view.listeners.append(self._on_view_change)
         self.gossip = Gossip(

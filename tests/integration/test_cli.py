@@ -175,6 +175,17 @@ def test_node_start_rejects_bad_config_clearly(tmp_path: Path) -> None:
     assert res.returncode == 2 and "n_replicas" in res.stderr
 
 
+def test_node_start_refuses_a_bad_name_or_unsafe_timings(tmp_path: Path) -> None:
+    listen = f"127.0.0.1:{free_port()}"
+    res = kv("node", "start", "--name", "rack1/n1", "--listen", listen, "--data-dir", str(tmp_path / "d"))
+    assert res.returncode == 2, res.stderr
+    assert "node name 'rack1/n1' contains '/'" in res.stderr and "letter or digit" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "d").exists()  # refused before anything was created
+    res = kv("node", "start", "--tombstone-grace-s", "3600", "--listen", listen, "--data-dir", str(tmp_path / "d"))
+    assert res.returncode == 2 and "tombstone_grace_s (3600) must exceed hint_max_age_s" in res.stderr
+
+
 def test_node_refuses_to_start_on_a_locked_store(tmp_path: Path) -> None:
     port = free_port()
     data = tmp_path / "d"

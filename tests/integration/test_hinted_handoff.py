@@ -92,3 +92,23 @@ def test_sloppy_quorum_uses_fallbacks_and_strict_quorum_refuses(tmp_path: Path) 
                 or got.values == [b"v"]
                 or b"v" in got.values
             )
+
+
+def test_hints_larger_than_a_frame_together_are_all_delivered(tmp_path: Path) -> None:
+    """Ten hints of ~1 MiB for one target: together they exceed max_frame_bytes, so they must
+    go in batches bounded by bytes, not in one call that can never be sent."""
+    with LocalCluster(tmp_path, nodes=3, extra=["--hint-interval-s", "0.2"]) as c:
+        c.start_all()
+        c.kill("n3")
+        kv = c.client("n1", route=False)  # n1 coordinates (and keeps the hints for) every key
+        values = {f"large-{i}": bytes([i]) * (1024 * 1024 - 64) for i in range(10)}
+        for k, v in values.items():
+            kv.put(k, v, w=2)
+        assert _hints(c, "n1")["pending"] == {"n3": 10}
+        c.start("n3")
+        wait_until(lambda: not _hints(c, "n1")["pending"], 120, 0.5, "n1's hints for n3 to be delivered")
+        st = _hints(c, "n1")
+        assert st["delivered"] == 10 and st["refused_invalid"] == 0, st
+        alone = c.client("n3", route=False)
+        for k, v in values.items():
+            assert alone.get(k, r=1).values == [v], k

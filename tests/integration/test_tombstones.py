@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from kvstore.core import vclock
-from kvstore.core.ring import partition_of
+from kvstore.core.ring import Ring, partition_of
+from kvstore.errors import Unavailable
 from kvstore.testing.processes import LocalCluster, wait_until
 
 Q = 256
@@ -24,7 +25,10 @@ AAE_FLAGS = [
     "--aae-exchanges-per-min", "6000",
     "--aae-max-repairs-per-s", "5000",
 ]
-GRACE = ["--tombstone-grace-s", "1"]
+# Hints must expire before tombstones may be collected (config.py refuses otherwise), so a
+# short grace needs a shorter hint age: hints for a node away longer than that are dropped
+# and anti-entropy alone brings it the tombstones.
+GRACE = ["--tombstone-grace-s", "1", "--hint-max-age-s", "0.5", "--max-clock-skew-s", "0.25"]
 
 
 class Nodes:
@@ -88,7 +92,7 @@ def test_delete_while_a_replica_is_down_never_resurrects(tmp_path: Path, hints: 
 
         c.start("n3")
         nodes = Nodes(c)
-        # Hints (or, without them, anti-entropy alone) bring n3 the tombstone.
+        # Anti-entropy brings n3 the tombstone (n3 was away longer than the hints live).
         wait_until(
             lambda: all(vclock.is_deleted(vclock.decode(r)) if (r := nodes.raw("n3", k)) else True for k in keys),
             30, 0.2, "n3 to receive the tombstones",
@@ -127,3 +131,53 @@ def test_live_keys_and_siblings_with_a_tombstone_are_kept(tmp_path: Path) -> Non
         assert kv.get("both", r=3).values == [b"v"]
         for n in c.nodes:
             assert nodes.raw(n, b"both") is not None
+
+
+def test_a_hint_held_past_its_age_is_dropped_so_a_collected_delete_stays(tmp_path: Path) -> None:
+    """A fallback holds a hint with a value for a primary, then is away while the key is
+    deleted everywhere and the tombstone collected. When it returns, the hint is older than
+    hint_max_age_s (which the tombstone grace must exceed): dropped, not delivered. With a
+    hint age past the grace (the old defaults: 7 days vs 1 hour) the value came back."""
+    grace = ["--tombstone-grace-s", "4", "--hint-max-age-s", "2", "--max-clock-skew-s", "0.5"]
+    with LocalCluster(tmp_path, nodes=5, extra=[*AAE_FLAGS, *grace, "--hint-interval-s", "0.2"]) as c:
+        c.start_all()
+        nodes = Nodes(c)
+        ring_doc = nodes.call("n1", "cluster.ring")
+        ring = Ring.from_wire(ring_doc["ring"])
+        key = b"zombie"
+        p = partition_of(key, ring.partitions)
+        a, b, c3 = ring.preference_list(p, 3)
+        fallback = ring.fallbacks(p, 3)[0]
+
+        def raw(name: str) -> bytes | None:
+            rec = nodes.call(name, "replica.get", p, key)
+            return None if rec is None else bytes(rec)
+
+        c.kill(b)
+        nodes.clients[a].put(key, b"V", w=2)  # b's copy goes to the fallback, with a hint
+        wait_until(lambda: nodes.call(fallback, "cluster.hints")["pending"].get(b, 0) >= 1, 30, 0.2, "the fallback's hint")
+        c.kill(fallback)  # away, hint and all
+        c.start(b)
+        nodes = Nodes(c)
+
+        def delete_everywhere() -> bool:
+            # b was just restarted: a's connection to it may not be back for the first try.
+            try:
+                nodes.clients[a].delete(key, context=nodes.clients[a].get(key, r=2).context, w=3)
+            except Unavailable:
+                return False
+            return True
+
+        wait_until(delete_everywhere, 30, 0.2, "a delete acknowledged by all three replicas")
+        wait_until(lambda: all(raw(n) is None for n in (a, b, c3)), 60, 0.2, "the tombstone to be collected")
+
+        c.start(fallback)
+        nodes = Nodes(c)
+        wait_until(lambda: not nodes.call(fallback, "cluster.hints")["pending"], 60, 0.2, "the fallback's hint to go")
+        st = nodes.call(fallback, "cluster.hints")
+        assert st["expired"] >= 1 and st["delivered"] == 0, st
+        # Nothing comes back, on any replica, while anti-entropy keeps running.
+        for _ in range(5):
+            assert all(raw(n) is None for n in (a, b, c3))
+            assert nodes.clients[a].get(key, r=3).values == []
+            time.sleep(0.3)

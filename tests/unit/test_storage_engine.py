@@ -187,6 +187,20 @@ async def test_meta_never_mixes_with_data(db_path: str) -> None:
         db.close()
 
 
+async def test_meta_iter_pages_with_a_cursor(db_path: str) -> None:
+    e = Engine.open(db_path)
+    await e.meta_write_many([(b"p/%d" % i, b"%d" % i) for i in range(7)] + [(b"a", b""), (b"q", b"")])
+    pages = []
+    after = None
+    while page := list(e.meta_iter(b"p/", limit=3, after=after)):
+        pages.append([k for k, _ in page])
+        after = page[-1][0]
+    assert pages == [[b"p/0", b"p/1", b"p/2"], [b"p/3", b"p/4", b"p/5"], [b"p/6"]]
+    # A cursor before the prefix starts at the prefix.
+    assert [k for k, _ in e.meta_iter(b"p/", limit=1, after=b"a")] == [b"p/0"]
+    await e.close()
+
+
 # ---------------------------------------------------------------- group commit
 
 
