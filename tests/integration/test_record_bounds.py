@@ -99,9 +99,10 @@ def test_blind_puts_past_max_siblings_are_refused(tmp_path: Path) -> None:
         assert "11 siblings" in str(err) and "max_siblings" in str(err) and "10" in str(err), str(err)
         before = reps.all()
         assert all(reps.siblings(n) == 10 for n in c.nodes)
-        # A blind delete would add a sibling too: refused, nothing stored.
+        # A delete whose context covers none of them would add a tombstone sibling: refused,
+        # nothing stored. (Without a context a delete removes what it reads, and would pass.)
         with pytest.raises(TooLarge):
-            kv.delete(key, w=3)
+            kv.delete(key, context=vclock.encode_context({"elsewhere~0": 1}), w=3)
         assert reps.all() == before
         assert kv.get(key, r=3).values == [b"v"] * 10
         assert "siblings" in c.nodes["n1"].log() and "WARNING" in c.nodes["n1"].log()

@@ -122,8 +122,10 @@ def test_live_keys_and_siblings_with_a_tombstone_are_kept(tmp_path: Path) -> Non
         nodes = Nodes(c)
         kv = c.client()
         kv.put("keep", b"v", w=3)
-        kv.put("both", b"v", w=3)
-        kv.delete("both", w=3)  # no context: a tombstone sibling beside the value
+        kv.put("both", b"old", w=3)
+        seen = kv.get("both", r=3).context
+        kv.put("both", b"v", w=3)  # blind: a sibling the delete below has not seen
+        kv.delete("both", context=seen, w=3)  # leaves a tombstone sibling beside b"v"
         kv.put("gone", b"v", w=3)
         kv.delete("gone", context=kv.get("gone", r=3).context, w=3)
         wait_until(lambda: all(nodes.raw(n, b"gone") is None for n in c.nodes), 30, 0.2, "'gone' to be collected")

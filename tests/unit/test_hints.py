@@ -53,7 +53,7 @@ class Holder:
 async def holder(tmp_path: Path) -> AsyncIterator[Holder]:
     engine = Engine.open(str(tmp_path / "holder"))
     h = Holder(engine, Settings(node_id=ME, hint_max_age_s=100.0, tombstone_grace_s=1000.0))
-    await h.replica.new_epoch()
+    h.replica.new_epoch()
     yield h
     await h.rpc.close()
     await engine.close()
