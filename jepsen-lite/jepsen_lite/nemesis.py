@@ -193,7 +193,14 @@ class Nemesis:
 
     async def _rejoin(self, leaver: Node, fault: Fault) -> None:
         async def gone() -> bool:
-            return not leaver.running
+            if leaver.running:
+                return False
+            if leaver.proc is not None and leaver.proc.returncode == 0:
+                return True  # it exited by itself: the leave is done
+            # Killed and not started again (the fault was cut short mid-restart): bring it
+            # back so it can finish leaving.
+            self.cluster.start(leaver)
+            return False
 
         if not await self._until(gone, f"{leaver.name} leaving the ring"):
             leaver.leaving = False
