@@ -192,6 +192,14 @@ class Nemesis:
         return True
 
     async def _rejoin(self, leaver: Node, fault: Fault) -> None:
+        async def joined() -> bool:
+            return await self._settled_with(leaver)
+
+        if not leaver.leaving:
+            # A heal cut short after the rejoin began (the run ended): only wait for it.
+            await self._until(joined, f"{leaver.name} joining the ring again")
+            return
+
         async def gone() -> bool:
             if leaver.running:
                 return False
@@ -211,10 +219,6 @@ class Nemesis:
         await self.cluster.wait_ready(leaver)
         await asyncio.sleep(fault.delay_s)
         await self._crash_restart([self.cluster.nodes[i] for i in fault.restart])
-
-        async def joined() -> bool:
-            return await self._settled_with(leaver)
-
         await self._until(joined, f"{leaver.name} joining the ring again")
 
     # ------------------------------------------------------------------ schedule
