@@ -31,6 +31,22 @@ StorageError naming the path and the cause. The engine then refuses further writ
 may have left a partial record in its log, and appending behind it could make recovery drop
 good records; reopening recovers cleanly. A failed *sync* write is indeterminate (LevelDB's
 own words): the batch may still show up after a restart, as any failed replica write may.
+
+Test-only fault mode: losing un-synced writes (a power loss). A SIGKILL of the process loses
+nothing above, because a sync=False write is already in the kernel's page cache and the
+kernel writes it out even after the process dies; only a power loss (or kernel crash) loses
+the writes since the last fsync. Fault-injection tests need that loss on a SIGKILL, so with
+``lose_unsynced`` (``Engine.open(lose_unsynced=True)``, or ``KV_TEST_LOSE_UNSYNCED=1`` in
+the environment; never set it in production) and ``fsync`` everysec or no, a batch that
+would have been written with sync=False is instead *held in memory* — applied to the table
+and acknowledged exactly as before, so reads and read-modify-writes see it — and handed to
+LevelDB only by the next synced write: the periodic sync under everysec (one synced
+WriteBatch of every held batch, in order), or ``flush()``/``close()`` (under no, only those:
+the kernel's own writeback is not modelled, so the tail grows until then). A SIGKILL
+therefore loses exactly the acknowledged-but-un-synced tail, as a power loss would, and
+nothing older. Under always every batch is synced before its ack, so there is nothing to
+lose and the mode changes nothing. A failed synced write in this mode loses the held batches
+(already acknowledged, as a failed fsync would) and the engine refuses writes, as above.
 """
 
 from __future__ import annotations
@@ -54,7 +70,7 @@ from storage.errors import StorageError
 
 log = logging.getLogger("storage.engine")
 
-__all__ = ["FSYNC_POLICIES", "Engine", "EngineStats", "LoadStats"]
+__all__ = ["FSYNC_POLICIES", "LOSE_UNSYNCED_ENV", "Engine", "EngineStats", "LoadStats"]
 
 FSYNC_POLICIES: Final = ("always", "everysec", "no")
 
@@ -67,6 +83,7 @@ _LAYOUT_KEY: Final = _INTERNAL + b"layout"
 _LAYOUT: Final = b"1"
 _MAX_PARTITION: Final = 2**32 - 1
 _SYNC_INTERVAL_S: Final = 1.0
+LOSE_UNSYNCED_ENV: Final = "KV_TEST_LOSE_UNSYNCED"
 
 # Op tags of the pending list; each op carries what rollback needs to undo it.
 _OP_DATA: Final = 0  # (tag, partition, key, new record or None, old record or None)
@@ -105,6 +122,7 @@ class EngineStats:
     pending_ops: int
     fsync: str
     path: str
+    held_ops: int = 0  # acknowledged, not yet in LevelDB (lose_unsynced test mode only)
 
 
 @dataclass(slots=True, eq=False)
@@ -171,10 +189,13 @@ class Engine:
     load_stats: LoadStats
     snapshot_extra: dict[str, bytes]
 
-    def __init__(self, path: str, db: Any, fsync: str) -> None:
+    def __init__(self, path: str, db: Any, fsync: str, *, lose_unsynced: bool = False) -> None:
         # Use Engine.open; this only wires fields.
         self.path = path
         self.fsync = fsync
+        self.lose_unsynced = lose_unsynced and fsync != "always"
+        # Acknowledged batches not yet handed to LevelDB, oldest first (lose_unsynced only).
+        self._held: list[_Batch] = []
         self._db = db
         self._parts: dict[int, dict[bytes, bytes]] = {}
         self._meta: Any = SortedDict()
@@ -209,12 +230,16 @@ class Engine:
         create: bool = True,
         snapshot_dir: str | None = None,
         node_id: str | None = None,
+        lose_unsynced: bool | None = None,
     ) -> Engine:
         """Open (or create) the store at ``path`` and load its whole table into memory.
 
         With ``snapshot_dir`` and ``node_id`` the table comes from that node's shared-memory
         snapshot when every header field checks out against this LevelDB, else from LevelDB;
         ``load_stats.path`` and ``load_stats.reason`` say which and why.
+
+        ``lose_unsynced`` (default: ``KV_TEST_LOSE_UNSYNCED=1`` in the environment) turns on
+        the test-only power-loss fault mode described in the module docstring.
         """
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, got {fsync!r}")
@@ -233,7 +258,15 @@ class Engine:
             )
         except (plyvel.Error, OSError) as e:
             raise StorageError(f"storage: cannot open {path}: {_describe(e)}", path=path) from e
-        engine = cls(path, db, fsync)
+        if lose_unsynced is None:
+            lose_unsynced = os.environ.get(LOSE_UNSYNCED_ENV, "") == "1"
+        engine = cls(path, db, fsync, lose_unsynced=lose_unsynced)
+        if engine.lose_unsynced:
+            log.warning(
+                "storage: %s runs in the TEST fault mode %s=1: un-synced writes are held in "
+                "memory until the next sync and a SIGKILL loses them (as a power loss would)",
+                path, LOSE_UNSYNCED_ENV,
+            )
         try:
             engine._load_bookkeeping(create)
             source, reason = "leveldb", ""
@@ -326,7 +359,8 @@ class Engine:
 
     @property
     def position(self) -> int:
-        """Write sequence number of what LevelDB holds: +1 per data op of each committed batch."""
+        """Write sequence number of what LevelDB holds: +1 per data op of each committed batch
+        (in the lose_unsynced test mode: of what was acknowledged, held batches included)."""
         return self._position
 
     @property
@@ -361,6 +395,7 @@ class Engine:
         pending = len(self._pending.ops) if self._pending else 0
         if self._inflight:
             pending += len(self._inflight.ops)
+        held = sum(len(b.ops) for b in self._held)
         return EngineStats(
             keys=keys,
             bytes=nbytes,
@@ -371,6 +406,7 @@ class Engine:
             pending_ops=pending,
             fsync=self.fsync,
             path=self.path,
+            held_ops=held,
         )
 
     def meta_get(self, key: bytes) -> bytes | None:
@@ -614,8 +650,16 @@ class Engine:
         batch.sync = sync
         batch.position = self._issued_position + batch.data_ops
         batch.unsynced_gen = self._write_gen
+        if self.lose_unsynced and not sync:
+            # Acknowledge now, write at the next sync: a SIGKILL in between loses it, as a
+            # power loss loses what sat in the page cache.
+            self._issued_position = batch.position
+            self._held.append(batch)
+            self._commit(batch)
+            return
+        held, self._held = self._held, []
         try:
-            wb = self._build(batch, sync)
+            wb = self._build([*held, batch], sync)
         except Exception as e:  # e.g. the db was closed under us
             self._fail(batch, e)
             return
@@ -643,11 +687,14 @@ class Engine:
 
         cf.add_done_callback(done)
 
-    def _build(self, batch: _Batch, sync: bool) -> Any:
+    def _build(self, batches: list[_Batch], sync: bool) -> Any:
+        """One WriteBatch of the ops of ``batches`` in order (several only when held
+        batches of the lose_unsynced mode go out with a sync), ending at the last position."""
         wb = self._db.write_batch(sync=sync)
         put, delete = wb.put, wb.delete
         prefixes: dict[int, bytes] = {}
-        for tag, partition, key, new, old in batch.ops:
+        ops = batches[0].ops if len(batches) == 1 else [op for b in batches for op in b.ops]
+        for tag, partition, key, new, old in ops:
             if tag == _OP_DATA:
                 pre = prefixes.get(partition)
                 if pre is None:
@@ -665,8 +712,9 @@ class Engine:
                 pre = _prefix(partition)
                 for k in old:
                     delete(pre + k)
-        if batch.data_ops:
-            put(_POSITION_KEY, batch.position.to_bytes(8, "big"))
+        positions = [b.position for b in batches if b.data_ops]
+        if positions:
+            put(_POSITION_KEY, max(positions).to_bytes(8, "big"))
         return wb
 
     def _on_written(self, batch: _Batch, cf: concurrent.futures.Future[None]) -> None:
@@ -756,6 +804,11 @@ class Engine:
     def _sync_tick(self) -> None:
         self._sync_timer = None
         if self._closed or self._failed is not None or self._write_gen == self._synced_gen:
+            return
+        if self.lose_unsynced:
+            # The held tail reaches LevelDB only now, in one synced batch.
+            if self._held:
+                self._batch().sync = True
             return
         if self._log_sync is not None:
             self._arm_sync_timer()  # the previous fsync is still running (a slow disk)

@@ -14,6 +14,18 @@ by) a write whose value is accounted for. A put carries the context of the get b
 that is exactly the set of values it was allowed to replace. A read is *stale* when it misses
 a write that was acknowledged before the read began; stale reads are reported, not judged,
 since an eventually consistent store is allowed them.
+
+Deletes (blind adds of unique values, deletes with a read's context) are judged value by
+value. A delete's context is its read's, so it removes exactly the values that read
+``observed`` and nothing added later. Hence, at the end:
+
+    lost         an acked add that no delete observed (ok or info: an info delete may have
+                 taken effect), yet absent                                   -> invalid
+    resurrected  a value that an acked delete observed, yet present          -> invalid
+    recovered    an indeterminate add, present (and not resurrected)         -> fine
+
+An abandoned delete whose observed set is not on record may have removed any value whose
+add was invoked before the delete's completion; it is treated so (never as a loss).
 """
 
 from __future__ import annotations
@@ -29,13 +41,14 @@ __all__ = [
     "WORKLOADS",
     "availability",
     "check",
+    "check_deletes",
     "check_independent",
     "check_register",
     "check_set",
     "latency_quantiles",
 ]
 
-WORKLOADS = ("set", "register", "independent")
+WORKLOADS = ("set", "register", "independent", "deletes")
 _QUANTILES = (0.5, 0.9, 0.99, 0.999)
 _LIST_CAP = 1000
 
@@ -263,6 +276,104 @@ def check_independent(ops: Sequence[Op]) -> dict[str, Any]:
     }
 
 
+def check_deletes(ops: Sequence[Op]) -> dict[str, Any]:
+    """Adds must survive unless a delete observed them; acked-deleted values must stay gone."""
+    adds: dict[str | None, list[Op]] = defaultdict(list)
+    deletes: dict[str | None, list[Op]] = defaultdict(list)
+    reads: dict[str | None, list[Op]] = defaultdict(list)
+    for op in ops:
+        if is_final(op.process):
+            continue
+        if op.f == "add":
+            adds[op.key].append(op)
+        elif op.f == "delete":
+            deletes[op.key].append(op)
+        elif op.f == "read" and op.type == "ok":
+            reads[op.key].append(op)
+    finals = _final_reads(ops)
+    lost: list[dict[str, Any]] = []
+    resurrected: list[dict[str, Any]] = []
+    recovered: list[dict[str, Any]] = []
+    unexpected: list[dict[str, Any]] = []
+    revived: list[dict[str, Any]] = []
+    undecided: list[str | None] = []
+    resurrected_keys: set[str | None] = set()
+    reads_of_deleted = 0
+    for key in sorted(adds.keys() | deletes.keys() | reads.keys(), key=_sort_key):
+        as_, ds = adds.get(key, []), deletes.get(key, [])
+        attempted = {a.value for a in as_}
+        invoked_at = {a.value: a.invoke_time for a in as_}
+        # value -> completion time of the first acked delete that observed it
+        acked_delete: dict[Any, int] = {}
+        maybe_deleted: set[Any] = set()
+        for d in ds:
+            if d.type == "fail":
+                continue  # certainly never sent: it removed nothing
+            if "observed" in d.extra:
+                scope = set(_values(d.extra["observed"]))
+            else:
+                until = d.complete_time if d.complete_time is not None else math.inf
+                scope = {v for v, t in invoked_at.items() if t < until}
+            maybe_deleted |= scope
+            if d.type == "ok" and "observed" in d.extra:
+                for v in scope:
+                    t = d.complete_time or 0
+                    acked_delete[v] = min(acked_delete.get(v, t), t)
+        for r in reads.get(key, []):
+            seen = _values(r.result)
+            unexpected.extend({"key": key, "value": v, "read_time": r.invoke_time}
+                              for v in seen if v not in attempted)
+            reads_of_deleted += any(v in acked_delete and acked_delete[v] < r.invoke_time for v in seen)
+        if key not in finals:
+            if as_:
+                undecided.append(key)
+            continue
+        final = set(finals[key])
+        unexpected.extend({"key": key, "value": v} for v in final if v not in attempted)
+        for v in final & acked_delete.keys():
+            resurrected.append({"key": key, "value": v, "deleted_at_s": acked_delete[v] / 1e9})
+            resurrected_keys.add(key)
+        for a in as_:
+            present = a.value in final
+            if a.type == "ok" and not present and a.value not in maybe_deleted:
+                lost.append({"key": key, "value": a.value})
+            elif a.type == "info" and present and a.value not in acked_delete:
+                recovered.append({"key": key, "value": a.value})
+            elif a.type == "fail" and present:
+                revived.append({"key": key, "value": a.value})
+    all_adds = [a for v in adds.values() for a in v]
+    all_deletes = [d for v in deletes.values() for d in v]
+    acked = sum(1 for a in all_adds if a.type == "ok")
+    anomalies = len(lost) + len(resurrected) + len(unexpected) + len(revived)
+    return {
+        "valid": _verdict(decided=not undecided, anomalies=anomalies, acked=acked),
+        "final_read": not undecided,
+        "keys": len(adds.keys() | deletes.keys()),
+        "undecided_keys": _capped(k for k in undecided),
+        "attempted_count": len(all_adds),
+        "acknowledged_count": acked,
+        "failed_count": sum(1 for a in all_adds if a.type == "fail"),
+        "indeterminate_count": sum(1 for a in all_adds if a.type == "info"),
+        "deletes_acknowledged": sum(1 for d in all_deletes if d.type == "ok"),
+        "deletes_indeterminate": sum(1 for d in all_deletes if d.type == "info"),
+        "deletes_failed": sum(1 for d in all_deletes if d.type == "fail"),
+        "lost_count": len(lost),
+        "resurrected_count": len(resurrected),
+        "resurrected_keys": _capped(resurrected_keys),
+        "recovered_count": len(recovered),
+        "unexpected_count": len(unexpected),
+        "revived_count": len(revived),
+        "lost_fraction": (len(lost) / acked) if acked else 0.0,
+        "reads_ok": sum(len(v) for v in reads.values()),
+        "reads_of_deleted": reads_of_deleted,
+        "lost": lost[:_LIST_CAP],
+        "resurrected": resurrected[:_LIST_CAP],
+        "recovered": recovered[:_LIST_CAP],
+        "unexpected": unexpected[:_LIST_CAP],
+        "revived": revived[:_LIST_CAP],
+    }
+
+
 def _rate(counts: dict[str, int]) -> dict[str, Any]:
     total = counts["ok"] + counts["fail"] + counts["info"]
     return {**counts, "total": total, "availability": (counts["ok"] / total) if total else None}
@@ -325,7 +436,8 @@ def latency_quantiles(ops: Sequence[Op]) -> dict[str, dict[str, Any]]:
     return out
 
 
-_BY_WORKLOAD = {"set": check_set, "register": check_register, "independent": check_independent}
+_BY_WORKLOAD = {"set": check_set, "register": check_register, "independent": check_independent,
+                "deletes": check_deletes}
 
 
 def check(events: Sequence[Event], workload: str) -> dict[str, Any]:

@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, default=None, help="output folder (default store/<timestamp>/)")
     r.add_argument("--conflict", choices=("siblings", "lww"), default="siblings",
                    help="the cluster's conflict mode (default siblings)")
-    r.add_argument("--keys", type=int, default=16, help="register workload: number of keys (default 16)")
+    r.add_argument("--keys", type=int, default=16, help="register and deletes workloads: number of keys (default 16)")
     r.add_argument("--n-replicas", type=int, default=None, help="N (default min(3, nodes))")
     r.add_argument("--r", type=int, default=None, help="R (default min(2, N))")
     r.add_argument("--w", type=int, default=None, help="W (default min(2, N))")

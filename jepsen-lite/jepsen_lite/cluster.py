@@ -4,7 +4,9 @@ Each node runs in a session of its own, so a Ctrl-C at the terminal reaches the 
 and the harness decides how the nodes stop. A node's stderr goes to ``<dir>/<name>.log``
 (appended across restarts, each start marked). A clock-skewed node is started with
 libfaketime preloaded; only the wall clock is shifted (FAKETIME_DONT_FAKE_MONOTONIC), as
-with a real clock that is wrong, so timers keep running at the right pace.
+with a real clock that is wrong, so timers keep running at the right pace. A node started
+with ``lose_unsynced`` runs its storage engine in the test-only power-loss mode
+(``KV_TEST_LOSE_UNSYNCED=1``): a SIGKILL then loses what it acknowledged but had not fsynced.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import IO, Any
 from jepsen_lite.errors import HarnessError
 from kvstore.errors import KVError
 from kvstore.runtime.rpc import RpcClient
+from storage.engine import LOSE_UNSYNCED_ENV
 
 __all__ = ["Cluster", "Node", "find_kv", "find_libfaketime"]
 
@@ -64,8 +67,11 @@ class Node:
     proc: subprocess.Popen[bytes] | None = None
     paused: bool = False
     clock_offset_s: float = 0.0
+    lose_unsynced: bool = False
     starts: int = 0
     stopped_on_purpose: bool = False
+    # Asked to leave the ring: it exits by itself once handed off, which is no crash.
+    leaving: bool = False
     _log: IO[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -117,6 +123,9 @@ class Cluster:
 
     def _env(self, node: Node) -> dict[str, str]:
         env = dict(self.env)
+        env.pop(LOSE_UNSYNCED_ENV, None)  # only the nemesis decides which node may lose writes
+        if node.lose_unsynced:
+            env[LOSE_UNSYNCED_ENV] = "1"
         if node.clock_offset_s:
             if self.libfaketime is None:
                 raise HarnessError("clock nemesis needs libfaketime (install the faketime package)")
@@ -127,14 +136,17 @@ class Cluster:
         return env
 
     # ----------------------------------------------------------------- lifecycle
-    def start(self, node: Node, *, clock_offset_s: float = 0.0) -> None:
+    def start(self, node: Node, *, clock_offset_s: float = 0.0, lose_unsynced: bool = False) -> None:
         if node.running:
             raise HarnessError(f"{node.name} is already running")
         node.data_dir.parent.mkdir(parents=True, exist_ok=True)
         node.clock_offset_s = clock_offset_s
+        node.lose_unsynced = lose_unsynced
         if node._log is None:
             node._log = node.log_path.open("ab")
         note = f" under faketime {clock_offset_s:+.1f}s" if clock_offset_s else ""
+        if lose_unsynced:
+            note += f" with {LOSE_UNSYNCED_ENV}=1 (a SIGKILL loses un-synced writes)"
         node._log.write(f"--- jepsen-lite: start #{node.starts + 1}{note} ---\n".encode())
         node._log.flush()
         cmd = self._command(node)
@@ -207,9 +219,18 @@ class Cluster:
     def exited(self) -> list[Node]:
         """Nodes that died without the harness asking (a crash is a finding)."""
         return [n for n in self.nodes
-                if n.proc is not None and n.proc.poll() is not None and not n.stopped_on_purpose]
+                if n.proc is not None and n.proc.poll() is not None and not n.stopped_on_purpose
+                and not n.leaving]
 
     # ----------------------------------------------------------------- readiness
+    async def call(self, node: Node, method: str, params: list[Any], timeout_s: float = 5.0) -> Any:
+        """One RPC to one node; KVError when it fails."""
+        rpc = RpcClient(connect_timeout_s=timeout_s)
+        try:
+            return await rpc.call(node.addr, method, params, timeout_s)
+        finally:
+            await rpc.close()
+
     async def status(self, node: Node, timeout_s: float = 1.0) -> dict[str, Any] | None:
         rpc = RpcClient(connect_timeout_s=timeout_s)
         try:
@@ -224,6 +245,8 @@ class Cluster:
         deadline = time.monotonic() + (timeout_s or self.ready_timeout_s)
         while True:
             if node.proc is not None and node.proc.poll() is not None:
+                if node.leaving and node.proc.returncode == 0:
+                    return  # it finished leaving the ring while we waited
                 raise HarnessError(f"{node.name} exited with status {node.proc.returncode} while starting "
                                    f"(see {node.log_path})")
             st = await self.status(node)

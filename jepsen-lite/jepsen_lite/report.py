@@ -25,7 +25,8 @@ from jepsen_lite.history import Event, Op, Window, fault_windows, is_final, pair
 __all__ = ["write_report", "write_results"]
 
 OUTCOME_COLOURS = {"ok": "#2e8b57", "fail": "#d62728", "info": "#ff9f1c"}
-FAULT_COLOURS = {"partition": "#9467bd", "kill": "#d62728", "pause": "#1f77b4", "clock": "#8c564b"}
+FAULT_COLOURS = {"partition": "#9467bd", "kill": "#d62728", "pause": "#1f77b4", "clock": "#8c564b",
+                 "lose-unsynced": "#e377c2", "ring": "#17becf"}
 
 
 def write_results(out_dir: Path, results: dict[str, Any]) -> Path:
@@ -133,14 +134,17 @@ def write_report(out_dir: Path, events: Sequence[Event], results: dict[str, Any]
     windows = fault_windows(events, end_time=end)
     valid = results.get("valid")
     cls = "valid" if valid is True else "invalid" if valid is False else "unknown"
-    word = {"valid": "VALID: nothing acknowledged was lost", "invalid": "INVALID",
+    word = {"valid": "VALID: nothing acknowledged was lost"
+                     + (" and nothing deleted came back" if results.get("workload") == "deletes" else ""),
+            "invalid": "INVALID",
             "unknown": "UNKNOWN: the history cannot decide"}[cls]
     w = results.get("workload_result", {})
     run = results.get("run", {})
 
     count_rows = [(k.removesuffix("_count"), v) for k, v in w.items() if k.endswith("_count")]
     count_rows.append(("lost fraction", _pct(w.get("lost_fraction"))))
-    for k in ("reads_ok", "stale_reads", "read_your_writes_violations"):
+    for k in ("reads_ok", "stale_reads", "read_your_writes_violations", "reads_of_deleted",
+              "deletes_acknowledged", "deletes_indeterminate", "deletes_failed"):
         if k in w:
             count_rows.append((k, w[k]))
     if "stale_fraction" in w:
@@ -164,7 +168,7 @@ def write_report(out_dir: Path, events: Sequence[Event], results: dict[str, Any]
         "<h2>Checker</h2>",
         _table(count_rows, ("outcome", "count")),
     ]
-    for name in ("lost", "unexpected", "revived", "recovered"):
+    for name in ("lost", "resurrected", "unexpected", "revived", "recovered"):
         items = w.get(name) or []
         if items:
             shown = ", ".join(html.escape(json.dumps(x)) for x in items[:200])

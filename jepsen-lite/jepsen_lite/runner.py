@@ -45,6 +45,15 @@ EXIT = {"valid": 0, "invalid": 1, "usage": 2, "unknown": 3, "harness": 4, "abort
 # Failure detection tuned for one machine (as `kv cluster up` does); --node-opt overrides.
 LOCAL_TIMINGS = {"probe_interval_s": 0.2, "probe_timeout_s": 0.1, "push_pull_interval_s": 5.0}
 
+# The deletes workload wants tombstones collected, and anti-entropy run, many times within a
+# run: a grace of seconds, not an hour. Hints must expire before the grace does (a hint
+# delivered after its key's tombstone was collected would bring the value back), so their
+# age limit is shorter still. --node-opt overrides any of these.
+DELETES_SETTINGS = {"tombstone_grace_s": 5.0, "hint_max_age_s": 2.0, "aae_interval_s": 1.0}
+# The ring nemesis wants handed-off partitions dropped soon after each change commits, so a
+# restart right after a change meets the drop as well as the handoff.
+RING_SETTINGS = {"handoff_drop_delay_s": 2.0}
+
 
 @dataclass
 class RunConfig:
@@ -188,6 +197,8 @@ async def run(cfg: RunConfig) -> int:
         "w": cfg.w or min(2, n),
         "conflict": cfg.conflict,
         "snapshot_dir": str(shm),
+        **(DELETES_SETTINGS if cfg.workload == "deletes" else {}),
+        **(RING_SETTINGS if "ring" in cfg.nemeses else {}),
         **cfg.node_opts,
     }
     cluster = Cluster(_addresses(cfg), out / "nodes", settings=node_settings, kv_cmd=cfg.kv_cmd)
@@ -386,10 +397,16 @@ def _summary(progress: Progress, results: dict[str, Any], out: Path) -> None:
         f"verdict: {word.upper()}",
         f"acknowledged {w.get('acknowledged_count', 0)}, lost {w.get('lost_count', 0)}"
         f" ({100 * w.get('lost_fraction', 0):.1f}%), recovered {w.get('recovered_count', 0)},"
-        f" unexpected {w.get('unexpected_count', 0)}, revived {w.get('revived_count', 0)}",
+        f" unexpected {w.get('unexpected_count', 0)}, revived {w.get('revived_count', 0)}"
+        + (f", resurrected {w['resurrected_count']} (keys {w.get('resurrected_keys', [])[:10]})"
+           if "resurrected_count" in w else ""),
         f"availability {'-' if av is None else f'{100 * av:.1f}%'} over {results['ops']} ops,"
         f" {results['faults']} fault(s)",
     ]
+    if "deletes_acknowledged" in w:
+        lines.append(f"deletes acknowledged {w['deletes_acknowledged']}, indeterminate"
+                     f" {w['deletes_indeterminate']}, failed {w['deletes_failed']};"
+                     f" reads that saw an acked-deleted value {w['reads_of_deleted']} of {w['reads_ok']}")
     if "stale_reads" in w:
         lines.append(f"stale reads {w['stale_reads']} of {w['reads_ok']}, read-your-writes violations"
                      f" {w['read_your_writes_violations']}")

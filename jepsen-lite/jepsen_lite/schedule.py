@@ -5,6 +5,18 @@ its last fault ``tail_s`` before the end so the final read meets a whole cluster
 drawn round-robin over a shuffled list of the enabled nemeses, so a short run still sees each
 kind once before any repeats.
 
+Besides partitions, kills, pauses and clock skew:
+
+    lose-unsynced    a node restarted (gracefully) with the storage engine's test-only
+                     power-loss mode on, left to take writes for ``delay_s``, then SIGKILLed:
+                     it loses exactly what it had acknowledged but not yet fsynced; the heal
+                     restarts it normally
+    ring             a ring change with a crash right after it: one node is asked to leave,
+                     and ``delay_s`` later a node (``restart``: the leaver itself half the
+                     time, else another) is SIGKILLed and restarted, while partitions are
+                     being handed off; the heal rejoins the leaver (a join) and crash-restarts
+                     the same node the same ``delay_s`` after that
+
 Partitions are sets of directed links ``(src, dst)`` whose packets are dropped (Jepsen's
 "grudges"); node indices are 0-based. The shapes:
 
@@ -33,10 +45,15 @@ __all__ = [
     "make_schedule",
 ]
 
-NEMESES = ("partition", "kill", "pause", "clock")
+# New kinds go at the end: the order fixes the draws, so old schedules stay as they were.
+NEMESES = ("partition", "kill", "pause", "clock", "lose-unsynced", "ring")
 PARTITIONS = ("halves", "isolate", "majority", "majorities-ring", "bridge")
 
 Link = tuple[int, int]
+
+# How soon after a ring change (leave, join) the ring nemesis crash-restarts a node: within
+# the first seconds, while partitions are being handed off or just dropped.
+RING_RESTART_S = (0.2, 3.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +89,8 @@ class Fault:
     shape: str = ""
     cuts: frozenset[Link] = field(default_factory=frozenset)
     clock_offset_s: float = 0.0
+    delay_s: float = 0.0
+    restart: tuple[int, ...] = ()
 
     @property
     def label(self) -> str:
@@ -80,6 +99,11 @@ class Fault:
         names = ",".join(f"n{i + 1}" for i in self.nodes)
         if self.kind == "clock":
             return f"clock {names} {self.clock_offset_s:+.0f}s"
+        if self.kind == "lose-unsynced":
+            return f"lose-unsynced {names} after {self.delay_s:.1f}s"
+        if self.kind == "ring":
+            again = ",".join(f"n{i + 1}" for i in self.restart)
+            return f"ring {names} leave+join, restart {again} +{self.delay_s:.1f}s"
         return f"{self.kind} {names}"
 
     def to_json(self) -> dict[str, Any]:
@@ -93,6 +117,8 @@ class Fault:
             "shape": self.shape,
             "cuts": sorted([list(c) for c in self.cuts]),
             "clock_offset_s": self.clock_offset_s,
+            "delay_s": self.delay_s,
+            "restart": list(self.restart),
         }
 
 
@@ -177,8 +203,9 @@ def make_schedule(
         if k not in NEMESES:
             raise ValueError(f"unknown nemesis {k!r}; choose from {', '.join(NEMESES)}")
     kinds = sorted(set(nemeses), key=NEMESES.index)
-    if "partition" in kinds and n_nodes < 2:
-        kinds.remove("partition")
+    for needs_two in ("partition", "ring"):
+        if needs_two in kinds and n_nodes < 2:
+            kinds.remove(needs_two)
     if not kinds or n_nodes < 1:
         return []
     rng = random.Random(f"jepsen-lite schedule {seed}")
@@ -201,6 +228,16 @@ def make_schedule(
         elif kind == "clock":
             faults.append(Fault(fid, kind, now, end, nodes=_targets(n_nodes, rng)[:1],
                                 clock_offset_s=_clock_offset(t, rng)))
+        elif kind == "lose-unsynced":
+            # Long enough under load to hold an un-synced tail and to have synced before.
+            delay = round(rng.uniform(1.0, max(1.0, min(5.0, duration / 2))), 2)
+            faults.append(Fault(fid, kind, now, end, nodes=_targets(n_nodes, rng), delay_s=delay))
+        elif kind == "ring":
+            leaver = rng.randrange(n_nodes)
+            others = [i for i in range(n_nodes) if i != leaver]
+            again = leaver if rng.random() < 0.5 else rng.choice(others)
+            delay = round(rng.uniform(RING_RESTART_S[0], RING_RESTART_S[1]), 2)
+            faults.append(Fault(fid, kind, now, end, nodes=(leaver,), delay_s=delay, restart=(again,)))
         else:
             faults.append(Fault(fid, kind, now, end, nodes=_targets(n_nodes, rng)))
         now = end + rng.uniform(t.heal_min_s, t.heal_max_s)

@@ -5,6 +5,10 @@
     register     many keys; writes are read-modify-write with a unique value (the context of
                  the read says which values the write replaces), reads are plain gets.
     independent  each op writes a fresh key once, blind (no context).
+    deletes      a few keys; each op adds a unique value blindly (put without context, so it
+                 becomes a sibling of what is there), reads, or deletes with the context of a
+                 read, recording the values that read saw (exactly what the delete removes).
+                 Keys are deleted and re-added over and over while tombstones are collected.
 
 Outcome of a write as the client sees it: ``ok`` when acked; ``fail`` only when it certainly
 was not stored (its read failed so it was never sent, the request was refused as invalid, or
@@ -85,14 +89,23 @@ class Ctx:
     rng: random.Random
     pending: Event | None = None
 
+    notes: dict[str, Any] | None = None
+
     def invoke(self, f: str, key: str, value: Any = None) -> Event:
+        self.notes = None
         self.pending = self.history.invoke(self.process, f, key=key, value=value, client=self.client_id)
         return self.pending
 
+    def note(self, **kw: Any) -> None:
+        """Facts about the operation in flight that its completion must carry even if it is
+        abandoned (e.g. what a delete's read saw, hence what the delete may remove)."""
+        self.notes = {**(self.notes or {}), **kw}
+
     def complete(self, type_: str, **kw: Any) -> str:
         assert self.pending is not None
-        self.history.complete(self.pending, type_, **kw)
+        self.history.complete(self.pending, type_, **{**(self.notes or {}), **kw})
         self.pending = None
+        self.notes = None
         return type_
 
     def abandon(self, reason: str) -> bool:
@@ -239,7 +252,59 @@ class IndependentWorkload:
         return list(self.attempted)
 
 
-WORKLOADS = ("set", "register", "independent")
+class DeletesWorkload:
+    """Adds (blind puts of unique values), reads, and deletes with a read's context.
+
+    A delete's completion carries ``observed``: the values its read returned. The delete
+    covers exactly those (its context is that read's), so the checker knows which acked adds
+    it was allowed to remove, and that every add it did not observe must outlive it.
+    """
+
+    name = "deletes"
+
+    def __init__(self, counter: Counter, keys: int = 8, add_fraction: float = 0.5,
+                 delete_fraction: float = 0.25) -> None:
+        self.counter = counter
+        self.keys = [f"del-{i}" for i in range(keys)]
+        self.add_fraction = add_fraction
+        self.delete_fraction = delete_fraction
+
+    async def step(self, c: AsyncClient, ctx: Ctx) -> str:
+        key = ctx.rng.choice(self.keys)
+        x = ctx.rng.random()
+        if x < self.add_fraction:
+            v = self.counter.next()
+            ctx.invoke("add", key, v)
+            try:
+                await c.put(key, str(v))  # no context: a sibling of whatever is there
+            except KVError as e:
+                return ctx.complete(write_outcome(e), error=_err(e))
+            return ctx.complete("ok")
+        if x < self.add_fraction + self.delete_fraction:
+            ctx.invoke("delete", key)
+            try:
+                res = await c.get(key)
+            except KVError as e:
+                return ctx.complete("fail", error="read: " + _err(e), observed=[])
+            # Noted before sending: an abandoned delete must still say what it may remove.
+            ctx.note(observed=_union(res.values))
+            try:
+                await c.delete(key, context=res.context)
+            except KVError as e:
+                return ctx.complete(write_outcome(e), error=_err(e))
+            return ctx.complete("ok")
+        ctx.invoke("read", key)
+        try:
+            res = await c.get(key)
+        except KVError as e:
+            return ctx.complete("fail", error=_err(e))
+        return ctx.complete("ok", value=_union(res.values))
+
+    def final_keys(self) -> list[str]:
+        return list(self.keys)
+
+
+WORKLOADS = ("set", "register", "independent", "deletes")
 
 
 def make_workload(name: str, counter: Counter, *, keys: int = 16) -> Workload:
@@ -249,4 +314,6 @@ def make_workload(name: str, counter: Counter, *, keys: int = 16) -> Workload:
         return RegisterWorkload(counter, keys=keys)
     if name == "independent":
         return IndependentWorkload(counter)
+    if name == "deletes":
+        return DeletesWorkload(counter, keys=keys)
     raise ValueError(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}")

@@ -224,6 +224,64 @@ def test_smoke_run_partition_and_kill_is_valid(tmp_path: Path) -> None:
     print(f"smoke run took {elapsed:.0f}s")
 
 
+@pytest.mark.timeout(300)
+def test_smoke_deletes_with_lose_unsynced_and_ring_changes(tmp_path: Path) -> None:
+    """The deletes workload under the power-loss and ring-change nemeses, end to end. The
+    verdict may be either (the store may really lose or resurrect something); what must hold
+    is that the run decided it, that every fault really happened, and that an invalid verdict
+    names what it found."""
+    out = tmp_path / "run"
+    res = subprocess.run(
+        harness(out, "--nodes", "4", "--workload", "deletes", "--nemesis", "lose-unsynced,ring",
+                "--time", "40", "--concurrency", "4", "--rate", "30", "--keys", "6", "--seed", "3",
+                "--fault-s", "8:10", "--heal-s", "2:4", "--settle", "8", "--final-timeout", "60"),
+        env=harness_env(), capture_output=True, text=True, timeout=280,
+    )
+    results = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
+    w = results.get("workload_result", {})
+    counts = {k: v for k, v in w.items() if not isinstance(v, list)}
+    assert res.returncode in (0, 1), f"exit {res.returncode}; checker: {counts}\n{res.stderr[-3000:]}"
+    assert results["valid"] is (res.returncode == 0)
+    if results["valid"] is False:
+        found = w["lost_count"] + w["resurrected_count"] + w["unexpected_count"] + w["revived_count"]
+        assert found > 0 and (w["lost"] or w["resurrected"] or w["unexpected"] or w["revived"])
+    print(f"deletes smoke: valid={results['valid']} {counts}")
+    assert not results["nemesis_errors"], results["nemesis_errors"]
+    assert not results["node_crashes"], results["node_crashes"]
+    assert not results["unreadable_keys"]
+    schedule = results["schedule"]
+    assert {f["kind"] for f in schedule} == {"lose-unsynced", "ring"}
+    assert w["acknowledged_count"] > 0 and w["deletes_acknowledged"] > 0
+
+    events = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    # A key re-added blindly after an acked delete of it (what the workload is for).
+    deleted_at: dict[str, int] = {}
+    readded = 0
+    for e in events:
+        if isinstance(e["process"], int) and e["type"] == "ok":
+            if e["f"] == "delete":
+                deleted_at.setdefault(e["key"], e["time"])
+            elif e["f"] == "add" and e["key"] in deleted_at:
+                readded += 1
+    assert readded > 0
+    finals = {e["key"] for e in events if str(e["process"]).startswith("final") and e["type"] == "ok"}
+    assert finals == {f"del-{i}" for i in range(6)}, "every key read at R=N after healing"
+
+    logs = {p.stem: p.read_text(errors="replace") for p in (out / "nodes").glob("n*.log")}
+    for f in schedule:
+        if f["kind"] == "lose-unsynced":
+            for i in f["nodes"]:
+                log = logs[f"n{i + 1}"]
+                assert "with KV_TEST_LOSE_UNSYNCED=1" in log and "TEST fault mode" in log
+        if f["kind"] == "ring":
+            log = logs[f"n{f['nodes'][0] + 1}"]
+            left = log.index("has left the ring")
+            assert "joined the cluster" in log[left:], "the leaver must have joined again"
+    # Only the nemesis's targets ever ran in the power-loss mode.
+    targets = {f"n{i + 1}" for f in schedule if f["kind"] == "lose-unsynced" for i in f["nodes"]}
+    assert {n for n, log in logs.items() if "KV_TEST_LOSE_UNSYNCED=1" in log} == targets
+
+
 def _start_and_wait_for_test_phase(out: Path, reaper: list[subprocess.Popen[bytes]]) -> tuple[subprocess.Popen[bytes], str]:
     p = subprocess.Popen(
         harness(out, "--nodes", "3", "--workload", "independent", "--nemesis", "partition", "--time", "120",

@@ -241,6 +241,119 @@ def test_independent_revived_and_unexpected() -> None:
     assert w["revived_count"] == 1 and w["unexpected_count"] == 1 and w["valid"] is False
 
 
+# ---------------------------------------------------------------------- deletes
+
+
+def dele(h: H, t: float, p: int, observed: list[int] | None, outcome: str, key: str = "k",
+         dt: float = 0.1) -> H:
+    """A delete whose read saw ``observed`` (None: abandoned with nothing on record)."""
+    h.inv(t, p, "delete", key=key)
+    extra = {} if observed is None else {"observed": observed}
+    return h.done(t + dt, p, outcome, "delete", key=key, **extra)
+
+
+def deletes(h: H) -> dict[str, Any]:
+    return check(h.events, "deletes")
+
+
+def test_deletes_add_delete_readd_is_valid() -> None:
+    h = H().add(0, 0, 1, "ok").add(0.5, 1, 2, "ok")
+    dele(h, 1, 0, [1, 2], "ok")
+    h.add(2, 1, 3, "ok")  # re-added blindly after the delete
+    r = deletes(h.final(9, [3]))
+    w = r["workload_result"]
+    assert r["valid"] is True
+    assert (w["acknowledged_count"], w["deletes_acknowledged"]) == (3, 1)
+    assert w["lost_count"] == w["resurrected_count"] == 0
+
+
+def test_deletes_lost_acked_write_is_invalid() -> None:
+    # Value 2 was acked after the delete's read (the delete did not observe it): it must live.
+    h = H().add(0, 0, 1, "ok")
+    dele(h, 1, 0, [1], "ok")
+    h.add(1.05, 1, 2, "ok")
+    r = deletes(h.final(9, []))
+    w = r["workload_result"]
+    assert r["valid"] is False
+    assert w["lost"] == [{"key": "k", "value": 2}]
+    assert w["resurrected_count"] == 0
+
+
+def test_deletes_write_acked_before_a_delete_that_missed_it_must_survive() -> None:
+    # The delete's read came after 2 was acked but did not see it (a stale read): its
+    # context does not cover 2, so 2 must survive even though it is older than the delete.
+    h = H().add(0, 0, 1, "ok").add(0, 1, 2, "ok")
+    dele(h, 1, 0, [1], "ok")
+    r = deletes(h.final(9, []))
+    assert r["valid"] is False and r["workload_result"]["lost"] == [{"key": "k", "value": 2}]
+
+
+def test_deletes_resurrection_is_invalid() -> None:
+    # Deleted with the context of a read that saw 1, never re-added: 1 back at the end.
+    h = H().add(0, 0, 1, "ok")
+    dele(h, 1, 0, [1], "ok")
+    r = deletes(h.final(9, [1]))
+    w = r["workload_result"]
+    assert r["valid"] is False
+    assert w["resurrected_count"] == 1 and w["resurrected_keys"] == ["k"]
+    assert w["resurrected"][0]["value"] == 1 and w["lost_count"] == 0
+
+
+def test_deletes_resurrection_of_an_indeterminate_add_is_invalid_too() -> None:
+    # Whether or not its add was acked, a value an acked delete observed must stay gone.
+    h = H().add(0, 0, 1, "info")
+    dele(h, 1, 1, [1], "ok")
+    r = deletes(h.final(9, [1]))
+    assert r["valid"] is False and r["workload_result"]["resurrected_count"] == 1
+
+
+def test_deletes_unknown_outcomes_may_go_either_way() -> None:
+    for final in ([], [1], [2], [1, 2], [3], [1, 3]):
+        h = H().add(0, 0, 1, "ok")
+        dele(h, 1, 0, [1], "info")  # may or may not have removed 1
+        h.add(2, 1, 2, "info")  # may or may not be there
+        h.add(2, 2, 3, "ok")
+        dele(h, 3, 2, None, "info")  # abandoned with its read unknown: may have removed 3
+        h.add(5, 3, 4, "ok")  # invoked after that delete ended: must be there
+        r = deletes(h.final(9, [*final, 4]))
+        assert r["valid"] is True, (final, r["workload_result"])
+        assert r["workload_result"]["recovered_count"] == (2 in final)
+    h = H().add(0, 0, 1, "ok")
+    dele(h, 3, 2, None, "info")
+    h.add(5, 3, 4, "ok")
+    r = deletes(h.final(9, [1]))
+    assert r["valid"] is False and r["workload_result"]["lost"] == [{"key": "k", "value": 4}]
+
+
+def test_deletes_failed_delete_removes_nothing_and_failed_add_must_not_appear() -> None:
+    h = H().add(0, 0, 1, "ok")
+    dele(h, 1, 0, [], "fail")  # its read failed: never sent
+    r = deletes(h.final(9, []))
+    assert r["valid"] is False and r["workload_result"]["lost_count"] == 1
+    h = H().add(0, 0, 1, "ok").add(1, 1, 2, "fail")
+    r = deletes(h.final(9, [1, 2]))
+    assert r["valid"] is False and r["workload_result"]["revived_count"] == 1
+    r = deletes(H().add(0, 0, 1, "ok").final(9, [1, 77]))
+    assert r["valid"] is False and r["workload_result"]["unexpected_count"] == 1
+
+
+def test_deletes_keys_are_judged_apart_and_a_missing_final_read_is_unknown() -> None:
+    h = H().add(0, 0, 1, "ok").add(0, 1, 2, "ok")
+    h.inv(0, 2, "add", 3, key="j").done(0.1, 2, "ok", "add", 3, key="j")
+    dele(h, 1, 0, [1], "ok")
+    r = deletes(h.final(9, [2]).final(10, [3], key="j"))
+    assert r["valid"] is True and r["workload_result"]["keys"] == 2
+    assert deletes(H().add(0, 0, 1, "ok").final(9, [1], key="j"))["valid"] == "unknown"
+
+
+def test_deletes_read_of_a_deleted_value_is_counted_not_judged() -> None:
+    h = H().add(0, 0, 1, "ok")
+    dele(h, 1, 0, [1], "ok")
+    h.inv(2, 1, "read").done(2.1, 1, "ok", "read", [1])
+    r = deletes(h.final(9, []))
+    assert r["valid"] is True and r["workload_result"]["reads_of_deleted"] == 1
+
+
 # ------------------------------------------------------- availability, latency
 
 

@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "jepsen-lite"))
 from jepsen_lite.schedule import (
     NEMESES,
     PARTITIONS,
+    RING_RESTART_S,
     Timing,
     components_cut,
     make_partition,
@@ -75,6 +76,48 @@ def test_clock_offsets_in_range() -> None:
     for f in plan:
         assert 2 <= abs(f.clock_offset_s) <= 300
         assert len(f.nodes) == 1
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_ring_changes_restart_a_node_soon_after(seed: int) -> None:
+    plan = make_schedule(seed, 5, ["ring"], 600)
+    assert plan and {f.kind for f in plan} == {"ring"}
+    for f in plan:
+        assert len(f.nodes) == 1 and len(f.restart) == 1
+        assert all(0 <= i < 5 for i in (*f.nodes, *f.restart))
+        assert RING_RESTART_S[0] <= f.delay_s <= RING_RESTART_S[1]
+        assert f.to_json()["restart"] == list(f.restart) and "leave+join" in f.label
+    # Half the time the leaver itself restarts (mid-handoff of its own partitions).
+    leavers = [f.restart == f.nodes for s in range(20) for f in make_schedule(s, 5, ["ring"], 600)]
+    assert any(leavers) and not all(leavers)
+
+
+def test_ring_needs_two_nodes() -> None:
+    assert make_schedule(1, 1, ["ring"], 300) == []
+    assert {f.kind for f in make_schedule(1, 1, ["ring", "kill"], 300)} == {"kill"}
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_lose_unsynced_kills_a_minority_within_the_fault(seed: int) -> None:
+    t = Timing()
+    plan = make_schedule(seed, 5, ["lose-unsynced"], 400, t)
+    assert plan
+    for f in plan:
+        assert 1 <= len(f.nodes) <= 2
+        assert 1.0 <= f.delay_s <= max(1.0, (f.end_s - f.start_s) / 2)
+        assert f.label.startswith("lose-unsynced n")
+
+
+def test_new_kinds_leave_the_old_plans_alone() -> None:
+    # Seed 7 with the four old kinds, as the README's runs used it before lose-unsynced and
+    # ring existed (taken from that code): the new kinds must not shift any draw.
+    old = ["partition", "kill", "pause", "clock"]
+    plan = make_schedule(7, 5, old, 300)
+    assert [(f.label, round(f.start_s, 3)) for f in plan[:4]] == [
+        ("partition majority", 12.424), ("pause n4", 51.748), ("clock n1 +51s", 94.745),
+        ("kill n1,n4", 123.554),
+    ]
+    assert all(f.delay_s == 0.0 and f.restart == () for f in plan)
 
 
 def test_too_short_a_run_has_no_faults() -> None:
