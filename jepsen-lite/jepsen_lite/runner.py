@@ -49,7 +49,7 @@ LOCAL_TIMINGS = {"probe_interval_s": 0.2, "probe_timeout_s": 0.1, "push_pull_int
 # run: a grace of seconds, not an hour. Hints must expire before the grace does (a hint
 # delivered after its key's tombstone was collected would bring the value back), so their
 # age limit is shorter still. --node-opt overrides any of these.
-DELETES_SETTINGS = {"tombstone_grace_s": 5.0, "hint_max_age_s": 2.0, "aae_interval_s": 1.0}
+DELETES_SETTINGS = {"tombstone_grace_s": 5.0, "hint_max_age_s": 2.0, "max_clock_skew_s": 1.0, "aae_interval_s": 1.0}
 # The ring nemesis wants handed-off partitions dropped soon after each change commits, so a
 # restart right after a change meets the drop as well as the handoff.
 RING_SETTINGS = {"handoff_drop_delay_s": 2.0}

@@ -16,6 +16,7 @@ from enum import Enum
 
 from kvstore.core import vclock
 from kvstore.core.vclock import Obj
+from kvstore.errors import DotConflict
 
 
 class Status(Enum):
@@ -191,8 +192,16 @@ class ReadQuorum(_Quorum):
     def on_reply(self, node: str, obj: Obj | None) -> Status:
         if node in self.replies or node in self.failed:
             return self.status
+        try:
+            merged = vclock.sync(self.merged, obj)
+        except DotConflict:
+            # Two versions under one dot: answering with either would hide an acknowledged
+            # write, so the read fails and says why (the replicas keep both).
+            self.failed[node] = DotConflict.code
+            self.status = Status.UNAVAILABLE
+            return self.status
         self.replies[node] = obj
-        self.merged = vclock.sync(self.merged, obj)
+        self.merged = merged
         return self._decide()
 
     def repairs(self) -> list[tuple[str, Obj]]:

@@ -17,6 +17,7 @@ import msgpack
 
 from kvstore.core import vclock
 from kvstore.core.vclock import Obj
+from kvstore.errors import DotConflict
 from storage.engine import Engine
 
 # Called after each stored change: (partition, key, old, new) — Merkle trees hook in here.
@@ -116,7 +117,11 @@ class Replica:
 
     def _merge(self, partition: int, key: bytes, incoming: Obj) -> tuple[Obj, asyncio.Future[None] | None]:
         local = self.read(partition, key)
-        merged = vclock.sync(local, incoming)
+        try:
+            merged = vclock.sync(local, incoming)
+        except DotConflict as e:
+            log.error("partition %d key %r: %s; both versions kept as they are", partition, key[:64], e)
+            raise
         if self.lww:
             merged = vclock.lww(merged)
         if merged == local:

@@ -120,3 +120,11 @@ def test_write_outcome_is_monotone_and_consistent(events: list[tuple[str, bool]]
         assert wq.acks >= w
     if wq.status is Status.UNAVAILABLE:
         assert len(wq.failed) > len(PREF) - w
+
+
+def test_read_fails_loudly_on_a_dot_minted_twice() -> None:
+    rq = ReadQuorum(targets(*PREF), 2, 10.0)
+    assert rq.on_reply("a", vclock.update(None, {}, b"x", "n~1", 1)) is Status.PENDING
+    assert rq.on_reply("b", vclock.update(None, {}, b"y", "n~1", 2)) is Status.UNAVAILABLE
+    assert "dot_conflict" in rq.explain()
+    assert rq.merged is not None and vclock.values(rq.merged) == [b"x"]

@@ -229,3 +229,29 @@ def test_new_dot_is_beyond_the_context_even_without_local_state() -> None:
     o2 = vc.update(older, {"a": 7}, b"y", "a", 2)
     assert o2.siblings[0].dot == Dot("a", 8)
     assert vc.values(o2) == [b"y"]
+
+
+def test_a_dot_minted_twice_with_different_values_is_refused_not_picked() -> None:
+    from kvstore.errors import DotConflict
+
+    a = vc.update(None, {}, b"acked", "n1~e", 1)
+    b = vc.update(None, {}, b"other", "n1~e", 2)  # the same dot (n1~e, 1), another value
+    assert a.siblings[0].dot == b.siblings[0].dot
+    with pytest.raises(DotConflict):
+        vc.sync(a, b)
+    with pytest.raises(DotConflict):
+        vc.sync(b, a)
+    assert vc.sync(a, a) == a
+
+
+def test_the_counter_floor_keeps_a_blind_write_after_collection_out_of_an_old_tombstone() -> None:
+    """KV679: the coordinator forgot the key (its tombstone was collected) but an old copy of
+    the tombstone survived elsewhere; the new blind write must not be covered by it."""
+    v1 = vc.update(None, {}, b"v1", "n1~e", 1)
+    tomb = vc.update(v1, vc.context_of(v1), None, "n1~e", 2)
+    floor = tomb.vv["n1~e"]  # the highest counter n1~e ever minted
+    without = vc.update(None, {}, b"v2", "n1~e", 3)
+    assert vc.values(vc.sync(tomb, without)) == []  # the old bug: the write vanishes
+    v2 = vc.update(None, {}, b"v2", "n1~e", 3, floor)
+    assert vc.values(vc.sync(tomb, v2)) == [b"v2"]
+    assert vc.values(vc.sync(v2, tomb)) == [b"v2"]
