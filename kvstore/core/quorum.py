@@ -122,6 +122,10 @@ class _Quorum:
                     self.status = Status.UNAVAILABLE
         return self.status
 
+    def decide(self) -> Status:
+        """The status after the targets were set (a plan with too few of them fails at once)."""
+        return self._decide()
+
     def on_error(self, node: str, reason: str) -> Status:
         if not self._succeeded(node):
             self.failed[node] = reason

@@ -1,8 +1,9 @@
 """Coordination of get/put/delete: handle-or-forward, quorum fan-out, read repair.
 
-The decisions (who to ask, when a request is done, who needs repair) are the pure machines
-of kvstore.core.quorum; this module only does the I/O around them: local reads and writes
-through the Replica, calls to peers through the RPC client, timers on the event loop.
+The decisions (who to ask, stand-ins, hints, when a request is done, who needs repair) are
+the pure request machines of kvstore.core.request; this module only carries out their
+effects: local reads and writes through the Replica, calls to peers through the RPC client,
+one deadline timer per request on the event loop.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import Any
 
 from kvstore.config import Settings
 from kvstore.core import messages as m
-from kvstore.core import quorum, vclock
-from kvstore.core.quorum import ReadQuorum, Status, WriteQuorum, next_stand_in
+from kvstore.core import vclock
+from kvstore.core.request import GET, ReadRequest, Ready, Repair, WriteRequest
 from kvstore.core.ring import Ring, partition_of
 from kvstore.core.vclock import Obj
 from kvstore.errors import KVError, Timeout, Unavailable, Unreachable
@@ -128,9 +129,6 @@ class Coordinator:
         return self._write(key, None, raw_ctx, raw_opts, m.FWD_DELETE, forwarded)
 
     # ------------------------------------------------------------------ internals
-    def _plan(self, pref: tuple[str, ...], fallbacks: tuple[str, ...], sloppy: bool) -> quorum.Plan:
-        return quorum.plan(pref, fallbacks, self.view.is_up, sloppy=sloppy)
-
     def _write(
         self, key: bytes, value: bytes | None, raw_ctx: Any, raw_opts: Any, fwd: str, forwarded: bool
     ) -> Awaitable[dict[str, Any]]:
@@ -162,17 +160,6 @@ class Coordinator:
     def _coordinate_write(
         self, ring: Ring, p: int, pref: tuple[str, ...], key: bytes, value: bytes | None, ctx: vclock.VV, opts: m.Options
     ) -> asyncio.Future[dict[str, Any]]:
-        loop = asyncio.get_running_loop()
-        w = opts.quorum or self.s.w
-        timeout = opts.timeout_s or self.s.request_timeout_s
-        deadline = loop.time() + timeout
-        hinting = self.on_hinted is not None
-        sloppy = hinting and not opts.strict
-        fallbacks = ring.fallbacks(p, self.s.n_replicas)
-        plan = self._plan(pref, fallbacks, sloppy=sloppy)
-        wq = WriteQuorum(plan.targets, w, deadline, strict=opts.strict)
-        result: asyncio.Future[dict[str, Any]] = loop.create_future()
-
         local = self.replica.read(p, key)
         new = self.replica.mint(local, ctx, value, self.wall_ms())
         if self.lww:
@@ -182,74 +169,42 @@ class Coordinator:
         # could be stored but never replicated.
         if (warning := m.check_record(key, new, len(record), self.limits)) is not None:
             log.warning("%s", warning)
-        # A primary gets part of the time, so that if it does not answer a stand-in can still
-        # be asked before the deadline (Dynamo: "does not answer in time").
-        primary_timeout = timeout * 0.5 if sloppy and fallbacks else timeout
+        loop = asyncio.get_running_loop()
+        hinting = self.on_hinted is not None
+        machine = WriteRequest(
+            self.name, new, record,
+            preference=pref,
+            fallbacks=ring.fallbacks(p, self.s.n_replicas),
+            is_up=self.view.is_up,
+            w=opts.quorum or self.s.w,
+            timeout_s=opts.timeout_s or self.s.request_timeout_s,
+            now=loop.time(),
+            sloppy=hinting and not opts.strict,
+            hinting=hinting,
+            strict=opts.strict,
+            extra_targets=self.view.extra_write_targets(p),
+        )
+        drive = _Drive(self, machine, p, key, loop)
+        drive.run(machine.start())
+        return drive.result
 
-        def settle(status: Status) -> None:
-            if status is Status.PENDING or result.done():
-                return
-            timer.cancel()
-            if status is Status.OK:
-                result.set_result({"context": vclock.encode_context(vclock.context_of(new))})
-            else:
-                self.counters.unavailable += 1
-                result.set_exception(Unavailable(wq.explain(), answered=wq.acks, required=w))
-
-        def answered(t: quorum.Target, f: asyncio.Future[Any]) -> None:
-            err = None if f.cancelled() else f.exception()
-            if f.cancelled() or err is not None:
-                if t.node != self.name:
-                    # A failed stand-in's hint is re-covered like a failed primary's write:
-                    # else the primary would miss it until anti-entropy finds it.
-                    cover(t.hint_for or t.node)
-                code = err.code if isinstance(err, KVError) else type(err).__name__ if err else "cancelled"
-                settle(wq.on_error(t.node, code))
-            else:
-                settle(wq.on_ack(t.node))
-
-        def send(t: quorum.Target) -> None:
-            try:
-                f = self.rpc.request(
-                    self.view.addr_of(t.node), m.REPLICA_PUT, [p, key, record, t.hint_for],
-                    primary_timeout if t.hint_for is None else timeout,
-                )
-            except KVError as e:
-                f = loop.create_future()
-                f.set_exception(e)
-            f.add_done_callback(functools.partial(answered, t))
-
-        # Every node asked to carry this write so far (the quorum stops adding targets once it
-        # has decided, but a stand-in found after that must still not be asked twice).
-        tried = [t.node for t in plan.targets]
-
-        def cover(primary: str) -> None:
-            """Find a stand-in for a primary that is down or failed; else keep the hint here."""
-            stand_in = next_stand_in(fallbacks, self.view.is_up, tried) if sloppy else None
-            if stand_in is not None and stand_in != self.name:
-                tried.append(stand_in)
-                t = quorum.Target(stand_in, hint_for=primary)
-                wq.add_stand_in(t)
-                send(t)
-            elif hinting:
-                self._spawn(self._keep_hint(primary, p, key, new))
-
-        timer = loop.call_at(deadline, lambda: settle(wq.tick(deadline)))
-        for t in plan.targets:
-            if t.node == self.name:
-                # Applied to the local table right here, before any other request can read
-                # the key; acknowledged once durable.
-                self.replica.write_new(p, key, new).add_done_callback(functools.partial(answered, t))
-            else:
-                send(t)
-        for primary in plan.uncovered:
-            cover(primary)
-        # During a ring change the partition's new replicas get every write too (best effort,
-        # not counted towards W): the handoff stream plus these make them complete.
-        for extra in self.view.extra_write_targets(p):
-            if extra != self.name and self.view.is_up(extra):
-                self._spawn(self._best_effort_put(extra, p, key, record, timeout))
-        return result
+    def _read(
+        self, ring: Ring, p: int, pref: tuple[str, ...], key: bytes, opts: m.Options
+    ) -> asyncio.Future[dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        machine = ReadRequest(
+            self.name, self.replica.read(p, key),
+            preference=pref,
+            is_up=self.view.is_up,
+            r=opts.quorum or self.s.r,
+            timeout_s=opts.timeout_s or self.s.request_timeout_s,
+            now=loop.time(),
+            strict=opts.strict,
+            lww=self.lww,
+        )
+        drive = _Drive(self, machine, p, key, loop)
+        drive.run(machine.start())
+        return drive.result
 
     async def _keep_hint(self, primary: str, p: int, key: bytes, obj: Obj) -> None:
         assert self.on_hinted is not None
@@ -259,88 +214,6 @@ class Coordinator:
             # The hint store logs (rate-limited) and counts refusals; one line per write here
             # would flood the log while it is full.
             log.debug("could not keep a hint for %s: %s", primary, e)
-
-    async def _best_effort_put(self, node: str, p: int, key: bytes, record: bytes, timeout: float) -> None:
-        try:
-            await self.rpc.call(self.view.addr_of(node), m.REPLICA_PUT, [p, key, record, None], timeout)
-        except KVError as e:
-            log.debug("write of %r to new replica %s failed (handoff will carry it): %s", key, node, e)
-
-    def _read(
-        self, ring: Ring, p: int, pref: tuple[str, ...], key: bytes, opts: m.Options
-    ) -> asyncio.Future[dict[str, Any]]:
-        loop = asyncio.get_running_loop()
-        r = opts.quorum or self.s.r
-        timeout = opts.timeout_s or self.s.request_timeout_s
-        deadline = loop.time() + timeout
-        plan = self._plan(pref, (), sloppy=False)
-        rq = ReadQuorum(plan.targets, r, deadline, strict=opts.strict)
-        result: asyncio.Future[dict[str, Any]] = loop.create_future()
-        repaired = False
-
-        def settle(status: Status) -> None:
-            nonlocal repaired
-            if status is not Status.PENDING and not result.done():
-                if status is Status.OK:
-                    merged = rq.merged
-                    if merged is None:
-                        result.set_result({"values": [], "context": b""})
-                    else:
-                        shown = vclock.lww(merged) if self.lww else merged
-                        result.set_result(
-                            {"values": vclock.values(shown), "context": vclock.encode_context(vclock.context_of(merged))}
-                        )
-                else:
-                    self.counters.unavailable += 1
-                    result.set_exception(Unavailable(rq.explain(), answered=rq.answered, required=r))
-            if not repaired and status is Status.OK and (rq.all_answered or loop.time() >= deadline):
-                # Every replica answered (or time is up): repair the ones found stale.
-                repaired = True
-                timer.cancel()
-                for node, obj in rq.repairs():
-                    self._repair(node, p, key, obj)
-            elif status is Status.UNAVAILABLE or rq.all_answered:
-                timer.cancel()
-
-        def answered(node: str, f: asyncio.Future[Any]) -> None:
-            err = None if f.cancelled() else f.exception()
-            if f.cancelled() or err is not None:
-                settle(rq.on_error(node, err.code if isinstance(err, KVError) else "failed"))
-                return
-            rec = f.result()
-            try:
-                obj = None if rec is None else vclock.decode(m.as_bytes(rec, "record"))
-            except KVError as e:
-                settle(rq.on_error(node, e.code))
-            else:
-                settle(rq.on_reply(node, obj))
-
-        timer = loop.call_at(deadline, lambda: settle(rq.tick(deadline)))
-        for t in plan.targets:
-            if t.node == self.name:
-                settle(rq.on_reply(self.name, self.replica.read(p, key)))
-            else:
-                try:
-                    f = self.rpc.request(self.view.addr_of(t.node), m.REPLICA_GET, [p, key], timeout)
-                except KVError as e:
-                    settle(rq.on_error(t.node, e.code))
-                else:
-                    f.add_done_callback(functools.partial(answered, t.node))
-        return result
-
-    def _repair(self, node: str, p: int, key: bytes, obj: Obj) -> None:
-        self.counters.read_repairs += 1
-        if node == self.name:
-            self._spawn(self.replica.merge_in(p, key, obj))  # type: ignore[arg-type]
-            return
-        try:
-            f = self.rpc.request(
-                self.view.addr_of(node), m.REPLICA_PUT, [p, key, vclock.encode(obj), None], self.s.request_timeout_s
-            )
-        except KVError as e:
-            log.debug("read repair of %r on %s failed: %s", key, node, e)
-            return
-        f.add_done_callback(_consume)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -352,3 +225,100 @@ class Coordinator:
             t.cancel()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+
+
+def _reason(f: asyncio.Future[Any]) -> str | None:
+    """None if the call succeeded, else the reason the quorum records."""
+    if f.cancelled():
+        return "cancelled"
+    err = f.exception()
+    if err is None:
+        return None
+    return err.code if isinstance(err, KVError) else type(err).__name__
+
+
+class _Drive:
+    """Carries out one request machine's effects on the event loop: replica calls through the
+    RPC client, the local write, hints, read repairs, the one deadline timer, the reply."""
+
+    __slots__ = ("c", "key", "loop", "machine", "p", "result", "timer")
+
+    def __init__(
+        self, c: Coordinator, machine: WriteRequest | ReadRequest, p: int, key: bytes, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.c = c
+        self.machine = machine
+        self.p = p
+        self.key = key
+        self.loop = loop
+        self.result: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self.timer: asyncio.TimerHandle | None = None
+
+    def run(self, ready: Ready) -> None:
+        c = self.c
+        for s in ready.sends:
+            params: list[Any] = [self.p, self.key] if s.op == GET else [self.p, self.key, s.record, s.hint_for]
+            try:
+                f = c.rpc.request(c.view.addr_of(s.node), m.REPLICA_GET if s.op == GET else m.REPLICA_PUT, params, s.timeout_s)
+            except KVError as e:
+                f = self.loop.create_future()
+                f.set_exception(e)
+            f.add_done_callback(functools.partial(self._answered, s.tag) if s.counted else _consume)
+        if ready.local_write is not None:
+            tag, obj = ready.local_write
+            # Applied to the local table right here, before any other request can read the
+            # key; acknowledged once durable.
+            c.replica.write_new(self.p, self.key, obj).add_done_callback(functools.partial(self._answered, tag))
+        for h in ready.hints:
+            c._spawn(c._keep_hint(h.primary, self.p, self.key, h.obj))
+        for rep in ready.repairs:
+            c.counters.read_repairs += 1
+            self._repair(rep)
+        if ready.reply is not None and not self.result.done():
+            if ready.reply.error is not None:
+                c.counters.unavailable += 1
+                self.result.set_exception(ready.reply.error)
+            else:
+                self.result.set_result(ready.reply.result)  # type: ignore[arg-type]
+        if self.timer is not None and (ready.deadline is None or ready.deadline != self.timer.when()):
+            self.timer.cancel()
+            self.timer = None
+        if ready.deadline is not None and self.timer is None:
+            self.timer = self.loop.call_at(ready.deadline, self._tick)
+
+    def _tick(self) -> None:
+        self.timer = None
+        self.run(self.machine.tick(self.loop.time()))
+
+    def _answered(self, tag: int, f: asyncio.Future[Any]) -> None:
+        reason = _reason(f)
+        machine = self.machine
+        if isinstance(machine, WriteRequest):
+            self.run(machine.acked(tag) if reason is None else machine.failed(tag, reason))
+            return
+        now = self.loop.time()
+        if reason is not None:
+            self.run(machine.failed(tag, reason, now))
+            return
+        rec = f.result()
+        try:
+            obj = None if rec is None else vclock.decode(m.as_bytes(rec, "record"))
+        except KVError as e:
+            self.run(machine.failed(tag, e.code, now))
+        else:
+            self.run(machine.replied(tag, obj, now))
+
+    def _repair(self, rep: Repair) -> None:
+        c = self.c
+        if rep.node == c.name:
+            c._spawn(c.replica.merge_in(self.p, self.key, rep.obj))  # type: ignore[arg-type]
+            return
+        try:
+            f = c.rpc.request(
+                c.view.addr_of(rep.node), m.REPLICA_PUT, [self.p, self.key, vclock.encode(rep.obj), None],
+                c.s.request_timeout_s,
+            )
+        except KVError as e:
+            log.debug("read repair of %r on %s failed: %s", self.key, rep.node, e)
+            return
+        f.add_done_callback(_consume)

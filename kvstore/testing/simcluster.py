@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvstore.core import quorum, vclock
+from kvstore.core import vclock
 from kvstore.core.merkle import MerkleTree
-from kvstore.core.quorum import ReadQuorum, Status, WriteQuorum
+from kvstore.core.request import PUT, ReadRequest, Ready, Send, WriteRequest
 from kvstore.core.ring import Ring, claim, partition_of
 from kvstore.core.vclock import Obj
 from kvstore.errors import KVError, Unavailable
@@ -78,13 +78,19 @@ class SimNode:
     def handle(self, src: str, msg: Any) -> None:
         kind = msg[0]
         if kind == "rput":
-            _, rid, p, key, rec = msg
-            self.merge_in(p, key, vclock.decode(rec))
+            _, rid, p, key, rec, hint_for = msg
+            obj = vclock.decode(rec)
+            if hint_for is not None:
+                # A stand-in keeps the write as a hint for the primary it covers.
+                hk = (hint_for, p, key)
+                self.hints[hk] = vclock.sync(self.hints.get(hk), obj)
+            else:
+                self.merge_in(p, key, obj)
             self.sim.net.send(self.name, src, ("reply", rid, True))
         elif kind == "rget":
             _, rid, p, key = msg
-            obj = self.store.get((p, key))
-            self.sim.net.send(self.name, src, ("reply", rid, None if obj is None else vclock.encode(obj)))
+            held = self.store.get((p, key))
+            self.sim.net.send(self.name, src, ("reply", rid, None if held is None else vclock.encode(held)))
         elif kind == "aae_leaves":
             _, rid, p = msg
             tree = self.trees.get(p) or MerkleTree(fanout=8, depth=2)
@@ -104,47 +110,36 @@ class SimNode:
             if cb is not None:
                 cb(src, payload)
 
-    # --- coordinator side
+    # --- coordinator side: the node's own request machines, driven over the simulated network
     def _ask(self, dst: str, msg_kind: str, args: tuple[Any, ...], cb: Callable[[str, Any], None]) -> None:
         rid = next(self.sim.ids)
         self.pending[rid] = cb
         self.sim.net.send(self.name, dst, (msg_kind, rid, *args))
 
+    def _is_up(self, node: str) -> bool:
+        # The simulation's failure detector is exact: a crashed node is known down, a
+        # partitioned one is not (it is asked, and times out), as with SWIM between probes.
+        return self.sim.net.is_up(node)
+
     def coordinate_put(self, op: Op, ctx: bytes, w: int, strict: bool = False) -> None:
         ring = self.sim.ring
         p = partition_of(op.key, ring.partitions)
-        pref = ring.preference_list(p, self.sim.n)
-        plan = quorum.plan(pref, ring.fallbacks(p, self.sim.n), lambda n: True, sloppy=False)
         now = self.sim.clock.now
-        wq = WriteQuorum(plan.targets, w, now + self.sim.timeout_s, strict=strict)
         new = vclock.update(self.store.get((p, op.key)), vclock.decode_context(ctx), op.value, self.name, int(now * 1000))
-        self._set(p, op.key, new)
-        rec = vclock.encode(new)
-        hinted = False
-
-        def finish(status: Status) -> None:
-            nonlocal hinted
-            if self.sim.hinted_handoff and not hinted and (wq.all_answered or self.sim.clock.now >= wq.deadline):
-                # Primaries that did not acknowledge get the write later, from a hint.
-                hinted = True
-                for t in wq.targets:
-                    if t.node not in wq.acked:
-                        hk = (t.node, p, op.key)
-                        self.hints[hk] = vclock.sync(self.hints.get(hk), new)  # type: ignore[assignment]
-            if status is Status.PENDING or op.result is not None:
-                return
-            op.done_at = self.sim.clock.now
-            if status is Status.OK:
-                op.result = {"context": vclock.encode_context(vclock.context_of(new))}
-            else:
-                op.result = Unavailable(wq.explain(), answered=wq.acks, required=w)
-
-        for t in plan.targets:
-            if t.node == self.name:
-                finish(wq.on_ack(self.name))
-            else:
-                self._ask(t.node, "rput", (p, op.key, rec), lambda src, _r: finish(wq.on_ack(src)))
-        self.sim.net.schedule(self.name, wq.deadline, lambda: finish(wq.tick(wq.deadline)))
+        hinting = self.sim.hinted_handoff
+        machine = WriteRequest(
+            self.name, new, vclock.encode(new),
+            preference=ring.preference_list(p, self.sim.n),
+            fallbacks=ring.fallbacks(p, self.sim.n),
+            is_up=self._is_up,
+            w=w,
+            timeout_s=self.sim.timeout_s,
+            now=now,
+            sloppy=self.sim.sloppy and not strict,
+            hinting=hinting,
+            strict=strict,
+        )
+        _SimDrive(self, op, machine, p).run(machine.start())
 
     # --- healing, driven by timers while the node is up
     def deliver_hints(self) -> None:
@@ -156,7 +151,7 @@ class SimNode:
                     del self.hints[hk]
                     self.hints_delivered += 1
 
-            self._ask(target, "rput", (p, key, vclock.encode(obj)), acked)
+            self._ask(target, "rput", (p, key, vclock.encode(obj), None), acked)
 
     def exchange(self) -> None:
         """One anti-entropy exchange: a random partition this node replicates, with a random
@@ -183,49 +178,108 @@ class SimNode:
             want = set(buckets)
             for (pp, k), obj in list(self.store.items()):
                 if pp == p and tree.bucket_of(k) in want and theirs.get(k) != obj:
-                    self._ask(peer, "rput", (p, k, vclock.encode(obj)), lambda *_: None)
+                    self._ask(peer, "rput", (p, k, vclock.encode(obj), None), lambda *_: None)
 
         self._ask(peer, "aae_leaves", (p,), got_leaves)
 
     def coordinate_get(self, op: Op, r: int) -> None:
         ring = self.sim.ring
         p = partition_of(op.key, ring.partitions)
-        pref = ring.preference_list(p, self.sim.n)
-        plan = quorum.plan(pref, ring.fallbacks(p, self.sim.n), lambda n: True, sloppy=False)
-        now = self.sim.clock.now
-        rq = ReadQuorum(plan.targets, r, now + self.sim.timeout_s)
-        repaired = False
+        machine = ReadRequest(
+            self.name, self.store.get((p, op.key)),
+            preference=ring.preference_list(p, self.sim.n),
+            is_up=self._is_up,
+            r=r,
+            timeout_s=self.sim.timeout_s,
+            now=self.sim.clock.now,
+        )
+        _SimDrive(self, op, machine, p).run(machine.start())
 
-        def step(status: Status) -> None:
-            nonlocal repaired
-            if status is not Status.PENDING and op.result is None:
-                op.done_at = self.sim.clock.now
-                if status is Status.OK:
-                    merged = rq.merged
-                    op.result = {
-                        "values": [] if merged is None else vclock.values(merged),
-                        "context": b"" if merged is None else vclock.encode_context(vclock.context_of(merged)),
-                    }
-                else:
-                    op.result = Unavailable(rq.explain(), answered=rq.answered, required=r)
-            if status is Status.OK and rq.all_answered and not repaired:
-                repaired = True
-                for node, obj in rq.repairs():
-                    self.repairs += 1
-                    if node == self.name:
-                        self.merge_in(p, op.key, obj)
-                    else:
-                        self._ask(node, "rput", (p, op.key, vclock.encode(obj)), lambda *_: None)
 
-        for t in plan.targets:
-            if t.node == self.name:
-                step(rq.on_reply(self.name, self.store.get((p, op.key))))
+class _SimDrive:
+    """Carries out one request machine's effects on the simulated network: the simulation's
+    counterpart of kvstore.runtime.coordinator's driver (same machine, other I/O)."""
+
+    def __init__(self, node: SimNode, op: Op, machine: WriteRequest | ReadRequest, p: int) -> None:
+        self.node = node
+        self.op = op
+        self.machine = machine
+        self.p = p
+        self.timer_at: float | None = None
+
+    @property
+    def now(self) -> float:
+        return self.node.sim.clock.now
+
+    def run(self, ready: Ready) -> None:
+        node, op, p = self.node, self.op, self.p
+        for s in ready.sends:
+            self._call(s)
+        if ready.local_write is not None:
+            tag, obj = ready.local_write
+            node._set(p, op.key, obj)  # the simulated store is durable at once
+            node.sim.net.schedule(node.name, self.now, lambda: self._local_acked(tag))
+        for h in ready.hints:
+            hk = (h.primary, p, op.key)
+            node.hints[hk] = vclock.sync(node.hints.get(hk), h.obj)
+        for rep in ready.repairs:
+            node.repairs += 1
+            if rep.node == node.name:
+                node.merge_in(p, op.key, rep.obj)
             else:
-                self._ask(
-                    t.node, "rget", (p, op.key),
-                    lambda src, rec: step(rq.on_reply(src, None if rec is None else vclock.decode(rec))),
-                )
-        self.sim.net.schedule(self.name, rq.deadline, lambda: step(rq.tick(rq.deadline)))
+                node._ask(rep.node, "rput", (p, op.key, vclock.encode(rep.obj), None), lambda *_: None)
+        if ready.reply is not None and op.result is None:
+            op.done_at = self.now
+            op.result = ready.reply.error if ready.reply.error is not None else ready.reply.result
+        if ready.deadline is not None and ready.deadline != self.timer_at:
+            self.timer_at = ready.deadline
+            node.sim.net.schedule(node.name, ready.deadline, self._tick)
+        elif ready.deadline is None:
+            self.timer_at = None
+
+    def _tick(self) -> None:
+        if self.timer_at is not None and self.now >= self.timer_at:
+            self.timer_at = None
+            self.run(self.machine.tick(self.now))
+
+    def _local_acked(self, tag: int) -> None:
+        assert isinstance(self.machine, WriteRequest)
+        self.run(self.machine.acked(tag))
+
+    def _failed(self, tag: int, reason: str) -> Ready:
+        m = self.machine
+        return m.failed(tag, reason) if isinstance(m, WriteRequest) else m.failed(tag, reason, self.now)
+
+    def _call(self, s: Send) -> None:
+        """One replica call, with its own timeout (a partitioned peer never answers)."""
+        answered = False
+
+        def reply(_src: str, payload: Any) -> None:
+            nonlocal answered
+            if answered:
+                return
+            answered = True
+            if not s.counted:
+                return
+            m = self.machine
+            if isinstance(m, WriteRequest):
+                self.run(m.acked(s.tag) if payload is True else m.failed(s.tag, str(payload)))
+            else:
+                self.run(m.replied(s.tag, None if payload is None else vclock.decode(payload), self.now))
+
+        def timed_out() -> None:
+            nonlocal answered
+            if not answered:
+                answered = True
+                if s.counted:
+                    self.run(self._failed(s.tag, "timeout"))
+
+        node = self.node
+        if s.op == PUT:
+            node._ask(s.node, "rput", (self.p, self.op.key, s.record, s.hint_for), reply)
+        else:
+            node._ask(s.node, "rget", (self.p, self.op.key), reply)
+        node.sim.net.schedule(node.name, self.now + s.timeout_s, timed_out)
 
 
 class SimCluster:
@@ -238,6 +292,7 @@ class SimCluster:
         partitions: int = 64,
         timeout_s: float = 0.5,
         hinted_handoff: bool = False,
+        sloppy: bool | None = None,
         aae_interval_s: float | None = None,
     ) -> None:
         self.clock = VirtualClock()
@@ -248,6 +303,9 @@ class SimCluster:
         self.timeout_s = timeout_s
         self.ids = itertools.count(1)
         self.hinted_handoff = hinted_handoff
+        # Sloppy quorum (stand-ins beyond the preference list) comes with hinted handoff
+        # unless asked otherwise, as on a real node.
+        self.sloppy = hinted_handoff if sloppy is None else sloppy
         self.aae_interval_s = aae_interval_s
         self.nodes = {name: SimNode(name, self) for name in names}
         for name, node in self.nodes.items():
@@ -276,6 +334,9 @@ class SimCluster:
         """Back up with its durable state (the store survives a crash, as LevelDB does)."""
         self.net.restart(name)
         self._arm(name)
+
+    def partition(self, key: bytes) -> int:
+        return partition_of(key, self.ring.partitions)
 
     def preference(self, key: bytes) -> tuple[str, ...]:
         return self.ring.preference_list(partition_of(key, self.ring.partitions), self.n)

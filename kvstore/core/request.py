@@ -1,0 +1,319 @@
+"""One get, put or delete at its coordinator, as a pure machine (etcd-raft's ``Ready`` shape).
+
+The runtime (kvstore.runtime.coordinator) and the whole-cluster simulation
+(kvstore.testing.simcluster) both drive these machines; neither decides anything itself.
+A machine is built from the request, the coordinator's view (preference list, fallbacks,
+liveness) and ``now``; ``start`` and every later event return a :class:`Ready`, the effects
+to carry out:
+
+* ``sends``: replica calls to other nodes, each with its own timeout and a ``tag``; the
+  driver reports each outcome back with :meth:`WriteRequest.acked` / :meth:`WriteRequest.failed`
+  (or :meth:`ReadRequest.replied`). ``counted`` says whether the answer feeds the quorum
+  (best-effort writes to a ring change's new replicas and read repairs do not).
+* ``local_write``: the coordinator's own copy of a write (applied to the table at once,
+  acknowledged through its tag once durable).
+* ``hints``: keep the version here for a primary that no stand-in carries.
+* ``repairs``: read repair, a merged version for a replica found stale (the coordinator
+  itself included).
+* ``reply``: the answer to the client, given once.
+* ``deadline``: when to call ``tick`` next; every Ready carries the current one, None once
+  the machine needs no more ticks (the driver cancels its timer).
+
+Every decision lives here: who is asked, the shortened timeout of a primary when a stand-in
+could still take over, which stand-in replaces a failed primary or a failed stand-in, when a
+hint is kept locally, when the request is done, which replicas get repaired. All messages
+of one loop turn are in the Ready lists, so a driver can batch them per peer.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvstore.core import quorum, vclock
+from kvstore.core.quorum import ReadQuorum, Status, WriteQuorum
+from kvstore.core.vclock import Obj
+from kvstore.errors import KVError, Unavailable
+
+__all__ = ["KeepHint", "ReadRequest", "Ready", "Repair", "Reply", "Send", "WriteRequest"]
+
+PUT = "put"
+GET = "get"
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Call ``node``'s replica: ``op`` is PUT (``record``, maybe as a hint for ``hint_for``)
+    or GET. ``tag`` identifies the call when its outcome is reported back."""
+
+    tag: int
+    node: str
+    op: str
+    timeout_s: float
+    record: bytes | None = None
+    hint_for: str | None = None
+    counted: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class KeepHint:
+    """Keep ``obj`` in this node's hint store for ``primary``."""
+
+    primary: str
+    obj: Obj
+
+
+@dataclass(frozen=True, slots=True)
+class Repair:
+    """Read repair: merge ``obj`` into ``node``'s copy (``node`` may be the coordinator)."""
+
+    node: str
+    obj: Obj
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The client's answer: ``result`` on success, else ``error``."""
+
+    result: dict[str, Any] | None = None
+    error: KVError | None = None
+
+
+@dataclass(slots=True)
+class Ready:
+    sends: list[Send] = field(default_factory=list)
+    local_write: tuple[int, Obj] | None = None  # (tag, version)
+    hints: list[KeepHint] = field(default_factory=list)
+    repairs: list[Repair] = field(default_factory=list)
+    reply: Reply | None = None
+    deadline: float | None = None
+
+
+class WriteRequest:
+    """A put or delete whose new version (``new``, already minted) goes to the replicas.
+
+    Sloppy quorum (Dynamo): a primary known to be down is not asked; the next live fallback
+    carries its write with a hint. A primary that is asked gets half the time when a stand-in
+    could still be asked after it fails; a primary or a stand-in that fails is covered by the
+    next fallback, or, with none left, by a hint kept here, even after the reply went out
+    (the write must still reach that primary).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        new: Obj,
+        record: bytes,
+        *,
+        preference: Sequence[str],
+        fallbacks: Sequence[str],
+        is_up: Callable[[str], bool],
+        w: int,
+        timeout_s: float,
+        now: float,
+        sloppy: bool,
+        hinting: bool,
+        strict: bool = False,
+        extra_targets: Sequence[str] = (),
+    ) -> None:
+        self.name = name
+        self.new = new
+        self.record = record
+        self.fallbacks = tuple(fallbacks)
+        self.is_up = is_up
+        self.w = w
+        self.timeout_s = timeout_s
+        self.sloppy = sloppy
+        self.hinting = hinting
+        self.extra_targets = tuple(extra_targets)
+        self._plan = quorum.plan(preference, self.fallbacks, is_up, sloppy=sloppy)
+        self.quorum = WriteQuorum(self._plan.targets, w, now + timeout_s, strict=strict)
+        # A primary gets part of the time, so that if it does not answer a stand-in can still
+        # be asked before the deadline (Dynamo: "does not answer in time").
+        self.primary_timeout_s = timeout_s * 0.5 if sloppy and self.fallbacks else timeout_s
+        # Every node asked to carry the write (the quorum stops adding targets once it has
+        # decided, but a stand-in found after that must still not be asked twice).
+        self._tried = [t.node for t in self._plan.targets]
+        self._tags = itertools.count(1)
+        self._by_tag: dict[int, quorum.Target | None] = {}  # None: not counted
+        self._replied = False
+
+    # ------------------------------------------------------------------ events
+    def start(self) -> Ready:
+        ready = Ready()
+        if self.quorum.decide() is Status.UNAVAILABLE:
+            # Too few replicas can be asked at all (strict, with primaries known down): refused
+            # before anything is stored anywhere.
+            self._settle(Status.UNAVAILABLE, ready)
+            return ready
+        for t in self._plan.targets:
+            if t.node == self.name:
+                tag = next(self._tags)
+                self._by_tag[tag] = t
+                ready.local_write = (tag, self.new)
+            else:
+                ready.sends.append(self._send(t))
+        for primary in self._plan.uncovered:
+            self._cover(primary, ready)
+        # During a ring change the partition's new replicas get every write too (best effort,
+        # not counted towards W): the handoff stream plus these make them complete.
+        for extra in self.extra_targets:
+            if extra != self.name and extra not in self._tried and self.is_up(extra):
+                tag = next(self._tags)
+                self._by_tag[tag] = None
+                ready.sends.append(Send(tag, extra, PUT, self.timeout_s, self.record, None, counted=False))
+        self._settle(self.quorum.decide(), ready)
+        return ready
+
+    def acked(self, tag: int) -> Ready:
+        ready = Ready()
+        t = self._by_tag.pop(tag, None)
+        if t is not None:
+            self._settle(self.quorum.on_ack(t.node), ready)
+        else:
+            self._settle(self.quorum.status, ready)
+        return ready
+
+    def failed(self, tag: int, reason: str) -> Ready:
+        ready = Ready()
+        t = self._by_tag.pop(tag, None)
+        if t is None:
+            self._settle(self.quorum.status, ready)
+            return ready
+        if t.node != self.name:
+            # A failed stand-in's hint is re-covered like a failed primary's write: else the
+            # primary would miss it until anti-entropy finds it.
+            self._cover(t.hint_for or t.node, ready)
+        self._settle(self.quorum.on_error(t.node, reason), ready)
+        return ready
+
+    def tick(self, now: float) -> Ready:
+        ready = Ready()
+        self._settle(self.quorum.tick(now), ready)
+        return ready
+
+    @property
+    def status(self) -> Status:
+        return self.quorum.status
+
+    # ------------------------------------------------------------------ decisions
+    def _send(self, t: quorum.Target) -> Send:
+        tag = next(self._tags)
+        self._by_tag[tag] = t
+        timeout = self.primary_timeout_s if t.hint_for is None else self.timeout_s
+        return Send(tag, t.node, PUT, timeout, self.record, t.hint_for)
+
+    def _cover(self, primary: str, ready: Ready) -> None:
+        """Find a stand-in for a primary that is down or failed; else keep the hint here."""
+        stand_in = quorum.next_stand_in(self.fallbacks, self.is_up, self._tried) if self.sloppy else None
+        if stand_in is not None and stand_in != self.name:
+            self._tried.append(stand_in)
+            t = quorum.Target(stand_in, hint_for=primary)
+            self.quorum.add_stand_in(t)
+            ready.sends.append(self._send(t))
+        elif self.hinting:
+            ready.hints.append(KeepHint(primary, self.new))
+
+    def _settle(self, status: Status, ready: Ready) -> None:
+        """Every event ends here: the reply once decided, and the deadline while it is not."""
+        if status is Status.PENDING:
+            ready.deadline = self.quorum.deadline
+            return
+        if self._replied:
+            return
+        self._replied = True
+        if status is Status.OK:
+            ready.reply = Reply({"context": vclock.encode_context(vclock.context_of(self.new))})
+        else:
+            q = self.quorum
+            ready.reply = Reply(error=Unavailable(q.explain(), answered=q.acks, required=self.w))
+
+
+class ReadRequest:
+    """A get: R replies (the coordinator's own copy, ``local``, among them when it is a
+    replica), their merge as the answer; once every replica answered, or at the deadline,
+    the ones found stale are repaired with the merge."""
+
+    def __init__(
+        self,
+        name: str,
+        local: Obj | None,
+        *,
+        preference: Sequence[str],
+        is_up: Callable[[str], bool],
+        r: int,
+        timeout_s: float,
+        now: float,
+        strict: bool = False,
+        lww: bool = False,
+    ) -> None:
+        self.name = name
+        self.local = local
+        self.r = r
+        self.timeout_s = timeout_s
+        self.lww = lww
+        self._plan = quorum.plan(preference, (), is_up, sloppy=False)
+        self.quorum = ReadQuorum(self._plan.targets, r, now + timeout_s, strict=strict)
+        self._tags = itertools.count(1)
+        self._by_tag: dict[int, str] = {}
+        self._replied = False
+        self._repaired = False
+
+    def start(self) -> Ready:
+        ready = Ready()
+        for t in self._plan.targets:
+            if t.node != self.name:
+                tag = next(self._tags)
+                self._by_tag[tag] = t.node
+                ready.sends.append(Send(tag, t.node, GET, self.timeout_s))
+        if any(t.node == self.name for t in self._plan.targets):
+            self._settle(self.quorum.on_reply(self.name, self.local), ready, None)
+        else:
+            self._settle(self.quorum.decide(), ready, None)
+        return ready
+
+    def replied(self, tag: int, obj: Obj | None, now: float) -> Ready:
+        ready = Ready()
+        node = self._by_tag.pop(tag, None)
+        self._settle(self.quorum.status if node is None else self.quorum.on_reply(node, obj), ready, now)
+        return ready
+
+    def failed(self, tag: int, reason: str, now: float) -> Ready:
+        ready = Ready()
+        node = self._by_tag.pop(tag, None)
+        self._settle(self.quorum.status if node is None else self.quorum.on_error(node, reason), ready, now)
+        return ready
+
+    def tick(self, now: float) -> Ready:
+        ready = Ready()
+        self._settle(self.quorum.tick(now), ready, now)
+        return ready
+
+    @property
+    def status(self) -> Status:
+        return self.quorum.status
+
+    def _settle(self, status: Status, ready: Ready, now: float | None) -> None:
+        q = self.quorum
+        if status is not Status.PENDING and not self._replied:
+            self._replied = True
+            if status is Status.OK:
+                merged = q.merged
+                if merged is None:
+                    ready.reply = Reply({"values": [], "context": b""})
+                else:
+                    shown = vclock.lww(merged) if self.lww else merged
+                    ready.reply = Reply(
+                        {"values": vclock.values(shown), "context": vclock.encode_context(vclock.context_of(merged))}
+                    )
+            else:
+                ready.reply = Reply(error=Unavailable(q.explain(), answered=q.answered, required=self.r))
+        past = now is not None and now >= q.deadline
+        if not self._repaired and status is Status.OK and (q.all_answered or past):
+            # Every replica answered (or time is up): repair the ones found stale.
+            self._repaired = True
+            ready.repairs.extend(Repair(node, obj) for node, obj in q.repairs())
+        done = status is Status.UNAVAILABLE or self._repaired or q.all_answered
+        ready.deadline = None if done else q.deadline
