@@ -35,6 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kvstore.client import AsyncClient
+from kvstore.core import messages as m
 from kvstore.core import vclock
 from kvstore.core.ring import partition_of
 from kvstore.testing.processes import LocalCluster, wait_until
@@ -86,7 +87,7 @@ async def diverge(c: LocalCluster, keys: list[bytes], node: str, concurrency: in
         async def one(k: bytes) -> None:
             p = partition_of(k, Q)
             async with sem:
-                rec = await call(kv, addr, "replica.get", p, k)
+                rec = await call(kv, addr, m.REPLICA_GET, p, k)
                 old = vclock.decode(bytes(rec)) if rec is not None else None
                 new = vclock.update(old, old.vv if old else {}, b"v1-" + k, "bench", time.time_ns() // 1_000_000)
                 await call(kv, addr, "replica.put", p, k, vclock.encode(new), None)

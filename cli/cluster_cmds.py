@@ -15,6 +15,7 @@ import click
 
 from cli import output as out
 from cli.remote import call_once
+from kvstore.core import messages as m
 from kvstore.errors import KVError
 
 # Timings for a cluster on one machine: failures are noticed in about a second, not ten.
@@ -36,7 +37,7 @@ def _die_with_parent() -> None:
 
 def _status(addr: str, timeout: float = 1.0) -> dict[str, Any] | None:
     try:
-        return asyncio.run(call_once(addr, "cluster.status", [], timeout))  # type: ignore[no-any-return]
+        return asyncio.run(call_once(addr, m.STATUS, [], timeout))  # type: ignore[no-any-return]
     except KVError:
         return None
 
@@ -182,7 +183,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     err: KVError | None = None
     for a in addrs:
         try:
-            first = asyncio.run(call_once(a, "cluster.status", [], timeout))
+            first = asyncio.run(call_once(a, m.STATUS, [], timeout))
             break
         except KVError as e:
             err = e
@@ -227,7 +228,7 @@ def _first_reachable(ctx: click.Context) -> tuple[str, dict[str, Any]]:
     err: KVError | None = None
     for a in [a.strip() for a in ctx.obj["nodes"].split(",") if a.strip()]:
         try:
-            return a, asyncio.run(call_once(a, "cluster.ring", [], ctx.obj["timeout"]))
+            return a, asyncio.run(call_once(a, m.RING, [], ctx.obj["timeout"]))
         except KVError as e:
             err = e
     assert err is not None
@@ -250,7 +251,7 @@ def join(ctx: click.Context, new_node: str) -> None:
         out.fail(f"cannot reach the new node: {e}", out.exit_code_for(e))
     via, _ = _first_reachable(ctx)
     try:
-        doc = asyncio.run(call_once(via, "cluster.join", [info["node"], info["addr"]], timeout))
+        doc = asyncio.run(call_once(via, m.JOIN, [info["node"], info["addr"]], timeout))
     except KVError as e:
         out.fail_for(e)
     nxt = doc.get("next")
@@ -269,7 +270,7 @@ def leave(ctx: click.Context, node_name: str) -> None:
     addrs = {str(k): str(v) for k, v in doc["addrs"].items()}
     name = next((n for n, a in addrs.items() if a == node_name), node_name)
     try:
-        asyncio.run(call_once(via, "cluster.leave", [name], ctx.obj["timeout"]))
+        asyncio.run(call_once(via, m.LEAVE, [name], ctx.obj["timeout"]))
     except KVError as e:
         out.fail_for(e)
     click.echo(f"{name} leaving: its partitions are being handed off")
@@ -286,7 +287,7 @@ def transfers(ctx: click.Context, as_json: bool) -> None:
     rows: dict[str, dict[str, Any] | None] = {}
     for n in names:
         try:
-            rows[n] = asyncio.run(call_once(addrs[n], "handoff.status", [], ctx.obj["timeout"]))
+            rows[n] = asyncio.run(call_once(addrs[n], m.HANDOFF_STATUS, [], ctx.obj["timeout"]))
         except KVError:
             rows[n] = None
     if as_json:
@@ -319,7 +320,7 @@ def hints(ctx: click.Context, as_json: bool) -> None:
     rows: dict[str, dict[str, Any] | None] = {}
     for n in sorted(addrs):
         try:
-            rows[n] = asyncio.run(call_once(addrs[n], "cluster.hints", [], ctx.obj["timeout"]))
+            rows[n] = asyncio.run(call_once(addrs[n], m.HINTS, [], ctx.obj["timeout"]))
         except KVError:
             rows[n] = None
     if as_json:
@@ -371,8 +372,8 @@ def rolling_restart(ctx: click.Context, node_timeout: float) -> None:
             if other == name:
                 continue
             try:
-                st = await ask(addrs[other], "cluster.status")
-                hints_for = (await ask(addrs[other], "cluster.hints"))["pending"].get(name, 0)
+                st = await ask(addrs[other], m.STATUS)
+                hints_for = (await ask(addrs[other], m.HINTS))["pending"].get(name, 0)
             except KVError:
                 return f"{other} to answer"
             mem = next((x for x in st["members"] if x["name"] == name), None)
@@ -386,7 +387,7 @@ def rolling_restart(ctx: click.Context, node_timeout: float) -> None:
         for i, name in enumerate(names, 1):
             click.echo(f"[{i}/{len(names)}] restarting {name} ({addrs[name]}) ...")
             t0 = time.monotonic()
-            before = await ask(addrs[name], "node.restart")
+            before = await ask(addrs[name], m.RESTART)
             waiting: str | None = "restart"
             while waiting is not None:
                 if time.monotonic() - t0 > node_timeout:

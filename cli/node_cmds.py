@@ -12,6 +12,7 @@ import click
 from cli import output as out
 from cli.remote import call_once
 from kvstore.config import Settings, load_settings
+from kvstore.core import messages as m
 from kvstore.errors import KVError
 
 _TYPES: dict[str, Any] = {"int": int, "float": float, "str": str, "bool": bool}
@@ -88,7 +89,7 @@ def restart(ctx: click.Context, target: str | None) -> None:
     async def go() -> Any:
         rpc = RpcClient(connect_timeout_s=timeout)
         try:
-            before = await rpc.call(addr, "node.restart", [], timeout)
+            before = await rpc.call(addr, m.RESTART, [], timeout)
             deadline = asyncio.get_running_loop().time() + 120
             while asyncio.get_running_loop().time() < deadline:
                 await asyncio.sleep(0.2)
@@ -119,7 +120,7 @@ def stop(ctx: click.Context, target: str | None) -> None:
     timeout = ctx.obj["timeout"]
 
     async def go() -> Any:
-        doc = await call_once(addr, "node.stop", [], timeout)
+        doc = await call_once(addr, m.STOP, [], timeout)
         deadline = asyncio.get_running_loop().time() + 60
         while asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.2)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from jepsen_lite.errors import HarnessError
+from kvstore.core import messages as m
 from kvstore.errors import KVError
 from kvstore.runtime.rpc import RpcClient
 from storage.engine import LOSE_UNSYNCED_ENV
@@ -234,7 +235,7 @@ class Cluster:
     async def status(self, node: Node, timeout_s: float = 1.0) -> dict[str, Any] | None:
         rpc = RpcClient(connect_timeout_s=timeout_s)
         try:
-            doc = await rpc.call(node.addr, "cluster.status", [], timeout_s)
+            doc = await rpc.call(node.addr, m.STATUS, [], timeout_s)
             return doc if isinstance(doc, dict) else None
         except KVError:
             return None

@@ -27,6 +27,7 @@ from jepsen_lite.errors import HarnessError
 from jepsen_lite.history import History
 from jepsen_lite.netns import Firewall, probe_link
 from jepsen_lite.schedule import Fault
+from kvstore.core import messages as m
 from kvstore.errors import KVError
 
 __all__ = ["Nemesis"]
@@ -158,7 +159,7 @@ class Nemesis:
         via = self._via(node)
         node.leaving = True
         try:
-            await self.cluster.call(via, "cluster.leave", [node.name], 10.0)
+            await self.cluster.call(via, m.LEAVE, [node.name], 10.0)
         except KVError as e:
             node.leaving = False
             raise HarnessError(f"cluster.leave {node.name} via {via.name}: {e}") from None
@@ -187,7 +188,7 @@ class Nemesis:
             if not n.running:
                 continue
             st = await self.cluster.status(n)
-            if st is None or st.get("pending") or node.name not in {m.get("name") for m in st.get("members", [])}:
+            if st is None or st.get("pending") or node.name not in {mem.get("name") for mem in st.get("members", [])}:
                 return False
         return True
 

@@ -13,6 +13,8 @@ from typing import Any
 from kvstore.core.vclock import Obj
 from kvstore.errors import InvalidRequest, TooLarge
 
+# Every RPC method name, defined here once.
+
 # Public API: what any msgpack-RPC client may call.
 GET = "get"
 PUT = "put"
@@ -32,10 +34,29 @@ FWD_DELETE = "coord.delete"
 REPLICA_GET = "replica.get"
 REPLICA_PUT = "replica.put"
 
+# Coordinator-to-replica: a batch of versions to merge (hint delivery).
+REPLICA_PUT_BATCH = "replica.put_batch"
+
 # Cluster management.
 JOIN = "cluster.join"
 LEAVE = "cluster.leave"
 RING_UPDATE = "cluster.ring_update"
+HINTS = "cluster.hints"
+
+# Ownership handoff (kvstore.runtime.handoff).
+HANDOFF_FETCH = "handoff.fetch"
+HANDOFF_STATUS = "handoff.status"
+
+# Active anti-entropy (kvstore.runtime.antientropy).
+AAE_ROOT = "aae.root"
+AAE_ROOTS = "aae.roots"
+AAE_LEVEL = "aae.level"
+AAE_ENTRIES = "aae.entries"
+AAE_FORGET = "aae.forget"
+AAE_STATUS = "aae.status"
+
+# Membership (kvstore.runtime.gossip): a full-state exchange over TCP.
+GOSSIP_PUSH_PULL = "gossip.push_pull"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +70,15 @@ class Limits:
     max_record_bytes: int = field(kw_only=True)
     max_siblings: int = field(kw_only=True)
     warn_siblings: int = field(kw_only=True)
+
+
+def as_str(x: Any, what: str) -> str:
+    """A name from the wire: str, or UTF-8 bytes from a client that sends raw strings."""
+    if isinstance(x, bytes):
+        return x.decode("utf-8", "replace")
+    if isinstance(x, str):
+        return x
+    raise InvalidRequest(f"{what} must be a string")
 
 
 def as_bytes(x: Any, what: str = "value") -> bytes:

@@ -70,12 +70,12 @@ __all__ = [
     "TokenBucket",
 ]
 
-ROOT = "aae.root"
-ROOTS = "aae.roots"
-LEVEL = "aae.level"
-ENTRIES = "aae.entries"
-FORGET = "aae.forget"
-STATUS = "aae.status"
+ROOT = m.AAE_ROOT
+ROOTS = m.AAE_ROOTS
+LEVEL = m.AAE_LEVEL
+ENTRIES = m.AAE_ENTRIES
+FORGET = m.AAE_FORGET
+STATUS = m.AAE_STATUS
 
 # The builder yields to the loop after this many keys, so client requests are not held up
 # for more than a few milliseconds while trees are built.

@@ -13,7 +13,7 @@ with it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgpack
@@ -37,7 +37,17 @@ def _str(x: Any) -> str:
 
 
 class ClusterView:
-    def __init__(self, name: str, addr: str, engine: Engine, n: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        addr: str,
+        engine: Engine,
+        n: int,
+        *,
+        down_checks: Sequence[Callable[[str, str], bool]] = (),
+        listeners: Sequence[Callable[[], None]] = (),
+        rank: Callable[[str], int] | None = None,
+    ) -> None:
         self.name = name
         self.addr = addr
         self.engine = engine
@@ -45,12 +55,12 @@ class ClusterView:
         self.ring: Ring | None = None
         self.next: Ring | None = None
         self.addrs: dict[str, str] = {name: addr}
-        # Liveness sources; any that says "down" wins. The RPC client's fail-fast state is
-        # one; SWIM plugs in another.
-        self.down_checks: list[Callable[[str, str], bool]] = []
-        self.listeners: list[Callable[[], None]] = []
+        # Liveness sources; any that says "down" wins (the RPC client's fail-fast state, SWIM).
+        self.down_checks = tuple(down_checks)
+        # Called after every change of ring or pending change.
+        self.listeners = tuple(listeners)
         # Preference among live nodes (0 first): SWIM ranks a damped member after healthy ones.
-        self.rank: Callable[[str], int] = lambda _node: 0
+        self.rank: Callable[[str], int] = rank or (lambda _node: 0)
 
     @property
     def version(self) -> int:

@@ -24,7 +24,7 @@ from kvstore.core.ring import Ring, partition_of
 from kvstore.core.vclock import Obj
 from kvstore.errors import KVError, Timeout, Unavailable, Unreachable
 from kvstore.runtime.cluster import ClusterView
-from kvstore.runtime.replica import Replica
+from kvstore.runtime.replica import KeepHint, Replica
 from kvstore.runtime.rpc import RpcClient, was_sent
 
 log = logging.getLogger("kvstore.coordinator")
@@ -53,6 +53,7 @@ class Coordinator:
         replica: Replica,
         rpc: RpcClient,
         *,
+        keep_hint: KeepHint | None = None,
         wall_ms: Callable[[], int] | None = None,
     ) -> None:
         self.s = settings
@@ -65,8 +66,19 @@ class Coordinator:
         self.wall_ms = wall_ms or (lambda: time.time_ns() // 1_000_000)
         self.counters = Counters()
         self._background: set[asyncio.Task[None]] = set()
-        # Hook for sloppy quorum's hinted writes (set by the node when hints are enabled).
-        self.on_hinted: Callable[[str, int, bytes, Obj], Awaitable[None]] | None = None
+        # Sloppy quorum's hints (None: hinted handoff off, and no stand-ins either).
+        self.keep_hint = keep_hint
+
+    def handlers(self) -> dict[str, Callable[..., Any]]:
+        """The public data API and its forwarded forms (handle-or-forward)."""
+        return {
+            m.GET: lambda key, opts=None: self.get(key, opts),
+            m.PUT: lambda key, value, ctx=None, opts=None: self.put(key, value, ctx, opts),
+            m.DELETE: lambda key, ctx=None, opts=None: self.delete(key, ctx, opts),
+            m.FWD_GET: lambda key, opts=None: self.get(key, opts, forwarded=True),
+            m.FWD_PUT: lambda key, value, ctx=None, opts=None: self.put(key, value, ctx, opts, forwarded=True),
+            m.FWD_DELETE: lambda key, ctx=None, opts=None: self.delete(key, ctx, opts, forwarded=True),
+        }
 
     # ------------------------------------------------------------------ routing
     def _ring(self) -> Ring:
@@ -170,7 +182,7 @@ class Coordinator:
         if (warning := m.check_record(key, new, len(record), self.limits)) is not None:
             log.warning("%s", warning)
         loop = asyncio.get_running_loop()
-        hinting = self.on_hinted is not None
+        hinting = self.keep_hint is not None
         machine = WriteRequest(
             self.name, new, record,
             preference=pref,
@@ -207,9 +219,9 @@ class Coordinator:
         return drive.result
 
     async def _keep_hint(self, primary: str, p: int, key: bytes, obj: Obj) -> None:
-        assert self.on_hinted is not None
+        assert self.keep_hint is not None
         try:
-            await self.on_hinted(primary, p, key, obj)
+            await self.keep_hint(primary, p, key, obj)
         except KVError as e:
             # The hint store logs (rate-limited) and counts refusals; one line per write here
             # would flood the log while it is full.

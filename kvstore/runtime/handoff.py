@@ -25,6 +25,7 @@ from typing import Any
 import msgpack
 
 from kvstore.config import Settings
+from kvstore.core import messages as m
 from kvstore.core import vclock
 from kvstore.core.ring import Ring
 from kvstore.errors import InvalidRequest, KVError
@@ -35,8 +36,8 @@ from storage.engine import Engine
 
 log = logging.getLogger("kvstore.handoff")
 
-FETCH = "handoff.fetch"
-STATUS = "handoff.status"
+FETCH = m.HANDOFF_FETCH
+STATUS = m.HANDOFF_STATUS
 PROGRESS_PREFIX = b"handoff/"
 
 
@@ -58,7 +59,16 @@ class Transfers:
 
 
 class Handoff:
-    def __init__(self, settings: Settings, view: ClusterView, replica: Replica, engine: Engine, rpc: RpcClient) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        view: ClusterView,
+        replica: Replica,
+        engine: Engine,
+        rpc: RpcClient,
+        *,
+        on_dropped: Callable[[int], None] | None = None,
+    ) -> None:
         self.s = settings
         self.view = view
         self.replica = replica
@@ -69,7 +79,7 @@ class Handoff:
         self._wake = asyncio.Event()
         self._rng = random.Random()
         # Told of each partition whose data this node dropped (anti-entropy forgets its tree).
-        self.dropped_listeners: list[Callable[[int], None]] = []
+        self.on_dropped = on_dropped
 
     # ------------------------------------------------------------------ serving side
     def fetch(self, p: Any, after: Any, limit: Any) -> list[Any]:
@@ -112,6 +122,9 @@ class Handoff:
             "complete": t.complete,
             "partitions_left": sorted(set(t.needed) - t.done)[:20],
         }
+
+    def handlers(self) -> dict[str, Callable[..., Any]]:
+        return {FETCH: self.fetch, STATUS: self.status}
 
     def wake(self) -> None:
         self._wake.set()
@@ -169,8 +182,8 @@ class Handoff:
         if self.engine.count(p):
             self.replica.new_epoch()  # it forgets versions it may have coordinated
             n = await self.engine.drop_partition(p)
-            for cb in self.dropped_listeners:
-                cb(p)
+            if self.on_dropped is not None:
+                self.on_dropped(p)
             log.info("partition %d: dropped %d stale keys kept from an earlier ownership", p, n)
 
     async def _pull_partition(self, t: Transfers, p: int) -> bool:

@@ -32,10 +32,12 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import msgpack
 
 from kvstore.config import Settings
+from kvstore.core import messages as m
 from kvstore.core import vclock
 from kvstore.core.vclock import Obj
 from kvstore.errors import (
@@ -56,7 +58,7 @@ from storage.engine import Engine
 log = logging.getLogger("kvstore.hints")
 
 PREFIX = b"hint/"
-PUT_BATCH = "replica.put_batch"
+PUT_BATCH = m.REPLICA_PUT_BATCH
 DELIVERY_TIMEOUT_S = 10.0
 # Counted against hint_batch_bytes for each hint besides its key and record (msgpack
 # framing of [partition, key, record]).
@@ -210,6 +212,9 @@ class Hints:
         if old is None:
             self.pending[target] = self.pending.get(target, 0) + 1
             self.stats.stored += 1
+
+    def handlers(self) -> dict[str, Callable[..., Any]]:
+        return {m.HINTS: lambda: {"node": self.view.name, "pending": self.by_target(), **vars(self.stats)}}
 
     def by_target(self) -> dict[str, int]:
         return {t: n for t, n in sorted(self.pending.items()) if n}

@@ -18,18 +18,17 @@ from typing import Any
 from kvstore import __version__
 from kvstore.config import Settings, parse_addr
 from kvstore.core import messages as m
-from kvstore.core import vclock
 from kvstore.core.membership import MemberEvent, SwimConfig, route_rank
 from kvstore.core.ring import Ring, claim
-from kvstore.errors import InvalidRequest, KVError, NotOwner, StorageError, Unavailable
+from kvstore.errors import InvalidRequest, KVError, StorageError, Unavailable
 from kvstore.runtime.antientropy import AntiEntropy
 from kvstore.runtime.cluster import ClusterView
 from kvstore.runtime.coordinator import Coordinator
 from kvstore.runtime.gossip import Gossip, push_pull_via
 from kvstore.runtime.gossip import rpc_handlers as gossip_handlers
-from kvstore.runtime.handoff import FETCH, STATUS, Handoff
-from kvstore.runtime.hints import PUT_BATCH, Hints
-from kvstore.runtime.replica import Replica
+from kvstore.runtime.handoff import STATUS, Handoff
+from kvstore.runtime.hints import Hints
+from kvstore.runtime.replica import Replica, ReplicaServer
 from kvstore.runtime.rpc import RpcClient, RpcServer
 from storage.engine import Engine
 from storage.errors import StorageError as RawStorageError
@@ -42,14 +41,6 @@ NO_RING = "no_ring"
 # Set once this node has been a member of a committed ring: only such a node may conclude,
 # on finding itself outside the ring, that it was asked to leave.
 WAS_MEMBER_KEY = b"node.was_member"
-
-
-def _as_str(x: Any, what: str) -> str:
-    if isinstance(x, bytes):
-        return x.decode("utf-8", "replace")
-    if isinstance(x, str):
-        return x
-    raise InvalidRequest(f"{what} must be a string")
 
 
 def store_identity(data_dir: str) -> str:
@@ -133,32 +124,40 @@ class Node:
         except RawStorageError as e:
             raise StorageError(str(e), path=getattr(e, "path", None)) from None
         log.info("store %s: %s", self.s.data_dir, self.engine.load_stats)
-        self.view = ClusterView(self.name, self.addr, self.engine, self.s.n_replicas)
-        self.view.down_checks.append(lambda _n, addr: self.rpc.is_down(addr))
+        self.view = ClusterView(
+            self.name, self.addr, self.engine, self.s.n_replicas,
+            down_checks=[lambda _n, addr: self.rpc.is_down(addr), self._gossip_says_down],
+            listeners=[self._on_view_change],
+            rank=self._gossip_rank,
+        )
         had_view = self.view.load()
         replica = Replica(self.engine, self.name, lww=self.s.conflict == "lww")
         if not await replica.start():
             log.info("no clean stop recorded: coordinating writes as %s (a new actor epoch)", replica.actor)
         self.replica = replica
         self._was_member = self.engine.meta_get(WAS_MEMBER_KEY) is not None
-        self.coord = Coordinator(self.s, self.view, replica, self.rpc)
-        self.handoff = Handoff(self.s, self.view, replica, self.engine, self.rpc)
         # Before serving: it copies the table so its trees count every write exactly once.
         self.aae = AntiEntropy(self.s, self.view, replica, self.engine, self.rpc)
-        self.handoff.dropped_listeners.append(self.aae.drop)
         if "aae" in self.engine.snapshot_extra:
             self.aae.import_(self.engine.snapshot_extra["aae"])
+        self.handoff = Handoff(self.s, self.view, replica, self.engine, self.rpc, on_dropped=self.aae.drop)
         self.hints = Hints(self.s, self.view, self.engine, self.rpc, replica)
-        self.coord.on_hinted = self.hints.store
-        self.view.listeners.append(self._on_view_change)
+        self.coord = Coordinator(self.s, self.view, replica, self.rpc, keep_hint=self.hints.store)
         self.gossip = Gossip(
             SwimConfig.from_settings(self.s), self.name, self.addr, self.s.listen, random.Random(),
             push_pull_via(self.rpc), self._on_member, meta={"ring": self.view.version},
         )
-        self.view.down_checks.append(self._gossip_says_down)
-        self.view.rank = self._gossip_rank
         self.server = RpcServer(
-            {**self._handlers(), **gossip_handlers(self.gossip)}, max_frame_bytes=self.s.max_frame_bytes
+            {
+                **self._handlers(),
+                **self.coord.handlers(),
+                **ReplicaServer(replica, self.view, self.hints.store).handlers(),
+                **self.hints.handlers(),
+                **self.handoff.handlers(),
+                **self.aae.handlers(),
+                **gossip_handlers(self.gossip),
+            },
+            max_frame_bytes=self.s.max_frame_bytes,
         )
         host, port = parse_addr(self.s.listen)
         await self.server.start(host, port)
@@ -267,19 +266,8 @@ class Node:
 
     # ------------------------------------------------------------------ handlers
     def _handlers(self) -> dict[str, Any]:
-        assert self.coord is not None
-        c = self.coord
+        """This node's own methods: identity, admin and cluster membership."""
         return {
-            m.GET: lambda key, opts=None: c.get(key, opts),
-            m.PUT: lambda key, value, ctx=None, opts=None: c.put(key, value, ctx, opts),
-            m.DELETE: lambda key, ctx=None, opts=None: c.delete(key, ctx, opts),
-            m.FWD_GET: lambda key, opts=None: c.get(key, opts, forwarded=True),
-            m.FWD_PUT: lambda key, value, ctx=None, opts=None: c.put(key, value, ctx, opts, forwarded=True),
-            m.FWD_DELETE: lambda key, ctx=None, opts=None: c.delete(key, ctx, opts, forwarded=True),
-            m.REPLICA_GET: self._replica_get,
-            m.REPLICA_PUT: self._replica_put,
-            PUT_BATCH: self._replica_put_batch,
-            "cluster.hints": lambda: {"node": self.name, "pending": self.hints.by_target(), **vars(self.hints.stats)},
             m.PING: self._ping,
             m.RESTART: self._restart,
             m.STOP: self._stop_request,
@@ -288,56 +276,7 @@ class Node:
             m.JOIN: self._join,
             m.LEAVE: self._leave,
             m.RING_UPDATE: self._ring_update,
-            FETCH: self.handoff.fetch if self.handoff else None,
-            STATUS: self.handoff.status if self.handoff else None,
-            **(self.aae.handlers() if self.aae else {}),
         }
-
-    @staticmethod
-    def _partition(p: Any) -> int:
-        if isinstance(p, bool) or not isinstance(p, int) or p < 0:
-            raise InvalidRequest(f"partition must be a non-negative integer, got {p!r}")
-        return p
-
-    def _owned(self, p: Any) -> int:
-        part = self._partition(p)
-        assert self.view is not None
-        if not self.view.replicates(part):
-            raise NotOwner(
-                f"{self.name} does not replicate partition {part} in ring v{self.view.version}",
-                ring_version=self.view.version,
-            )
-        return part
-
-    def _replica_get(self, p: Any, key: Any) -> bytes | None:
-        return self.replica.read_raw(self._owned(p), m.as_bytes(key, "key"))
-
-    def _replica_put(self, p: Any, key: Any, record: Any, hint_for: Any = None) -> Any:
-        """Merge a version sent by a coordinator; the reply goes once it is durable (a Future,
-        so the hot path needs no task). With ``hint_for`` it is kept as a hint instead."""
-        part = self._partition(p)
-        k = m.as_bytes(key, "key")
-        obj = vclock.decode(m.as_bytes(record, "record"))
-        if hint_for is not None and self.coord is not None and self.coord.on_hinted is not None:
-            return self.coord.on_hinted(_as_str(hint_for, "hint_for"), part, k, obj)
-        part = self._owned(part)
-        durable = self.replica.apply(part, k, obj)
-        return True if durable is None else durable
-
-    async def _replica_put_batch(self, items: Any) -> int:
-        """Hints delivered by a peer: merge each, acknowledge once all are persisted."""
-        if not isinstance(items, list):
-            raise InvalidRequest("put_batch takes a list of [partition, key, record]")
-        decoded = []
-        for item in items:
-            if not isinstance(item, list) or len(item) != 3:
-                raise InvalidRequest("put_batch items are [partition, key, record]")
-            p, key, record = item
-            decoded.append((self._owned(p), m.as_bytes(key, "key"), vclock.decode(m.as_bytes(record, "record"))))
-        # All checked before any is merged: a refused batch changes nothing.
-        waits = [self.replica.merge_in(p, k, obj) for p, k, obj in decoded]
-        await asyncio.gather(*waits)
-        return len(waits)
 
     def _swim_fields(self, node: str) -> dict[str, Any]:
         info = self.gossip.member(node) if self.gossip is not None and self._gossip_on else None
@@ -469,8 +408,8 @@ class Node:
     async def _join(self, name: Any, addr: Any, hops: Any = 0) -> dict[str, Any]:
         """Add a node to the ring (or update its address) and tell every member."""
         assert self.view is not None
-        node = _as_str(name, "name")
-        where = _as_str(addr, "addr")
+        node = m.as_str(name, "name")
+        where = m.as_str(addr, "addr")
         parse_addr(where)
         if self.view.ring is not None and node not in self.view.members():
             forwarded = await self._via_claimant(m.JOIN, [node, where], hops)
@@ -488,7 +427,7 @@ class Node:
 
     async def _leave(self, name: Any, hops: Any = 0) -> dict[str, Any]:
         assert self.view is not None
-        node = _as_str(name, "name")
+        node = m.as_str(name, "name")
         forwarded = await self._via_claimant(m.LEAVE, [node], hops)
         if forwarded is not None:
             return forwarded

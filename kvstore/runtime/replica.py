@@ -11,14 +11,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import msgpack
 
+from kvstore.core import messages as m
 from kvstore.core import vclock
 from kvstore.core.vclock import Obj
-from kvstore.errors import DotConflict
+from kvstore.errors import DotConflict, InvalidRequest, NotOwner
+from kvstore.runtime.cluster import ClusterView
 from storage.engine import Engine
+
+# Keeps a hint: (target, partition, key, version).
+KeepHint = Callable[[str, int, bytes, Obj], Awaitable[None]]
 
 # Called after each stored change: (partition, key, old, new) — Merkle trees hook in here.
 ChangeHook = Callable[[int, bytes, Obj | None, Obj | None], None]
@@ -170,3 +176,61 @@ class Replica:
         for hook in self.hooks:
             hook(partition, key, local, None)
         return True
+
+
+def _partition(p: Any) -> int:
+    if isinstance(p, bool) or not isinstance(p, int) or p < 0:
+        raise InvalidRequest(f"partition must be a non-negative integer, got {p!r}")
+    return p
+
+
+class ReplicaServer:
+    """The replica's side of the ``replica.*`` RPCs: reads, merges of versions a coordinator
+    sends (or keeps as hints for another node), and batches of delivered hints. Only
+    partitions this node replicates are served or stored (``not_owner`` otherwise)."""
+
+    def __init__(self, replica: Replica, view: ClusterView, keep_hint: KeepHint | None) -> None:
+        self.replica = replica
+        self.view = view
+        self.keep_hint = keep_hint
+
+    def handlers(self) -> dict[str, Callable[..., Any]]:
+        return {m.REPLICA_GET: self.get, m.REPLICA_PUT: self.put, m.REPLICA_PUT_BATCH: self.put_batch}
+
+    def _owned(self, p: Any) -> int:
+        part = _partition(p)
+        view = self.view
+        if not view.replicates(part):
+            raise NotOwner(
+                f"{view.name} does not replicate partition {part} in ring v{view.version}",
+                ring_version=view.version,
+            )
+        return part
+
+    def get(self, p: Any, key: Any) -> bytes | None:
+        return self.replica.read_raw(self._owned(p), m.as_bytes(key, "key"))
+
+    def put(self, p: Any, key: Any, record: Any, hint_for: Any = None) -> Any:
+        """Merge a version sent by a coordinator; the reply goes once it is durable (a Future,
+        so the hot path needs no task). With ``hint_for`` it is kept as a hint instead."""
+        part = _partition(p)
+        k = m.as_bytes(key, "key")
+        obj = vclock.decode(m.as_bytes(record, "record"))
+        if hint_for is not None and self.keep_hint is not None:
+            return self.keep_hint(m.as_str(hint_for, "hint_for"), part, k, obj)
+        durable = self.replica.apply(self._owned(part), k, obj)
+        return True if durable is None else durable
+
+    async def put_batch(self, items: Any) -> int:
+        """Hints delivered by a peer: merge each, acknowledge once all are persisted."""
+        if not isinstance(items, list):
+            raise InvalidRequest("put_batch takes a list of [partition, key, record]")
+        decoded = []
+        for item in items:
+            if not isinstance(item, list) or len(item) != 3:
+                raise InvalidRequest("put_batch items are [partition, key, record]")
+            p, key, record = item
+            decoded.append((self._owned(p), m.as_bytes(key, "key"), vclock.decode(m.as_bytes(record, "record"))))
+        # All checked before any is merged: a refused batch changes nothing.
+        await asyncio.gather(*(self.replica.merge_in(p, k, obj) for p, k, obj in decoded))
+        return len(decoded)

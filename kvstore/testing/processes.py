@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from kvstore.client import Client
+from kvstore.core import messages as m
 
 FAST_TIMINGS = ["--probe-interval-s", "0.2", "--probe-timeout-s", "0.1", "--push-pull-interval-s", "2"]
 
@@ -133,7 +134,7 @@ class LocalCluster:
     def status(self, name: str) -> dict[str, Any] | None:
         c = Client([self.nodes[name].addr], timeout_s=2.0)
         try:
-            return c.call(self.nodes[name].addr, "cluster.status")  # type: ignore[no-any-return]
+            return c.call(self.nodes[name].addr, m.STATUS)  # type: ignore[no-any-return]
         except Exception:
             return None
         finally:

@@ -104,7 +104,7 @@ async def test_hints_for_a_down_node_that_still_replicates_stay(holder: Holder) 
     p = next(p for p in range(Q) if "a" in ring.preference_list(p, 3))
     holder.view.ring = ring
     holder.view.addrs["a"] = f"127.0.0.1:{free_port()}"  # nobody listens there
-    holder.view.down_checks.append(lambda n, _addr: n == "a")
+    holder.view.down_checks = (lambda n, _addr: n == "a",)
     await holder.hints.store("a", p, b"k", _obj(b"v"))
     await holder.hints.tick()
     assert holder.hints.by_target() == {"a": 1}
