@@ -191,6 +191,32 @@ def test_a_start_after_a_crash_takes_a_new_actor_and_a_clean_stop_resumes_it(tmp
         assert actors(b"k3").isdisjoint(first)  # crash: a new epoch
 
 
+def test_a_coordinator_that_lost_its_unsynced_tail_keeps_both_versions(tmp_path: Path) -> None:
+    """Power loss modelled by the engine's test mode: n1 (fsync=no, nothing synced until a
+    flush) coordinates v1, n2 and n3 store it, n1 is killed and comes back without it.
+    Before: it minted the same dot for the next blind put and one value was silently lost."""
+    with LocalCluster(tmp_path, nodes=3, extra=[*BASE, *NO_AAE]) as c:
+        c.nodes["n1"].args += ["--fsync", "no"]
+        os.environ["KV_TEST_LOSE_UNSYNCED"] = "1"
+        try:
+            c.start("n1")
+        finally:
+            del os.environ["KV_TEST_LOSE_UNSYNCED"]
+        c.start("n2")
+        c.start("n3")
+        c.wait_ring(3)
+        a = Admin(c)
+        key = b"power-loss"
+        a.kv("n1").put(key, b"v1", w=3)
+        c.kill("n1")  # the un-synced tail, v1 included, is gone with it
+        a.forget_clients("n1")
+        c.start("n1")
+        c.wait_ring(3)
+        assert a.raw("n1", key) is None
+        wait_until(lambda: _try(lambda: a.kv("n1").put(key, b"v2", w=3)), 30, 0.2, "the put of v2")
+        _reads_everywhere(a, key, {b"v1", b"v2"})
+
+
 # ---------------------------------------------------------------------- 3. stale partitions
 def test_partitions_kept_past_a_restart_do_not_bring_deleted_keys_back(tmp_path: Path) -> None:
     """Before: nodes restarted after n4 joined kept the partitions they handed to n4 (the drop
