@@ -22,18 +22,12 @@ from typing import Any
 
 from kvstore.core import messages as m
 from kvstore.core.ring import Ring, partition_of
-from kvstore.errors import InvalidRequest, KVError, Timeout, Unavailable, Unreachable
+from kvstore.errors import Conflict, InvalidRequest, KVError, Timeout, Unavailable, Unreachable
 from kvstore.runtime.rpc import RpcClient, was_sent
 
 __all__ = ["AsyncClient", "Client", "Conflict", "GetResult", "PutResult"]
 
 Resolver = Callable[[list[bytes]], bytes]
-
-
-class Conflict(InvalidRequest):
-    """``GetResult.value`` was asked for but the key has several sibling values."""
-
-    code = "invalid_request"
 
 
 @dataclass(frozen=True, slots=True)
