@@ -15,14 +15,8 @@ import click
 
 from cli import output as out
 from cli.remote import call_once
+from kvstore.config import LOCAL_TIMINGS, node_flags
 from kvstore.errors import KVError
-
-# Timings for a cluster on one machine: failures are noticed in about a second, not ten.
-LOCAL_TIMINGS = {
-    "probe-interval-s": "0.2",
-    "probe-timeout-s": "0.1",
-    "push-pull-interval-s": "5",
-}
 
 
 def _die_with_parent() -> None:
@@ -121,10 +115,8 @@ def up(count: int, host: str, port: int, data_dir: str, n_replicas: int | None, 
         cmd = [
             sys.executable, "-m", "cli", "node", "start",
             "--name", name, "--listen", addr, "--data-dir", str(base / name),
-            "--n-replicas", str(n), "--r", str(r), "--w", str(w),
+            "--n-replicas", str(n), "--r", str(r), "--w", str(w), *node_flags(LOCAL_TIMINGS),
         ]
-        for flag, value in LOCAL_TIMINGS.items():
-            cmd += [f"--{flag}", value]
         if i > 0:
             cmd += ["--seed", first]
         for kv in extra:

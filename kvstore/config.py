@@ -23,6 +23,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 from typing import Any
 
 from kvstore.core.membership.config import swim_setting
@@ -31,6 +32,13 @@ from kvstore.errors import ConfigError
 from storage.fsync import FSYNC_POLICIES
 
 CONFLICT_MODES = ("siblings", "lww")
+
+# Failure detection for a cluster on one machine (`kv cluster up`, the test clusters of
+# kvstore.testing, jepsen-lite): a dead node is noticed in about a second, not ten, and the
+# loopback network makes the short timeouts safe.
+LOCAL_TIMINGS: Mapping[str, float] = MappingProxyType(
+    {"probe_interval_s": 0.2, "probe_timeout_s": 0.1, "push_pull_interval_s": 5.0}
+)
 
 # msgpack-RPC framing, method name, partition and the other small parameters around the one
 # large item (a record or a hint batch) of a call, with room to spare.
@@ -268,6 +276,15 @@ def parse_addr(addr: str) -> tuple[str, int]:
     if not 0 <= p <= 65535:
         raise ConfigError(f"address {addr!r}: port {p} out of range")
     return host.strip("[]"), p
+
+
+def node_flags(settings: Mapping[str, Any]) -> list[str]:
+    """``kv node start`` flags that set ``settings`` (``probe_interval_s=0.2`` becomes
+    ``--probe-interval-s 0.2``), for whatever starts node processes."""
+    out: list[str] = []
+    for name, value in settings.items():
+        out += [f"--{name.replace('_', '-')}", str(value)]
+    return out
 
 
 def _coerce(name: str, typ: Any, raw: Any, where: str) -> Any:

@@ -21,8 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from kvstore.client import Client
+from kvstore.config import LOCAL_TIMINGS, node_flags
 
-FAST_TIMINGS = ["--probe-interval-s", "0.2", "--probe-timeout-s", "0.1", "--push-pull-interval-s", "2"]
+# Tests wait for membership to settle after restarts and ring changes: full-state exchanges
+# more often than a local cluster's shorten those waits.
+TEST_TIMINGS = {**LOCAL_TIMINGS, "push_pull_interval_s": 2.0}
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -85,7 +88,7 @@ class LocalCluster:
     ) -> None:
         self.root = Path(root)
         self.host = host
-        self.settings = ["--n-replicas", str(n), "--r", str(r), "--w", str(w), *FAST_TIMINGS, *(extra or [])]
+        self.settings = ["--n-replicas", str(n), "--r", str(r), "--w", str(w), *node_flags(TEST_TIMINGS), *(extra or [])]
         self.nodes: dict[str, NodeProc] = {}
         self._clients: list[Client] = []
         for i in range(nodes):
