@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -166,9 +165,10 @@ POINTS: list[tuple[str, int, int]] = [
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    sys.path.insert(0, str(REPO))
+    from kvstore.testing.processes import free_port
+
+    return free_port()
 
 
 def _start(

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
 import signal
@@ -52,14 +51,6 @@ SATURATED_CPU_PCT = 90.0
 
 
 # --------------------------------------------------------------------------- children
-
-
-def _die_with_parent() -> None:
-    # A child of a `kv bench` that is killed outright gets SIGTERM instead of lingering.
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def _serve(keys: int, value_bytes: int) -> None:
@@ -91,7 +82,9 @@ def _serve(keys: int, value_bytes: int) -> None:
 
 
 def _child_main(argv: list[str]) -> None:
-    _die_with_parent()
+    from kvstore.testing.processes import die_with_parent
+
+    die_with_parent()  # a `kv bench` killed outright leaves no generator or server behind
     if argv[:1] == ["serve"] and len(argv) == 3:
         _serve(int(argv[1]), int(argv[2]))
     elif argv[:1] == ["load"] and len(argv) == 2:

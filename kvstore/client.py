@@ -180,10 +180,7 @@ class AsyncClient:
         timeout_s: float | None = None,
     ) -> PutResult:
         k = _to_bytes(key, "key")
-        v = _to_bytes(value, "value")
-        opts = m.options_to_wire(m.Options(w, strict, timeout_s), "w")
-        doc = await self._call(k, m.PUT, [k, v, context, opts], False, (timeout_s or self.timeout_s) + 1.0)
-        return PutResult(bytes(doc["context"]))
+        return await self._write(k, _to_bytes(value, "value"), context, m.Options(w, strict, timeout_s))
 
     async def delete(
         self,
@@ -194,9 +191,14 @@ class AsyncClient:
         strict: bool = False,
         timeout_s: float | None = None,
     ) -> PutResult:
-        k = _to_bytes(key, "key")
-        opts = m.options_to_wire(m.Options(w, strict, timeout_s), "w")
-        doc = await self._call(k, m.DELETE, [k, context, opts], False, (timeout_s or self.timeout_s) + 1.0)
+        return await self._write(_to_bytes(key, "key"), None, context, m.Options(w, strict, timeout_s))
+
+    async def _write(self, k: bytes, v: bytes | None, context: bytes | None, o: m.Options) -> PutResult:
+        """A put of ``v``, or with None a delete: not idempotent, so retried only as
+        kvstore.retry allows."""
+        opts = m.options_to_wire(o, "w")
+        method, params = (m.DELETE, [k, context, opts]) if v is None else (m.PUT, [k, v, context, opts])
+        doc = await self._call(k, method, params, False, (o.timeout_s or self.timeout_s) + 1.0)
         return PutResult(bytes(doc["context"]))
 
     async def call(self, addr: str, method: str, *params: Any) -> Any:
