@@ -5,13 +5,14 @@
                                                          # a running node vs the 3-node ceiling
 
 Both servers run as separate processes and are driven, one after the other for each load
-point, by the same load generator (this file's ``load`` subcommand, also a separate process),
+point, by the same load generator (this file's ``load`` subcommand, a separate process),
 so the only difference between two rows is the server. The machine is shared and noisy: read
 the ratio column, not the absolute figures. Each point runs for ``--secs`` after ``--warm``.
 
 Subcommands used internally (each prints one line):
     serve --port 0            the project's RpcServer with dict put/get, prints "ready PORT"
-    load --port P --op put    C connections x W in flight (or --conns 1 --window 1: one socket,
+    load --port P --op put    kvstore.testing.load, the generator of `kv bench`: C connections
+                              x W in flight (or --conns 1 --window 1: one blocking socket,
                               strictly one request at a time), prints one JSON line
 """
 
@@ -20,9 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import random
-import socket
 import subprocess
 import sys
 import time
@@ -30,13 +28,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import msgpack
-
 REPO = Path(__file__).resolve().parent.parent
-VALUE = b"v" * 100
+VALUE = b"x" * 100  # what the load generator puts
 PREFILL = 100_000
-NPRE = 1 << 16  # pre-packed requests per run; msgid = slot, so client packing costs nothing
-MASK = NPRE - 1
+KEY_FMT = "%016d"  # the served store holds KEY_FMT % i for every i below PREFILL
 
 
 # --------------------------------------------------------------------------- serve
@@ -46,7 +41,7 @@ def serve(port: int, loop_kind: str, handlers: str = "sync") -> None:
     sys.path.insert(0, str(REPO))
     from kvstore.runtime.rpc import RpcServer, run
 
-    store: dict[bytes, bytes] = {b"%016d" % i: VALUE for i in range(PREFILL)}
+    store: dict[bytes, bytes] = {KEY_FMT.encode() % i: VALUE for i in range(PREFILL)}
 
     def put(k: bytes, v: bytes) -> bool:
         store[k] = v
@@ -93,237 +88,68 @@ def serve(port: int, loop_kind: str, handlers: str = "sync") -> None:
 # --------------------------------------------------------------------------- load
 
 
-def _requests(op: str, proto: str, keyspace: int, seed: int) -> list[bytes]:
-    rnd = random.Random(seed)
-    keys = [b"%016d" % rnd.randrange(keyspace) for _ in range(NPRE)]
-    pack = msgpack.Packer(use_bin_type=True).pack
-    if op == "put":
-        extra: list[Any] = [None, {}] if proto == "node" else []
-        return [pack([0, i, "put", [keys[i], VALUE, *extra]]) for i in range(NPRE)]
-    extra = [{}] if proto == "node" else []
-    return [pack([0, i, "get", [keys[i], *extra]]) for i in range(NPRE)]
-
-
-def _cpu_s(pid: int) -> float:
-    if not pid:
-        return 0.0
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            f = fh.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _pct(lat: list[float], p: float) -> float:
-    if not lat:
-        return 0.0
-    return round(lat[min(len(lat) - 1, int(len(lat) * p))] * 1e6, 1)
-
-
-def _result(
-    args: argparse.Namespace,
-    n: int,
-    errors: int,
-    dt: float,
-    lat: list[float],
-    cpu: float,
-    client_cpu: float,
-) -> str:
-    lat.sort()
-    return json.dumps(
-        {
-            "op": args.op,
-            "conns": args.conns,
-            "window": args.window,
-            "ops_s": round(n / dt) if dt > 0 else 0,
-            "p50_us": _pct(lat, 0.5),
-            "p99_us": _pct(lat, 0.99),
-            "p999_us": _pct(lat, 0.999),
-            "n": n,
-            "errors": errors,
-            "server_cpu_pct": round(100 * cpu / dt, 1) if args.spid and dt > 0 else None,
-            "client_cpu_pct": round(100 * client_cpu / dt, 1) if dt > 0 else None,
-        }
-    )
-
-
 def load(args: argparse.Namespace) -> None:
-    host, port = args.host, args.port
+    """One point, through kvstore.testing.load (the generator `kv bench` uses too), or
+    through kvstore's RpcClient with --driver rpcclient."""
+    sys.path.insert(0, str(REPO))
+    from kvstore.testing.load import LoadSpec, measure
+
+    spec = LoadSpec(
+        args.op, (f"{args.host}:{args.port}",), conns=args.conns, window=args.window,
+        secs=args.secs, warm=args.warm, keys=args.keyspace, value_bytes=len(VALUE),
+        key_fmt=KEY_FMT, seed=args.seed, node_api=args.proto == "node", server_pid=args.spid,
+    )  # fmt: skip
     if args.driver == "rpcclient":
-        sys.path.insert(0, str(REPO))
         from kvstore.runtime.rpc import run
 
-        print(run(_load_rpcclient(args, host, port), loop="uvloop"), flush=True)
-        return
-    reqs = _requests(args.op, args.proto, args.keyspace, args.seed)
-    if args.conns == 1 and args.window == 1:
-        print(_load_seq(args, reqs, host, port), flush=True)
-        return
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    print(asyncio.run(_load_pipe(args, reqs, host, port)), flush=True)
+        r = run(_load_rpcclient(spec), loop="uvloop")
+    else:
+        r = measure(spec)
+    if "error" in r:
+        raise SystemExit(r["error"])
+    print(json.dumps({"op": args.op, "conns": args.conns, "window": args.window, **r}), flush=True)
 
 
-def _load_seq(args: argparse.Namespace, reqs: list[bytes], host: str, port: int) -> str:
-    s = socket.create_connection((host, port))
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    unp = msgpack.Unpacker(raw=False)
-    pc = time.perf_counter
-    lat: list[float] = []
-    n = errors = i = 0
-    t_warm = pc() + args.warm
-    measuring = False
-    start = t1 = t_end = 0.0
-    c0 = cl0 = 0.0
-    while True:
-        t0 = pc()
-        s.sendall(reqs[i & MASK])
-        i += 1
-        msg = None
-        while msg is None:
-            chunk = s.recv(65536)
-            if not chunk:
-                raise SystemExit("server closed the connection")
-            unp.feed(chunk)
-            msg = next(unp, None)
-        t1 = pc()
-        if measuring:
-            lat.append(t1 - t0)
-            n += 1
-            errors += msg[2] is not None
-            if t1 >= t_end:
-                break
-        elif t1 >= t_warm:
-            measuring = True
-            start, t_end = t1, t1 + args.secs
-            c0 = _cpu_s(args.spid)
-            cl0 = time.process_time()
-    s.close()
-    return _result(
-        args, n, errors, t1 - start, lat, _cpu_s(args.spid) - c0, time.process_time() - cl0
-    )
-
-
-async def _load_rpcclient(args: argparse.Namespace, host: str, port: int) -> str:
+async def _load_rpcclient(spec: Any) -> dict[str, Any]:
     """The same load through kvstore's RpcClient: conns pooled connections, conns x window
     concurrent callers, so its cost per call can be read against the raw generator's."""
     from kvstore.runtime.rpc import RpcClient
+    from kvstore.testing.load import NPRE, Measurement, request_keys
 
-    rnd = random.Random(args.seed)
-    keys = [b"%016d" % rnd.randrange(args.keyspace) for _ in range(NPRE)]
-    extra: list[Any] = ([None, {}] if args.op == "put" else [{}]) if args.proto == "node" else []
-    client = RpcClient(conns_per_peer=args.conns)
-    addr = f"{host}:{port}"
-    state = {"measuring": False, "stop": False, "n": 0, "errors": 0}
-    lat: list[float] = []
+    keys = request_keys(spec.keys, spec.key_fmt, spec.seed)
+    extra: list[Any] = ([None, {}] if spec.op == "put" else [{}]) if spec.node_api else []
+    client = RpcClient(conns_per_peer=spec.conns)
+    addr = spec.addrs[0]
+    meas = Measurement(spec.op == "get", spec.server_pid)
+    stop = False
     pc = time.perf_counter
-    op = args.op
+    op = spec.op
 
     async def caller(base: int) -> None:
         i = base
-        while not state["stop"]:
-            k = keys[i & MASK]
+        while not stop:
+            k = keys[i % NPRE]
             i += 1
             params = [k, VALUE, *extra] if op == "put" else [k, *extra]
             t0 = pc()
             try:
-                await client.call(addr, op, params, 10.0)
-                ok = True
-            except Exception:
-                ok = False
-            if state["measuring"]:
-                lat.append(pc() - t0)
-                state["n"] += 1
-                state["errors"] += not ok
+                res = await client.call(addr, op, params, 10.0)
+            except Exception as e:
+                if meas.measuring:
+                    meas.failed(e)
+            else:
+                if meas.measuring:
+                    meas.ok(pc() - t0, res)
 
-    callers = [asyncio.create_task(caller(c * 997)) for c in range(args.conns * args.window)]
-    await asyncio.sleep(args.warm)
-    state["measuring"] = True
-    c0 = _cpu_s(args.spid)
-    cl0 = time.process_time()
-    t0 = pc()
-    await asyncio.sleep(args.secs)
-    state["measuring"] = False
-    t1 = pc()
-    c1 = _cpu_s(args.spid)
-    cl1 = time.process_time()
-    state["stop"] = True
+    callers = [asyncio.create_task(caller(c * 997)) for c in range(spec.conns * spec.window)]
+    await asyncio.sleep(spec.warm)
+    meas.start()
+    await asyncio.sleep(spec.secs)
+    meas.stop()
+    stop = True
     await asyncio.gather(*callers)
     await client.close()
-    return _result(args, int(state["n"]), int(state["errors"]), t1 - t0, lat, c1 - c0, cl1 - cl0)
-
-
-async def _load_pipe(args: argparse.Namespace, reqs: list[bytes], host: str, port: int) -> str:
-    state = {"measuring": False, "n": 0, "errors": 0}
-    lat: list[float] = []
-    window = args.window
-    pc = time.perf_counter
-
-    class Conn(asyncio.Protocol):
-        def __init__(self, base: int) -> None:
-            self.next = base
-            self.sent = [0.0] * NPRE
-            self.unp = msgpack.Unpacker(raw=False)
-            self.tr: Any = None
-
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            self.tr = transport
-            self.send(window)
-
-        def send(self, k: int) -> None:
-            now = pc()
-            sent = self.sent
-            out = []
-            nxt = self.next
-            for _ in range(k):
-                j = nxt & MASK
-                nxt += 1
-                sent[j] = now
-                out.append(reqs[j])
-            self.next = nxt
-            self.tr.write(b"".join(out))
-
-        def data_received(self, data: bytes) -> None:
-            self.unp.feed(data)
-            now = pc()
-            k = errs = 0
-            meas = state["measuring"]
-            sent = self.sent
-            for m in self.unp:
-                k += 1
-                if meas:
-                    lat.append(now - sent[m[1]])
-                    if m[2] is not None:
-                        errs += 1
-            if meas:
-                state["n"] += k
-                state["errors"] += errs
-            if k:
-                self.send(k)
-
-    loop = asyncio.get_running_loop()
-    transports = []
-    for c in range(args.conns):
-        tr, _ = await loop.create_connection(lambda c=c: Conn(c * 997), host, port)  # type: ignore[misc]
-        transports.append(tr)
-    await asyncio.sleep(args.warm)
-    state["measuring"] = True
-    c0 = _cpu_s(args.spid)
-    cl0 = time.process_time()
-    t0 = pc()
-    await asyncio.sleep(args.secs)
-    state["measuring"] = False
-    t1 = pc()
-    c1 = _cpu_s(args.spid)
-    cl1 = time.process_time()
-    for tr in transports:
-        tr.abort()
-    return _result(args, int(state["n"]), int(state["errors"]), t1 - t0, lat, c1 - c0, cl1 - cl0)
+    return meas.result()
 
 
 # --------------------------------------------------------------------------- compare
@@ -339,9 +165,10 @@ POINTS: list[tuple[str, int, int]] = [
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    sys.path.insert(0, str(REPO))
+    from kvstore.testing.processes import free_port
+
+    return free_port()
 
 
 def _start(

@@ -11,10 +11,9 @@ whatever else the machine is doing.
 
 Processes (so that the CLI's own CPU does not distort either figure):
 
-- the load generator, ``python -m cli.bench_cmds load SPEC`` (one per point): C connections x
-  W requests in flight (a sliding window over pre-packed requests, an asyncio ``Protocol``,
-  uvloop when installed), spread round-robin over the ``--node`` addresses; it prints one
-  JSON line: ops/s of successful replies, error replies, p50/p99/p999, its own CPU %.
+- the load generator, ``python -m cli.bench_cmds load SPEC`` (one per point): kvstore.testing.load,
+  C connections x W requests in flight spread round-robin over the ``--node`` addresses; it
+  prints one JSON line: ops/s of successful replies, error replies, p50/p99/p999, its own CPU %.
 - the reference server, ``python -m cli.bench_cmds serve`` on a free loopback port.
 
 Both get byte-identical requests, the node's public API: ``put [key, value, None, {}]`` and
@@ -29,10 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -41,17 +38,12 @@ from collections.abc import Iterator
 from typing import Any, NoReturn
 
 import click
-import msgpack
 
 from cli import output as out
 from kvstore.config import parse_addr
 from kvstore.errors import ConfigError, KVError
 
 DEFAULT_NODE = "127.0.0.1:7000"
-KEY_FMT = b"kvbench:%08d"
-NPRE = 1 << 16  # pre-packed requests per point; msgid = slot, so packing costs nothing
-MASK = NPRE - 1
-SEED = 1
 # Slack on top of warm + secs before a silent child is given up on.
 CHILD_GRACE_S = 30.0
 # Above this the generator, not the server, may be what limits the figure.
@@ -61,188 +53,6 @@ SATURATED_CPU_PCT = 90.0
 # --------------------------------------------------------------------------- children
 
 
-def _die_with_parent() -> None:
-    # A child of a `kv bench` that is killed outright gets SIGTERM instead of lingering.
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def _keys(keys: int) -> list[bytes]:
-    """The keys of the pre-packed requests: a fixed seed gives the same order for cluster and
-    reference, and for the put point and the get point after it."""
-    rnd = random.Random(SEED)
-    return [KEY_FMT % rnd.randrange(keys) for _ in range(NPRE)]
-
-
-def _requests(op: str, keys: int, value_bytes: int) -> list[bytes]:
-    """The node's public put/get, pre-packed once (msgid = slot)."""
-    ks = _keys(keys)
-    pack = msgpack.Packer(use_bin_type=True).pack
-    if op == "put":
-        value = b"x" * value_bytes
-        return [pack([0, i, "put", [ks[i], value, None, {}]]) for i in range(NPRE)]
-    return [pack([0, i, "get", [ks[i], {}]]) for i in range(NPRE)]
-
-
-def _cpu_s(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            f = fh.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _pct_us(lat: list[float], p: float) -> float:
-    if not lat:
-        return 0.0
-    return round(lat[min(len(lat) - 1, int(len(lat) * p))] * 1e6, 1)
-
-
-def _error_text(err: Any) -> str:
-    if isinstance(err, dict):
-        return f"{err.get('code', '?')}: {err.get('message', '')}".rstrip(": ")
-    return str(err)
-
-
-async def _load(spec: dict[str, Any]) -> dict[str, Any]:
-    """One point: connect C connections, keep W requests in flight on each, measure."""
-    reqs = _requests(spec["op"], spec["keys"], spec["value_bytes"])
-    addrs: list[str] = spec["addrs"]
-    window: int = spec["window"]
-    is_get = spec["op"] == "get"
-    pc = time.perf_counter
-    lat: list[float] = []
-    st: dict[str, Any] = {
-        "measuring": False, "closing": False, "errors": 0, "hits": 0, "values": 0,
-        "first_error": None, "lost": None,
-    }  # fmt: skip
-
-    class Conn(asyncio.Protocol):
-        def __init__(self, base: int, addr: str) -> None:
-            self.next = base
-            self.addr = addr
-            self.sent = [0.0] * NPRE
-            self.unp = msgpack.Unpacker(raw=False)
-            self.tr: Any = None
-
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            self.tr = transport
-            self.send(window)
-
-        def send(self, k: int) -> None:
-            now = pc()
-            sent = self.sent
-            nxt = self.next
-            chunk = []
-            for _ in range(k):
-                j = nxt & MASK
-                nxt += 1
-                sent[j] = now
-                chunk.append(reqs[j])
-            self.next = nxt
-            self.tr.write(b"".join(chunk))
-
-        def data_received(self, data: bytes) -> None:
-            self.unp.feed(data)
-            now = pc()
-            k = 0
-            if not st["measuring"]:
-                for _ in self.unp:
-                    k += 1
-            else:
-                sent = self.sent
-                hits = vals = 0
-                for m in self.unp:
-                    k += 1
-                    if m[2] is None:
-                        lat.append(now - sent[m[1]])
-                        if is_get:
-                            # Node: {"values": [siblings], ...}; reference: the value or None.
-                            res = m[3]
-                            if type(res) is dict:
-                                v = len(res.get("values") or ())
-                                hits += v > 0
-                                vals += v
-                            elif res is not None:
-                                hits += 1
-                                vals += 1
-                    else:
-                        st["errors"] += 1
-                        if st["first_error"] is None:
-                            st["first_error"] = _error_text(m[2])
-                st["hits"] += hits
-                st["values"] += vals
-            if k:
-                self.send(k)
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            if not st["closing"] and st["lost"] is None:
-                why = f": {exc}" if exc else " by the server"
-                st["lost"] = f"connection to {self.addr} closed{why}"
-
-    loop = asyncio.get_running_loop()
-    transports: list[asyncio.Transport] = []
-    # Each connection walks its own stretch of the requests: overlapping walks would send
-    # the same keys from several connections at once, which on the cluster are concurrent
-    # blind writes of one key (siblings), not what a spread workload does.
-    stride = NPRE // spec["conns"]
-    try:
-        for c in range(spec["conns"]):
-            addr = addrs[c % len(addrs)]
-            host, port = parse_addr(addr)
-            try:
-                tr, _ = await asyncio.wait_for(
-                    loop.create_connection(lambda c=c, a=addr: Conn(c * stride, a), host, port),  # type: ignore[misc]
-                    spec["connect_timeout_s"],
-                )
-            except TimeoutError:
-                return {"error": f"cannot reach {addr}: connect timed out", "unreachable": True}
-            except OSError as e:
-                why = os.strerror(e.errno).lower() if e.errno else str(e)
-                return {"error": f"cannot reach {addr}: {why}", "unreachable": True}
-            transports.append(tr)
-        await asyncio.sleep(spec["warm"])
-        cpu_pid = spec.get("server_pid") or 0
-        s0 = _cpu_s(cpu_pid) if cpu_pid else None
-        c0 = time.process_time()
-        st["measuring"] = True
-        t0 = pc()
-        await asyncio.sleep(spec["secs"])
-        st["measuring"] = False
-        t1 = pc()
-        c1 = time.process_time()
-        s1 = _cpu_s(cpu_pid) if cpu_pid else None
-    finally:
-        st["closing"] = True
-        for t in transports:
-            t.abort()
-    if st["lost"]:
-        return {"error": st["lost"], "unreachable": True}
-    dt = t1 - t0
-    lat.sort()
-    n = len(lat)
-    return {
-        "ops_s": round(n / dt) if dt > 0 else 0,
-        "n": n,
-        "errors": st["errors"],
-        "first_error": st["first_error"],
-        "hit_pct": round(100 * st["hits"] / n, 1) if is_get and n else None,
-        # More than 1: blind puts (no context) left siblings on the keys read.
-        "values_per_hit": round(st["values"] / st["hits"], 2) if is_get and st["hits"] else None,
-        "p50_us": _pct_us(lat, 0.5),
-        "p99_us": _pct_us(lat, 0.99),
-        "p999_us": _pct_us(lat, 0.999),
-        "secs": round(dt, 3),
-        "client_cpu_pct": round(100 * (c1 - c0) / dt, 1) if dt > 0 else None,
-        "server_cpu_pct": (
-            round(100 * (s1 - s0) / dt, 1) if s0 is not None and s1 is not None and dt > 0 else None
-        ),
-    }
-
-
 def _serve(keys: int, value_bytes: int) -> None:
     """The reference: RpcServer with sync dict handlers taking the node's parameters.
 
@@ -250,9 +60,10 @@ def _serve(keys: int, value_bytes: int) -> None:
     requests), so its gets always find a value: the cluster's hit rate is shown next to it.
     """
     from kvstore.runtime.rpc import RpcServer, run
+    from kvstore.testing.load import request_keys
 
     value = b"x" * value_bytes
-    store = dict.fromkeys(_keys(keys), value)
+    store = dict.fromkeys(request_keys(keys), value)
 
     def put(key: bytes, value: bytes, context: Any, opts: Any) -> bool:
         store[key] = value
@@ -271,13 +82,15 @@ def _serve(keys: int, value_bytes: int) -> None:
 
 
 def _child_main(argv: list[str]) -> None:
-    _die_with_parent()
+    from kvstore.testing.processes import die_with_parent
+
+    die_with_parent()  # a `kv bench` killed outright leaves no generator or server behind
     if argv[:1] == ["serve"] and len(argv) == 3:
         _serve(int(argv[1]), int(argv[2]))
     elif argv[:1] == ["load"] and len(argv) == 2:
-        from kvstore.runtime.rpc import run
+        from kvstore.testing.load import LoadSpec, measure
 
-        print(json.dumps(run(_load(json.loads(argv[1])), loop="auto")), flush=True)
+        print(json.dumps(measure(LoadSpec.from_doc(json.loads(argv[1])))), flush=True)
     else:
         sys.exit(
             "usage: python -m cli.bench_cmds serve KEYS VALUE_BYTES | load SPEC_JSON (kv bench)"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import signal
 import subprocess
 import sys
@@ -15,24 +14,10 @@ import click
 
 from cli import output as out
 from cli.remote import call_once
+from kvstore.config import LOCAL_TIMINGS, node_flags
 from kvstore.core import messages as m
 from kvstore.errors import KVError
-
-# Timings for a cluster on one machine: failures are noticed in about a second, not ten.
-LOCAL_TIMINGS = {
-    "probe-interval-s": "0.2",
-    "probe-timeout-s": "0.1",
-    "push-pull-interval-s": "5",
-}
-
-
-def _die_with_parent() -> None:
-    # If `kv cluster up` is killed outright, its nodes get SIGTERM instead of lingering.
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+from kvstore.testing.processes import die_with_parent
 
 
 def _status(addr: str, timeout: float = 1.0) -> dict[str, Any] | None:
@@ -122,10 +107,8 @@ def up(count: int, host: str, port: int, data_dir: str, n_replicas: int | None, 
         cmd = [
             sys.executable, "-m", "cli", "node", "start",
             "--name", name, "--listen", addr, "--data-dir", str(base / name),
-            "--n-replicas", str(n), "--r", str(r), "--w", str(w),
+            "--n-replicas", str(n), "--r", str(r), "--w", str(w), *node_flags(LOCAL_TIMINGS),
         ]
-        for flag, value in LOCAL_TIMINGS.items():
-            cmd += [f"--{flag}", value]
         if i > 0:
             cmd += ["--seed", first]
         for kv in extra:
@@ -136,7 +119,7 @@ def up(count: int, host: str, port: int, data_dir: str, n_replicas: int | None, 
         stderr: Any = None
         if log_dir:
             stderr = open(Path(log_dir) / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the node
-        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=stderr, start_new_session=True, preexec_fn=_die_with_parent)
+        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=stderr, start_new_session=True, preexec_fn=die_with_parent)
         procs.append((name, addr, p))
         where = f"  log {Path(log_dir) / (name + '.log')}" if log_dir else ""
         click.echo(f"{name}  {addr}  data {base / name}  pid {p.pid}{where}")

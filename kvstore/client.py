@@ -8,8 +8,9 @@
 
 The client fetches the ring from any node once and then sends each request straight to a
 node of the key's preference list (saving the forwarding hop), falling back to the nodes it
-was given. Reads are retried on another node; a write is retried only when it certainly was
-not sent, because its outcome is otherwise unknown (it may be stored on some replicas).
+was given. Which failures go on to another node is kvstore.retry's policy: reads are retried
+on another node; a write only when it certainly was not sent, because its outcome is
+otherwise unknown (it may be stored on some replicas).
 """
 
 from __future__ import annotations
@@ -22,18 +23,13 @@ from typing import Any
 
 from kvstore.core import messages as m
 from kvstore.core.ring import Ring, partition_of
-from kvstore.errors import InvalidRequest, KVError, Timeout, Unavailable, Unreachable
-from kvstore.runtime.rpc import RpcClient, was_sent
+from kvstore.errors import Conflict, InvalidRequest, KVError
+from kvstore.retry import Demoted, RetryPolicy
+from kvstore.runtime.rpc import RpcClient
 
 __all__ = ["AsyncClient", "Client", "Conflict", "GetResult", "PutResult"]
 
 Resolver = Callable[[list[bytes]], bytes]
-
-
-class Conflict(InvalidRequest):
-    """``GetResult.value`` was asked for but the key has several sibling values."""
-
-    code = "invalid_request"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +85,7 @@ class AsyncClient:
         resolver: Resolver | None = None,
         route: bool = True,
         ring_refresh_s: float = 10.0,
+        retry: RetryPolicy = RetryPolicy(),
     ) -> None:
         self.nodes = _nodes(nodes)
         self.timeout_s = timeout_s
@@ -101,8 +98,8 @@ class AsyncClient:
         self._n = 3
         self._ring_at = 0.0
         self._rr = 0
-        self.avoid_s = 2.0
-        self._avoid: dict[str, float] = {}
+        self.retry = retry
+        self._demoted = Demoted(retry.demote_s)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -143,14 +140,7 @@ class AsyncClient:
         for a in self._seed_order():
             if a not in out:
                 out.append(a)
-        if self._avoid:
-            # Nodes that just timed out or could not reach a quorum go last for a while: the
-            # operation is not retried, but the next ones try a coordinator that may do better
-            # (e.g. one on the majority side of a partition).
-            now = time.monotonic()
-            self._avoid = {a: t for a, t in self._avoid.items() if t > now}
-            out.sort(key=lambda a: a in self._avoid)
-        return out
+        return self._demoted.order(out, time.monotonic())
 
     async def _call(self, key: bytes, method: str, params: list[Any], idempotent: bool, timeout: float) -> Any:
         # Let the loop see connections that closed while we were idle (a blocking Client runs
@@ -161,20 +151,11 @@ class AsyncClient:
         for addr in self._candidates(key):
             try:
                 return await self.rpc.call(addr, method, params, timeout)
-            except Unreachable as e:
+            except KVError as e:
                 last = e
-                if was_sent(e) and not idempotent:
-                    raise
-            except Timeout as e:
-                last = e
-                self._avoid[addr] = time.monotonic() + self.avoid_s
-                if not idempotent:
-                    raise
-            except Unavailable as e:
-                # Another coordinator may see more replicas; only a read can safely try it.
-                last = e
-                self._avoid[addr] = time.monotonic() + self.avoid_s
-                if not idempotent:
+                if self.retry.demotes(e):
+                    self._demoted.add(addr, time.monotonic())
+                if not self.retry.try_next(e, idempotent=idempotent):
                     raise
         assert last is not None
         raise last
@@ -199,10 +180,7 @@ class AsyncClient:
         timeout_s: float | None = None,
     ) -> PutResult:
         k = _to_bytes(key, "key")
-        v = _to_bytes(value, "value")
-        opts = m.options_to_wire(m.Options(w, strict, timeout_s), "w")
-        doc = await self._call(k, m.PUT, [k, v, context, opts], False, (timeout_s or self.timeout_s) + 1.0)
-        return PutResult(bytes(doc["context"]))
+        return await self._write(k, _to_bytes(value, "value"), context, m.Options(w, strict, timeout_s))
 
     async def delete(
         self,
@@ -213,9 +191,14 @@ class AsyncClient:
         strict: bool = False,
         timeout_s: float | None = None,
     ) -> PutResult:
-        k = _to_bytes(key, "key")
-        opts = m.options_to_wire(m.Options(w, strict, timeout_s), "w")
-        doc = await self._call(k, m.DELETE, [k, context, opts], False, (timeout_s or self.timeout_s) + 1.0)
+        return await self._write(_to_bytes(key, "key"), None, context, m.Options(w, strict, timeout_s))
+
+    async def _write(self, k: bytes, v: bytes | None, context: bytes | None, o: m.Options) -> PutResult:
+        """A put of ``v``, or with None a delete: not idempotent, so retried only as
+        kvstore.retry allows."""
+        opts = m.options_to_wire(o, "w")
+        method, params = (m.DELETE, [k, context, opts]) if v is None else (m.PUT, [k, v, context, opts])
+        doc = await self._call(k, method, params, False, (o.timeout_s or self.timeout_s) + 1.0)
         return PutResult(bytes(doc["context"]))
 
     async def call(self, addr: str, method: str, *params: Any) -> Any:

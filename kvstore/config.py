@@ -5,12 +5,8 @@ variables (``KV_N_REPLICAS=3``) and a TOML file (``n_replicas = 3``, top level o
 ``[kvstore]``) all map onto the fields of :class:`Settings`. Precedence, lowest first:
 defaults < TOML file < environment < flags.
 
-Timing formulas (SWIM, as hashicorp/memberlist computes them):
-    suspicion timeout  = suspicion_mult × max(1, log10(N + 1)) × probe_interval_s
-                         (shrinks towards its minimum as independent confirmations arrive,
-                         Lifeguard; the maximum is suspicion_max_timeout_mult × that)
-    retransmissions    = retransmit_mult × ceil(log10(N + 1))
-    probe interval     = probe_interval_s × (1 + health score)  (Lifeguard local health)
+The SWIM settings take their defaults and docs from kvstore.core.membership.config, whose
+docstring gives the timing formulas (as hashicorp/memberlist computes them).
 
 Safety rules checked at load (a node refuses to start otherwise):
     tombstone_grace_s  > hint_max_age_s + max_clock_skew_s       (no hint outlives a tombstone)
@@ -27,13 +23,22 @@ import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 from typing import Any
 
+from kvstore.core.membership.config import swim_setting
 from kvstore.core.messages import Limits
 from kvstore.errors import ConfigError
+from storage.fsync import FSYNC_POLICIES
 
-FSYNC_POLICIES = ("always", "everysec", "no")
 CONFLICT_MODES = ("siblings", "lww")
+
+# Failure detection for a cluster on one machine (`kv cluster up`, the test clusters of
+# kvstore.testing, jepsen-lite): a dead node is noticed in about a second, not ten, and the
+# loopback network makes the short timeouts safe.
+LOCAL_TIMINGS: Mapping[str, float] = MappingProxyType(
+    {"probe_interval_s": 0.2, "probe_timeout_s": 0.1, "push_pull_interval_s": 5.0}
+)
 
 # msgpack-RPC framing, method name, partition and the other small parameters around the one
 # large item (a record or a hint batch) of a call, with room to spare.
@@ -146,24 +151,25 @@ class Settings:
     reconnect_min_s: float = _s(0.05, "First reconnect backoff; doubles up to reconnect_max_s.")
     reconnect_max_s: float = _s(2.0, "Cap of the reconnect backoff (with jitter).")
 
-    # --- SWIM membership (LAN defaults; `kv cluster up` uses local ones)
-    probe_interval_s: float = _s(1.0, "Protocol period: one member probed per period.")
-    probe_timeout_s: float = _s(0.5, "Wait for an ack before asking others (ping-req).")
-    indirect_checks: int = _s(3, "k: members asked to probe indirectly.")
-    suspicion_mult: float = _s(4.0, "Suspicion timeout multiplier (formula above).")
-    suspicion_max_timeout_mult: float = _s(6.0, "Upper bound of the suspicion timeout, × its minimum.")
-    retransmit_mult: int = _s(4, "λ: each gossip update is piggybacked about λ·log(N+1) times.")
-    push_pull_interval_s: float = _s(30.0, "Full-state exchange with one random member every this often.")
-    awareness_max_multiplier: int = _s(8, "Lifeguard: cap of the local health score (probe stretch).")
-    gossip_max_packet_bytes: int = _s(1400, "Largest UDP packet sent (keeps under a safe MTU).")
-    gossip_interval_s: float = _s(0.2, "While updates are queued, a gossip-only packet goes out this often.")
-    gossip_nodes: int = _s(3, "Members each gossip-only packet goes to (0: piggyback on probes only).")
-    lifeguard: bool = _s(True, "Lifeguard extensions (local health, nacks, buddy system, dynamic suspicion).")
-    dampen_penalty: float = _s(1.0, "Flap dampening: penalty added on each state change.")
-    dampen_suppress: float = _s(3.0, "Above this penalty a member's changes stop moving routing.")
-    dampen_reuse: float = _s(1.0, "Below this penalty a suppressed member is used again.")
-    dampen_half_life_s: float = _s(30.0, "Half-life of the dampening penalty.")
-    dampen_max_penalty: float = _s(6.0, "Cap of the dampening penalty.")
+    # --- SWIM membership (LAN defaults; `kv cluster up` uses LOCAL_TIMINGS). The defaults
+    # and docs live with the core's SwimConfig, which the node builds from these fields.
+    probe_interval_s: float = swim_setting("probe_interval_s")
+    probe_timeout_s: float = swim_setting("probe_timeout_s")
+    indirect_checks: int = swim_setting("indirect_checks")
+    suspicion_mult: float = swim_setting("suspicion_mult")
+    suspicion_max_timeout_mult: float = swim_setting("suspicion_max_timeout_mult")
+    retransmit_mult: int = swim_setting("retransmit_mult")
+    push_pull_interval_s: float = swim_setting("push_pull_interval_s")
+    awareness_max_multiplier: int = swim_setting("awareness_max_multiplier")
+    gossip_max_packet_bytes: int = swim_setting("gossip_max_packet_bytes")
+    gossip_interval_s: float = swim_setting("gossip_interval_s")
+    gossip_nodes: int = swim_setting("gossip_nodes")
+    lifeguard: bool = swim_setting("lifeguard")
+    dampen_penalty: float = swim_setting("dampen_penalty")
+    dampen_suppress: float = swim_setting("dampen_suppress")
+    dampen_reuse: float = swim_setting("dampen_reuse")
+    dampen_half_life_s: float = swim_setting("dampen_half_life_s")
+    dampen_max_penalty: float = swim_setting("dampen_max_penalty")
 
     def __post_init__(self) -> None:
         problems = []
@@ -270,6 +276,15 @@ def parse_addr(addr: str) -> tuple[str, int]:
     if not 0 <= p <= 65535:
         raise ConfigError(f"address {addr!r}: port {p} out of range")
     return host.strip("[]"), p
+
+
+def node_flags(settings: Mapping[str, Any]) -> list[str]:
+    """``kv node start`` flags that set ``settings`` (``probe_interval_s=0.2`` becomes
+    ``--probe-interval-s 0.2``), for whatever starts node processes."""
+    out: list[str] = []
+    for name, value in settings.items():
+        out += [f"--{name.replace('_', '-')}", str(value)]
+    return out
 
 
 def _coerce(name: str, typ: Any, raw: Any, where: str) -> Any:

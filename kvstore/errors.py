@@ -3,13 +3,15 @@
     KVError                      code "internal"      base: anything kvstore raises on purpose
     ├── InvalidRequest           code "invalid_request" malformed params, wrong types, bad key
     │   ├── TooLarge             code "too_large"     key, value or frame over its limit
-    │   └── UnknownMethod        code "unknown_method" no such RPC method
+    │   ├── UnknownMethod        code "unknown_method" no such RPC method
+    │   └── Conflict             code "conflict"      one value asked of a key that has siblings
     ├── ProtocolError            code "protocol"      bytes on the wire that are not msgpack-RPC
     ├── Unavailable              code "unavailable"   fewer than R/W replicas answered in time
     ├── DotConflict              code "dot_conflict"  two versions of a key under one dot: refused
     ├── NotOwner                 code "not_owner"     a replica asked for a partition it does not replicate
     ├── Timeout                  code "timeout"       a call got no answer before its deadline
-    ├── Unreachable              code "unreachable"   cannot connect to a peer (refused, down)
+    ├── Unreachable              code "unreachable"   cannot connect to a peer (refused, down);
+    │                                                 ``sent`` says whether the request left
     ├── ConfigError              code "config"        a setting is missing, malformed or out of range
     ├── StorageError             code "storage"       the local store failed (disk full, corrupt, locked)
     └── InternalError            code "internal"      a bug: an unexpected exception in a handler
@@ -17,16 +19,21 @@
 On the wire an error is the map ``{"code": str, "message": str, **extra}``; ``to_wire`` and
 ``from_wire`` turn an exception into that map and back into the same class, so a client
 catches ``kvstore.errors.Unavailable`` whichever node raised it.
+
+storage/ sits below kvstore/ and cannot subclass anything here, so its own
+``storage.errors.StorageError`` is a separate class: the runtime converts it where it calls
+the engine, and ``to_wire`` reports any that slips through under code "storage". This module
+imports nothing of storage/, so the pure core can use these errors without loading LevelDB.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any, ClassVar
-
-import storage.errors
 
 __all__ = [
     "ConfigError",
+    "Conflict",
     "DotConflict",
     "InternalError",
     "InvalidRequest",
@@ -41,6 +48,7 @@ __all__ = [
     "Unreachable",
     "from_wire",
     "to_wire",
+    "was_sent",
 ]
 
 
@@ -68,6 +76,13 @@ class TooLarge(InvalidRequest):
 
 class UnknownMethod(InvalidRequest):
     code = "unknown_method"
+
+
+class Conflict(InvalidRequest):
+    """``GetResult.value`` was asked for but the key has several sibling values: read
+    ``.values``, or give the client a resolver."""
+
+    code = "conflict"
 
 
 class ProtocolError(KVError):
@@ -107,18 +122,32 @@ class Timeout(KVError):
 
 
 class Unreachable(KVError):
+    """No answer could be had from a peer. ``sent`` is False only when the request certainly
+    never left this process (safe to send elsewhere, even a write); otherwise its outcome is
+    unknown. It describes one hop, so it is not sent on the wire: a peer's Unreachable
+    arrives with ``sent`` True."""
+
     code = "unreachable"
+
+    def __init__(self, message: str = "", *, sent: bool = True, **extra: Any) -> None:
+        super().__init__(message, **extra)
+        self.sent = sent
+
+
+def was_sent(exc: BaseException) -> bool:
+    """Whether a failed call may have reached the peer (True unless known otherwise)."""
+    return bool(getattr(exc, "sent", True))
 
 
 class ConfigError(KVError):
     code = "config"
 
 
-class StorageError(KVError, storage.errors.StorageError):
+class StorageError(KVError):
     code = "storage"
 
     def __init__(self, message: str = "", *, path: str | None = None, **extra: Any) -> None:
-        KVError.__init__(self, message, **extra)
+        super().__init__(message, **extra)
         self.path = path
 
 
@@ -132,6 +161,7 @@ _BY_CODE: dict[str, type[KVError]] = {
         InvalidRequest,
         TooLarge,
         UnknownMethod,
+        Conflict,
         ProtocolError,
         Unavailable,
         DotConflict,
@@ -153,9 +183,16 @@ def to_wire(exc: BaseException) -> dict[str, Any]:
             if isinstance(v, (str, int, float, bool, bytes)) or v is None:
                 out[k] = v
         return out
-    if isinstance(exc, storage.errors.StorageError):
+    if _is_raw_storage_error(exc):
         return {"code": StorageError.code, "message": str(exc)}
     return {"code": InternalError.code, "message": f"{type(exc).__name__}: {exc}"}
+
+
+def _is_raw_storage_error(exc: BaseException) -> bool:
+    # An instance can only exist once its module is loaded, so looking the module up (instead
+    # of importing it) answers exactly, and keeps this module free of storage/ and LevelDB.
+    mod = sys.modules.get("storage.errors")
+    return mod is not None and isinstance(exc, mod.StorageError)
 
 
 def from_wire(err: Any) -> KVError:

@@ -67,12 +67,11 @@ from sortedcontainers import SortedDict
 
 from storage import snapshot
 from storage.errors import StorageError
+from storage.fsync import FSYNC_POLICIES
 
 log = logging.getLogger("storage.engine")
 
 __all__ = ["FSYNC_POLICIES", "LOSE_UNSYNCED_ENV", "Engine", "EngineStats", "LoadStats"]
-
-FSYNC_POLICIES: Final = ("always", "everysec", "no")
 
 _DATA: Final = b"d"
 _DATA_END: Final = b"e"

@@ -1,7 +1,8 @@
 """Errors raised by the local store.
 
-storage/ knows nothing of kvstore/, so its one error lives here; kvstore.errors.StorageError
-subclasses it so that callers above see a single hierarchy.
+storage/ knows nothing of kvstore/, so its one error lives here, apart from kvstore's
+hierarchy: the node turns it into ``kvstore.errors.StorageError`` where it calls the engine,
+and ``kvstore.errors.to_wire`` reports one that reaches the wire under the same code.
 """
 
 from __future__ import annotations

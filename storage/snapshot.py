@@ -41,21 +41,19 @@ import struct
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO, Final
+from typing import Any, BinaryIO, Final, Protocol
 
 import msgpack
 import xxhash
 
 from storage.errors import StorageError
 
-if TYPE_CHECKING:
-    from storage.engine import Engine
-
 __all__ = [
     "LAYOUT_VERSION",
     "Restored",
     "SnapshotInfo",
     "SnapshotRejected",
+    "SnapshotSource",
     "invalidate_snapshot",
     "load_snapshot",
     "restore",
@@ -133,8 +131,20 @@ def snapshot_path(directory: str, node_id: str) -> str:
 # ------------------------------------------------------------------ write
 
 
+class SnapshotSource(Protocol):
+    """What a snapshot is written from (the Engine is one). Named here rather than imported,
+    because the engine imports this module to restore from it."""
+
+    @property
+    def position(self) -> int: ...
+
+    def flush_sync(self) -> None: ...
+
+    def table(self) -> dict[int, dict[bytes, bytes]]: ...
+
+
 def write_snapshot(
-    engine: Engine, node_id: str, directory: str, extra: dict[str, bytes] | None = None
+    engine: SnapshotSource, node_id: str, directory: str, extra: dict[str, bytes] | None = None
 ) -> SnapshotInfo:
     """Write ``engine``'s whole table (and ``extra``) as ``node_id``'s snapshot in ``directory``.
 

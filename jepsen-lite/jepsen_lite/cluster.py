@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from jepsen_lite.errors import HarnessError
+from kvstore.config import node_flags
 from kvstore.core import messages as m
 from kvstore.errors import KVError
 from kvstore.runtime.rpc import RpcClient
@@ -118,9 +119,7 @@ class Cluster:
         seeds = [o for o in self.nodes if o is not node and (node.starts > 0 or o.index < node.index)]
         for other in seeds:
             cmd += ["--seed", other.addr]
-        for k, v in self.settings.items():
-            cmd += [f"--{k.replace('_', '-')}", str(v)]
-        return cmd
+        return cmd + node_flags(self.settings)
 
     def _env(self, node: Node) -> dict[str, str]:
         env = dict(self.env)

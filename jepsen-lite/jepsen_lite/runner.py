@@ -37,13 +37,11 @@ from jepsen_lite.report import write_report, write_results
 from jepsen_lite.schedule import PARTITIONS, Timing, make_schedule
 from jepsen_lite.workloads import Counter, Ctx, final_reads, make_workload
 from kvstore.client import AsyncClient
+from kvstore.config import LOCAL_TIMINGS
 
 __all__ = ["EXIT", "RunConfig", "run"]
 
 EXIT = {"valid": 0, "invalid": 1, "usage": 2, "unknown": 3, "harness": 4, "aborted": 130}
-
-# Failure detection tuned for one machine (as `kv cluster up` does); --node-opt overrides.
-LOCAL_TIMINGS = {"probe_interval_s": 0.2, "probe_timeout_s": 0.1, "push_pull_interval_s": 5.0}
 
 # The deletes workload wants tombstones collected, and anti-entropy run, many times within a
 # run: a grace of seconds, not an hour. Hints must expire before the grace does (a hint
@@ -191,7 +189,7 @@ async def run(cfg: RunConfig) -> int:
     shm.mkdir(parents=True, exist_ok=True)
     n = cfg.n
     node_settings: dict[str, Any] = {
-        **LOCAL_TIMINGS,
+        **LOCAL_TIMINGS,  # failure detection for one machine; --node-opt overrides
         "n_replicas": n,
         "r": cfg.r or min(2, n),
         "w": cfg.w or min(2, n),

@@ -12,7 +12,6 @@ SIGKILL leaves an empty namespace behind, which the next run's ``sweep_stale`` r
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import signal
@@ -23,18 +22,11 @@ from pathlib import Path
 from types import FrameType
 
 from jepsen_lite.netns import NetNS, node_address, sweep_stale
+from kvstore.testing.processes import die_with_parent
 
 __all__ = ["INSIDE_ENV", "run_in_namespace"]
 
 INSIDE_ENV = "JEPSEN_LITE_NETNS"
-
-
-def _die_with_parent() -> None:
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def _package_root() -> str:
@@ -61,7 +53,7 @@ def run_in_namespace(argv: Sequence[str], n_nodes: int, log: object = sys.stderr
 
     old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
-        child = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+        child = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=die_with_parent)
         while True:
             try:
                 return child.wait()

@@ -126,6 +126,16 @@ class Workload(Protocol):
         ...
 
 
+async def _read(c: AsyncClient, ctx: Ctx, key: str) -> str:
+    """One recorded read: the union of the sibling values it saw."""
+    ctx.invoke("read", key)
+    try:
+        res = await c.get(key)
+    except KVError as e:
+        return ctx.complete("fail", error=_err(e))
+    return ctx.complete("ok", value=_union(res.values))
+
+
 async def _final_read(c: AsyncClient, history: History, key: str, r: int, slot: int) -> bool:
     inv = history.invoke(f"final-{slot}", "read", key=key)
     try:
@@ -207,12 +217,7 @@ class RegisterWorkload:
     async def step(self, c: AsyncClient, ctx: Ctx) -> str:
         key = ctx.rng.choice(self.keys)
         if ctx.rng.random() < self.read_fraction:
-            ctx.invoke("read", key)
-            try:
-                res = await c.get(key)
-            except KVError as e:
-                return ctx.complete("fail", error=_err(e))
-            return ctx.complete("ok", value=_union(res.values))
+            return await _read(c, ctx, key)
         v = self.counter.next()
         ctx.invoke("write", key, v)
         try:
@@ -293,12 +298,7 @@ class DeletesWorkload:
             except KVError as e:
                 return ctx.complete(write_outcome(e), error=_err(e))
             return ctx.complete("ok")
-        ctx.invoke("read", key)
-        try:
-            res = await c.get(key)
-        except KVError as e:
-            return ctx.complete("fail", error=_err(e))
-        return ctx.complete("ok", value=_union(res.values))
+        return await _read(c, ctx, key)
 
     def final_keys(self) -> list[str]:
         return list(self.keys)

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kvstore.config import LOCAL_TIMINGS, node_flags
 from kvstore.errors import KVError
 from kvstore.runtime.rpc import RpcClient
 
@@ -58,7 +59,7 @@ def one_round(n: int, settle_s: float) -> list[str]:
 
         def start(i: int, seeds: list[str]) -> None:
             cmd = [kv, "node", "start", "--name", f"n{i + 1}", "--listen", addrs[i], "--data-dir", f"{tmp}/n{i + 1}",
-                   "--probe-interval-s", "0.2", "--probe-timeout-s", "0.1", "--snapshot-dir", f"{tmp}/shm"]
+                   *node_flags(LOCAL_TIMINGS), "--snapshot-dir", f"{tmp}/shm"]
             for s in seeds:
                 cmd += ["--seed", s]
             log = open(f"{tmp}/n{i + 1}.log", "wb")  # noqa: SIM115 - closed with the process

@@ -22,12 +22,17 @@ from kvstore.core import vclock
 from kvstore.core.request import GET, ReadRequest, Ready, Repair, WriteRequest
 from kvstore.core.ring import Ring, partition_of
 from kvstore.core.vclock import Obj
-from kvstore.errors import KVError, Timeout, Unavailable, Unreachable
+from kvstore.errors import KVError, Unavailable
+from kvstore.retry import RetryPolicy
 from kvstore.runtime.cluster import ClusterView
 from kvstore.runtime.replica import KeepHint, Replica
-from kvstore.runtime.rpc import RpcClient, was_sent
+from kvstore.runtime.rpc import RpcClient
 
 log = logging.getLogger("kvstore.coordinator")
+
+# A forwarded request's Unavailable is the other coordinator's verdict on the quorum: passed
+# back as it is, since asking a third would spend a second forward timeout of the client's.
+FORWARD_RETRY = RetryPolicy(retry_unavailable=False)
 
 
 def _consume(f: asyncio.Future[Any]) -> None:
@@ -101,14 +106,10 @@ class Coordinator:
         for node in order:
             try:
                 return await self.rpc.call(self.view.addr_of(node), method, params, self.s.forward_timeout_s)  # type: ignore[no-any-return]
-            except Unreachable as e:
-                last = e
-                if was_sent(e) and not idempotent:
+            except KVError as e:
+                if not FORWARD_RETRY.try_next(e, idempotent=idempotent):
                     raise
-            except Timeout as e:
                 last = e
-                if not idempotent:
-                    raise
         raise Unavailable(
             f"no node of the key's preference list could be reached ({last})",
             answered=0,

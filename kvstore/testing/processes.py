@@ -10,6 +10,7 @@ Every process is stopped when the context exits, whatever happened inside it.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -21,9 +22,22 @@ from pathlib import Path
 from typing import Any
 
 from kvstore.client import Client
+from kvstore.config import LOCAL_TIMINGS, node_flags
 from kvstore.core import messages as m
 
-FAST_TIMINGS = ["--probe-interval-s", "0.2", "--probe-timeout-s", "0.1", "--push-pull-interval-s", "2"]
+# Tests wait for membership to settle after restarts and ring changes: full-state exchanges
+# more often than a local cluster's shorten those waits.
+TEST_TIMINGS = {**LOCAL_TIMINGS, "push_pull_interval_s": 2.0}
+
+
+def die_with_parent() -> None:
+    """Have the kernel send this process SIGTERM when its parent dies (PR_SET_PDEATHSIG), so
+    a parent killed outright leaves no child running. For ``Popen(preexec_fn=...)``, or
+    first thing in a child; does nothing where libc has no prctl."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -86,7 +100,7 @@ class LocalCluster:
     ) -> None:
         self.root = Path(root)
         self.host = host
-        self.settings = ["--n-replicas", str(n), "--r", str(r), "--w", str(w), *FAST_TIMINGS, *(extra or [])]
+        self.settings = ["--n-replicas", str(n), "--r", str(r), "--w", str(w), *node_flags(TEST_TIMINGS), *(extra or [])]
         self.nodes: dict[str, NodeProc] = {}
         self._clients: list[Client] = []
         for i in range(nodes):

@@ -83,6 +83,18 @@ def test_bench_spreads_over_nodes_and_runs_without_reference(cluster: LocalClust
     assert "get" in res.stdout and "3x8" in res.stdout and "ops/s" in res.stdout
 
 
+def test_one_in_flight_measures_with_one_blocking_socket(cluster: LocalCluster) -> None:
+    res = kv("--node", cluster.addrs()[0], "bench", *SHORT, "--keys", "1000",
+             "--conns", "1", "--window", "1", "--json")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    for row in doc["rows"]:
+        assert row["load"] == "1x1"
+        check_side(row["cluster"])
+        check_side(row["reference"])
+    assert doc["rows"][1]["reference"]["hit_pct"] == 100
+
+
 def test_unreachable_node_is_one_line_and_exit_3() -> None:
     addr = f"127.0.0.1:{free_port()}"
     res = kv("--node", addr, "bench", *SHORT, "--json")

@@ -1,15 +1,28 @@
-"""kvstore/core is sans-I/O: no module under it may import the I/O or clock libraries."""
+"""kvstore/core is sans-I/O: no module under it may import the I/O or clock libraries.
+
+Two checks: each file's own import statements (a direct import is caught where it is
+written), and each module imported alone in a fresh interpreter (an import that pulls the
+I/O stack in through another module, as kvstore.errors once did through storage/, is
+caught by what ends up in sys.modules).
+"""
 
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-CORE = Path(__file__).resolve().parents[2] / "kvstore" / "core"
+ROOT = Path(__file__).resolve().parents[2]
+CORE = ROOT / "kvstore" / "core"
 FORBIDDEN = {"asyncio", "socket", "time", "os", "subprocess", "plyvel", "uvloop"}
 IMPORTERS = {"__import__", "import_module"}
+# What a fresh interpreter must not have loaded after importing one core module. time and os
+# are left out: the interpreter itself loads them at startup.
+FORBIDDEN_LOADED = ("asyncio", "socket", "plyvel", "uvloop", "storage", "kvstore.runtime")
 
 
 def violations(source: str, filename: str = "<string>") -> list[str]:
@@ -42,6 +55,27 @@ def core_modules() -> list[Path]:
     return sorted(CORE.rglob("*.py"))
 
 
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def loaded_by(module: str) -> list[str]:
+    """Modules a fresh interpreter holds after ``import module`` alone."""
+    code = f"import json, sys; import {module}; print(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    names: list[str] = json.loads(out.stdout)
+    return names
+
+
+def heavy(names: list[str]) -> list[str]:
+    return [n for n in names if any(n == f or n.startswith(f + ".") for f in FORBIDDEN_LOADED)]
+
+
 def test_core_modules_are_found() -> None:
     names = {p.relative_to(CORE).as_posix() for p in core_modules()}
     assert {"ring.py", "vclock.py", "merkle.py"} <= names
@@ -51,6 +85,23 @@ def test_core_modules_are_found() -> None:
 def test_core_module_is_sans_io(path: Path) -> None:
     bad = violations(path.read_text(encoding="utf-8"), str(path))
     assert not bad, f"{path.relative_to(CORE.parent.parent)} imports I/O: {bad}"
+
+
+@pytest.mark.parametrize("path", core_modules(), ids=lambda p: p.relative_to(CORE).as_posix())
+def test_core_module_loads_no_io_in_a_fresh_interpreter(path: Path) -> None:
+    module = module_name(path)
+    bad = heavy(loaded_by(module))
+    assert not bad, f"import {module} loads {bad}"
+
+
+@pytest.mark.parametrize("module", ["kvstore", "kvstore.errors", "kvstore.core"])
+def test_package_entry_points_stay_light(module: str) -> None:
+    assert not heavy(loaded_by(module)), module
+
+
+def test_fresh_interpreter_check_sees_an_indirect_import() -> None:
+    # kvstore.client reaches asyncio only through kvstore.runtime.rpc: the check must see it.
+    assert heavy(loaded_by("kvstore.client"))
 
 
 @pytest.mark.parametrize(

@@ -23,33 +23,39 @@ stays 0), no nacks, no buddy system, and a fixed suspicion timeout equal to its 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from kvstore.errors import ConfigError
 
-__all__ = ["SwimConfig"]
+__all__ = ["SwimConfig", "swim_setting"]
+
+
+def _s(default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"doc": doc})
 
 
 @dataclass(frozen=True, slots=True)
 class SwimConfig:
-    probe_interval_s: float = 1.0
-    probe_timeout_s: float = 0.5
-    indirect_checks: int = 3
-    suspicion_mult: float = 4.0
-    suspicion_max_timeout_mult: float = 6.0
-    retransmit_mult: int = 4
-    push_pull_interval_s: float = 30.0
-    awareness_max_multiplier: int = 8
-    gossip_max_packet_bytes: int = 1400
-    dampen_penalty: float = 1.0
-    dampen_suppress: float = 3.0
-    dampen_reuse: float = 1.0
-    dampen_half_life_s: float = 30.0
-    dampen_max_penalty: float = 6.0
-    gossip_interval_s: float = 0.2
-    gossip_nodes: int = 3
-    lifeguard: bool = True
+    # The home of these defaults and docs: kvstore.config.Settings takes its SWIM settings
+    # from here (the core cannot import that module, which reads files and the environment).
+    probe_interval_s: float = _s(1.0, "Protocol period: one member probed per period.")
+    probe_timeout_s: float = _s(0.5, "Wait for an ack before asking others (ping-req).")
+    indirect_checks: int = _s(3, "k: members asked to probe indirectly.")
+    suspicion_mult: float = _s(4.0, "Suspicion timeout multiplier (formula above).")
+    suspicion_max_timeout_mult: float = _s(6.0, "Upper bound of the suspicion timeout, × its minimum.")
+    retransmit_mult: int = _s(4, "λ: each gossip update is piggybacked about λ·log(N+1) times.")
+    push_pull_interval_s: float = _s(30.0, "Full-state exchange with one random member every this often.")
+    awareness_max_multiplier: int = _s(8, "Lifeguard: cap of the local health score (probe stretch).")
+    gossip_max_packet_bytes: int = _s(1400, "Largest UDP packet sent (keeps under a safe MTU).")
+    dampen_penalty: float = _s(1.0, "Flap dampening: penalty added on each state change.")
+    dampen_suppress: float = _s(3.0, "Above this penalty a member's changes stop moving routing.")
+    dampen_reuse: float = _s(1.0, "Below this penalty a suppressed member is used again.")
+    dampen_half_life_s: float = _s(30.0, "Half-life of the dampening penalty.")
+    dampen_max_penalty: float = _s(6.0, "Cap of the dampening penalty.")
+    gossip_interval_s: float = _s(0.2, "While updates are queued, a gossip-only packet goes out this often.")
+    gossip_nodes: int = _s(3, "Members each gossip-only packet goes to (0: piggyback on probes only).")
+    lifeguard: bool = _s(True, "Lifeguard extensions (local health, nacks, buddy system, dynamic suspicion).")
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -115,3 +121,13 @@ class SwimConfig:
 
     def retransmit_limit(self, n: int) -> int:
         return self.retransmit_mult * math.ceil(math.log10(n + 1))
+
+
+_FIELDS = {f.name: f for f in fields(SwimConfig)}
+
+
+def swim_setting(name: str) -> Any:
+    """A dataclass field with SwimConfig's default and doc for ``name``, for the settings
+    class that also holds the node's other settings."""
+    f = _FIELDS[name]
+    return field(default=f.default, metadata=f.metadata)
