@@ -8,6 +8,7 @@
     ├── Unavailable              code "unavailable"   fewer than R/W replicas answered in time
     ├── Timeout                  code "timeout"       a call got no answer before its deadline
     ├── Unreachable              code "unreachable"   cannot connect to a peer (refused, down)
+    ├── AuthError                code "auth"          no cluster key, a wrong one, or a peer that proved none
     ├── ConfigError              code "config"        a setting is missing, malformed or out of range
     ├── StorageError             code "storage"       the local store failed (disk full, corrupt, locked)
     └── InternalError            code "internal"      a bug: an unexpected exception in a handler
@@ -24,6 +25,7 @@ from typing import Any, ClassVar
 import storage.errors
 
 __all__ = [
+    "AuthError",
     "ConfigError",
     "InternalError",
     "InvalidRequest",
@@ -89,6 +91,12 @@ class Unreachable(KVError):
     code = "unreachable"
 
 
+class AuthError(KVError):
+    """The other end wants the cluster key, refused ours, or could not prove it has it."""
+
+    code = "auth"
+
+
 class ConfigError(KVError):
     code = "config"
 
@@ -115,6 +123,7 @@ _BY_CODE: dict[str, type[KVError]] = {
         Unavailable,
         Timeout,
         Unreachable,
+        AuthError,
         ConfigError,
         StorageError,
         InternalError,

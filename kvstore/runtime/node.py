@@ -31,6 +31,7 @@ from kvstore.runtime.handoff import FETCH, STATUS, Handoff
 from kvstore.runtime.hints import PUT_BATCH, Hints
 from kvstore.runtime.replica import Replica
 from kvstore.runtime.rpc import RpcClient, RpcServer
+from kvstore.runtime.security import GOSSIP_OVERHEAD_BYTES, Security
 from storage.engine import Engine
 from storage.errors import StorageError as RawStorageError
 from storage.snapshot import write_snapshot
@@ -86,6 +87,8 @@ class Node:
         self.name = settings.name
         self.addr = settings.advertised
         self.started_at = time.time()
+        # Keys, TLS and protected mode: ConfigError here, before anything is opened.
+        self.security = Security.from_settings(settings)
         self.engine: Engine | None = None
         self.server: RpcServer | None = None
         self.rpc = RpcClient(
@@ -94,6 +97,7 @@ class Node:
             reconnect_max_s=settings.reconnect_max_s,
             max_frame_bytes=settings.max_frame_bytes,
             source_host=self._source_host(),
+            **self.security.client_options(settings),
         )
         self.view: ClusterView | None = None
         self.coord: Coordinator | None = None
@@ -150,14 +154,22 @@ class Node:
         self.hints = Hints(self.s, self.view, self.engine, self.rpc)
         self.coord.on_hinted = self.hints.store
         self.view.listeners.append(self._on_view_change)
+        keyring = self.security.keyring
+        swim_config = SwimConfig.from_settings(self.s)
+        if keyring is not None:
+            # Sealing adds bytes to each packet: keep sealed packets within the same size.
+            swim_config = SwimConfig.from_settings(
+                self.s, gossip_max_packet_bytes=self.s.gossip_max_packet_bytes - GOSSIP_OVERHEAD_BYTES
+            )
         self.gossip = Gossip(
-            SwimConfig.from_settings(self.s), self.name, self.addr, self.s.listen, random.Random(),
+            swim_config, self.name, self.addr, self.s.listen, random.Random(),
             push_pull_via(self.rpc), self._on_member, meta={"ring": self.view.version},
+            keyring=keyring,
         )
         self.view.down_checks.append(self._gossip_says_down)
         self.view.rank = self._gossip_rank
         self.server = RpcServer(
-            {**self._handlers(), **gossip_handlers(self.gossip)}, max_frame_bytes=self.s.max_frame_bytes
+            {**self._handlers(), **gossip_handlers(self.gossip)}, **self.security.server_options(self.s)
         )
         host, port = parse_addr(self.s.listen)
         await self.server.start(host, port)
