@@ -462,39 +462,44 @@ class _ServerConn(_Conn):
         server = self._server
         keyring = server._keyring
         assert keyring is not None
-        for msg in self._unp:
-            msgid = msg[1] if type(msg) is list and len(msg) == 4 and type(msg[1]) is int else None
-            proof = None
-            if (
-                msgid is not None
-                and msg[0] == REQUEST
-                and _method_name(msg[2]) == AUTH_HELLO
-                and type(msg[3]) is list
-                and len(msg[3]) == 2
-                and type(msg[3][0]) is bytes
-                and type(msg[3][1]) is bytes
-                and len(msg[3][0]) == NONCE_BYTES
-            ):
-                nonce_c, mac = msg[3]
-                proof = keyring.check_client(self._nonce, nonce_c, mac)
-                if proof is not None:
-                    self._authed = True
-                    self._key_index = proof
-                    self._scan._limits = server._limits
-                    server.stats["auth_ok"] += 1
-                    self._transport.write(
-                        self._pack([1, msgid, None, {"mac": keyring.server_proof(proof, self._nonce, nonce_c)}])
-                    )
-                    self._nonce = b""  # one proof per challenge
-                    return True
-                reason = "refused the cluster key"
-            else:
-                reason = "requires the cluster key (give --secret-file or KV_SECRET_FILE)"
-            server.stats["auth_failed"] += 1
-            if msgid is not None:
-                self._out.append(self._pack([1, msgid, to_wire(AuthError(reason)), None]))
-            self._abandon(f"authentication failed: {reason}")
+        try:
+            msg = next(self._unp, None)
+        except Exception as e:
+            self._abandon(f"undecodable input before authentication: {type(e).__name__}: {e}")
             return False
+        if msg is None:
+            return False
+        msgid = msg[1] if type(msg) is list and len(msg) == 4 and type(msg[1]) is int else None
+        proof = None
+        if (
+            msgid is not None
+            and msg[0] == REQUEST
+            and _method_name(msg[2]) == AUTH_HELLO
+            and type(msg[3]) is list
+            and len(msg[3]) == 2
+            and type(msg[3][0]) is bytes
+            and type(msg[3][1]) is bytes
+            and len(msg[3][0]) == NONCE_BYTES
+        ):
+            nonce_c, mac = msg[3]
+            proof = keyring.check_client(self._nonce, nonce_c, mac)
+            if proof is not None:
+                self._authed = True
+                self._key_index = proof
+                self._scan._limits = server._limits
+                server.stats["auth_ok"] += 1
+                self._transport.write(
+                    self._pack([1, msgid, None, {"mac": keyring.server_proof(proof, self._nonce, nonce_c)}])
+                )
+                self._nonce = b""  # one proof per challenge
+                return True
+            reason = "refused the cluster key"
+        else:
+            reason = "requires the cluster key (give --secret-file or KV_SECRET_FILE)"
+        server.stats["auth_failed"] += 1
+        if msgid is not None:
+            self._out.append(self._pack([1, msgid, to_wire(AuthError(reason)), None]))
+        self._abandon(f"authentication failed: {reason}")
         return False
 
     def _drain(self) -> None:
