@@ -27,7 +27,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def child(target: str, args: list[str]) -> None:
+    import logging
+
     import atheris
+
+    # Handlers that raise on purpose log a traceback each time: millions of them would be
+    # most of the run's cost and bury libFuzzer's own lines.
+    logging.disable(logging.CRITICAL)
 
     with atheris.instrument_imports(include=["kvstore", "storage", "msgpack"]):
         from kvstore.testing.fuzz_targets import TARGETS

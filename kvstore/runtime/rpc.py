@@ -978,6 +978,7 @@ class _ClientConn(_Conn):
                             exc = from_wire(err)
                             if isinstance(exc, AuthError):
                                 exc = AuthError(f"{self._addr} {exc.message}")
+                                self._owner._auth_refused(self, exc.message)
                             fut.set_exception(exc)
                 elif type(msg) is list and len(msg) == 3 and msg[0] == 2:
                     if msg[1] in (GOAWAY, GOAWAY_B):
@@ -988,6 +989,12 @@ class _ClientConn(_Conn):
                         params = msg[2]
                         if type(params) is list and params and type(params[0]) is bytes:
                             self._challenge.set_result(params[0])
+                        if self._owner._keyring is None:
+                            # Whatever we sent will be refused: say why from now on, at once.
+                            self._owner._auth_refused(
+                                self,
+                                f"{self._addr} requires the cluster key (give --secret-file or KV_SECRET_FILE)",
+                            )
                 else:
                     # Other notifications are ignored; anything else means we are out of step.
                     self._abandon("malformed response")
@@ -1380,6 +1387,7 @@ class RpcClient:
 
     async def _open(self, peer: _Peer, slot: int) -> _ClientConn:
         loop = self._loop
+        t0 = loop.time()
         tls: dict[str, Any] = {}
         if self._ssl is not None:
             tls = {
@@ -1410,7 +1418,7 @@ class RpcClient:
             except OSError as e:
                 raise self._mark_down(peer, (e.strerror or str(e)).lower()) from None
             if self._keyring is not None:
-                await self._authenticate(peer, conn)
+                await self._authenticate(peer, conn, t0)
         finally:
             peer.connecting[slot] = None
         if self._closed:
@@ -1426,16 +1434,20 @@ class RpcClient:
         peer.auth_error = ""
         return conn
 
-    async def _authenticate(self, peer: _Peer, conn: _ClientConn) -> None:
+    async def _authenticate(self, peer: _Peer, conn: _ClientConn, t0: float) -> None:
         """Prove we hold the key and check that the server does (security.py has the scheme).
         Any failure closes the connection and raises AuthError (Unreachable if it dropped)."""
         keyring = self._keyring
         assert keyring is not None
         addr = peer.addr
         try:
+            # The challenge is the server's first bytes, an RTT after connecting: one that has
+            # not come by half the connect timeout is not coming (a server without a secret),
+            # and saying so must beat the caller's connect deadline.
             waits: list[asyncio.Future[Any]] = [conn._challenge, conn._lost]
+            loop = self._loop
             await asyncio.wait(
-                waits, timeout=self._connect_timeout,
+                waits, timeout=max(0.01, t0 + self._connect_timeout / 2 - loop.time()),
                 return_when=asyncio.FIRST_COMPLETED,
             )
             if conn._challenge.done():
@@ -1443,7 +1455,7 @@ class RpcClient:
                 nonce_c = Keyring.nonce()
                 reply = await self._send(
                     conn, AUTH_HELLO, [nonce_c, keyring.client_proof(nonce_s, nonce_c)],
-                    self._connect_timeout,
+                    max(0.01, t0 + self._connect_timeout - loop.time()),
                 )
                 mac = reply.get("mac") if type(reply) is dict else None
                 if type(mac) is not bytes or not keyring.check_server(nonce_s, nonce_c, mac):
@@ -1462,6 +1474,15 @@ class RpcClient:
         except (Unreachable, Timeout) as e:
             conn._transport.abort()
             raise self._mark_down(peer, f"authentication did not finish: {e}") from None
+
+    def _auth_refused(self, conn: _ClientConn, message: str) -> None:
+        """The server refused us (or will): later calls fail with this AuthError at once,
+        for a backoff, instead of reconnecting to be refused again."""
+        self._forget(conn)
+        peer = self._peers.get(conn._addr)
+        if peer is not None:
+            self._mark_down(peer, message)
+            peer.auth_error = message
 
     def _mark_down(self, peer: _Peer, reason: str) -> Unreachable:
         b = peer.backoff_s
