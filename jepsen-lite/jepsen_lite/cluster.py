@@ -25,6 +25,7 @@ from typing import IO, Any
 from jepsen_lite.errors import HarnessError
 from kvstore.errors import KVError
 from kvstore.runtime.rpc import RpcClient
+from kvstore.runtime.security import client_options
 
 __all__ = ["Cluster", "Node", "find_kv", "find_libfaketime"]
 
@@ -211,7 +212,7 @@ class Cluster:
 
     # ----------------------------------------------------------------- readiness
     async def status(self, node: Node, timeout_s: float = 1.0) -> dict[str, Any] | None:
-        rpc = RpcClient(connect_timeout_s=timeout_s)
+        rpc = RpcClient(connect_timeout_s=timeout_s, **client_options())
         try:
             doc = await rpc.call(node.addr, "cluster.status", [], timeout_s)
             return doc if isinstance(doc, dict) else None
