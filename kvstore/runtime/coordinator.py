@@ -25,6 +25,7 @@ from kvstore.errors import KVError, Timeout, Unavailable, Unreachable
 from kvstore.runtime.cluster import ClusterView
 from kvstore.runtime.replica import Replica
 from kvstore.runtime.rpc import RpcClient, was_sent
+from storage.errors import StorageError as StorageFailure
 
 log = logging.getLogger("kvstore.coordinator")
 
@@ -180,6 +181,8 @@ class Coordinator:
                 if t.hint_for is None and t.node != self.name:
                     cover(t.node)
                 code = err.code if isinstance(err, KVError) else type(err).__name__ if err else "cancelled"
+                if isinstance(err, StorageFailure):
+                    code = f"{code}: {err}"  # the path and the cause (disk full, read-only …)
                 settle(wq.on_error(t.node, code))
             else:
                 settle(wq.on_ack(t.node))
