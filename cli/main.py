@@ -4,8 +4,9 @@
     kv node start ...       kv node ping
     kv cluster up           kv cluster status
     kv bench                load a cluster, side by side with a bare msgpack-RPC server
+    kv secret new           print a fresh key for a cluster's key file
 
-Exit status: 0 ok (found), 1 not found, 2 usage, 3 unavailable or timed out.
+Exit status: 0 ok (found), 1 not found, 2 usage (also a refused key or certificate), 3 unavailable or timed out.
 """
 
 from __future__ import annotations
@@ -55,14 +56,37 @@ def run_client(ctx: click.Context, fn: Callable[[AsyncClient], Awaitable[T]]) ->
     help="HOST:PORT of the node(s) to talk to, comma-separated (env KV_NODES).",
 )
 @click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait for an answer.")
+@click.option("--secret-file", default=None, help="Key file of the cluster secret (env KV_SECRET_FILE).")
+@click.option("--tls-ca-file", default=None, help="Use TLS; check nodes' certificates against this CA (env KV_TLS_CA_FILE).")
+@click.option("--tls-cert-file", default=None, help="Our certificate, for mutual TLS (env KV_TLS_CERT_FILE).")
+@click.option("--tls-key-file", default=None, help="Key of --tls-cert-file (env KV_TLS_KEY_FILE).")
 @click.version_option(package_name="kvstore", prog_name="kv")
 @click.pass_context
-def cli(ctx: click.Context, nodes: str, timeout: float) -> None:
+def cli(
+    ctx: click.Context,
+    nodes: str,
+    timeout: float,
+    secret_file: str | None,
+    tls_ca_file: str | None,
+    tls_cert_file: str | None,
+    tls_key_file: str | None,
+) -> None:
     """kvstore: a Dynamo-style distributed key-value store.
 
     Talks to the node given by --node or KV_NODES (default 127.0.0.1:7000); start a local
-    cluster with `kv cluster up`.
+    cluster with `kv cluster up`. A cluster with a secret needs --secret-file (or
+    KV_SECRET_FILE); see "Securing a cluster" in the README.
     """
+    # Through the environment, so every command, every client it makes and every node
+    # `kv cluster up` starts reads the same files as a node would.
+    for var, value in (
+        ("KV_SECRET_FILE", secret_file),
+        ("KV_TLS_CA_FILE", tls_ca_file),
+        ("KV_TLS_CERT_FILE", tls_cert_file),
+        ("KV_TLS_KEY_FILE", tls_key_file),
+    ):
+        if value is not None:
+            os.environ[var] = value
     ctx.ensure_object(dict)
     ctx.obj["nodes"] = nodes
     ctx.obj["timeout"] = timeout
@@ -122,6 +146,21 @@ def delete(ctx: click.Context, key: str, context: str | None, w: int | None) -> 
     """Delete KEY (a versioned tombstone)."""
     c = out.decode_context(context)
     run_client(ctx, lambda kv: kv.delete(key, context=c, w=w))
+
+
+@cli.group()
+def secret() -> None:
+    """Cluster secrets (key files)."""
+
+
+@secret.command("new")
+def secret_new() -> None:
+    """Print a fresh random key: save it as a key file (chmod 600) and give it to every
+    node and client with --secret-file. A second line in the file is a second accepted
+    key, which is how keys are rotated (README, "Securing a cluster")."""
+    from kvstore.runtime.security import new_secret
+
+    click.echo(new_secret())
 
 
 cli.add_command(node)

@@ -82,12 +82,13 @@ def restart(ctx: click.Context, target: str | None) -> None:
     """Restart NODE in place (HOST:PORT; default: --node): it writes its shared-memory
     snapshot and re-executes itself with the same command line, then serves again."""
     from kvstore.runtime.rpc import RpcClient
+    from kvstore.runtime.security import client_options
 
     addr = target or ctx.obj["nodes"].split(",")[0].strip()
     timeout = ctx.obj["timeout"]
 
     async def go() -> Any:
-        rpc = RpcClient(connect_timeout_s=timeout)
+        rpc = RpcClient(connect_timeout_s=timeout, **client_options())
         try:
             before = await rpc.call(addr, m.RESTART, [], timeout)
             deadline = asyncio.get_running_loop().time() + 120

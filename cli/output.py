@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 import click
 
 from kvstore.errors import (
+    AuthError,
     ConfigError,
     InvalidRequest,
     KVError,
@@ -33,7 +34,7 @@ def fail(message: str, code: int = 1) -> NoReturn:
 def exit_code_for(e: KVError) -> int:
     if isinstance(e, (Unavailable, Timeout, Unreachable)):
         return EXIT_UNAVAILABLE
-    if isinstance(e, (InvalidRequest, ConfigError)):
+    if isinstance(e, (InvalidRequest, ConfigError, AuthError)):
         return EXIT_USAGE
     return 1
 

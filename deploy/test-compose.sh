@@ -306,10 +306,12 @@ k8s_pods() {
     k8s_pod_spec "$i" "$dir"
     c=${PROJECT}_kvstore-$i
     podman volume create --label "io.podman.compose.project=$PROJECT" "${c}_data" >/dev/null
+    # The Secret, as the kubelet would mount it (secret.yaml holds only a placeholder).
+    mkdir -p "$dir/secret" && cp "$WORK/kvstore.key" "$dir/secret/cluster.key"
     podman run -d --name "$c" --label "io.podman.compose.project=$PROJECT" \
       --network "$net" --network-alias "$(cat "$dir/alias")" --hostname "kvstore-$i" \
       --read-only --tmpfs /tmp --user 10001:10001 --no-healthcheck \
-      -v "${c}_data:/var/lib/kvstore" -v "$dir/config:/etc/kvstore:ro" \
+      -v "${c}_data:/var/lib/kvstore" -v "$dir/config:/etc/kvstore:ro" -v "$dir/secret:/etc/kvstore-secret:ro" \
       --env-file "$dir/env" "$KVSTORE_IMAGE" /bin/sh -c "$(cat "$dir/script")" \
       >/dev/null 2>>"$WORK/podman.log"
     # OrderedReady: the next pod starts once this one passes its readiness probe
@@ -368,6 +370,11 @@ command -v podman >/dev/null || { echo "SKIP: deploy/test-compose.sh: podman is 
 WORK=$(mktemp -d /tmp/kvstore-compose.XXXXXX)
 trap on_exit EXIT
 trap 'exit 130' INT TERM
+# The cluster secret of both the compose nodes and the pods, and of the host's CLI (mode
+# 644: the containers run as uid 10001 and read it through a bind mount).
+"$HOST_KV" secret new >"$WORK/kvstore.key"
+chmod 644 "$WORK/kvstore.key"
+export KV_SECRET_HOST_FILE=$WORK/kvstore.key KV_SECRET_FILE=$WORK/kvstore.key
 
 log "validate docker-compose.yml (docker-compose config)"
 docker-compose -f "$COMPOSE_FILE" config -q || die "docker-compose.yml is not valid"

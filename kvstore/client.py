@@ -6,6 +6,11 @@
         res.value                      # b"alice" (raises Conflict if there are siblings)
         await kv.put("user:1", b"bob", context=res.context)   # supersedes what the get saw
 
+With a cluster secret, give its key file (``secret_file=``, or the environment's
+KV_SECRET_FILE, as the nodes read it); with TLS, the CA that signed the nodes' certificates
+(``tls_ca_file=`` or KV_TLS_CA_FILE), and for mutual TLS a certificate and key of its own.
+A node that refuses the key raises :class:`~kvstore.errors.AuthError` at once.
+
 The client fetches the ring from any node once and then sends each request straight to a
 node of the key's preference list (saving the forwarding hop), falling back to the nodes it
 was given. Which failures go on to another node is kvstore.retry's policy: reads are retried
@@ -26,6 +31,7 @@ from kvstore.core.ring import Ring, partition_of
 from kvstore.errors import Conflict, InvalidRequest, KVError
 from kvstore.retry import Demoted, RetryPolicy
 from kvstore.runtime.rpc import RpcClient
+from kvstore.runtime.security import client_options
 
 __all__ = ["AsyncClient", "Client", "Conflict", "GetResult", "PutResult"]
 
@@ -86,13 +92,21 @@ class AsyncClient:
         route: bool = True,
         ring_refresh_s: float = 10.0,
         retry: RetryPolicy = RetryPolicy(),
+        secret_file: str | None = None,
+        tls_ca_file: str | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
     ) -> None:
         self.nodes = _nodes(nodes)
         self.timeout_s = timeout_s
         self.resolver = resolver
         self.route = route
         self.ring_refresh_s = ring_refresh_s
-        self.rpc = RpcClient(connect_timeout_s=min(1.0, timeout_s))
+        security = client_options(
+            secret_file=secret_file, tls_ca_file=tls_ca_file,
+            tls_cert_file=tls_cert_file, tls_key_file=tls_key_file,
+        )
+        self.rpc = RpcClient(connect_timeout_s=min(1.0, timeout_s), **security)
         self._ring: Ring | None = None
         self._addrs: dict[str, str] = {}
         self._n = 3

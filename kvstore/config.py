@@ -171,6 +171,24 @@ class Settings:
     dampen_half_life_s: float = swim_setting("dampen_half_life_s")
     dampen_max_penalty: float = swim_setting("dampen_max_penalty")
 
+    # --- security (README "Securing a cluster"; kvstore/runtime/security.py for the protocol)
+    secret_file: str = _s("", "Key file of the cluster secret (one key a line, the first signs; several for rotation). Empty: no authentication.")
+    insecure: bool = _s(False, "Allow listening beyond loopback without a secret (protected mode off).")
+    tls_cert_file: str = _s("", "PEM certificate (chain) of this node; set with tls_key_file to serve TLS only.")
+    tls_key_file: str = _s("", "PEM private key of tls_cert_file.")
+    tls_ca_file: str = _s("", "PEM CA bundle peers' certificates are checked against (and clients', with tls_client_auth).")
+    tls_client_auth: bool = _s(False, "Mutual TLS: refuse connections without a certificate signed by tls_ca_file.")
+
+    # --- abuse limits of the RPC server (each connection, unless the name says node)
+    max_frame_depth: int = _s(32, "Deepest nesting of arrays/maps in one frame; deeper closes the connection.")
+    max_frame_elements: int = _s(262_144, "Most array/map elements in one frame (a map entry counts 2); bounds decoded memory.")
+    max_inflight_per_conn: int = _s(4096, "Async requests running per connection; past it the connection is not read until half finish.")
+    max_reply_buffer_bytes: int = _s(16 * 1024 * 1024, "Replies waiting to be sent per connection; past it the connection is not read until they drain.")
+    max_connections: int = _s(4096, "Open TCP connections per node; past it new ones are closed at once (logged).")
+    idle_timeout_s: float = _s(600.0, "A connection with nothing sent or running for this long is closed (after a bye notice).")
+    frame_timeout_s: float = _s(30.0, "A frame begun must be complete within this time (slow senders are closed).")
+    auth_timeout_s: float = _s(10.0, "A connection must prove the cluster key (and finish TLS) within this time.")
+
     def __post_init__(self) -> None:
         problems = []
         if self.n_replicas < 1:
@@ -191,6 +209,8 @@ class Settings:
             "handoff_batch_keys", "aae_exchanges_per_min", "aae_max_repairs_per_s",
             "max_record_bytes", "max_siblings", "warn_siblings", "hint_batch_bytes",
             "handoff_batch_bytes",
+            "max_frame_depth", "max_frame_elements", "max_inflight_per_conn",
+            "max_reply_buffer_bytes", "max_connections",
         ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be positive")
@@ -227,6 +247,10 @@ class Settings:
         for f in fields(self):
             if f.name.endswith("_s") and getattr(self, f.name) <= 0:
                 problems.append(f"{f.name} must be > 0 seconds")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            problems.append("tls_cert_file and tls_key_file go together")
+        if self.tls_client_auth and not (self.tls_cert_file and self.tls_ca_file):
+            problems.append("tls_client_auth needs tls_cert_file, tls_key_file and tls_ca_file")
         try:
             parse_addr(self.listen)
             if self.advertise:

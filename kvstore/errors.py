@@ -12,6 +12,7 @@
     ├── Timeout                  code "timeout"       a call got no answer before its deadline
     ├── Unreachable              code "unreachable"   cannot connect to a peer (refused, down);
     │                                                 ``sent`` says whether the request left
+    ├── AuthError                code "auth"          no cluster key, a wrong one, or a peer that proved none
     ├── ConfigError              code "config"        a setting is missing, malformed or out of range
     ├── StorageError             code "storage"       the local store failed (disk full, corrupt, locked)
     └── InternalError            code "internal"      a bug: an unexpected exception in a handler
@@ -32,6 +33,7 @@ import sys
 from typing import Any, ClassVar
 
 __all__ = [
+    "AuthError",
     "ConfigError",
     "Conflict",
     "DotConflict",
@@ -139,6 +141,12 @@ def was_sent(exc: BaseException) -> bool:
     return bool(getattr(exc, "sent", True))
 
 
+class AuthError(KVError):
+    """The other end wants the cluster key, refused ours, or could not prove it has it."""
+
+    code = "auth"
+
+
 class ConfigError(KVError):
     code = "config"
 
@@ -168,6 +176,7 @@ _BY_CODE: dict[str, type[KVError]] = {
         NotOwner,
         Timeout,
         Unreachable,
+        AuthError,
         ConfigError,
         StorageError,
         InternalError,

@@ -76,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--rate", type=float, default=40.0, help="target ops/s over all clients, 0 = flat out (default 40)")
     r.add_argument("--seed", type=int, default=None, help="seed of the schedule and the clients (default: random)")
     r.add_argument("--out", type=Path, default=None, help="output folder (default store/<timestamp>/)")
+    r.add_argument("--secret-file", default=None,
+                   help="cluster secret for the nodes and the clients (default: env KV_SECRET_FILE)")
     r.add_argument("--conflict", choices=("siblings", "lww"), default="siblings",
                    help="the cluster's conflict mode (default siblings)")
     r.add_argument("--keys", type=int, default=16, help="register and deletes workloads: number of keys (default 16)")
@@ -236,6 +238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     a = _parser().parse_args(args)
     if a.cmd == "run":
+        if a.secret_file:
+            # Read from the environment by the nodes started and by every client made.
+            os.environ["KV_SECRET_FILE"] = os.path.abspath(a.secret_file)
         return _run(a, args[1:] if args and args[0] == "run" else args)
     if a.cmd == "check":
         return _check(a)

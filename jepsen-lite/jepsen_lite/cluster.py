@@ -29,6 +29,7 @@ from kvstore.config import node_flags
 from kvstore.core import messages as m
 from kvstore.errors import KVError
 from kvstore.runtime.rpc import RpcClient
+from kvstore.runtime.security import client_options
 from storage.engine import LOSE_UNSYNCED_ENV
 
 __all__ = ["Cluster", "Node", "find_kv", "find_libfaketime"]
@@ -232,7 +233,7 @@ class Cluster:
             await rpc.close()
 
     async def status(self, node: Node, timeout_s: float = 1.0) -> dict[str, Any] | None:
-        rpc = RpcClient(connect_timeout_s=timeout_s)
+        rpc = RpcClient(connect_timeout_s=timeout_s, **client_options())
         try:
             doc = await rpc.call(node.addr, m.STATUS, [], timeout_s)
             return doc if isinstance(doc, dict) else None

@@ -22,11 +22,12 @@ from kvstore.core import vclock
 from kvstore.core.request import GET, ReadRequest, Ready, Repair, WriteRequest
 from kvstore.core.ring import Ring, partition_of
 from kvstore.core.vclock import Obj
-from kvstore.errors import KVError, Unavailable
+from kvstore.errors import KVError, StorageError, Unavailable
 from kvstore.retry import RetryPolicy
 from kvstore.runtime.cluster import ClusterView
 from kvstore.runtime.replica import KeepHint, Replica
 from kvstore.runtime.rpc import RpcClient
+from storage.errors import StorageError as StorageFailure
 
 log = logging.getLogger("kvstore.coordinator")
 
@@ -247,6 +248,8 @@ def _reason(f: asyncio.Future[Any]) -> str | None:
     err = f.exception()
     if err is None:
         return None
+    if isinstance(err, StorageFailure | StorageError):
+        return f"storage: {err}"  # the path and the cause (disk full, read-only …)
     return err.code if isinstance(err, KVError) else type(err).__name__
 
 

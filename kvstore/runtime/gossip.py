@@ -13,7 +13,10 @@ separate namespaces). Push-pull goes through the node's RPC as method ``gossip.p
     await server.start(host, port); await gossip.start(); await gossip.join(settings.seeds)
 
 Garbage datagrams are counted and dropped; an exception in ``on_change`` is logged and
-does not stop the protocol.
+does not stop the protocol. With a keyring every datagram is sealed (AES-256-GCM, see
+kvstore/runtime/security.py) and one that no key opens (forged, altered, or from a cluster
+with another secret) is dropped before the SWIM core sees it, counted as
+``datagrams_refused``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from kvstore.config import parse_addr
 from kvstore.core.membership import Effects, MemberEvent, MemberInfo, MetaValue, Swim, SwimConfig
 from kvstore.errors import ConfigError
 from kvstore.runtime.rpc import RpcClient, as_bytes
+from kvstore.runtime.security import Keyring
 
 __all__ = ["PUSH_PULL_METHOD", "Gossip", "PushPull", "push_pull_via", "rpc_handlers"]
 
@@ -88,7 +92,9 @@ class Gossip:
         *,
         meta: Mapping[str, MetaValue] | None = None,
         push_pull_timeout_s: float = 5.0,
+        keyring: Keyring | None = None,
     ) -> None:
+        self._keyring = keyring
         self.config = config
         self.name = name
         self._advertise = advertise
@@ -117,6 +123,7 @@ class Gossip:
             "push_pulls_failed": 0,
             "push_pulls_served": 0,
             "handler_errors": 0,
+            "datagrams_refused": 0,
         }
 
     # ------------------------------------------------------------------ lifecycle
@@ -242,6 +249,13 @@ class Gossip:
         if self._swim is None or self._stopped:
             return
         self.counters["datagrams_in"] += 1
+        if self._keyring is not None:
+            opened = self._keyring.open(data)
+            if opened is None:
+                self.counters["datagrams_refused"] += 1
+                log.debug("gossip: dropped a datagram from %r that no key opens", addr)
+                return
+            data = opened
         try:
             src = _join_addr(str(addr[0]), int(addr[1]))
             self._apply(self._swim.receive(src, data, self._now()))
@@ -292,6 +306,8 @@ class Gossip:
     def _sendto(self, addr: str, data: bytes) -> None:
         if self._transport is None:
             return
+        if self._keyring is not None:
+            data = self._keyring.seal(data)
         try:
             self._transport.sendto(data, self._resolve(addr))
             self.counters["datagrams_out"] += 1

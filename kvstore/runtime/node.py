@@ -30,6 +30,7 @@ from kvstore.runtime.handoff import STATUS, Handoff
 from kvstore.runtime.hints import Hints
 from kvstore.runtime.replica import Replica, ReplicaServer
 from kvstore.runtime.rpc import RpcClient, RpcServer
+from kvstore.runtime.security import GOSSIP_OVERHEAD_BYTES, Security
 from storage.engine import Engine
 from storage.errors import StorageError as RawStorageError
 from storage.snapshot import write_snapshot
@@ -77,6 +78,8 @@ class Node:
         self.name = settings.name
         self.addr = settings.advertised
         self.started_at = time.time()
+        # Keys, TLS and protected mode: ConfigError here, before anything is opened.
+        self.security = Security.from_settings(settings)
         self.engine: Engine | None = None
         self.server: RpcServer | None = None
         self.rpc = RpcClient(
@@ -85,6 +88,7 @@ class Node:
             reconnect_max_s=settings.reconnect_max_s,
             max_frame_bytes=settings.max_frame_bytes,
             source_host=self._source_host(),
+            **self.security.client_options(settings),
         )
         self.view: ClusterView | None = None
         self.coord: Coordinator | None = None
@@ -143,9 +147,17 @@ class Node:
         self.handoff = Handoff(self.s, self.view, replica, self.engine, self.rpc, on_dropped=self.aae.drop)
         self.hints = Hints(self.s, self.view, self.engine, self.rpc, replica)
         self.coord = Coordinator(self.s, self.view, replica, self.rpc, keep_hint=self.hints.store)
+        keyring = self.security.keyring
+        swim_config = SwimConfig.from_settings(self.s)
+        if keyring is not None:
+            # Sealing adds bytes to each packet: keep sealed packets within the same size.
+            swim_config = SwimConfig.from_settings(
+                self.s, gossip_max_packet_bytes=self.s.gossip_max_packet_bytes - GOSSIP_OVERHEAD_BYTES
+            )
         self.gossip = Gossip(
-            SwimConfig.from_settings(self.s), self.name, self.addr, self.s.listen, random.Random(),
+            swim_config, self.name, self.addr, self.s.listen, random.Random(),
             push_pull_via(self.rpc), self._on_member, meta={"ring": self.view.version},
+            keyring=keyring,
         )
         self.server = RpcServer(
             {
@@ -157,7 +169,7 @@ class Node:
                 **self.aae.handlers(),
                 **gossip_handlers(self.gossip),
             },
-            max_frame_bytes=self.s.max_frame_bytes,
+            **self.security.server_options(self.s),
         )
         host, port = parse_addr(self.s.listen)
         await self.server.start(host, port)

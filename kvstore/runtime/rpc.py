@@ -16,12 +16,22 @@ Why it is shaped like this (throughput is decided here, not in the handlers):
 - Output produced outside ``data_received`` (replies of async handlers, requests of the
   client) is queued per connection and flushed once per loop turn by one ``call_soon``, so a
   burst of completions or calls costs one syscall per connection, not one per message.
-- Robustness: the unpacker's buffer is capped at ``max_frame_bytes``; undecodable bytes or a
-  frame over the cap close that connection only; a well-framed message of the wrong shape gets
+- Robustness: every chunk goes through a :class:`~kvstore.runtime.framing.FrameScanner`
+  before the unpacker sees it, so a frame over ``max_frame_bytes`` (however it is cut into
+  pieces), nested past ``max_frame_depth`` or holding more than ``max_frame_elements``
+  closes that connection, with the reason logged, before its bytes are buffered or decoded.
+  Undecodable bytes close the connection too; a well-framed message of the wrong shape gets
   an error reply when it carries a usable msgid. Strings are decoded with ``surrogateescape``
   so invalid UTF-8 never raises, and packed back the same way, so such names round-trip.
-- Back-pressure: a connection whose peer does not read, or that has too many async handlers
-  running, stops being read until it drains.
+- Back-pressure: a connection whose peer does not read (its replies pass
+  ``max_reply_buffer_bytes``), or that has too many async handlers running, stops being read
+  until it drains. Nothing is buffered without bound: requests wait in the kernel.
+- Abuse: at most ``max_connections`` open; a connection with nothing to do for
+  ``idle_timeout_s`` is told ``bye`` and closed, one holding a partial frame for
+  ``frame_timeout_s`` (a slow sender) is closed, and one that has not proved the cluster key
+  within ``auth_timeout_s`` is closed. A sweep once a fraction of a second checks them all.
+- Authentication (when a :class:`~kvstore.runtime.security.Keyring` is given) and TLS (an
+  ``ssl.SSLContext``): see kvstore/runtime/security.py for the handshake.
 
 Handlers receive values exactly as decoded: old msgpack clients send str where new ones send
 bin, so handlers normalise with :func:`as_bytes` / :func:`as_str`.
@@ -38,6 +48,7 @@ import functools
 import logging
 import random
 import socket
+import ssl
 import types
 from asyncio import isfuture
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -48,6 +59,7 @@ import msgpack
 from kvstore.config import Settings, parse_addr
 from kvstore.core.messages import as_bytes
 from kvstore.errors import (
+    AuthError,
     InternalError,
     InvalidRequest,
     KVError,
@@ -59,6 +71,8 @@ from kvstore.errors import (
     from_wire,
     to_wire,
 )
+from kvstore.runtime.framing import FrameLimits, FrameScanner
+from kvstore.runtime.security import AUTH_CHALLENGE, AUTH_HELLO, AUTH_VERSION, NONCE_BYTES, Keyring
 
 __all__ = [
     "RpcClient",
@@ -77,10 +91,15 @@ REQUEST = 0
 RESPONSE = 1
 NOTIFICATION = 2
 
-DEFAULT_MAX_FRAME_BYTES: int = Settings().max_frame_bytes
+_DEFAULTS = Settings()
+DEFAULT_MAX_FRAME_BYTES: int = _DEFAULTS.max_frame_bytes
 # Past this many running async handlers on one connection it stops being read, so a client
 # that pipelines without bound cannot pile up tasks without bound.
-DEFAULT_MAX_INFLIGHT = 4096
+DEFAULT_MAX_INFLIGHT = _DEFAULTS.max_inflight_per_conn
+# Before a connection has proved the key it may send only the small auth.hello frame.
+PREAUTH_LIMITS = FrameLimits(max_bytes=1024, max_depth=2, max_elements=8)
+# The unpacker holds at most the partial frame plus one chunk read from the socket.
+_CHUNK_SLACK = 4 * 1024 * 1024
 _MSGID_MASK = 0xFFFFFFFF  # msgpack-RPC msgids are uint32
 _CoroutineType = types.CoroutineType
 _T = TypeVar("_T")
@@ -96,6 +115,11 @@ GOAWAY_B = b"goaway"
 GOAWAY_HOLD_S = 1.0
 # How long a call waits for a reconnect to a peer that failed before (see _connect).
 RETRY_CONNECT_WAIT_S = 0.25
+# A server closing an idle connection sends this first: the client stops using it (without
+# counting the server as down), so no new request races the close.
+BYE = "bye"
+BYE_B = b"bye"
+BYE_GRACE_S = 2.0
 
 
 def as_str(x: object, what: str = "value") -> str:
@@ -154,7 +178,7 @@ def _new_unpacker(max_frame_bytes: int) -> Any:
     return msgpack.Unpacker(
         raw=False,
         unicode_errors="surrogateescape",
-        max_buffer_size=max_frame_bytes,
+        max_buffer_size=max_frame_bytes + _CHUNK_SLACK,
     )
 
 
@@ -194,13 +218,16 @@ class _Flusher:
 class _Conn(asyncio.Protocol):
     """What server and client connections share: framing in, coalesced output out."""
 
-    __slots__ = ("_closed", "_flusher", "_max_frame", "_out", "_queued", "_transport", "_unp")
+    __slots__ = (
+        "_closed", "_flusher", "_max_frame", "_out", "_queued", "_scan", "_transport", "_unp",
+    )
 
-    def __init__(self, flusher: _Flusher, max_frame_bytes: int) -> None:
+    def __init__(self, flusher: _Flusher, limits: FrameLimits) -> None:
         self._flusher = flusher
-        self._max_frame = max_frame_bytes
+        self._max_frame = limits.max_bytes
         self._transport: asyncio.Transport = None  # type: ignore[assignment]
-        self._unp = _new_unpacker(max_frame_bytes)
+        self._scan = FrameScanner(limits)
+        self._unp = _new_unpacker(limits.max_bytes)
         self._out: list[bytes] = []
         self._queued = False
         self._closed = False
@@ -209,39 +236,32 @@ class _Conn(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return
+        # The limits are checked on the raw bytes first: nothing over them is ever buffered.
+        err = self._scan.feed(data)
+        if err is not None:
+            good = self._scan.good_bytes
+            if good:
+                # Complete frames before the bad one are still served (replies owed).
+                self._unp.feed(data[:good])
+                self._drain()
+            if not self._closed:
+                self._abandon(err)
+            return
         try:
             self._unp.feed(data)
-        except msgpack.BufferFull:
-            self._feed_in_parts(data)
+        except msgpack.BufferFull:  # cannot happen within the scanner's limits: a bug guard
+            self._abandon("unpacker buffer full")
             return
         self._drain()
-
-    def _feed_in_parts(self, data: bytes) -> None:
-        # The chunk does not fit beside the partial frame already buffered; it may still hold
-        # the rest of a frame within the limit, so feed it in pieces and drain in between.
-        # Only a single frame larger than the limit leaves no room at all.
-        view = memoryview(data)
-        pos, step, n = 0, len(data), len(data)
-        while pos < n and not self._closed:
-            step = min(step, n - pos)
-            try:
-                self._unp.feed(view[pos : pos + step])
-            except msgpack.BufferFull:
-                if step == 1:
-                    self._abandon(f"frame larger than max_frame_bytes ({self._max_frame})")
-                    return
-                step //= 2
-                continue
-            pos += step
-            self._drain()
-            step = n - pos  # the drain made room: try the whole rest again
 
     def _drain(self) -> None:
         raise NotImplementedError
 
     def _abandon(self, reason: str) -> None:
         """Give up on a peer that broke the protocol: flush what is owed, then close."""
-        log.debug("closing connection from %s: %s", self._peername(), reason)
+        _log_refusal("closing connection from %s: %s", self._peername(), reason)
         self._flush_out()
         self._closed = True
         self._transport.close()
@@ -270,6 +290,41 @@ class _Conn(asyncio.Protocol):
             self._transport.write(out[0] if len(out) == 1 else b"".join(out))
 
 
+class _RateLimitedLog:
+    """A flood of bad connections must not become a flood of log lines: the first few of
+    each window are warnings, the rest are counted and summed up in the next warning."""
+
+    __slots__ = ("_left", "_suppressed", "_window_end")
+
+    PER_WINDOW = 20
+    WINDOW_S = 10.0
+
+    def __init__(self) -> None:
+        self._window_end = 0.0
+        self._left = self.PER_WINDOW
+        self._suppressed = 0
+
+    def __call__(self, fmt: str, *args: Any) -> None:
+        import time
+
+        now = time.monotonic()
+        if now >= self._window_end:
+            if self._suppressed:
+                log.warning("%d more connections closed for breaking limits", self._suppressed)
+            self._window_end = now + self.WINDOW_S
+            self._left = self.PER_WINDOW
+            self._suppressed = 0
+        if self._left > 0:
+            self._left -= 1
+            log.warning(fmt, *args)
+        else:
+            self._suppressed += 1
+            log.debug(fmt, *args)
+
+
+_log_refusal = _RateLimitedLog()
+
+
 # --------------------------------------------------------------------------- server
 
 Handler = Callable[..., Any]
@@ -277,18 +332,27 @@ Handler = Callable[..., Any]
 
 class _ServerConn(_Conn):
     __slots__ = (
+        "_authed",
+        "_bye_at",
         "_eof",
+        "_frame_since",
         "_handlers",
         "_inflight",
+        "_key_index",
+        "_last_in",
+        "_nonce",
+        "_opened_at",
         "_pack",
         "_paused_inflight",
+        "_paused_reply",
         "_paused_write",
         "_server",
     )
 
     def __init__(self, server: RpcServer) -> None:
         assert server._flusher is not None
-        super().__init__(server._flusher, server.max_frame_bytes)
+        secured = server._keyring is not None
+        super().__init__(server._flusher, PREAUTH_LIMITS if secured else server._limits)
         self._server = server
         self._handlers = server._handlers
         self._pack = server._pack
@@ -296,10 +360,33 @@ class _ServerConn(_Conn):
         self._eof = False
         self._paused_write = False
         self._paused_inflight = False
+        self._paused_reply = False
+        self._authed = not secured
+        self._nonce = b""
+        self._key_index = 0
+        now = server._loop.time()
+        self._opened_at = now
+        self._last_in = now
+        self._frame_since = 0.0
+        self._bye_at = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
-        self._server._conns.add(self)
+        server = self._server
+        if len(server._conns) >= server.max_connections:
+            server.stats["conns_refused"] += 1
+            self._closed = True
+            _log_refusal(
+                "refusing connection from %s: max_connections (%d) open",
+                self._peername(), server.max_connections,
+            )
+            self._transport.abort()
+            return
+        server._conns.add(self)
+        self._transport.set_write_buffer_limits(high=server.max_reply_buffer_bytes)
+        if server._keyring is not None:
+            self._nonce = Keyring.nonce()
+            self._transport.write(server._pack([2, AUTH_CHALLENGE, [self._nonce, AUTH_VERSION]]))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
@@ -310,10 +397,19 @@ class _ServerConn(_Conn):
         # A peer that half-closes after its last request still gets the replies of the
         # handlers running for it; the last one to finish closes the connection.
         self._eof = True
-        if self._inflight:
+        if self._inflight or self._paused_reply:
             return True
         self._flush_out()  # replies queued for this turn's flush would be lost on close
         return False
+
+    def data_received(self, data: bytes) -> None:
+        self._last_in = now = self._server._loop.time()
+        _Conn.data_received(self, data)
+        if self._scan.in_frame:
+            if not self._frame_since:
+                self._frame_since = now
+        else:
+            self._frame_since = 0.0
 
     def pause_writing(self) -> None:
         # The peer is not reading its replies: stop reading its requests until it does.
@@ -322,21 +418,95 @@ class _ServerConn(_Conn):
 
     def resume_writing(self) -> None:
         self._paused_write = False
+        if self._paused_reply:
+            self._continue()
         self._set_reading()
 
     def _set_reading(self) -> None:
         if self._closed:
             return
         try:
-            if self._paused_write or self._paused_inflight:
+            if self._paused_write or self._paused_inflight or self._paused_reply:
                 self._transport.pause_reading()
             else:
                 self._transport.resume_reading()
         except (RuntimeError, AttributeError):
             pass  # closing transports may refuse; nothing left to throttle then
 
+    def _continue(self) -> None:
+        """Serve the requests left in the unpacker when the reply budget ran out."""
+        if self._closed or not self._paused_reply:
+            return
+        self._paused_reply = False
+        self._drain()
+        if self._paused_reply:
+            return
+        if self._eof and not self._inflight:
+            self._flush_out()
+            self._closed = True
+            self._transport.close()
+            return
+        self._set_reading()
+
+    def _reply_budget_spent(self) -> None:
+        """This chunk's replies reached max_reply_buffer_bytes: the rest of its requests wait
+        in the unpacker and nothing more is read, until the peer has taken its replies."""
+        self._paused_reply = True
+        self._set_reading()
+        if not self._paused_write:
+            # What was written went straight to the socket: go on after other connections.
+            self._server._loop.call_soon(self._continue)
+
+    def _drain_preauth(self) -> bool:
+        """Before anything else the peer must prove it holds a key. True: it has, go on."""
+        server = self._server
+        keyring = server._keyring
+        assert keyring is not None
+        try:
+            msg = next(self._unp, None)
+        except Exception as e:
+            self._abandon(f"undecodable input before authentication: {type(e).__name__}: {e}")
+            return False
+        if msg is None:
+            return False
+        msgid = msg[1] if type(msg) is list and len(msg) == 4 and type(msg[1]) is int else None
+        proof = None
+        if (
+            msgid is not None
+            and msg[0] == REQUEST
+            and _method_name(msg[2]) == AUTH_HELLO
+            and type(msg[3]) is list
+            and len(msg[3]) == 2
+            and type(msg[3][0]) is bytes
+            and type(msg[3][1]) is bytes
+            and len(msg[3][0]) == NONCE_BYTES
+        ):
+            nonce_c, mac = msg[3]
+            proof = keyring.check_client(self._nonce, nonce_c, mac)
+            if proof is not None:
+                self._authed = True
+                self._key_index = proof
+                self._scan._limits = server._limits
+                server.stats["auth_ok"] += 1
+                self._transport.write(
+                    self._pack([1, msgid, None, {"mac": keyring.server_proof(proof, self._nonce, nonce_c)}])
+                )
+                self._nonce = b""  # one proof per challenge
+                return True
+            reason = "refused the cluster key"
+        else:
+            reason = "requires the cluster key (give --secret-file or KV_SECRET_FILE)"
+        server.stats["auth_failed"] += 1
+        if msgid is not None:
+            self._out.append(self._pack([1, msgid, to_wire(AuthError(reason)), None]))
+        self._abandon(f"authentication failed: {reason}")
+        return False
+
     def _drain(self) -> None:
+        if not self._authed and not self._drain_preauth():
+            return
         self._server._chunks_in += 1
+        budget = self._server.max_reply_buffer_bytes - self._transport.get_write_buffer_size()
         # The hot path: a request of the usual shape to a sync handler costs one unpacking
         # assignment, a dict lookup, a few type checks, the call and one pack. Everything
         # unusual (other shapes, bytes method names, unknown methods) goes to _other.
@@ -371,12 +541,18 @@ class _ServerConn(_Conn):
                             continue
                         r = r.result()  # settled already: reply inline like a sync handler
                     try:
-                        append(pack([1, msgid, None, r]))
+                        data = pack([1, msgid, None, r])
                     except Exception as e:
                         if isfuture(r):  # a Task or another future-like
                             self._watch(msgid, method, r)
                         else:
                             append(self._server._unpackable(msgid, method, e))
+                        continue
+                    append(data)
+                    budget -= len(data)
+                    if budget <= 0:
+                        self._reply_budget_spent()
+                        break
                 elif not self._other(msg, out):
                     break
         except Exception as e:
@@ -535,12 +711,42 @@ class RpcServer:
         *,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         max_inflight: int = DEFAULT_MAX_INFLIGHT,
+        max_frame_depth: int = _DEFAULTS.max_frame_depth,
+        max_frame_elements: int = _DEFAULTS.max_frame_elements,
+        max_reply_buffer_bytes: int = _DEFAULTS.max_reply_buffer_bytes,
+        max_connections: int = _DEFAULTS.max_connections,
+        idle_timeout_s: float = _DEFAULTS.idle_timeout_s,
+        frame_timeout_s: float = _DEFAULTS.frame_timeout_s,
+        auth_timeout_s: float = _DEFAULTS.auth_timeout_s,
+        keyring: Keyring | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        if max_frame_bytes < 1 or max_inflight < 1:
-            raise ValueError("max_frame_bytes and max_inflight must be positive")
+        if min(max_frame_bytes, max_inflight, max_reply_buffer_bytes, max_connections) < 1:
+            raise ValueError("RpcServer limits must be positive")
+        if min(idle_timeout_s, frame_timeout_s, auth_timeout_s) <= 0:
+            raise ValueError("RpcServer timeouts must be positive")
         self._handlers: dict[str, Handler] = dict(handlers)
         self.max_frame_bytes = max_frame_bytes
         self.max_inflight = max_inflight
+        self.max_reply_buffer_bytes = max_reply_buffer_bytes
+        self.max_connections = max_connections
+        self.idle_timeout_s = idle_timeout_s
+        self.frame_timeout_s = frame_timeout_s
+        self.auth_timeout_s = auth_timeout_s
+        self._limits = FrameLimits(max_frame_bytes, max_frame_depth, max_frame_elements)
+        self._keyring = keyring
+        self._ssl = ssl_context
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._sweep_every = 1.0
+        # Why connections were closed or refused, for tests and metrics.
+        self.stats: dict[str, int] = {
+            "conns_refused": 0,
+            "auth_ok": 0,
+            "auth_failed": 0,
+            "idle_closed": 0,
+            "slow_closed": 0,
+            "auth_timed_out": 0,
+        }
         self._pack = _new_packer().pack
         self._conns: set[_ServerConn] = set()
         self._running: set[asyncio.Future[Any]] = set()  # tasks and futures of handlers
@@ -558,14 +764,48 @@ class RpcServer:
             raise RuntimeError("server already started")
         self._loop = asyncio.get_running_loop()
         self._flusher = _Flusher(self._loop)
+        tls: dict[str, Any] = {}
+        if self._ssl is not None:
+            # A TLS handshake that does not finish is a slow sender too.
+            tls = {"ssl": self._ssl, "ssl_handshake_timeout": self.auth_timeout_s}
         if sock is not None:
             self._server = await self._loop.create_server(
-                lambda: _ServerConn(self), sock=sock, backlog=1024
+                lambda: _ServerConn(self), sock=sock, backlog=1024, **tls
             )
         else:
             self._server = await self._loop.create_server(
-                lambda: _ServerConn(self), host, port, backlog=1024, reuse_address=True
+                lambda: _ServerConn(self), host, port, backlog=1024, reuse_address=True, **tls
             )
+        self._sweep_every = max(0.02, min(1.0, self.idle_timeout_s / 4, self.frame_timeout_s / 4, self.auth_timeout_s / 4))
+        self._sweeper = self._loop.call_later(self._sweep_every, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close what has overstayed: unauthenticated, slow or idle connections."""
+        loop = self._loop
+        now = loop.time()
+        for c in list(self._conns):
+            if c._closed:
+                continue
+            if not c._authed and now - c._opened_at > self.auth_timeout_s:
+                self.stats["auth_timed_out"] += 1
+                c._abandon(f"no proof of the cluster key within auth_timeout_s ({self.auth_timeout_s:g})")
+            elif c._frame_since and now - c._frame_since > self.frame_timeout_s:
+                self.stats["slow_closed"] += 1
+                c._abandon(f"frame not complete within frame_timeout_s ({self.frame_timeout_s:g})")
+            elif c._bye_at:
+                if now >= c._bye_at and not c._inflight:
+                    c._flush_out()
+                    c._closed = True
+                    c._transport.close()
+                elif now - c._last_in < BYE_GRACE_S / 2:
+                    c._bye_at = max(c._bye_at, now + BYE_GRACE_S)  # the client raced the bye
+            elif not c._inflight and not c._paused_reply and now - c._last_in > self.idle_timeout_s:
+                # Told first, so the client opens a new connection for its next request
+                # instead of sending it on one about to close.
+                self.stats["idle_closed"] += 1
+                c._queue(self._pack([2, BYE, []]))
+                c._bye_at = now + BYE_GRACE_S
+        self._sweeper = loop.call_later(self._sweep_every, self._sweep)
 
     @property
     def port(self) -> int:
@@ -616,6 +856,9 @@ class RpcServer:
 
     async def close(self, *, grace_s: float = 1.0) -> None:
         """Stop listening, cancel running handlers, close every connection."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         if self._server is not None:
             self._server.close()
         self._closing = True
@@ -673,11 +916,14 @@ class RpcServer:
 
 
 class _ClientConn(_Conn):
-    __slots__ = ("_addr", "_lost", "_next_id", "_owner", "_pending", "_sent_mark", "_slot")
+    __slots__ = (
+        "_addr", "_challenge", "_lost", "_next_id", "_owner", "_pending", "_sent_mark", "_slot",
+    )
 
     def __init__(self, owner: RpcClient, addr: str, slot: int) -> None:
         assert owner._flusher is not None
-        super().__init__(owner._flusher, owner._max_frame)
+        super().__init__(owner._flusher, owner._limits)
+        self._challenge: asyncio.Future[bytes] = owner._loop.create_future()
         self._owner = owner
         self._addr = addr
         self._slot = slot
@@ -729,10 +975,26 @@ class _ClientConn(_Conn):
                         if err is None:
                             fut.set_result(msg[3])
                         else:
-                            fut.set_exception(from_wire(err))
+                            exc = from_wire(err)
+                            if isinstance(exc, AuthError):
+                                exc = AuthError(f"{self._addr} {exc.message}")
+                                self._owner._auth_refused(self, exc.message)
+                            fut.set_exception(exc)
                 elif type(msg) is list and len(msg) == 3 and msg[0] == 2:
                     if msg[1] in (GOAWAY, GOAWAY_B):
                         self._owner._goaway(self)
+                    elif msg[1] in (BYE, BYE_B):
+                        self._owner._forget(self)
+                    elif msg[1] == AUTH_CHALLENGE and not self._challenge.done():
+                        params = msg[2]
+                        if type(params) is list and params and type(params[0]) is bytes:
+                            self._challenge.set_result(params[0])
+                        if self._owner._keyring is None:
+                            # Whatever we sent will be refused: say why from now on, at once.
+                            self._owner._auth_refused(
+                                self,
+                                f"{self._addr} requires the cluster key (give --secret-file or KV_SECRET_FILE)",
+                            )
                 else:
                     # Other notifications are ignored; anything else means we are out of step.
                     self._abandon("malformed response")
@@ -751,6 +1013,7 @@ class _ClientConn(_Conn):
 class _Peer:
     __slots__ = (
         "addr",
+        "auth_error",
         "backoff_s",
         "connecting",
         "down_until",
@@ -771,6 +1034,7 @@ class _Peer:
         self.down_until = 0.0
         self.backoff_s = backoff_s
         self.reason = ""
+        self.auth_error = ""
 
 
 class _Batch:
@@ -863,9 +1127,16 @@ class RpcClient:
         conns_per_peer: int = 1,
         rng: random.Random | None = None,
         source_host: str | None = None,
+        max_frame_depth: int = _DEFAULTS.max_frame_depth,
+        max_frame_elements: int = _DEFAULTS.max_frame_elements,
+        keyring: Keyring | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if conns_per_peer < 1:
             raise ValueError("conns_per_peer must be >= 1")
+        self._limits = FrameLimits(max_frame_bytes, max_frame_depth, max_frame_elements)
+        self._keyring = keyring
+        self._ssl = ssl_context
         self._connect_timeout = connect_timeout_s
         self._backoff_min = reconnect_min_s
         self._backoff_max = max(reconnect_max_s, reconnect_min_s)
@@ -1080,6 +1351,8 @@ class RpcClient:
         loop = self._loop
         if peer.down_until and loop.time() < peer.down_until:
             left = peer.down_until - loop.time()
+            if peer.auth_error:
+                raise AuthError(peer.auth_error)
             raise _unreachable(
                 f"cannot reach {peer.addr}: {peer.reason} (down, next try in {left:.2f}s)",
                 sent=False,
@@ -1114,6 +1387,14 @@ class RpcClient:
 
     async def _open(self, peer: _Peer, slot: int) -> _ClientConn:
         loop = self._loop
+        t0 = loop.time()
+        tls: dict[str, Any] = {}
+        if self._ssl is not None:
+            tls = {
+                "ssl": self._ssl,
+                "server_hostname": peer.host,
+                "ssl_handshake_timeout": self._connect_timeout,
+            }
         try:
             try:
                 _, conn = await asyncio.wait_for(
@@ -1122,6 +1403,7 @@ class RpcClient:
                         peer.host,
                         peer.port,
                         local_addr=self._local_addr,
+                        **tls,
                     ),
                     self._connect_timeout,
                 )
@@ -1129,8 +1411,14 @@ class RpcClient:
                 raise self._mark_down(peer, "connect timed out") from None
             except ConnectionRefusedError:
                 raise self._mark_down(peer, "connection refused") from None
+            except ssl.SSLError as e:
+                # A bad certificate will not get better by retrying at once: one clear error.
+                self._mark_down(peer, f"TLS handshake failed: {e.reason or e}")
+                raise AuthError(f"{peer.addr}: TLS handshake failed: {e.reason or e}") from None
             except OSError as e:
                 raise self._mark_down(peer, (e.strerror or str(e)).lower()) from None
+            if self._keyring is not None:
+                await self._authenticate(peer, conn, t0)
         finally:
             peer.connecting[slot] = None
         if self._closed:
@@ -1143,7 +1431,58 @@ class RpcClient:
         peer.down_until = 0.0
         peer.backoff_s = self._backoff_min
         peer.reason = ""
+        peer.auth_error = ""
         return conn
+
+    async def _authenticate(self, peer: _Peer, conn: _ClientConn, t0: float) -> None:
+        """Prove we hold the key and check that the server does (security.py has the scheme).
+        Any failure closes the connection and raises AuthError (Unreachable if it dropped)."""
+        keyring = self._keyring
+        assert keyring is not None
+        addr = peer.addr
+        try:
+            # The challenge is the server's first bytes, an RTT after connecting: one that has
+            # not come by half the connect timeout is not coming (a server without a secret),
+            # and saying so must beat the caller's connect deadline.
+            waits: list[asyncio.Future[Any]] = [conn._challenge, conn._lost]
+            loop = self._loop
+            await asyncio.wait(
+                waits, timeout=max(0.01, t0 + self._connect_timeout / 2 - loop.time()),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if conn._challenge.done():
+                nonce_s = conn._challenge.result()
+                nonce_c = Keyring.nonce()
+                reply = await self._send(
+                    conn, AUTH_HELLO, [nonce_c, keyring.client_proof(nonce_s, nonce_c)],
+                    max(0.01, t0 + self._connect_timeout - loop.time()),
+                )
+                mac = reply.get("mac") if type(reply) is dict else None
+                if type(mac) is not bytes or not keyring.check_server(nonce_s, nonce_c, mac):
+                    raise AuthError(f"{addr} could not prove it holds the cluster key")
+                return
+            if conn._lost.done():
+                raise _unreachable(f"cannot reach {addr}: connection closed by peer", sent=False)
+            raise AuthError(
+                f"{addr} did not ask for the cluster key (is it running without a secret?)"
+            )
+        except AuthError as e:
+            conn._transport.abort()
+            self._mark_down(peer, str(e))
+            peer.auth_error = str(e)
+            raise
+        except (Unreachable, Timeout) as e:
+            conn._transport.abort()
+            raise self._mark_down(peer, f"authentication did not finish: {e}") from None
+
+    def _auth_refused(self, conn: _ClientConn, message: str) -> None:
+        """The server refused us (or will): later calls fail with this AuthError at once,
+        for a backoff, instead of reconnecting to be refused again."""
+        self._forget(conn)
+        peer = self._peers.get(conn._addr)
+        if peer is not None:
+            self._mark_down(peer, message)
+            peer.auth_error = message
 
     def _mark_down(self, peer: _Peer, reason: str) -> Unreachable:
         b = peer.backoff_s

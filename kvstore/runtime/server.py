@@ -39,7 +39,11 @@ def install_loop() -> str:
 async def serve(settings: Settings) -> int:
     from kvstore.runtime.node import Node
 
-    node = Node(settings)
+    try:
+        node = Node(settings)
+    except KVError as e:
+        log.error("node %s failed to start: %s", settings.name, e)
+        return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -97,8 +97,11 @@ class LocalCluster:
         w: int = 2,
         extra: list[str] | None = None,
         host: str = "127.0.0.1",
+        secret_file: str | None = None,
     ) -> None:
         self.root = Path(root)
+        # For this harness's own clients; the nodes get theirs through ``extra`` flags.
+        self.secret_file = secret_file
         self.host = host
         self.settings = ["--n-replicas", str(n), "--r", str(r), "--w", str(w), *node_flags(TEST_TIMINGS), *(extra or [])]
         self.nodes: dict[str, NodeProc] = {}
@@ -146,7 +149,7 @@ class LocalCluster:
         return self
 
     def status(self, name: str) -> dict[str, Any] | None:
-        c = Client([self.nodes[name].addr], timeout_s=2.0)
+        c = Client([self.nodes[name].addr], timeout_s=2.0, secret_file=self.secret_file)
         try:
             return c.call(self.nodes[name].addr, m.STATUS)  # type: ignore[no-any-return]
         except Exception:
@@ -202,6 +205,7 @@ class LocalCluster:
         return [self.nodes[n].addr for n in (names or self.nodes)]
 
     def client(self, *names: str, **kw: Any) -> Client:
+        kw.setdefault("secret_file", self.secret_file)
         c = Client(self.addrs(*names), **kw)
         self._clients.append(c)
         return c

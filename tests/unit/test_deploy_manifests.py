@@ -250,9 +250,12 @@ def test_compose_nodes_advertise_service_names_and_seed_each_other() -> None:
         # Seeded with every other node; the lowest address founds the ring on a first start.
         assert set(s.seeds) == {f"{o}:{NODE_PORT}" for o in NODES if o != svc}
         # data on a named volume, client port published on the host's loopback
-        (vol,) = spec["volumes"]
+        vol, key = spec["volumes"]
         name, path = vol.split(":")
         assert path == s.data_dir and name in _compose()["volumes"]
+        # The cluster secret, which protected mode requires of a node listening on 0.0.0.0.
+        assert key.endswith(":/run/secrets/kvstore.key:ro")
+        assert spec["environment"]["KV_SECRET_FILE"] == "/run/secrets/kvstore.key"
         (port,) = spec["ports"]
         assert port == f"127.0.0.1:${{KV{i + 1}_PORT:-{7000 + i}}}:{NODE_PORT}/tcp"
         assert spec["init"] is True
