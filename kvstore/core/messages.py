@@ -72,13 +72,16 @@ class Limits:
     warn_siblings: int = field(kw_only=True)
 
 
-def as_str(x: Any, what: str) -> str:
-    """A name from the wire: str, or UTF-8 bytes from a client that sends raw strings."""
-    if isinstance(x, bytes):
-        return x.decode("utf-8", "replace")
-    if isinstance(x, str):
+def as_str(x: Any, what: str = "value") -> str:
+    """``x`` as str: str as is, bin decoded as UTF-8 (invalid bytes kept as surrogates, so a
+    name round-trips); old msgpack clients send str where new ones send bin."""
+    if type(x) is str:
         return x
-    raise InvalidRequest(f"{what} must be a string")
+    if isinstance(x, bytes | bytearray | memoryview):
+        return bytes(x).decode("utf-8", "surrogateescape")
+    if isinstance(x, str):
+        return str(x)
+    raise InvalidRequest(f"{what} must be a string, got {type(x).__name__}")
 
 
 def as_bytes(x: Any, what: str = "value") -> bytes:

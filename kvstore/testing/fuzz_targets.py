@@ -23,6 +23,8 @@ from kvstore.core import vclock
 from kvstore.core.membership import wire
 from kvstore.errors import InvalidRequest, ProtocolError
 from kvstore.runtime import rpc
+from kvstore.runtime.rpc import conn as rpc_conn
+from kvstore.runtime.rpc import server as rpc_server
 from kvstore.runtime.security import Keyring
 
 __all__ = ["TARGETS", "fuzz_frame", "fuzz_gossip", "fuzz_record"]
@@ -91,10 +93,10 @@ class _FrameHarness:
         }
         self.server = rpc.RpcServer(handlers, max_frame_bytes=64 * 1024, max_frame_elements=4096)
         self.server._loop = self.loop
-        self.server._flusher = rpc._Flusher(self.loop)
+        self.server._flusher = rpc_conn._Flusher(self.loop)
         self.secured = rpc.RpcServer(handlers, keyring=Keyring([b"fuzz-secret-0123456789"]))
         self.secured._loop = self.loop
-        self.secured._flusher = rpc._Flusher(self.loop)
+        self.secured._flusher = rpc_conn._Flusher(self.loop)
 
     def run(self, data: bytes) -> None:
         # The first byte picks the server and how the rest is cut into chunks.
@@ -102,7 +104,7 @@ class _FrameHarness:
             return
         head, body = data[0], data[1:]
         server = self.secured if head & 0x80 else self.server
-        conn = rpc._ServerConn(server)
+        conn = rpc_server._ServerConn(server)
         t = _Transport()
         conn.connection_made(t)
         step = 1 + (head & 0x3F) * 7

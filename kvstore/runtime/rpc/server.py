@@ -1,0 +1,618 @@
+"""The msgpack-RPC server: one protocol per connection, handlers called inline, replies of
+one chunk written together; authentication, back-pressure and the abuse limits."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import socket
+import ssl
+from asyncio import isfuture
+from collections.abc import Coroutine, Mapping
+from typing import Any
+
+from kvstore.errors import (
+    AuthError,
+    InternalError,
+    InvalidRequest,
+    KVError,
+    ProtocolError,
+    UnknownMethod,
+    to_wire,
+)
+from kvstore.runtime.framing import FrameLimits
+from kvstore.runtime.rpc.conn import (
+    Handler,
+    _Conn,
+    _Flusher,
+    _log_refusal,
+)
+from kvstore.runtime.rpc.wire import (
+    _DEFAULTS,
+    BYE,
+    BYE_GRACE_S,
+    DEFAULT_MAX_FRAME_BYTES,
+    DEFAULT_MAX_INFLIGHT,
+    GOAWAY,
+    NOTIFICATION,
+    PREAUTH_LIMITS,
+    REQUEST,
+    RESPONSE,
+    _CoroutineType,
+    _log_handler_error,
+    _method_name,
+    _new_packer,
+    log,
+)
+from kvstore.runtime.security import AUTH_CHALLENGE, AUTH_HELLO, AUTH_VERSION, NONCE_BYTES, Keyring
+
+
+class _ServerConn(_Conn):
+    __slots__ = (
+        "_authed",
+        "_bye_at",
+        "_eof",
+        "_frame_since",
+        "_handlers",
+        "_inflight",
+        "_key_index",
+        "_last_in",
+        "_nonce",
+        "_opened_at",
+        "_pack",
+        "_paused_inflight",
+        "_paused_reply",
+        "_paused_write",
+        "_server",
+    )
+
+    def __init__(self, server: RpcServer) -> None:
+        assert server._flusher is not None
+        secured = server._keyring is not None
+        super().__init__(server._flusher, PREAUTH_LIMITS if secured else server._limits)
+        self._server = server
+        self._handlers = server._handlers
+        self._pack = server._pack
+        self._inflight = 0
+        self._eof = False
+        self._paused_write = False
+        self._paused_inflight = False
+        self._paused_reply = False
+        self._authed = not secured
+        self._nonce = b""
+        self._key_index = 0
+        now = server._loop.time()
+        self._opened_at = now
+        self._last_in = now
+        self._frame_since = 0.0
+        self._bye_at = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        server = self._server
+        if len(server._conns) >= server.max_connections:
+            server.stats["conns_refused"] += 1
+            self._closed = True
+            _log_refusal(
+                "refusing connection from %s: max_connections (%d) open",
+                self._peername(), server.max_connections,
+            )
+            self._transport.abort()
+            return
+        server._conns.add(self)
+        self._transport.set_write_buffer_limits(high=server.max_reply_buffer_bytes)
+        if server._keyring is not None:
+            self._nonce = Keyring.nonce()
+            self._transport.write(server._pack([2, AUTH_CHALLENGE, [self._nonce, AUTH_VERSION]]))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._out = []
+        self._server._conns.discard(self)
+
+    def eof_received(self) -> bool:
+        # A peer that half-closes after its last request still gets the replies of the
+        # handlers running for it; the last one to finish closes the connection.
+        self._eof = True
+        if self._inflight or self._paused_reply:
+            return True
+        self._flush_out()  # replies queued for this turn's flush would be lost on close
+        return False
+
+    def data_received(self, data: bytes) -> None:
+        self._last_in = now = self._server._loop.time()
+        _Conn.data_received(self, data)
+        if self._scan.in_frame:
+            if not self._frame_since:
+                self._frame_since = now
+        else:
+            self._frame_since = 0.0
+
+    def pause_writing(self) -> None:
+        # The peer is not reading its replies: stop reading its requests until it does.
+        self._paused_write = True
+        self._set_reading()
+
+    def resume_writing(self) -> None:
+        self._paused_write = False
+        if self._paused_reply:
+            self._continue()
+        self._set_reading()
+
+    def _set_reading(self) -> None:
+        if self._closed:
+            return
+        try:
+            if self._paused_write or self._paused_inflight or self._paused_reply:
+                self._transport.pause_reading()
+            else:
+                self._transport.resume_reading()
+        except (RuntimeError, AttributeError):
+            pass  # closing transports may refuse; nothing left to throttle then
+
+    def _continue(self) -> None:
+        """Serve the requests left in the unpacker when the reply budget ran out."""
+        if self._closed or not self._paused_reply:
+            return
+        self._paused_reply = False
+        self._drain()
+        if self._paused_reply:
+            return
+        if self._eof and not self._inflight:
+            self._flush_out()
+            self._closed = True
+            self._transport.close()
+            return
+        self._set_reading()
+
+    def _reply_budget_spent(self) -> None:
+        """This chunk's replies reached max_reply_buffer_bytes: the rest of its requests wait
+        in the unpacker and nothing more is read, until the peer has taken its replies."""
+        self._paused_reply = True
+        self._set_reading()
+        if not self._paused_write:
+            # What was written went straight to the socket: go on after other connections.
+            self._server._loop.call_soon(self._continue)
+
+    def _drain_preauth(self) -> bool:
+        """Before anything else the peer must prove it holds a key. True: it has, go on."""
+        server = self._server
+        keyring = server._keyring
+        assert keyring is not None
+        try:
+            msg = next(self._unp, None)
+        except Exception as e:
+            self._abandon(f"undecodable input before authentication: {type(e).__name__}: {e}")
+            return False
+        if msg is None:
+            return False
+        msgid = msg[1] if type(msg) is list and len(msg) == 4 and type(msg[1]) is int else None
+        proof = None
+        if (
+            msgid is not None
+            and msg[0] == REQUEST
+            and _method_name(msg[2]) == AUTH_HELLO
+            and type(msg[3]) is list
+            and len(msg[3]) == 2
+            and type(msg[3][0]) is bytes
+            and type(msg[3][1]) is bytes
+            and len(msg[3][0]) == NONCE_BYTES
+        ):
+            nonce_c, mac = msg[3]
+            proof = keyring.check_client(self._nonce, nonce_c, mac)
+            if proof is not None:
+                self._authed = True
+                self._key_index = proof
+                self._scan._limits = server._limits
+                server.stats["auth_ok"] += 1
+                self._transport.write(
+                    self._pack([1, msgid, None, {"mac": keyring.server_proof(proof, self._nonce, nonce_c)}])
+                )
+                self._nonce = b""  # one proof per challenge
+                return True
+            reason = "refused the cluster key"
+        else:
+            reason = "requires the cluster key (give --secret-file or KV_SECRET_FILE)"
+        server.stats["auth_failed"] += 1
+        if msgid is not None:
+            self._out.append(self._pack([1, msgid, to_wire(AuthError(reason)), None]))
+        self._abandon(f"authentication failed: {reason}")
+        return False
+
+    def _drain(self) -> None:
+        if not self._authed and not self._drain_preauth():
+            return
+        self._server._chunks_in += 1
+        budget = self._server.max_reply_buffer_bytes - self._transport.get_write_buffer_size()
+        # The hot path: a request of the usual shape to a sync handler costs one unpacking
+        # assignment, a dict lookup, a few type checks, the call and one pack. Everything
+        # unusual (other shapes, bytes method names, unknown methods) goes to _other.
+        out: list[bytes] = []
+        append = out.append
+        handlers = self._handlers
+        pack = self._pack
+        coroutine = _CoroutineType
+        future = asyncio.Future
+        try:
+            for msg in self._unp:
+                try:
+                    kind, msgid, method, params = msg
+                    h = handlers.get(method)  # TypeError when unhashable: _other replies
+                except (TypeError, ValueError):
+                    if self._other(msg, out):
+                        continue
+                    break
+                if kind == 0 and h is not None and type(params) is list and type(msgid) is int:
+                    try:
+                        r = h(*params)
+                    except Exception as e:
+                        append(self._server._error_reply(msgid, method, e, True))
+                        continue
+                    rt = type(r)
+                    if rt is coroutine:
+                        self._spawn(msgid, method, r)
+                        continue
+                    if rt is future:
+                        if not r.done() or r.cancelled() or r.exception() is not None:
+                            self._watch(msgid, method, r)
+                            continue
+                        r = r.result()  # settled already: reply inline like a sync handler
+                    try:
+                        data = pack([1, msgid, None, r])
+                    except Exception as e:
+                        if isfuture(r):  # a Task or another future-like
+                            self._watch(msgid, method, r)
+                        else:
+                            append(self._server._unpackable(msgid, method, e))
+                        continue
+                    append(data)
+                    budget -= len(data)
+                    if budget <= 0:
+                        self._reply_budget_spent()
+                        break
+                elif not self._other(msg, out):
+                    break
+        except Exception as e:
+            # Not msgpack, nested too deep, or a string/bin/array over the frame limit.
+            self._out.extend(out)
+            self._abandon(f"undecodable input: {type(e).__name__}: {e}")
+            return
+        if out and not self._closed:
+            self._transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _other(self, msg: Any, out: list[bytes]) -> bool:
+        """Every message the fast path did not take. False: the connection was closed."""
+        server = self._server
+        if type(msg) is not list or not msg or type(msg[0]) is not int:
+            return self._refuse(out, f"not a msgpack-RPC message: {type(msg).__name__}")
+        kind = msg[0]
+        if kind == NOTIFICATION and len(msg) == 3:
+            method, params = _method_name(msg[1]), msg[2]
+            if method is None or type(params) is not list:
+                return self._refuse(out, "malformed notification")
+            h = self._handlers.get(method)
+            if h is None:
+                log.debug("notification for unknown method %r dropped", method)
+                return True
+            try:
+                r = h(*params)
+            except Exception as e:
+                _log_handler_error(method, e)
+                return True
+            if type(r) is _CoroutineType:
+                self._spawn(None, method, r)
+            elif isfuture(r):
+                self._watch(None, method, r)
+            return True
+        if kind == RESPONSE and len(msg) == 4:
+            return True  # this end sends no requests, so a response answers nothing
+        if len(msg) != 4 or type(msg[1]) is not int:
+            return self._refuse(out, "message without a usable msgid")
+        msgid = msg[1]
+        if kind != REQUEST:
+            exc: KVError = ProtocolError(f"unknown message type {kind}")
+            out.append(server._pack([1, msgid, to_wire(exc), None]))
+            return True
+        method = _method_name(msg[2])
+        if method is None:
+            exc = InvalidRequest(f"method name must be a string, got {type(msg[2]).__name__}")
+            out.append(server._pack([1, msgid, to_wire(exc), None]))
+            return True
+        params = msg[3]
+        if type(params) is not list:
+            exc = InvalidRequest(f"{method}: params must be an array, got {type(params).__name__}")
+            out.append(server._pack([1, msgid, to_wire(exc), None]))
+            return True
+        h = self._handlers.get(method)
+        if h is None:
+            exc = UnknownMethod(f"unknown method {method!r}")
+            out.append(server._pack([1, msgid, to_wire(exc), None]))
+            return True
+        try:
+            r = h(*params)
+        except Exception as e:
+            out.append(server._error_reply(msgid, method, e, True))
+            return True
+        if type(r) is _CoroutineType:
+            self._spawn(msgid, method, r)
+        elif isfuture(r):
+            self._watch(msgid, method, r)
+        else:
+            try:
+                out.append(server._pack([1, msgid, None, r]))
+            except Exception as e:
+                out.append(server._unpackable(msgid, method, e))
+        return True
+
+    def _refuse(self, out: list[bytes], reason: str) -> bool:
+        self._out.extend(out)
+        out.clear()
+        self._abandon(reason)
+        return False
+
+    def _spawn(self, msgid: int | None, method: str, coro: Coroutine[Any, Any, Any]) -> None:
+        self._watch(msgid, method, self._server._loop.create_task(coro))
+
+    def _watch(self, msgid: int | None, method: str, fut: asyncio.Future[Any]) -> None:
+        server = self._server
+        server._running.add(fut)
+        fut.add_done_callback(functools.partial(self._settle, msgid, method))
+        self._inflight += 1
+        if self._inflight >= server.max_inflight and not self._paused_inflight:
+            self._paused_inflight = True
+            self._set_reading()
+
+    def _settle(self, msgid: int | None, method: str, fut: asyncio.Future[Any]) -> None:
+        """A handler's task or future finished: queue its reply (flushed once per turn)."""
+        server = self._server
+        server._running.discard(fut)
+        try:
+            if fut.cancelled():
+                if msgid is not None and not server._closing:
+                    exc = InternalError(f"{method}: handler was cancelled")
+                    self._queue(server._pack([1, msgid, to_wire(exc), None]))
+                return
+            e = fut.exception()
+            if msgid is None:
+                if e is not None:
+                    _log_handler_error(method, e)
+                return
+            if e is not None:
+                data = server._error_reply(msgid, method, e, False)
+            else:
+                try:
+                    data = server._pack([1, msgid, None, fut.result()])
+                except Exception as pe:
+                    data = server._unpackable(msgid, method, pe)
+            self._queue(data)
+        finally:
+            self._inflight -= 1
+            if self._eof and not self._inflight and not self._closed:
+                self._flush_out()
+                self._closed = True
+                self._transport.close()
+            elif self._paused_inflight and self._inflight <= server.max_inflight // 2:
+                self._paused_inflight = False
+                self._set_reading()
+
+
+class RpcServer:
+    """A msgpack-RPC server calling ``handlers[method](*params)``.
+
+    A handler may be sync (its result is the reply, produced inline: the fast path), async
+    (the coroutine runs as a task, which costs several times a sync call), or sync returning
+    an ``asyncio.Future`` (replied when it settles, no task: the cheap way to wait on other
+    nodes, see :meth:`RpcClient.request`). Any exception becomes an error reply
+    (:func:`kvstore.errors.to_wire`); a ``TypeError`` raised by the call itself (wrong number
+    of params) is ``invalid_request``. Notifications run the handler and send nothing.
+    """
+
+    def __init__(
+        self,
+        handlers: Mapping[str, Handler],
+        *,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        max_inflight: int = DEFAULT_MAX_INFLIGHT,
+        max_frame_depth: int = _DEFAULTS.max_frame_depth,
+        max_frame_elements: int = _DEFAULTS.max_frame_elements,
+        max_reply_buffer_bytes: int = _DEFAULTS.max_reply_buffer_bytes,
+        max_connections: int = _DEFAULTS.max_connections,
+        idle_timeout_s: float = _DEFAULTS.idle_timeout_s,
+        frame_timeout_s: float = _DEFAULTS.frame_timeout_s,
+        auth_timeout_s: float = _DEFAULTS.auth_timeout_s,
+        keyring: Keyring | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        if min(max_frame_bytes, max_inflight, max_reply_buffer_bytes, max_connections) < 1:
+            raise ValueError("RpcServer limits must be positive")
+        if min(idle_timeout_s, frame_timeout_s, auth_timeout_s) <= 0:
+            raise ValueError("RpcServer timeouts must be positive")
+        self._handlers: dict[str, Handler] = dict(handlers)
+        self.max_frame_bytes = max_frame_bytes
+        self.max_inflight = max_inflight
+        self.max_reply_buffer_bytes = max_reply_buffer_bytes
+        self.max_connections = max_connections
+        self.idle_timeout_s = idle_timeout_s
+        self.frame_timeout_s = frame_timeout_s
+        self.auth_timeout_s = auth_timeout_s
+        self._limits = FrameLimits(max_frame_bytes, max_frame_depth, max_frame_elements)
+        self._keyring = keyring
+        self._ssl = ssl_context
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._sweep_every = 1.0
+        # Why connections were closed or refused, for tests and metrics.
+        self.stats: dict[str, int] = {
+            "conns_refused": 0,
+            "auth_ok": 0,
+            "auth_failed": 0,
+            "idle_closed": 0,
+            "slow_closed": 0,
+            "auth_timed_out": 0,
+        }
+        self._pack = _new_packer().pack
+        self._conns: set[_ServerConn] = set()
+        self._running: set[asyncio.Future[Any]] = set()  # tasks and futures of handlers
+        self._closing = False
+        self._chunks_in = 0  # reads that carried requests: drain() waits for them to stop
+        self._server: asyncio.Server | None = None
+        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self._flusher: _Flusher | None = None
+
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, *, sock: socket.socket | None = None
+    ) -> None:
+        """Listen on ``host:port`` (port 0 picks a free one, see :attr:`port`) or on ``sock``."""
+        if self._server is not None:
+            raise RuntimeError("server already started")
+        self._loop = asyncio.get_running_loop()
+        self._flusher = _Flusher(self._loop)
+        tls: dict[str, Any] = {}
+        if self._ssl is not None:
+            # A TLS handshake that does not finish is a slow sender too.
+            tls = {"ssl": self._ssl, "ssl_handshake_timeout": self.auth_timeout_s}
+        if sock is not None:
+            self._server = await self._loop.create_server(
+                lambda: _ServerConn(self), sock=sock, backlog=1024, **tls
+            )
+        else:
+            self._server = await self._loop.create_server(
+                lambda: _ServerConn(self), host, port, backlog=1024, reuse_address=True, **tls
+            )
+        self._sweep_every = max(0.02, min(1.0, self.idle_timeout_s / 4, self.frame_timeout_s / 4, self.auth_timeout_s / 4))
+        self._sweeper = self._loop.call_later(self._sweep_every, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close what has overstayed: unauthenticated, slow or idle connections."""
+        loop = self._loop
+        now = loop.time()
+        for c in list(self._conns):
+            if c._closed:
+                continue
+            if not c._authed and now - c._opened_at > self.auth_timeout_s:
+                self.stats["auth_timed_out"] += 1
+                c._abandon(f"no proof of the cluster key within auth_timeout_s ({self.auth_timeout_s:g})")
+            elif c._frame_since and now - c._frame_since > self.frame_timeout_s:
+                self.stats["slow_closed"] += 1
+                c._abandon(f"frame not complete within frame_timeout_s ({self.frame_timeout_s:g})")
+            elif c._bye_at:
+                if now >= c._bye_at and not c._inflight:
+                    c._flush_out()
+                    c._closed = True
+                    c._transport.close()
+                elif now - c._last_in < BYE_GRACE_S / 2:
+                    c._bye_at = max(c._bye_at, now + BYE_GRACE_S)  # the client raced the bye
+            elif not c._inflight and not c._paused_reply and now - c._last_in > self.idle_timeout_s:
+                # Told first, so the client opens a new connection for its next request
+                # instead of sending it on one about to close.
+                self.stats["idle_closed"] += 1
+                c._queue(self._pack([2, BYE, []]))
+                c._bye_at = now + BYE_GRACE_S
+        self._sweeper = loop.call_later(self._sweep_every, self._sweep)
+
+    @property
+    def port(self) -> int:
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("server not started")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def addr(self) -> str:
+        """``host:port`` of the first listening socket."""
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("server not started")
+        host = self._server.sockets[0].getsockname()[0]
+        return f"{host}:{self.port}"
+
+    @property
+    def connections(self) -> int:
+        """Open client connections (for tests and metrics)."""
+        return len(self._conns)
+
+    @property
+    def running_handlers(self) -> int:
+        """Handler tasks and futures not settled yet."""
+        return len(self._running)
+
+    async def drain(self, *, grace_s: float = 3.0, quiet_s: float = 0.2) -> None:
+        """Stop gracefully: stop listening, tell every client to go elsewhere (a ``goaway``
+        notification), keep serving what they still send until they are quiet and every
+        running handler has answered, then close. A client that honours ``goaway`` sends
+        its next requests to another node, so none is left with an unknown outcome."""
+        if self._server is not None:
+            self._server.close()
+        note = self._pack([2, GOAWAY, []])
+        for c in list(self._conns):
+            c._queue(note)
+        loop = self._loop
+        if loop is None:
+            return
+        deadline = loop.time() + grace_s
+        seen, quiet_since = self._chunks_in, loop.time()
+        while loop.time() < deadline:
+            await asyncio.sleep(0.01)
+            if self._chunks_in != seen:
+                seen, quiet_since = self._chunks_in, loop.time()
+            elif not self._running and loop.time() - quiet_since >= quiet_s:
+                break
+        await self.close(grace_s=max(0.1, deadline - loop.time()))
+
+    async def close(self, *, grace_s: float = 1.0) -> None:
+        """Stop listening, cancel running handlers, close every connection."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        if self._server is not None:
+            self._server.close()
+        self._closing = True
+        running = list(self._running)
+        for t in running:
+            t.cancel()
+        if running:
+            await asyncio.wait(running, timeout=grace_s)
+        for c in list(self._conns):
+            c._flush_out()
+            c._closed = True
+            c._transport.close()
+        if self._loop is None:
+            return
+        # Closing waits for buffered replies to drain; a peer that never reads gets aborted.
+        deadline = self._loop.time() + grace_s
+        while self._conns and self._loop.time() < deadline:
+            await asyncio.sleep(0.005)
+        for c in list(self._conns):
+            c._transport.abort()
+        for _ in range(100):  # abort reports connection_lost within a turn or two
+            if not self._conns:
+                break
+            await asyncio.sleep(0)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def _error_reply(self, msgid: int, method: str, e: BaseException, at_call: bool) -> bytes:
+        if (
+            at_call
+            and type(e) is TypeError
+            and e.__traceback__ is not None
+            and e.__traceback__.tb_next is None
+        ):
+            # Raised by the call itself, not inside the handler: the params do not fit.
+            err = to_wire(InvalidRequest(f"{method}: {e}"))
+        else:
+            _log_handler_error(method, e)
+            err = to_wire(e)
+        try:
+            data: bytes = self._pack([1, msgid, err, None])
+        except Exception:
+            err = {"code": InternalError.code, "message": f"{method}: unserialisable error"}
+            data = self._pack([1, msgid, err, None])
+        return data
+
+    def _unpackable(self, msgid: int, method: str, e: Exception) -> bytes:
+        exc = InternalError(f"{method}: result cannot be sent: {type(e).__name__}: {e}")
+        log.error("%s", exc)
+        data: bytes = self._pack([1, msgid, to_wire(exc), None])
+        return data
+
+
+# --------------------------------------------------------------------------- client
+

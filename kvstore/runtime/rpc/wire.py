@@ -1,0 +1,80 @@
+"""msgpack-RPC framing and codec, no I/O: message kinds, control notifications, the limits'
+defaults, and the packer/unpacker every connection uses."""
+
+from __future__ import annotations
+
+import logging
+import types
+from typing import Any, TypeVar
+
+import msgpack
+
+from kvstore.config import Settings
+from kvstore.errors import (
+    KVError,
+)
+from kvstore.runtime.framing import FrameLimits
+
+log = logging.getLogger("kvstore.rpc")
+
+REQUEST = 0
+RESPONSE = 1
+NOTIFICATION = 2
+
+_DEFAULTS = Settings()
+DEFAULT_MAX_FRAME_BYTES: int = _DEFAULTS.max_frame_bytes
+# Past this many running async handlers on one connection it stops being read, so a client
+# that pipelines without bound cannot pile up tasks without bound.
+DEFAULT_MAX_INFLIGHT = _DEFAULTS.max_inflight_per_conn
+# Before a connection has proved the key it may send only the small auth.hello frame.
+PREAUTH_LIMITS = FrameLimits(max_bytes=1024, max_depth=2, max_elements=8)
+# The unpacker holds at most the partial frame plus one chunk read from the socket.
+_CHUNK_SLACK = 4 * 1024 * 1024
+_MSGID_MASK = 0xFFFFFFFF  # msgpack-RPC msgids are uint32
+_CoroutineType = types.CoroutineType
+_T = TypeVar("_T")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+# A server that is stopping sends this notification on every connection (see RpcServer.drain).
+GOAWAY = "goaway"
+GOAWAY_B = b"goaway"
+# How long a client then treats that server as down before trying it again.
+GOAWAY_HOLD_S = 1.0
+# How long a call waits for a reconnect to a peer that failed before (see _connect).
+RETRY_CONNECT_WAIT_S = 0.25
+# A server closing an idle connection sends this first: the client stops using it (without
+# counting the server as down), so no new request races the close.
+BYE = "bye"
+BYE_B = b"bye"
+BYE_GRACE_S = 2.0
+
+
+def _new_unpacker(max_frame_bytes: int) -> Any:
+    return msgpack.Unpacker(
+        raw=False,
+        unicode_errors="surrogateescape",
+        max_buffer_size=max_frame_bytes + _CHUNK_SLACK,
+    )
+
+
+def _new_packer() -> Any:
+    return msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape")
+
+
+def _method_name(m: Any) -> str | None:
+    if type(m) is str:
+        return m
+    if type(m) is bytes:
+        return m.decode("utf-8", "surrogateescape")
+    return None
+
+
+def _log_handler_error(method: str, e: BaseException) -> None:
+    if isinstance(e, KVError):
+        log.debug("handler %s: %s: %s", method, type(e).__name__, e)
+    else:
+        log.error("handler %s raised", method, exc_info=e)
+
