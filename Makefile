@@ -24,7 +24,7 @@ typecheck: setup
 	$(BIN)/mypy kvstore storage cli
 
 test: setup lint typecheck
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 3 --dist loadgroup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_transport.py

@@ -35,6 +35,9 @@ from jepsen_lite.netns import (
 ROOT = Path(__file__).resolve().parents[2]
 JEPSEN_DIR = ROOT / "jepsen-lite"
 _OK, _WHY = can_partition()
+# One at a time: the harness runs whole clusters with fixed addresses and namespaces.
+pytestmark = pytest.mark.xdist_group("jepsen")
+
 needs_netns = pytest.mark.skipif(not _OK, reason=f"partitions need root, ip and iptables: {_WHY}")
 
 
