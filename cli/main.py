@@ -33,8 +33,9 @@ DEFAULT_NODE = "127.0.0.1:7000"
 
 def run_client(ctx: click.Context, fn: Callable[[AsyncClient], Awaitable[T]]) -> T:
     """Run one client operation with a one-line error on failure, never a traceback."""
-    nodes: str = ctx.obj["nodes"]
-    timeout: float = ctx.obj["timeout"]
+    # --node and --timeout given after the subcommand win over the group's.
+    nodes: str = ctx.params.get("node_after") or ctx.obj["nodes"]
+    timeout: float = ctx.params.get("timeout_after") or ctx.obj["timeout"]
 
     async def go() -> T:
         async with AsyncClient(nodes, timeout_s=timeout) as c:
@@ -92,6 +93,16 @@ def cli(
     ctx.obj["timeout"] = timeout
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def connection_options(f: F) -> F:
+    """``--node`` and ``--timeout`` after a data command too (``kv get a --node H:P``)."""
+    f = click.option("--timeout", "timeout_after", type=float, default=None, help="Seconds to wait for an answer.")(f)
+    f = click.option("--node", "node_after", default=None, help="HOST:PORT of the node(s) to talk to (as before the command).")(f)
+    return f
+
+
 @cli.command()
 @click.argument("key")
 @click.argument("value")
@@ -99,8 +110,12 @@ def cli(
 @click.option("-w", type=int, default=None, help="Replicas that must acknowledge (default: cluster's W).")
 @click.option("--strict", is_flag=True, help="Count only the key's primary replicas (no fallbacks).")
 @click.option("--json", "as_json", is_flag=True, help="Print the new context as JSON.")
+@connection_options
 @click.pass_context
-def put(ctx: click.Context, key: str, value: str, context: str | None, w: int | None, strict: bool, as_json: bool) -> None:
+def put(
+    ctx: click.Context, key: str, value: str, context: str | None, w: int | None, strict: bool, as_json: bool,
+    node_after: str | None, timeout_after: float | None,
+) -> None:
     """Store VALUE under KEY."""
     c = out.decode_context(context)
     res = run_client(ctx, lambda kv: kv.put(key, value, context=c, w=w, strict=strict))
@@ -113,8 +128,12 @@ def put(ctx: click.Context, key: str, value: str, context: str | None, w: int | 
 @click.option("-r", type=int, default=None, help="Replicas that must answer (default: cluster's R).")
 @click.option("--strict", is_flag=True, help="Count only the key's primary replicas (no fallbacks).")
 @click.option("--json", "as_json", is_flag=True, help="Print values and context as JSON.")
+@connection_options
 @click.pass_context
-def get(ctx: click.Context, key: str, r: int | None, strict: bool, as_json: bool) -> None:
+def get(
+    ctx: click.Context, key: str, r: int | None, strict: bool, as_json: bool,
+    node_after: str | None, timeout_after: float | None,
+) -> None:
     """Print the value of KEY (siblings each on a line). Exit 1 if not found."""
     res = run_client(ctx, lambda kv: kv.get(key, r=r, strict=strict))
     if as_json:
@@ -139,11 +158,15 @@ def get(ctx: click.Context, key: str, r: int | None, strict: bool, as_json: bool
 
 @cli.command()
 @click.argument("key")
-@click.option("--context", "context", default=None, help="Context from `kv get` (recommended).")
+@click.option("--context", "context", default=None, help="Context from `kv get`: delete only what that read saw.")
 @click.option("-w", type=int, default=None, help="Replicas that must acknowledge (default: cluster's W).")
+@connection_options
 @click.pass_context
-def delete(ctx: click.Context, key: str, context: str | None, w: int | None) -> None:
-    """Delete KEY (a versioned tombstone)."""
+def delete(
+    ctx: click.Context, key: str, context: str | None, w: int | None, node_after: str | None, timeout_after: float | None
+) -> None:
+    """Delete KEY: without --context, what a read finds now; with it, what that read saw
+    (a value written concurrently survives as a sibling). A versioned tombstone."""
     c = out.decode_context(context)
     run_client(ctx, lambda kv: kv.delete(key, context=c, w=w))
 

@@ -120,6 +120,9 @@ def test_cluster_up_put_get_and_restart_keeps_keys(up: Up) -> None:
     # Through another node, with --node instead of the env var.
     got = kv("--node", f"127.0.0.1:{up.port + 2}", "get", "a")
     assert got.stdout == "1\n"
+    # --node and --timeout after the subcommand too; they win over the environment.
+    got = kv("get", "a", "--node", f"127.0.0.1:{up.port + 1}", "--timeout", "3", env_nodes="127.0.0.1:1")
+    assert (got.returncode, got.stdout) == (0, "1\n"), got.stderr
     missing = kv("get", "nope", env_nodes=node)
     assert (missing.returncode, missing.stdout) == (1, "")
     js = json.loads(kv("get", "a", "--json", env_nodes=node).stdout)
