@@ -99,6 +99,13 @@ def as_bytes(x: Any, what: str = "value") -> bytes:
     raise InvalidRequest(f"{what} must be bytes or str, got {type(x).__name__}")
 
 
+def check_partition(p: Any) -> int:
+    """A partition number from the wire (its range is the receiver's to check)."""
+    if isinstance(p, bool) or not isinstance(p, int) or p < 0:
+        raise InvalidRequest(f"partition must be a non-negative integer, got {p!r}")
+    return p
+
+
 def check_key(raw: Any, limits: Limits) -> bytes:
     key = as_bytes(raw, "key")
     if not key:

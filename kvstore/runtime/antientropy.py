@@ -99,12 +99,6 @@ GC_CHECKS_PER_TICK = 500
 EXPORT_LAYOUT = 1
 
 
-def _partition(p: Any) -> int:
-    if isinstance(p, bool) or not isinstance(p, int) or p < 0:
-        raise InvalidRequest(f"partition must be a non-negative integer, got {p!r}")
-    return p
-
-
 def _int_list(xs: Any, what: str) -> list[int]:
     if not isinstance(xs, list | tuple):
         raise InvalidRequest(f"{what} must be a list of integers")
@@ -238,7 +232,7 @@ class AntiEntropy:
         return self._empty if t is None else t
 
     def _part(self, p: Any) -> int:
-        part = _partition(p)
+        part = m.check_partition(p)
         if part >= self.s.partitions:
             raise InvalidRequest(f"partition {part} out of range 0..{self.s.partitions - 1}")
         return part

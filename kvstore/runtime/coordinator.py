@@ -123,13 +123,13 @@ class Coordinator:
     def get(self, raw_key: Any, raw_opts: Any, *, forwarded: bool = False) -> Awaitable[dict[str, Any]]:
         key = m.check_key(raw_key, self.limits)
         opts = m.parse_options(raw_opts, "r", self.limits)
-        ring, p, pref = self._locate(key)
+        _, p, pref = self._locate(key)
         if self.name not in pref:
             if forwarded:
                 raise Unavailable("forwarded get reached a node outside the preference list", required=1)
             return self._forward(m.FWD_GET, pref, [key, m.options_to_wire(opts, "r")], True)
         self.counters.gets += 1
-        return self._read(ring, p, pref, key, opts)
+        return self._read(p, pref, key, opts)
 
     def put(
         self, raw_key: Any, raw_value: Any, raw_ctx: Any, raw_opts: Any, *, forwarded: bool = False
@@ -165,7 +165,7 @@ class Coordinator:
     async def _delete_what_is_read(
         self, ring: Ring, p: int, pref: tuple[str, ...], key: bytes, opts: m.Options
     ) -> dict[str, Any]:
-        found = await self._read(ring, p, pref, key, m.Options(None, opts.strict, opts.timeout_s))
+        found = await self._read(p, pref, key, m.Options(None, opts.strict, opts.timeout_s))
         ctx = vclock.decode_context(found["context"])
         if not found["values"]:
             return {"context": found["context"]}  # absent or already deleted
@@ -202,9 +202,7 @@ class Coordinator:
         drive.run(machine.start())
         return drive.result
 
-    def _read(
-        self, ring: Ring, p: int, pref: tuple[str, ...], key: bytes, opts: m.Options
-    ) -> asyncio.Future[dict[str, Any]]:
+    def _read(self, p: int, pref: tuple[str, ...], key: bytes, opts: m.Options) -> asyncio.Future[dict[str, Any]]:
         loop = asyncio.get_running_loop()
         machine = ReadRequest(
             self.name, self.replica.read(p, key),

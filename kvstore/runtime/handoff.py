@@ -85,8 +85,7 @@ class Handoff:
     def fetch(self, p: Any, after: Any, limit: Any) -> list[Any]:
         """The next ``limit`` records of partition ``p`` after key ``after``, in key order,
         and whether there are more."""
-        if isinstance(p, bool) or not isinstance(p, int) or p < 0:
-            raise InvalidRequest(f"partition must be a non-negative integer, got {p!r}")
+        p = m.check_partition(p)
         if not isinstance(limit, int) or not 1 <= limit <= 10_000:
             raise InvalidRequest("limit must be in 1..10000")
         start = b"" if after is None else (after.encode() if isinstance(after, str) else bytes(after))

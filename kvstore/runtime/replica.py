@@ -60,7 +60,6 @@ class Replica:
         self.actor = ""
         # The highest dot counter minted under ``actor`` (for any key).
         self.counter = 0
-        self.resumed = False
         self._failed_epoch = False
 
     async def start(self) -> bool:
@@ -79,7 +78,6 @@ class Replica:
             await self.engine.flush()  # synced: a crash from here on must not look clean
         if not resumed:
             self.new_epoch()
-        self.resumed = resumed
         return resumed
 
     def new_epoch(self) -> str:
@@ -178,12 +176,6 @@ class Replica:
         return True
 
 
-def _partition(p: Any) -> int:
-    if isinstance(p, bool) or not isinstance(p, int) or p < 0:
-        raise InvalidRequest(f"partition must be a non-negative integer, got {p!r}")
-    return p
-
-
 class ReplicaServer:
     """The replica's side of the ``replica.*`` RPCs: reads, merges of versions a coordinator
     sends (or keeps as hints for another node), and batches of delivered hints. Only
@@ -198,7 +190,7 @@ class ReplicaServer:
         return {m.REPLICA_GET: self.get, m.REPLICA_PUT: self.put, m.REPLICA_PUT_BATCH: self.put_batch}
 
     def _owned(self, p: Any) -> int:
-        part = _partition(p)
+        part = m.check_partition(p)
         view = self.view
         if not view.replicates(part):
             raise NotOwner(
@@ -213,7 +205,7 @@ class ReplicaServer:
     def put(self, p: Any, key: Any, record: Any, hint_for: Any = None) -> Any:
         """Merge a version sent by a coordinator; the reply goes once it is durable (a Future,
         so the hot path needs no task). With ``hint_for`` it is kept as a hint instead."""
-        part = _partition(p)
+        part = m.check_partition(p)
         k = m.as_bytes(key, "key")
         obj = vclock.decode(m.as_bytes(record, "record"))
         if hint_for is not None and self.keep_hint is not None:
