@@ -74,6 +74,7 @@ class Coordinator:
         self._background: set[asyncio.Task[None]] = set()
         # Sloppy quorum's hints (None: hinted handoff off, and no stand-ins either).
         self.keep_hint = keep_hint
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def handlers(self) -> dict[str, Callable[..., Any]]:
         """The public data API and its forwarded forms (handle-or-forward)."""
@@ -85,6 +86,14 @@ class Coordinator:
             m.FWD_PUT: lambda key, value, ctx=None, opts=None: self.put(key, value, ctx, opts, forwarded=True),
             m.FWD_DELETE: lambda key, ctx=None, opts=None: self.delete(key, ctx, opts, forwarded=True),
         }
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        # asyncio.get_running_loop() makes a getpid() system call each time: a node's
+        # coordinator lives on one loop, so it is asked once.
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     # ------------------------------------------------------------------ routing
     def _ring(self) -> Ring:
@@ -183,7 +192,7 @@ class Coordinator:
         # could be stored but never replicated.
         if (warning := m.check_record(key, new, len(record), self.limits)) is not None:
             log.warning("%s", warning)
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         hinting = self.keep_hint is not None
         machine = WriteRequest(
             self.name, new, record,
@@ -203,7 +212,7 @@ class Coordinator:
         return drive.result
 
     def _read(self, p: int, pref: tuple[str, ...], key: bytes, opts: m.Options) -> asyncio.Future[dict[str, Any]]:
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         machine = ReadRequest(
             self.name, self.replica.read(p, key),
             preference=pref,
