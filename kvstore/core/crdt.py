@@ -336,7 +336,7 @@ def _apply(
         if t == "map" and depth + 1 >= MAX_DEPTH:
             raise InvalidRequest(f"maps nest at most {MAX_DEPTH} deep")
         k = (name, t)
-        sub = _apply(t, out.get(k, {}), sub_op, m, ts, ctx, here + (k,), deferred, depth + 1)
+        sub = _apply(t, out.get(k, {}), sub_op, m, ts, ctx, (*here, k), deferred, depth + 1)
         if sub:
             out[k] = sub
         else:
@@ -487,7 +487,8 @@ def encode(s: State) -> bytes:
         _VERSION, _TYPE_CODE[s.type], actors, [s.clock.get(a, 0) for a in actors],
         _enc_store(s.type, s.store, idx), deferred,
     ]
-    return MAGIC + msgpack.packb(body, use_bin_type=True)
+    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    return MAGIC + packed
 
 
 def _bad(why: str) -> InvalidRequest:

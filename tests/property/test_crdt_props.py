@@ -43,7 +43,7 @@ field_st = st.sampled_from([("c", "counter"), ("s", "set"), ("r", "register"), (
 
 
 def _field_op(f: tuple[str, str], n: int) -> Any:
-    name, t = f
+    _, t = f
     if t == "counter":
         return {"incr": n}
     if t == "set":
