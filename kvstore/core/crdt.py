@@ -70,7 +70,8 @@ _TYPE_CODE = {t: i for i, t in enumerate(TYPES)}
 # Bounds that keep a forged state or op from hurting a node (the encoded size is bounded by
 # max_value_bytes where states are stored).
 MAX_DEPTH = 4              # maps nested in maps
-MAX_ACTORS = 1024          # distinct actors in one state's table
+MAX_ACTORS = 1024          # distinct actors an update may leave in one state (each unclean
+                           # restart of a coordinator adds one; the encoded size bounds reads)
 MAX_DEFERRED = 256         # pending removes whose dots have not arrived yet
 MAX_NAME_CHARS = 255       # map field names
 MAX_OPS = 1000             # members or fields one update may touch
@@ -279,7 +280,10 @@ def apply(s: State | None, op: Op, *, actor: str, floor: int = 0, ts: int = 0, c
     store = _apply(op.type, s.store, op, m, ts, ctx, (), deferred, 0)
     if len(deferred) > MAX_DEFERRED:
         raise TooLarge(f"more than {MAX_DEFERRED} removes wait for adds this replica has not seen; retry later")
-    return _settle(op.type, store, m.clock, deferred)
+    out = _settle(op.type, store, m.clock, deferred)
+    if len(out.clock) > MAX_ACTORS:
+        raise TooLarge(f"the {op.type} would carry more than {MAX_ACTORS} actors")
+    return out
 
 
 def _remove(kind: str, store: Any, path: Path, m: _Minter, ctx: Clock | None, deferred: dict[Path, Clock], full: Path) -> Any:
@@ -579,7 +583,7 @@ def decode(b: bytes) -> State:
         raise _bad("not a top-level type")
     if (
         type(actors) is not list or type(counters) is not list or len(actors) != len(counters)
-        or len(actors) > MAX_ACTORS or type(deferred) is not list or len(deferred) > MAX_DEFERRED
+        or type(deferred) is not list or len(deferred) > MAX_DEFERRED
     ):
         raise _bad("bad shape")
     clock: dict[str, int] = {}

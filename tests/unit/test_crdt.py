@@ -151,3 +151,11 @@ def test_decode_refuses_what_encode_never_makes() -> None:
         with pytest.raises(InvalidRequest, match="malformed data type state"):
             crdt.decode(b)
     assert not crdt.is_state(b"\x00kvd")
+
+
+def test_an_update_past_the_actor_bound_is_refused() -> None:
+    s = crdt.State("counter", {(f"n{i}~1", 1): (1, 0) for i in range(crdt.MAX_ACTORS)},
+                   {f"n{i}~1": 1 for i in range(crdt.MAX_ACTORS)}, {})
+    assert crdt.value(crdt.apply(s, op("counter", {"incr": 1}), actor="n0~1")) == crdt.MAX_ACTORS + 1
+    with pytest.raises(TooLarge, match="actors"):
+        crdt.apply(s, op("counter", {"incr": 1}), actor="new~1")
