@@ -58,7 +58,7 @@ def merged_state(values: list[bytes]) -> State | None:
     """For ``kv get``: the merge of sibling values when they are all data type states."""
     if not values or not all(crdt.is_state(v) for v in values):
         return None
-    return crdt.merge_all(crdt.decode(v) for v in values)
+    return crdt.from_siblings(values)
 
 
 def register(cli: click.Group, run_client: Callable[..., Any], connection_options: Callable[[Any], Any]) -> None:

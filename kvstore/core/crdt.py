@@ -51,6 +51,7 @@ __all__ = [
     "context",
     "decode",
     "encode",
+    "from_siblings",
     "is_state",
     "merge",
     "merge_all",
@@ -197,6 +198,17 @@ def merge_all(states: Iterable[State]) -> State | None:
     for s in states:
         out = s if out is None else merge(out, s)
     return out
+
+
+def from_siblings(values: Iterable[bytes]) -> State | None:
+    """The merge of a key's sibling values (tombstones left out by the caller), which must
+    all be data type states; None when there are none."""
+    states = []
+    for v in values:
+        if not is_state(v):
+            raise InvalidRequest("the key holds a plain value, not a data type")
+        states.append(decode(v))
+    return merge_all(states)
 
 
 # ---------------------------------------------------------------------- reading

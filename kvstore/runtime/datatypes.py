@@ -31,7 +31,7 @@ from kvstore.core.vclock import Obj
 from kvstore.errors import InvalidRequest, TooLarge, Unavailable
 from kvstore.runtime.coordinator import Coordinator
 
-__all__ = ["Datatypes", "states_of"]
+__all__ = ["Datatypes"]
 
 
 def _datatype_for(key: bytes, requested: Any) -> str:
@@ -44,18 +44,8 @@ def _datatype_for(key: bytes, requested: Any) -> str:
     return t
 
 
-def states_of(values: list[bytes]) -> State | None:
-    """The merge of sibling values that are data type states (None: none at all)."""
-    states = []
-    for v in values:
-        if not crdt.is_state(v):
-            raise InvalidRequest("the key holds a plain value, not a data type")
-        states.append(crdt.decode(v))
-    return crdt.merge_all(states)
-
-
 def _local_state(obj: Obj | None) -> State | None:
-    return None if obj is None else states_of([s.value for s in obj.siblings if s.value is not None])
+    return None if obj is None else crdt.from_siblings(s.value for s in obj.siblings if s.value is not None)
 
 
 class Datatypes:
@@ -137,7 +127,7 @@ class Datatypes:
         key = m.check_key(raw_key, self.coord.limits)
         want = None if raw_type is None else _datatype_for(key, raw_type)
         got = await self.coord.get(key, raw_opts)
-        merged = states_of([m.as_bytes(v) for v in got["values"]])
+        merged = crdt.from_siblings(m.as_bytes(v) for v in got["values"])
         if merged is not None and want is not None and merged.type != want:
             raise InvalidRequest(f"the key holds a {merged.type}, not a {want}")
         type_ = merged.type if merged is not None else want
