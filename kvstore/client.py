@@ -274,8 +274,16 @@ class AsyncClient:
         """Add members to a set (add-wins: a concurrent remove does not undo them)."""
         return await self.update(key, "set", {"add": [_to_bytes(x, "member") for x in members]}, **kw)
 
+    async def _read_context(self, key: bytes | str, type_: str, kw: dict[str, Any]) -> None:
+        """A remove without a context removes what a read finds now (as a delete does): the
+        coordinator alone may not have seen every acknowledged add yet."""
+        if kw.get("context") is None:
+            kw["context"] = (await self.fetch(key, type_, strict=kw.get("strict", False))).context
+
     async def remove(self, key: bytes | str, *members: bytes | str, **kw: Any) -> DatatypeResult:
-        """Remove members from a set: with ``context=`` (a fetch's), only the adds that read saw."""
+        """Remove members from a set: the adds a fetch finds now, or with ``context=`` (a
+        fetch's) only the adds that read saw. An add it did not see wins."""
+        await self._read_context(key, "set", kw)
         return await self.update(key, "set", {"remove": [_to_bytes(x, "member") for x in members]}, **kw)
 
     async def set_register(self, key: bytes | str, value: bytes | str, **kw: Any) -> DatatypeResult:
@@ -290,7 +298,10 @@ class AsyncClient:
         **kw: Any,
     ) -> DatatypeResult:
         """Update a map: ``updates`` are (field, type, operation), ``removes`` (field, type);
-        ``update_map("u1", [("visits", "counter", {"incr": 1})])``."""
+        ``update_map("u1", [("visits", "counter", {"incr": 1})])``. Removes without a
+        ``context=`` remove what a fetch finds now, as ``remove`` does."""
+        if removes:
+            await self._read_context(key, "map", kw)
         op: dict[str, Any] = {}
         if updates:
             op["update"] = [[name, t, sub] for name, t, sub in updates]
