@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     for op, m in med.items():
         print(f"{op:6} {m['ops_s']:8.0f} {m['p50_us'] / 1000:8.2f} {m['p99_us'] / 1000:8.2f}")
     ratio = med["incr"]["ops_s"] / med["put"]["ops_s"]
-    print(f"incr/put = {ratio:.2f} (counters are {1 / ratio:.2f}x slower than puts; target <= 1.5x)")
+    print(f"incr/put = {ratio:.2f}: an increment costs {1 / ratio:.2f}x a put (target: at most 1.5x)")
 
 
 if __name__ == "__main__":
