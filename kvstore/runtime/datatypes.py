@@ -53,7 +53,6 @@ class Datatypes:
 
     def __init__(self, coord: Coordinator) -> None:
         self.coord = coord
-        self.updates = 0
 
     def handlers(self) -> dict[str, Callable[..., Any]]:
         return {
@@ -104,7 +103,6 @@ class Datatypes:
                 f"the {type_} would be {len(body)} bytes, over the limit of {c.limits.max_value_bytes} (max_value_bytes)"
             )
         written = c._coordinate_write(ring, p, pref, key, body, vclock.context_of(local), opts)
-        self.updates += 1
         reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         done = {"type": type_, "value": crdt.value(new), "context": vclock.encode_context(crdt.context(new))}
 

@@ -121,7 +121,11 @@ def test_kv_incr_add_and_get_show_plain_values(cluster: LocalCluster) -> None:
     res = kv("map", "cli-map", "--incr", "n=2", "--add", "s=m", "--enable", "on", "--json")
     assert res.returncode == 0, res.stderr
     assert '"n_counter": 2' in res.stdout and '"on_flag": true' in res.stdout
+    got = kv("get", "cli-map", "--json")
+    assert got.returncode == 0 and '"type": "map"' in got.stdout and '"s_set": [' in got.stdout
     assert kv("fetch", "no-such-counter").returncode == 1
+    bad = kv("incr", "cli-set")
+    assert bad.returncode == 2 and "holds a set" in bad.stderr
 
 
 def test_increments_survive_a_coordinator_killed_mid_stream(cluster: LocalCluster) -> None:
