@@ -22,12 +22,12 @@ from kvstore.core import vclock
 from kvstore.core.request import GET, ReadRequest, Ready, Repair, WriteRequest
 from kvstore.core.ring import Ring, partition_of
 from kvstore.core.vclock import Obj
-from kvstore.errors import KVError, StorageError, Unavailable
+from kvstore.errors import KVError, Unavailable
 from kvstore.retry import RetryPolicy
 from kvstore.runtime.cluster import ClusterView
+from kvstore.runtime.outbox import Outbox, reason_of
 from kvstore.runtime.replica import KeepHint, Replica
 from kvstore.runtime.rpc import RpcClient
-from storage.errors import StorageError as StorageFailure
 
 log = logging.getLogger("kvstore.coordinator")
 
@@ -36,10 +36,8 @@ log = logging.getLogger("kvstore.coordinator")
 FORWARD_RETRY = RetryPolicy(retry_unavailable=False)
 
 
-def _consume(f: asyncio.Future[Any]) -> None:
-    """Fire-and-forget RPCs: read the outcome so a failure is not reported as unretrieved."""
-    if not f.cancelled():
-        f.exception()
+def _ignore(reason: str | None, result: Any) -> None:
+    """The outcome of a call nobody waits for (best-effort writes, read repairs)."""
 
 
 @dataclass(slots=True)
@@ -75,6 +73,8 @@ class Coordinator:
         # Sloppy quorum's hints (None: hinted handoff off, and no stand-ins either).
         self.keep_hint = keep_hint
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Every replica call of a loop turn goes out as one frame per peer.
+        self.outbox = Outbox(rpc, view.addr_of)
 
     def handlers(self) -> dict[str, Callable[..., Any]]:
         """The public data API and its forwarded forms (handle-or-forward)."""
@@ -248,18 +248,6 @@ class Coordinator:
             await asyncio.gather(*self._background, return_exceptions=True)
 
 
-def _reason(f: asyncio.Future[Any]) -> str | None:
-    """None if the call succeeded, else the reason the quorum records."""
-    if f.cancelled():
-        return "cancelled"
-    err = f.exception()
-    if err is None:
-        return None
-    if isinstance(err, StorageFailure | StorageError):
-        return f"storage: {err}"  # the path and the cause (disk full, read-only …)
-    return err.code if isinstance(err, KVError) else type(err).__name__
-
-
 class _Drive:
     """Carries out one request machine's effects on the event loop: replica calls through the
     RPC client, the local write, hints, read repairs, the one deadline timer, the reply."""
@@ -279,20 +267,20 @@ class _Drive:
 
     def run(self, ready: Ready) -> None:
         c = self.c
+        outbox = c.outbox
         for s in ready.sends:
-            params: list[Any] = [self.p, self.key] if s.op == GET else [self.p, self.key, s.record, s.hint_for]
-            try:
-                f = c.rpc.request(c.view.addr_of(s.node), m.REPLICA_GET if s.op == GET else m.REPLICA_PUT, params, s.timeout_s)
-            except KVError as e:
-                f = self.loop.create_future()
-                f.set_exception(e)
-            f.add_done_callback(functools.partial(self._answered, s.tag) if s.counted else _consume)
+            answer = functools.partial(self._answered, s.tag) if s.counted else _ignore
+            if s.op == GET:
+                outbox.get(s.node, self.p, self.key, s.timeout_s, answer)
+            else:
+                assert s.record is not None
+                outbox.put(s.node, self.p, self.key, s.record, s.hint_for, s.timeout_s, answer)
         if ready.local_write is not None:
             tag, obj = ready.local_write
             # Applied to the local table right here, before any other request can read the
             # key; acknowledged once durable.
             record = self.machine.record  # type: ignore[union-attr]  # only a write has a local_write
-            c.replica.write_new(self.p, self.key, obj, record).add_done_callback(functools.partial(self._answered, tag))
+            c.replica.write_new(self.p, self.key, obj, record).add_done_callback(functools.partial(self._stored, tag))
         for h in ready.hints:
             c._spawn(c._keep_hint(h.primary, self.p, self.key, h.obj))
         for rep in ready.repairs:
@@ -314,8 +302,10 @@ class _Drive:
         self.timer = None
         self.run(self.machine.tick(self.loop.time()))
 
-    def _answered(self, tag: int, f: asyncio.Future[Any]) -> None:
-        reason = _reason(f)
+    def _stored(self, tag: int, f: asyncio.Future[Any]) -> None:
+        self._answered(tag, "cancelled" if f.cancelled() else reason_of(f.exception()), None)
+
+    def _answered(self, tag: int, reason: str | None, rec: Any) -> None:
         machine = self.machine
         if isinstance(machine, WriteRequest):
             self.run(machine.acked(tag) if reason is None else machine.failed(tag, reason))
@@ -324,7 +314,6 @@ class _Drive:
         if reason is not None:
             self.run(machine.failed(tag, reason, now))
             return
-        rec = f.result()
         try:
             obj = None if rec is None else vclock.decode(m.as_bytes(rec, "record"))
         except KVError as e:
@@ -337,12 +326,4 @@ class _Drive:
         if rep.node == c.name:
             c._spawn(c.replica.merge_in(self.p, self.key, rep.obj))  # type: ignore[arg-type]
             return
-        try:
-            f = c.rpc.request(
-                c.view.addr_of(rep.node), m.REPLICA_PUT, [self.p, self.key, vclock.encode(rep.obj), None],
-                c.s.request_timeout_s,
-            )
-        except KVError as e:
-            log.debug("read repair of %r on %s failed: %s", self.key, rep.node, e)
-            return
-        f.add_done_callback(_consume)
+        c.outbox.put(rep.node, self.p, self.key, vclock.encode(rep.obj), None, c.s.request_timeout_s, _ignore)
