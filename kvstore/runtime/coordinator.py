@@ -3,7 +3,7 @@
 The decisions (who to ask, stand-ins, hints, when a request is done, who needs repair) are
 the pure request machines of kvstore.core.request; this module only carries out their
 effects: local reads and writes through the Replica, calls to peers through the RPC client,
-one deadline timer per request on the event loop.
+and one deadline sweep for all requests (no timer per request).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from kvstore.core.vclock import Obj
 from kvstore.errors import KVError, Unavailable
 from kvstore.retry import RetryPolicy
 from kvstore.runtime.cluster import ClusterView
+from kvstore.runtime.deadlines import Deadlines
 from kvstore.runtime.outbox import Outbox, reason_of
 from kvstore.runtime.replica import KeepHint, Replica
 from kvstore.runtime.rpc import RpcClient
@@ -75,6 +76,7 @@ class Coordinator:
         self._loop: asyncio.AbstractEventLoop | None = None
         # Every replica call of a loop turn goes out as one frame per peer.
         self.outbox = Outbox(rpc, view.addr_of)
+        self.deadlines: Deadlines[_Drive] = Deadlines(self._running_loop)
 
     def handlers(self) -> dict[str, Callable[..., Any]]:
         """The public data API and its forwarded forms (handle-or-forward)."""
@@ -242,6 +244,7 @@ class Coordinator:
         task.add_done_callback(self._background.discard)
 
     async def close(self) -> None:
+        self.deadlines.close()
         for t in list(self._background):
             t.cancel()
         if self._background:
@@ -250,9 +253,9 @@ class Coordinator:
 
 class _Drive:
     """Carries out one request machine's effects on the event loop: replica calls through the
-    RPC client, the local write, hints, read repairs, the one deadline timer, the reply."""
+    RPC client, the local write, hints, read repairs, the deadline, the reply."""
 
-    __slots__ = ("c", "key", "loop", "machine", "p", "result", "timer")
+    __slots__ = ("c", "deadline", "key", "loop", "machine", "p", "result")
 
     def __init__(
         self, c: Coordinator, machine: WriteRequest | ReadRequest, p: int, key: bytes, loop: asyncio.AbstractEventLoop
@@ -263,7 +266,7 @@ class _Drive:
         self.key = key
         self.loop = loop
         self.result: asyncio.Future[dict[str, Any]] = loop.create_future()
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline: float | None = None  # when the machine wants its next tick
 
     def run(self, ready: Ready) -> None:
         c = self.c
@@ -292,15 +295,19 @@ class _Drive:
                 self.result.set_exception(ready.reply.error)
             else:
                 self.result.set_result(ready.reply.result)  # type: ignore[arg-type]
-        if self.timer is not None and (ready.deadline is None or ready.deadline != self.timer.when()):
-            self.timer.cancel()
-            self.timer = None
-        if ready.deadline is not None and self.timer is None:
-            self.timer = self.loop.call_at(ready.deadline, self._tick)
+        deadline = ready.deadline
+        if deadline != self.deadline:
+            if self.deadline is not None:
+                c.deadlines.discard(self.deadline, self)
+            if deadline is not None:
+                c.deadlines.add(deadline, self)
+            self.deadline = deadline
 
-    def _tick(self) -> None:
-        self.timer = None
-        self.run(self.machine.tick(self.loop.time()))
+    def tick(self, now: float) -> None:
+        """Called by the sweep once ``now`` is past the deadline it was registered for."""
+        if self.deadline is not None and now >= self.deadline:
+            self.deadline = None
+            self.run(self.machine.tick(now))
 
     def _stored(self, tag: int, f: asyncio.Future[Any]) -> None:
         self._answered(tag, "cancelled" if f.cancelled() else reason_of(f.exception()), None)
