@@ -87,7 +87,7 @@ def _stop(p: subprocess.Popen[bytes]) -> None:
 def _wait_log(p: subprocess.Popen[bytes], log: Path, word: str, timeout: float) -> None:
     def ready() -> bool:
         if p.poll() is not None:
-            raise RuntimeError(f"{p.args} exited with {p.returncode}: {log.read_text()[-2000:]}")
+            raise RuntimeError(f"{p.args!r} exited with {p.returncode}: {log.read_text()[-2000:]}")
         return word in log.read_text(errors="replace")
 
     wait_until(ready, timeout, what=f"{log.name} to say {word!r}")
