@@ -37,11 +37,19 @@ from kvstore.runtime.rpc import run  # noqa: E402
 KEY_FMT = b"bulk:%011d"
 TARGET_S = 60.0  # issue 13: 1M keys into 3 nodes in under a minute
 TARGET_KEYS = 1_000_000
+PLAIN_PROGRESS_S = 5.0
 
 
 async def load(nodes: list[str], a: argparse.Namespace) -> dict[str, Any]:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     value = b"v" * a.value_bytes
     st = {"next": 0, "done": 0, "errors": 0}
@@ -66,13 +74,19 @@ async def load(nodes: list[str], a: argparse.Namespace) -> dict[str, Any]:
         console = Console(stderr=True)
         columns = (TextColumn("loading"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[rate]:>9,.0f} keys/s"), TimeElapsedColumn(), TimeRemainingColumn())  # fmt: skip
-        with Progress(*columns, console=console, refresh_per_second=5, transient=not console.is_terminal) as bar:
+        # Not a terminal (a pipe, a log file): a plain line every few seconds instead of the bar.
+        with Progress(*columns, console=console, refresh_per_second=5, disable=not console.is_terminal) as bar:
             task = bar.add_task("load", total=a.keys, rate=0.0)
             workers = [asyncio.ensure_future(worker()) for _ in range(min(a.concurrency, a.keys))]
+            said = t0
             while not all(w.done() for w in workers):
                 await asyncio.wait(workers, timeout=0.2)
-                el = time.perf_counter() - t0
-                bar.update(task, completed=st["done"] + st["errors"], rate=st["done"] / el if el else 0.0)
+                now = time.perf_counter()
+                rate = st["done"] / (now - t0) if now > t0 else 0.0
+                bar.update(task, completed=st["done"] + st["errors"], rate=rate)
+                if not console.is_terminal and now - said >= PLAIN_PROGRESS_S:
+                    said = now
+                    console.print(f"bulk_load: {st['done']:,} / {a.keys:,} keys, {rate:,.0f} keys/s, {now - t0:.0f} s")
             for w in workers:
                 w.result()  # a bug in a worker (not a KVError) surfaces here
         secs = time.perf_counter() - t0
