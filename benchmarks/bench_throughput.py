@@ -3,6 +3,7 @@
 
     python benchmarks/bench_throughput.py                    # everything, ~2-3 minutes
     python benchmarks/bench_throughput.py --json > run.json  # one JSON object on stdout
+    python benchmarks/bench_throughput.py --report run.json  # that run's tables again
     python benchmarks/bench_throughput.py --secs 0.3 --shapes put-4x64 --systems kv1,reference
     kv bench --compare                                       # the same, from the CLI
 
@@ -414,6 +415,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--json", action="store_true", help="one JSON object on stdout instead of tables")
     ap.add_argument("--png", type=Path, default=Path("bench_throughput.png"), help="plot path")
     ap.add_argument("--no-png", dest="png", action="store_const", const=None)
+    ap.add_argument("--report", type=Path, default=None, help="print the tables of a saved --json run, run nothing")
     ap.add_argument("--keep", action="store_true", help="keep the tmp dir (logs, data) for inspection")  # fmt: skip
     a = ap.parse_args(argv)
     a.shape_list = [s.strip() for s in a.shapes.split(",") if s.strip()]
@@ -523,6 +525,9 @@ def bench(a: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     a = _args(argv)
+    if a.report is not None:
+        print_report(json.loads(a.report.read_text()))
+        return 0
     old = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         doc = bench(a)
