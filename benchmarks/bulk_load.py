@@ -55,6 +55,7 @@ async def load(nodes: list[str], a: argparse.Namespace) -> dict[str, Any]:
     st = {"next": 0, "done": 0, "errors": 0}
     first_error: list[str] = []
     t0 = time.perf_counter()
+    c0 = time.process_time()
     deadline = t0 + a.max_secs
 
     async with AsyncClient(nodes, timeout_s=a.timeout) as kv:
@@ -90,6 +91,7 @@ async def load(nodes: list[str], a: argparse.Namespace) -> dict[str, Any]:
             for w in workers:
                 w.result()  # a bug in a worker (not a KVError) surfaces here
         secs = time.perf_counter() - t0
+        cpu = time.process_time() - c0
         found = 0
         sample = random.Random(1).sample(range(st["done"]), min(a.verify, st["done"])) if st["done"] else []
         for i in sample:
@@ -98,6 +100,8 @@ async def load(nodes: list[str], a: argparse.Namespace) -> dict[str, Any]:
     res: dict[str, Any] = {
         "keys": st["done"], "asked": a.keys, "errors": st["errors"], "first_error": first_error[0] if first_error else None,
         "secs": round(secs, 2), "keys_per_s": round(st["done"] / secs) if secs else 0,
+        # Near 100: this one client process, not the cluster, is what limits the rate.
+        "client_cpu_pct": round(100 * cpu / secs, 1) if secs else None,
         "concurrency": a.concurrency, "value_bytes": a.value_bytes, "nodes": nodes,
         "verified": len(sample), "verified_found": found, "stopped_by_max_secs": st["next"] < a.keys,
     }  # fmt: skip
@@ -144,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         err = f", {res['errors']:,} errors (first: {res['first_error']})" if res["errors"] else ""
         print(f"loaded {res['keys']:,} keys in {res['secs']:.1f} s = {res['keys_per_s']:,} keys/s "
-              f"({a.concurrency} in flight, {len(nodes)} nodes){err}; read back {res['verified_found']}"
+              f"({a.concurrency} in flight, {len(nodes)} nodes, client CPU {res['client_cpu_pct']}%){err}; read back {res['verified_found']}"
               f"/{res['verified']}")  # fmt: skip
         if "target" in res:
             verdict = "PASS" if res["target"]["pass"] else "FAIL"
