@@ -344,6 +344,8 @@ def print_report(doc: dict[str, Any]) -> None:
         shown = _fmt_us(v) if "p99" in r["name"] else f"{v}"
         tt.add_row(r["name"], r["target"], shown, "[green]PASS[/green]" if r["pass"] else "[red]FAIL[/red]")
     con.print(tt)
+    for who, what in doc.get("durability", {}).items():
+        con.print(f"durability {who}: {what}")
     for n in doc["notes"]:
         con.print(f"note: {n}")
     if doc.get("png"):
