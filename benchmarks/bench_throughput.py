@@ -450,7 +450,9 @@ def bench(a: argparse.Namespace) -> dict[str, Any]:
         "params": {"secs": a.secs, "warm": a.warm, "shapes": a.shape_list, "systems": [s for s in SYSTEMS if s in want],
                    "generator": a.generator, "fsync": a.fsync, "keyspace": a.keyspace, "key_bytes": 16,
                    "value_bytes": 100, "open_loop_secs": a.open_loop_secs},
-        "durability": {"kvstore": f"fsync={a.fsync} (kvstore/config.py Settings.fsync)",
+        "durability": {"kvstore": f"fsync={a.fsync} (kvstore/config.py Settings.fsync)" + (
+                           ": each batch in LevelDB's log (sync=False) before its ack, no periodic fsync: "
+                           "the ceilings' durability" if a.fsync == "no" else ""),
                        "reference/ceiling": "--ldb batch: one LevelDB WriteBatch per loop turn, sync=False, before acks",
                        "redis": "appendonly yes, appendfsync everysec"},
         "points": [], "ratios": [], "calibration": [], "memory": None, "open_loop": None, "notes": notes,
