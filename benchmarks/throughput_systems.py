@@ -136,9 +136,10 @@ class CpuSampler:
         return self._at(pid, t1) - self._at(pid, t0)
 
 
-def load_msgpack_keys(port: int, n: int, secs: float, window: int = 256) -> tuple[int, float]:
-    """Write keys 0..n-1 (``put [key, VALUE]``) over one connection, ``window`` requests per
-    round trip, for at most ``secs``: how many were written (all acknowledged) and the time."""
+def load_msgpack_keys(port: int, n: int, secs: float, window: int = 256, start: int = 0) -> tuple[int, float]:
+    """Write keys start..start+n-1 (``put [key, VALUE]``) over one connection, ``window``
+    requests per round trip, for at most ``secs``: how many were written (all acknowledged)
+    and the time."""
     s = socket.create_connection(("127.0.0.1", port), timeout=30)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     pack = msgpack.Packer(use_bin_type=True).pack
@@ -148,7 +149,7 @@ def load_msgpack_keys(port: int, n: int, secs: float, window: int = 256) -> tupl
     with s:
         while done < n and time.perf_counter() - t0 < secs:
             k = min(window, n - done)
-            s.sendall(b"".join(pack([0, i, "put", [key(done + i), VALUE]]) for i in range(k)))
+            s.sendall(b"".join(pack([0, i, "put", [key(start + done + i), VALUE]]) for i in range(k)))
             got = 0
             while got < k:
                 chunk = s.recv(1 << 20)
@@ -163,8 +164,8 @@ def load_msgpack_keys(port: int, n: int, secs: float, window: int = 256) -> tupl
     return done, time.perf_counter() - t0
 
 
-def load_redis_keys(port: int, n: int, window: int = 1000) -> float:
-    """SET keys 0..n-1 to VALUE, pipelined; the time it took."""
+def load_redis_keys(port: int, n: int, window: int = 1000, start: int = 0) -> float:
+    """SET keys start..start+n-1 to VALUE, pipelined; the time it took."""
     s = socket.create_connection(("127.0.0.1", port), timeout=30)
     head = b"*3\r\n$3\r\nSET\r\n$16\r\n"
     tail = b"\r\n$%d\r\n%s\r\n" % (len(VALUE), VALUE)
@@ -172,7 +173,7 @@ def load_redis_keys(port: int, n: int, window: int = 1000) -> float:
     with s:
         for base in range(0, n, window):
             k = min(window, n - base)
-            s.sendall(b"".join(head + key(base + i) + tail for i in range(k)))
+            s.sendall(b"".join(head + key(start + base + i) + tail for i in range(k)))
             buf = b""
             while buf.count(b"\r\n") < k:
                 chunk = s.recv(1 << 16)
