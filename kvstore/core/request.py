@@ -30,7 +30,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from kvstore.core import quorum, vclock
 from kvstore.core.quorum import ReadQuorum, Status, WriteQuorum
@@ -43,8 +43,7 @@ PUT = "put"
 GET = "get"
 
 
-@dataclass(frozen=True, slots=True)
-class Send:
+class Send(NamedTuple):
     """Call ``node``'s replica: ``op`` is PUT (``record``, maybe as a hint for ``hint_for``)
     or GET. ``tag`` identifies the call when its outcome is reported back."""
 
@@ -57,24 +56,21 @@ class Send:
     counted: bool = True
 
 
-@dataclass(frozen=True, slots=True)
-class KeepHint:
+class KeepHint(NamedTuple):
     """Keep ``obj`` in this node's hint store for ``primary``."""
 
     primary: str
     obj: Obj
 
 
-@dataclass(frozen=True, slots=True)
-class Repair:
+class Repair(NamedTuple):
     """Read repair: merge ``obj`` into ``node``'s copy (``node`` may be the coordinator)."""
 
     node: str
     obj: Obj
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
+class Reply(NamedTuple):
     """The client's answer: ``result`` on success, else ``error``."""
 
     result: dict[str, Any] | None = None
