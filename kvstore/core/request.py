@@ -163,6 +163,12 @@ class WriteRequest:
         self._settle(self.quorum.decide(), ready)
         return ready
 
+    @property
+    def settled(self) -> bool:
+        """Replied: from now on an acknowledgement changes nothing (a failure still may,
+        since the failed replica's copy must be covered by a stand-in or a hint)."""
+        return self._replied
+
     def acked(self, tag: int) -> Ready:
         ready = Ready()
         t = self._by_tag.pop(tag, None)
@@ -221,7 +227,7 @@ class WriteRequest:
             return
         self._replied = True
         if status is Status.OK:
-            ready.reply = Reply({"context": vclock.encode_context(vclock.context_of(self.new))})
+            ready.reply = Reply({"context": vclock.encode_context(self.new.vv)})
         else:
             q = self.quorum
             ready.reply = Reply(error=Unavailable(q.explain(), answered=q.acks, required=self.w))

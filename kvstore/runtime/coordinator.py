@@ -322,7 +322,11 @@ class _Drive:
     def _answered(self, tag: int, reason: str | None, rec: Any) -> None:
         machine = self.machine
         if isinstance(machine, WriteRequest):
-            self.run(machine.acked(tag) if reason is None else machine.failed(tag, reason))
+            if reason is None:
+                if not machine.settled:  # a late acknowledgement changes nothing
+                    self.run(machine.acked(tag))
+            else:
+                self.run(machine.failed(tag, reason))
             return
         now = self.loop.time()
         if reason is not None:
