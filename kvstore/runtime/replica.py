@@ -39,8 +39,10 @@ CLEAN_STOP_KEY = b"replica.clean_stop"
 
 
 class Replica:
-    """``actor`` is the name this node's writes carry in vector clocks: the node name plus an
-    epoch. Within one epoch the node mints dot counters from one node-wide sequence
+    """``actor`` is the name this node's writes carry in vector clocks: an epoch, 64 random
+    bits (``~`` and 11 base64url characters; node names never hold a ``~``). Opaque, as
+    Riak's vnode ids: every record carries it, and a short one keeps memory per key down
+    (the node logs which actor it writes as). Within one epoch the node mints dot counters from one node-wide sequence
     (``counter``), so a dot is never minted twice, even for a key whose tombstone was
     collected here while a copy survived elsewhere.
 
@@ -70,8 +72,15 @@ class Replica:
         resumed = False
         if raw is not None:
             try:
-                actor, counter = msgpack.unpackb(raw, raw=False)
-                resumed = isinstance(actor, str) and actor.startswith(self.name + "~") and type(counter) is int
+                marker = msgpack.unpackb(raw, raw=False)
+                if len(marker) == 3:
+                    name, actor, counter = marker
+                else:  # the marker of a version whose actors were "name~hex"
+                    actor, counter = marker
+                    name = actor.split("~", 1)[0] if isinstance(actor, str) and "~" in actor else None
+                # Only this node's own actor: a data dir moved to another node must not
+                # make two nodes write as one.
+                resumed = name == self.name and isinstance(actor, str) and bool(actor) and type(counter) is int
             except Exception:  # a damaged marker: not a clean stop
                 resumed = False
             if resumed:
@@ -85,14 +94,14 @@ class Replica:
     def new_epoch(self) -> str:
         """Write under a fresh actor from now on. Random, so it needs no durable step before
         use: a later start either resumes it from a clean stop or takes another one."""
-        self.actor = f"{self.name}~{secrets.token_hex(8)}"
+        self.actor = "~" + secrets.token_urlsafe(8)
         self.counter = 0
         return self.actor
 
     async def record_clean_stop(self) -> None:
         """At a graceful stop, once every write is durable: the next start may resume."""
         # After a failed write the engine refuses this too: the next start takes a new epoch.
-        await self.engine.meta_put(CLEAN_STOP_KEY, msgpack.packb([self.actor, self.counter]))
+        await self.engine.meta_put(CLEAN_STOP_KEY, msgpack.packb([self.name, self.actor, self.counter]))
         await self.engine.flush()
 
     def mint(self, local: Obj | None, context: vclock.VV, value: bytes | None, ts: int) -> Obj:
