@@ -61,6 +61,10 @@ AAE_ENTRIES = "aae.entries"
 AAE_FORGET = "aae.forget"
 AAE_STATUS = "aae.status"
 
+# Key listing (kvstore.runtime.keylist): one page of a partition's live keys, in key order,
+# ``[partition, after_key | None, prefix, count]`` -> ``{"keys": [...], "next": key | None}``.
+KEYS_LIST = "keys.list"
+
 # Membership (kvstore.runtime.gossip): a full-state exchange over TCP.
 GOSSIP_PUSH_PULL = "gossip.push_pull"
 

@@ -29,6 +29,7 @@ from kvstore.runtime.gossip import Gossip, push_pull_via
 from kvstore.runtime.gossip import rpc_handlers as gossip_handlers
 from kvstore.runtime.handoff import STATUS, Handoff
 from kvstore.runtime.hints import Hints
+from kvstore.runtime.keylist import handlers as keylist_handlers
 from kvstore.runtime.replica import Replica, ReplicaServer
 from kvstore.runtime.rpc import RpcClient, RpcServer
 from kvstore.runtime.security import GOSSIP_OVERHEAD_BYTES, Security
@@ -170,6 +171,7 @@ class Node:
                 **self.handoff.handlers(),
                 **self.aae.handlers(),
                 **gossip_handlers(self.gossip),
+                **keylist_handlers(self.s, self.engine),
             },
             **self.security.server_options(self.s),
         )
