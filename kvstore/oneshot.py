@@ -14,14 +14,16 @@ preference list (handle-or-forward), which for one request is as fast as fetchin
 from __future__ import annotations
 
 import socket
-import ssl
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
 from kvstore.errors import AuthError, KVError, ProtocolError, Timeout, Unreachable, from_wire
 from kvstore.runtime.security import AUTH_CHALLENGE, AUTH_HELLO, Keyring
+
+if TYPE_CHECKING:
+    import ssl
 
 __all__ = ["call"]
 
@@ -90,8 +92,11 @@ def _split(addr: str) -> tuple[str, int]:
 
 def _open(addr: str, connect_timeout: float, keyring: Keyring | None, ssl_context: ssl.SSLContext | None) -> _Conn:
     host, port = _split(addr)
+    # An ASCII host as bytes: getaddrinfo would otherwise load the idna codec (and
+    # unicodedata) to encode it, a few ms of a `kv get`'s start-up.
+    dial: str | bytes = host.encode("ascii") if host.isascii() else host
     try:
-        sock = socket.create_connection((host, port), timeout=connect_timeout)
+        sock = socket.create_connection((dial, port), timeout=connect_timeout)  # type: ignore[arg-type]
     except TimeoutError:
         raise Unreachable(f"cannot reach {addr}: connect timed out", sent=False) from None
     except ConnectionRefusedError:
@@ -101,6 +106,8 @@ def _open(addr: str, connect_timeout: float, keyring: Keyring | None, ssl_contex
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         if ssl_context is not None:
+            import ssl
+
             try:
                 sock = ssl_context.wrap_socket(sock, server_hostname=host)
             except ssl.SSLError as e:
@@ -173,18 +180,19 @@ def call(
     kvstore.runtime.security.client_options()'s (keyring and TLS context from the
     environment when None). The wait and the connect timeout are the async client's:
     ``timeout_s + 1`` for the answer, ``min(1, timeout_s)`` to connect."""
-    from kvstore.retry import RetryPolicy
     from kvstore.runtime.security import client_options
 
     opts = client_options() if security is None else security
-    policy = RetryPolicy()
     last: KVError | None = None
     for addr in nodes:
         try:
             return call_one(addr, method, params, timeout_s + 1.0, connect_timeout=min(1.0, timeout_s), **opts)
         except KVError as e:
             last = e
-            if not policy.try_next(e, idempotent=idempotent):
+            # Loaded on a failure only (it brings dataclasses in): most calls succeed at once.
+            from kvstore.retry import RetryPolicy
+
+            if not RetryPolicy().try_next(e, idempotent=idempotent):
                 raise
     assert last is not None
     raise last
