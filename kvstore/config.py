@@ -117,10 +117,10 @@ class Settings:
 
     # --- key listing (kv keys; kvstore.runtime.keylist)
     keys_list_rate_per_s: int = _s(
-        100_000,
+        20_000,
         "Most keys per second one node scans for key listings (all listings together); a page waits its turn past it.",
     )
-    keys_list_page_keys: int = _s(1000, "Most keys one keys.list call scans (and returns); the loop is free between pages.")
+    keys_list_page_keys: int = _s(500, "Most keys one keys.list call scans (and returns); the loop is free between pages.")
 
     # --- healing: hinted handoff, anti-entropy, tombstones
     max_hints: int = _s(1_000_000, "Most hints a node keeps for down peers; past it new hints are refused (logged, counted).")
