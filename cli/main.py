@@ -42,6 +42,12 @@ LAZY_COMMANDS = {
 }
 DATATYPE_COMMANDS = ("incr", "add", "remove", "register", "map", "fetch")
 
+# kvstore.core.messages's names of the methods the fast path calls, spelled out because
+# importing it loads dataclasses and vclock; tests/unit/test_cli_methods.py keeps them equal.
+PUT = "put"
+DELETE = "delete"
+GET_MARKED = "get.marked"
+
 
 def run_client(ctx: click.Context, fn: Callable[[AsyncClient], Awaitable[T]]) -> T:
     """Run one client operation with a one-line error on failure, never a traceback."""
@@ -159,7 +165,7 @@ def put(
 ) -> None:
     """Store VALUE under KEY."""
     c = out.decode_context(context)
-    doc = call_node(ctx, "put", [key.encode("utf-8", "surrogateescape"), value.encode("utf-8", "surrogateescape"), c, _options("w", w, strict)], idempotent=False)
+    doc = call_node(ctx, PUT, [key.encode("utf-8", "surrogateescape"), value.encode("utf-8", "surrogateescape"), c, _options("w", w, strict)], idempotent=False)
     if as_json:
         out.print_json({"context": out.encode_context(bytes(doc["context"]))})
 
@@ -179,7 +185,7 @@ def get(
 
     A delete concurrent with a write leaves a tombstone beside the written value: it is
     marked on stderr ("kv: ... and a tombstone"), and in --json as "tombstone": true."""
-    doc = call_node(ctx, "get", [key.encode("utf-8", "surrogateescape"), _options("r", r, strict)], idempotent=True)
+    doc = call_node(ctx, GET_MARKED, [key.encode("utf-8", "surrogateescape"), _options("r", r, strict)], idempotent=True)
     values = [bytes(v) for v in doc["values"]]
     context = bytes(doc["context"])
     tombstone = bool(doc.get("tombstone"))
@@ -237,7 +243,7 @@ def delete(
     """Delete KEY: without --context, what a read finds now; with it, what that read saw
     (a value written concurrently survives as a sibling). A versioned tombstone."""
     c = out.decode_context(context)
-    doc = call_node(ctx, "delete", [key.encode("utf-8", "surrogateescape"), c, _options("w", w, False)], idempotent=False)
+    doc = call_node(ctx, DELETE, [key.encode("utf-8", "surrogateescape"), c, _options("w", w, False)], idempotent=False)
     if as_json:
         out.print_json({"key": key, "deleted": True, "context": out.encode_context(bytes(doc["context"]))})
 

@@ -120,3 +120,24 @@ def test_status_shows_hints_pending_and_watch_stops_cleanly(cluster: LocalCluste
         assert "Traceback" not in errs and "n1" in outs
     finally:
         cluster.start("n3")
+
+
+def test_get_marks_a_tombstone_sibling(cluster: LocalCluster) -> None:
+    node = cluster.addrs()[0]
+    assert kv("put", "tomb", "1", "--node", node).returncode == 0
+    seen = json.loads(kv("get", "tomb", "--node", node, "--json").stdout)
+    assert "tombstone" not in seen
+    # A write the delete's context did not see: the tombstone stays beside it as a sibling.
+    assert kv("put", "tomb", "2", "--node", node).returncode == 0
+    assert kv("delete", "tomb", "--context", seen["context"], "--node", node).returncode == 0
+    got = kv("get", "tomb", "--node", node)
+    assert (got.returncode, got.stdout) == (0, "2\n"), got.stderr
+    assert "tombstone" in got.stderr
+    doc = json.loads(kv("get", "tomb", "--node", node, "--json").stdout)
+    assert doc["values"] == ["2"] and doc["tombstone"] is True
+    # Resolved with the read's context: one value, no tombstone left to mark.
+    assert kv("put", "tomb", "3", "--context", doc["context"], "--node", node).returncode == 0
+    final = kv("get", "tomb", "--node", node)
+    assert final.stdout == "3\n" and "tombstone" not in final.stderr
+    # The library's own get is unchanged: no mark, values only.
+    assert cluster.client().get("tomb").values == [b"3"]
