@@ -211,23 +211,21 @@ def _json_doc(snap: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _transfer_cell(h: dict[str, Any] | None) -> Any:
-    """Handoff progress of one node: a bar while a ring change runs."""
-    from rich.console import Group
-    from rich.progress_bar import ProgressBar
-    from rich.text import Text
+BAR_CELLS = 20
 
-    if h is None:
-        return "-"
-    if not h.get("pending"):
+
+def _transfer_cell(h: dict[str, Any] | None) -> str:
+    """Handoff progress of one node: a bar of partitions pulled while a ring change runs."""
+    if h is None or not h.get("pending"):
         return "-"
     needed, done = int(h.get("needed", 0)), int(h.get("done", 0))
     if needed < 0:
         return "starting"
-    label = Text(f"{done}/{needed} partitions, {h.get('keys_moved', 0)} keys" + (" (done)" if h.get("complete") else ""))
+    label = f"{done}/{needed} partitions, {h.get('keys_moved', 0)} keys" + (" (done)" if h.get("complete") else "")
     if needed == 0:
         return label
-    return Group(ProgressBar(total=needed, completed=done, width=20), label)
+    filled = min(BAR_CELLS, round(BAR_CELLS * done / needed))
+    return "█" * filled + "░" * (BAR_CELLS - filled) + " " + label
 
 
 def render_status(snap: dict[str, Any]) -> Any:
@@ -243,7 +241,7 @@ def render_status(snap: dict[str, Any]) -> Any:
     t = Table(title=f"ring v{first['ring_version']}  N={first['n']} R={first['r']} W={first['w']}  (as seen by {first['node']}){pending}")
     right = ("inc", "health", "partitions", "keys")
     for col in ("node", "address", "state", "inc", "health", "damping", "partitions", "keys", "hints pending", "transfer"):
-        t.add_column(col, justify="right" if col in right else "left")
+        t.add_column(col, justify="right" if col in right else "left", no_wrap=col == "transfer")
     for mem in first["members"]:
         st = per_node.get(mem["name"])
         state = mem.get("state", "unknown")
