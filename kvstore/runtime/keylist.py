@@ -7,8 +7,9 @@ was notorious for it). So a call does a bounded amount of work and then returns:
   cursor (the last key of the previous page), keeping those that start with the prefix and
   are not only tombstones;
 - every page is paid for from one budget per node, ``keys_list_rate_per_s`` keys scanned a
-  second for all listings together: a page that would pass it first sleeps, so the loop
-  serves requests meanwhile, however many clients list at once.
+  second for all listings together: a page past it waits before its reply goes out (the
+  next page is asked for only then), so the loop serves requests meanwhile, however many
+  clients list at once.
 
 Pages are cut from the in-memory table (the working set), never from LevelDB. A partition's
 keys are sorted for each page, which is cheap while partitions are small (keys / Q) and makes
@@ -54,12 +55,13 @@ class KeyList:
         # Always yield once, so back-to-back pages of many listings interleave with requests.
         await asyncio.sleep(start - now)
 
-    def page(self, partition: int, after: bytes | None, prefix: bytes, count: int) -> tuple[list[bytes], bytes | None]:
+    def page(self, partition: int, after: bytes | None, prefix: bytes, count: int) -> tuple[list[bytes], bytes | None, int]:
         """Live keys of ``partition`` after ``after`` starting with ``prefix``, scanning at
-        most ``count`` keys; the cursor to continue from (None when the partition is done)."""
+        most ``count`` keys; the cursor to continue from (None when the partition is done),
+        and how many keys were scanned."""
         table = self.engine.table().get(partition)
         if not table:
-            return [], None
+            return [], None, 0
         keys = sorted(table)
         i = 0 if after is None else bisect.bisect_right(keys, after)
         if prefix:
@@ -67,14 +69,16 @@ class KeyList:
         out: list[bytes] = []
         end = min(len(keys), i + count)
         last: bytes | None = None
+        scanned = 0
         for k in keys[i:end]:
             if prefix and not k.startswith(prefix):
-                return out, None  # sorted: past the prefix's keys
+                return out, None, scanned  # sorted: past the prefix's keys
+            scanned += 1
             last = k
             rec = table.get(k)
             if rec is not None and record_summary(rec)[1] is None:
                 out.append(k)
-        return out, (last if end < len(keys) else None)
+        return out, (last if end < len(keys) else None), scanned
 
     async def list(self, raw_p: Any, raw_after: Any = None, raw_prefix: Any = b"", raw_count: Any = None) -> dict[str, Any]:
         p = m.check_partition(raw_p)
@@ -87,9 +91,11 @@ class KeyList:
             if isinstance(raw_count, bool) or not isinstance(raw_count, int) or raw_count < 1:
                 raise InvalidRequest(f"count must be a positive integer, got {raw_count!r}")
             count = min(count, raw_count)
-        await self._pace(count)
-        keys, nxt = self.page(p, after, prefix, count)
-        self.scanned += count
+        keys, nxt, scanned = self.page(p, after, prefix, count)
+        self.scanned += scanned
+        # Paid after the scan, by what it scanned (the scan itself is bounded by count): a
+        # nearly empty partition costs next to nothing, a full page its share of the rate.
+        await self._pace(max(1, scanned))
         return {"keys": keys, "next": nxt}
 
 
