@@ -315,6 +315,8 @@ def watch(ctx: click.Context, interval: float, count: int | None) -> None:
                 time.sleep(max(0.0, interval - (time.monotonic() - t0)))
     except KeyboardInterrupt:
         pass
+    if not sys.stdout.isatty():
+        click.echo()  # rich leaves the last line open when the output is not a terminal
 
 
 def _first_reachable(ctx: click.Context) -> tuple[str, dict[str, Any]]:
