@@ -54,5 +54,7 @@ class MarkedGet:
         _ring, p, pref = c._locate(key)
         objs = await asyncio.gather(*(self._record(n, p, key, c.s.forward_timeout_s) for n in pref))
         merged = vclock.sync_all(objs)
+        if merged is not None and c.lww:
+            merged = vclock.lww(merged)  # one version shown, as the get shows it
         reply["tombstone"] = merged is not None and any(s.value is None for s in merged.siblings)
         return reply
