@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from cli import output as out
+from cli.options import after_options, json_option, nodes_of
 from cli.remote import call_once
 from kvstore.config import LOCAL_TIMINGS, node_flags
 from kvstore.core import messages as m
@@ -155,37 +156,92 @@ def up(count: int, host: str, port: int, data_dir: str, n_replicas: int | None, 
         time.sleep(0.5)
 
 
-@cluster.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the status of every reachable node as JSON.")
-@click.pass_context
-def status(ctx: click.Context, as_json: bool) -> None:
-    """Members, their address and liveness, partitions owned, keys held."""
-    addrs = [a.strip() for a in ctx.obj["nodes"].split(",") if a.strip()]
-    timeout = ctx.obj["timeout"]
-    first = None
-    err: KVError | None = None
-    for a in addrs:
-        try:
-            first = asyncio.run(call_once(a, m.STATUS, [], timeout))
-            break
-        except KVError as e:
-            err = e
-    if first is None:
-        assert err is not None
-        out.fail_for(err)
-    # Ask every member for its own view: keys held and whether it serves.
-    per_node: dict[str, dict[str, Any] | None] = {}
-    for mem in first["members"]:
-        per_node[mem["name"]] = first if mem["name"] == first["node"] else _status(mem["addr"], timeout)
-    if as_json:
-        out.print_json({"ring_version": first["ring_version"], "nodes": per_node, "view_of": first["node"], "members": first["members"]})
-        return
+async def _gather(addrs: list[str], timeout: float) -> dict[str, Any]:
+    """One look at the cluster: the first reachable node's status, then every member's own
+    status and handoff progress, asked at once over one client."""
+    from kvstore.runtime.rpc import RpcClient
+    from kvstore.runtime.security import client_options
+
+    rpc = RpcClient(connect_timeout_s=min(1.0, timeout), **client_options())
+    try:
+        first = None
+        err: KVError | None = None
+        for a in addrs:
+            try:
+                first = await rpc.call(a, m.STATUS, [], timeout)
+                break
+            except KVError as e:
+                err = e
+        if first is None:
+            assert err is not None
+            raise err
+
+        async def ask(addr: str, method: str) -> Any:
+            try:
+                return await rpc.call(addr, method, [], timeout)
+            except KVError:
+                return None
+
+        members = first["members"]
+        statuses = await asyncio.gather(
+            *(ask(mem["addr"], m.STATUS) if mem["name"] != first["node"] else asyncio.sleep(0, first) for mem in members)
+        )
+        handoffs = await asyncio.gather(*(ask(mem["addr"], m.HANDOFF_STATUS) for mem in members))
+        return {
+            "first": first,
+            "nodes": {mem["name"]: st for mem, st in zip(members, statuses, strict=True)},
+            "transfers": {mem["name"]: h for mem, h in zip(members, handoffs, strict=True)},
+        }
+    finally:
+        await rpc.close()
+
+
+def _snapshot(ctx: click.Context) -> dict[str, Any]:
+    try:
+        return asyncio.run(_gather(nodes_of(ctx), float(ctx.obj["timeout"])))
+    except KVError as e:
+        out.fail_for(e)
+
+
+def _json_doc(snap: dict[str, Any]) -> dict[str, Any]:
+    first = snap["first"]
+    return {
+        "ring_version": first["ring_version"], "nodes": snap["nodes"], "view_of": first["node"],
+        "members": first["members"], "transfers": snap["transfers"],
+    }
+
+
+BAR_CELLS = 20
+
+
+def _transfer_cell(h: dict[str, Any] | None) -> str:
+    """Handoff progress of one node: a bar of partitions pulled while a ring change runs."""
+    if h is None or not h.get("pending"):
+        return "-"
+    needed, done = int(h.get("needed", 0)), int(h.get("done", 0))
+    if needed < 0:
+        return "starting"
+    label = f"{done}/{needed} partitions, {h.get('keys_moved', 0)} keys" + (" (done)" if h.get("complete") else "")
+    if needed == 0:
+        return label
+    filled = min(BAR_CELLS, round(BAR_CELLS * done / needed))
+    return "█" * filled + "░" * (BAR_CELLS - filled) + " " + label
+
+
+def render_status(snap: dict[str, Any]) -> Any:
+    """The status table (members, liveness, partitions, keys, hints pending per target,
+    handoff progress) as a rich renderable, for `status` and `watch` alike."""
     from rich.table import Table
 
-    pending = " (ring change pending: see kv cluster transfers)" if first.get("pending") else ""
+    first = snap["first"]
+    per_node: dict[str, dict[str, Any] | None] = snap["nodes"]
+    transfers: dict[str, dict[str, Any] | None] = snap["transfers"]
+    nxt = next((h["version"] for h in transfers.values() if h and h.get("pending")), None)
+    pending = f"  ring change to v{nxt} running" if nxt is not None or first.get("pending") else ""
     t = Table(title=f"ring v{first['ring_version']}  N={first['n']} R={first['r']} W={first['w']}  (as seen by {first['node']}){pending}")
-    for col in ("node", "address", "state", "inc", "health", "damping", "partitions", "keys", "hints held"):
-        t.add_column(col, justify="right" if col in ("inc", "health", "partitions", "keys", "hints held") else "left")
+    right = ("inc", "health", "partitions", "keys")
+    for col in ("node", "address", "state", "inc", "health", "damping", "partitions", "keys", "hints pending", "transfer"):
+        t.add_column(col, justify="right" if col in right else "left", no_wrap=col == "transfer")
     for mem in first["members"]:
         st = per_node.get(mem["name"])
         state = mem.get("state", "unknown")
@@ -197,19 +253,75 @@ def status(ctx: click.Context, as_json: bool) -> None:
         if mem.get("penalty"):
             damping = f"{damping} {mem['penalty']:.1f}".strip()
         health = mem.get("health")
+        parts = str(mem["partitions"])
+        if mem.get("next_partitions") is not None and mem["next_partitions"] != mem["partitions"]:
+            parts += f" -> {mem['next_partitions']}"
+        if st is None:
+            hints_cell = "-"
+        else:
+            by_target = st.get("hints") or {}
+            hints_cell = ", ".join(f"{k}: {v}" for k, v in sorted(by_target.items())) or "0"
         t.add_row(
             mem["name"], mem["addr"], state, str(mem.get("incarnation", "-")),
-            "-" if health is None else str(health), damping or "-", str(mem["partitions"]),
-            str(st["keys"]) if st else "-", str(sum(st["hints"].values())) if st else "-",
+            "-" if health is None else str(health), damping or "-", parts,
+            str(st["keys"]) if st else "-", hints_cell, _transfer_cell(transfers.get(mem["name"])),
         )
-    out.console().print(t)
+    return t
 
 
+@cluster.command()
+@json_option("Print the status of every reachable node, and its transfers, as JSON.")
+@after_options
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Members, their address and liveness, partitions owned, keys held, hints pending for
+    each peer, and a progress bar per node while a ring change hands partitions off."""
+    snap = _snapshot(ctx)
+    if as_json:
+        out.print_json(_json_doc(snap))
+        return
+    out.console().print(render_status(snap))
+
+
+@cluster.command()
+@click.option("--interval", default=1.0, show_default=True, type=click.FloatRange(min=0.1), help="Seconds between refreshes.")
+@click.option("--count", type=click.IntRange(min=1), default=None, help="Stop after this many refreshes (default: until Ctrl-C).")
+@after_options
+@click.pass_context
+def watch(ctx: click.Context, interval: float, count: int | None) -> None:
+    """`kv cluster status`, live: redrawn every --interval seconds until Ctrl-C (or --count
+    refreshes). A node that stops answering shows as unreachable; if none answers, the last
+    view stays with a line saying so, and the watch goes on."""
+    from rich.console import Group
+    from rich.live import Live
+    from rich.text import Text
+
+    addrs = nodes_of(ctx)
+    timeout = min(float(ctx.obj["timeout"]), max(interval, 1.0))
+    last: Any = Text("waiting for the first answer ...")
+    shown = 0
+    try:
+        with Live(last, console=out.console(), auto_refresh=False, transient=False) as live:
+            while count is None or shown < count:
+                t0 = time.monotonic()
+                try:
+                    last = render_status(asyncio.run(_gather(addrs, timeout)))
+                    live.update(Group(last, Text(time.strftime("updated %H:%M:%S  (Ctrl-C to stop)"))), refresh=True)
+                except KVError as e:
+                    live.update(Group(last, Text(f"no node answers: {e}", style="red")), refresh=True)
+                shown += 1
+                if count is not None and shown >= count:
+                    break
+                time.sleep(max(0.0, interval - (time.monotonic() - t0)))
+    except KeyboardInterrupt:
+        pass
+    if not sys.stdout.isatty():
+        click.echo()  # rich leaves the last line open when the output is not a terminal
 
 
 def _first_reachable(ctx: click.Context) -> tuple[str, dict[str, Any]]:
     err: KVError | None = None
-    for a in [a.strip() for a in ctx.obj["nodes"].split(",") if a.strip()]:
+    for a in nodes_of(ctx):
         try:
             return a, asyncio.run(call_once(a, m.RING, [], ctx.obj["timeout"]))
         except KVError as e:
@@ -220,6 +332,7 @@ def _first_reachable(ctx: click.Context) -> tuple[str, dict[str, Any]]:
 
 @cluster.command()
 @click.argument("new_node", metavar="HOST:PORT")
+@after_options
 @click.pass_context
 def join(ctx: click.Context, new_node: str) -> None:
     """Add the node listening at HOST:PORT to the cluster of --node.
@@ -243,6 +356,7 @@ def join(ctx: click.Context, new_node: str) -> None:
 
 @cluster.command()
 @click.argument("node_name", metavar="NODE")
+@after_options
 @click.pass_context
 def leave(ctx: click.Context, node_name: str) -> None:
     """Hand NODE's partitions to the others; it exits once they are all handed off.
@@ -260,7 +374,8 @@ def leave(ctx: click.Context, node_name: str) -> None:
 
 
 @cluster.command()
-@click.option("--json", "as_json", is_flag=True, help="Print each member's transfer status as JSON.")
+@json_option("Print each member's transfer status as JSON.")
+@after_options
 @click.pass_context
 def transfers(ctx: click.Context, as_json: bool) -> None:
     """Progress of ownership handoff for a pending ring change."""
@@ -294,7 +409,8 @@ def transfers(ctx: click.Context, as_json: bool) -> None:
 
 
 @cluster.command()
-@click.option("--json", "as_json", is_flag=True, help="Print each member's hint store as JSON.")
+@json_option("Print each member's hint store as JSON.")
+@after_options
 @click.pass_context
 def hints(ctx: click.Context, as_json: bool) -> None:
     """Hints each node holds for peers that were down (hinted handoff)."""
@@ -326,6 +442,7 @@ def hints(ctx: click.Context, as_json: bool) -> None:
 
 @cluster.command("rolling-restart")
 @click.option("--node-timeout", default=120.0, show_default=True, help="Seconds each node may take to come back.")
+@after_options
 @click.pass_context
 def rolling_restart(ctx: click.Context, node_timeout: float) -> None:
     """Restart every node in turn, each only after the previous one is back.

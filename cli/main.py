@@ -12,34 +12,51 @@ Exit status: 0 ok (found), 1 not found, 2 usage (also a refused key or certifica
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from cli import output as out
-from cli.bench_cmds import bench
-from cli.cluster_cmds import cluster
-from cli.datatype_cmds import echo_value, merged_state, plain_json
-from cli.datatype_cmds import register as register_datatype_cmds
-from cli.node_cmds import node
-from kvstore.client import AsyncClient
-from kvstore.core import crdt, vclock
+from cli.lazy import LazyGroup
+from cli.options import after_options, connection_options, json_option
 from kvstore.errors import KVError
+
+if TYPE_CHECKING:
+    from kvstore.client import AsyncClient
 
 T = TypeVar("T")
 
 DEFAULT_NODE = "127.0.0.1:7000"
 
+# Start-up is most of a `kv get` (issue 15: at most 100 ms): a command's module, asyncio, the
+# async client and rich load only when that command runs. get/put/delete use the blocking
+# one-request path (kvstore.oneshot) and never load asyncio at all.
+LAZY_COMMANDS = {
+    "node": "cli.node_cmds:node",
+    "cluster": "cli.cluster_cmds:cluster",
+    "bench": "cli.bench_cmds:bench",
+    "keys": "cli.keys_cmd:keys",
+}
+DATATYPE_COMMANDS = ("incr", "add", "remove", "register", "map", "fetch")
+
+# kvstore.core.messages's names of the methods the fast path calls, spelled out because
+# importing it loads dataclasses and vclock; tests/unit/test_cli_methods.py keeps them equal.
+PUT = "put"
+DELETE = "delete"
+GET_MARKED = "get.marked"
+
 
 def run_client(ctx: click.Context, fn: Callable[[AsyncClient], Awaitable[T]]) -> T:
     """Run one client operation with a one-line error on failure, never a traceback."""
-    # --node and --timeout given after the subcommand win over the group's.
-    nodes: str = ctx.params.get("node_after") or ctx.obj["nodes"]
-    timeout: float = ctx.params.get("timeout_after") or ctx.obj["timeout"]
+    import asyncio
+
+    from kvstore.client import AsyncClient
+
+    nodes: str = ctx.obj["nodes"]
+    timeout: float = ctx.obj["timeout"]
 
     async def go() -> T:
         async with AsyncClient(nodes, timeout_s=timeout) as c:
@@ -51,7 +68,30 @@ def run_client(ctx: click.Context, fn: Callable[[AsyncClient], Awaitable[T]]) ->
         out.fail_for(e)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def call_node(ctx: click.Context, method: str, params: list[Any], *, idempotent: bool) -> Any:
+    """One data request over kvstore.oneshot (blocking, no asyncio), errors as one line."""
+    from cli.options import nodes_of
+    from kvstore.oneshot import call
+
+    try:
+        return call(nodes_of(ctx), method, params, timeout_s=float(ctx.obj["timeout"]), idempotent=idempotent)
+    except KVError as e:
+        out.fail_for(e)
+
+
+def _load_datatype_command(name: str) -> click.Command | None:
+    from cli.datatype_cmds import register
+
+    group = click.Group()
+    register(group, run_client, connection_options)
+    return group.commands.get(name)
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy={**LAZY_COMMANDS, **{n: _load_datatype_command for n in DATATYPE_COMMANDS}},
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.option(
     "--node",
     "nodes",
@@ -61,6 +101,7 @@ def run_client(ctx: click.Context, fn: Callable[[AsyncClient], Awaitable[T]]) ->
     help="HOST:PORT of the node(s) to talk to, comma-separated (env KV_NODES).",
 )
 @click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait for an answer.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (every command that prints data; also after it).")
 @click.option("--secret-file", default=None, help="Key file of the cluster secret (env KV_SECRET_FILE).")
 @click.option("--tls-ca-file", default=None, help="Use TLS; check nodes' certificates against this CA (env KV_TLS_CA_FILE).")
 @click.option("--tls-cert-file", default=None, help="Our certificate, for mutual TLS (env KV_TLS_CERT_FILE).")
@@ -71,6 +112,7 @@ def cli(
     ctx: click.Context,
     nodes: str,
     timeout: float,
+    as_json: bool,
     secret_file: str | None,
     tls_ca_file: str | None,
     tls_cert_file: str | None,
@@ -95,16 +137,17 @@ def cli(
     ctx.ensure_object(dict)
     ctx.obj["nodes"] = nodes
     ctx.obj["timeout"] = timeout
+    ctx.obj["json"] = as_json
 
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def connection_options(f: F) -> F:
-    """``--node`` and ``--timeout`` after a data command too (``kv get a --node H:P``)."""
-    f = click.option("--timeout", "timeout_after", type=float, default=None, help="Seconds to wait for an answer.")(f)
-    f = click.option("--node", "node_after", default=None, help="HOST:PORT of the node(s) to talk to (as before the command).")(f)
-    return f
+def _options(quorum_name: str, quorum: int | None, strict: bool) -> dict[str, Any]:
+    """The wire options of a data request (kvstore.core.messages.options_to_wire's form)."""
+    opts: dict[str, Any] = {}
+    if quorum is not None:
+        opts[quorum_name] = quorum
+    if strict:
+        opts["strict"] = True
+    return opts
 
 
 @cli.command()
@@ -113,7 +156,7 @@ def connection_options(f: F) -> F:
 @click.option("--context", "context", default=None, help="Context from `kv get`: replaces what that read saw.")
 @click.option("-w", type=int, default=None, help="Replicas that must acknowledge (default: cluster's W).")
 @click.option("--strict", is_flag=True, help="Count only the key's primary replicas (no fallbacks).")
-@click.option("--json", "as_json", is_flag=True, help="Print the new context as JSON.")
+@json_option("Print the new context as JSON.")
 @connection_options
 @click.pass_context
 def put(
@@ -122,66 +165,87 @@ def put(
 ) -> None:
     """Store VALUE under KEY."""
     c = out.decode_context(context)
-    res = run_client(ctx, lambda kv: kv.put(key, value, context=c, w=w, strict=strict))
+    doc = call_node(ctx, PUT, [key.encode("utf-8", "surrogateescape"), value.encode("utf-8", "surrogateescape"), c, _options("w", w, strict)], idempotent=False)
     if as_json:
-        out.print_json({"context": out.encode_context(res.context)})
+        out.print_json({"context": out.encode_context(bytes(doc["context"]))})
 
 
 @cli.command()
 @click.argument("key")
 @click.option("-r", type=int, default=None, help="Replicas that must answer (default: cluster's R).")
 @click.option("--strict", is_flag=True, help="Count only the key's primary replicas (no fallbacks).")
-@click.option("--json", "as_json", is_flag=True, help="Print values and context as JSON.")
+@json_option("Print values and context as JSON.")
 @connection_options
 @click.pass_context
 def get(
     ctx: click.Context, key: str, r: int | None, strict: bool, as_json: bool,
     node_after: str | None, timeout_after: float | None,
 ) -> None:
-    """Print the value of KEY (siblings each on a line). Exit 1 if not found."""
-    res = run_client(ctx, lambda kv: kv.get(key, r=r, strict=strict))
-    state = merged_state(res.values)
-    if state is not None:
-        # A data type: its siblings merged into one plain value, as `kv fetch` shows it.
-        if as_json:
-            out.print_json({"key": key, "found": True, "type": state.type, "value": plain_json(crdt.value(state)),
-                            "context": out.encode_context(vclock.encode_context(crdt.context(state)))})
-        else:
-            echo_value(crdt.value(state))
-        sys.exit(out.EXIT_OK)
+    """Print the value of KEY (siblings each on a line). Exit 1 if not found.
+
+    A delete concurrent with a write leaves a tombstone beside the written value: it is
+    marked on stderr ("kv: ... and a tombstone"), and in --json as "tombstone": true."""
+    doc = call_node(ctx, GET_MARKED, [key.encode("utf-8", "surrogateescape"), _options("r", r, strict)], idempotent=True)
+    values = [bytes(v) for v in doc["values"]]
+    context = bytes(doc["context"])
+    tombstone = bool(doc.get("tombstone"))
+    # A data type's state starts with a NUL byte (kvstore.core.crdt.MAGIC): only such a
+    # value loads the data type code, so a plain get does not pay for it.
+    if values and values[0][:1] == b"\x00":
+        show_datatype(key, values, as_json)
     if as_json:
-        out.print_json(
-            {
-                "key": key,
-                "found": res.found,
-                "values": [out.show_bytes(v) for v in res.values],
-                "context": out.encode_context(res.context),
-            }
-        )
+        doc_out: dict[str, Any] = {
+            "key": key, "found": bool(values), "values": [out.show_bytes(v) for v in values],
+            "context": out.encode_context(context),
+        }
+        if tombstone:
+            doc_out["tombstone"] = True
+        out.print_json(doc_out)
     else:
-        for v in res.values:
+        for v in values:
             click.echo(out.show_bytes(v))
-        if len(res.values) > 1:
-            click.echo(
-                f"kv: {len(res.values)} siblings; to resolve, put with --context {out.encode_context(res.context)}",
-                err=True,
-            )
-    sys.exit(out.EXIT_OK if res.found else out.EXIT_NOT_FOUND)
+        if len(values) > 1 or (tombstone and values):
+            what = f"{len(values)} siblings" if len(values) > 1 else "1 value"
+            if tombstone:
+                what += " and a tombstone (a delete concurrent with the write)"
+            click.echo(f"kv: {what}; to resolve, put with --context {out.encode_context(context)}", err=True)
+    sys.exit(out.EXIT_OK if values else out.EXIT_NOT_FOUND)
+
+
+def show_datatype(key: str, values: list[bytes], as_json: bool) -> None:
+    """``kv get`` of a data type: its siblings merged into one plain value, as `kv fetch`
+    shows it; exits. Returns when the values are not all data type states."""
+    from cli.datatype_cmds import echo_value, merged_state, plain_json
+    from kvstore.core import crdt, vclock
+
+    state = merged_state(values)
+    if state is None:
+        return
+    if as_json:
+        out.print_json({"key": key, "found": True, "type": state.type, "value": plain_json(crdt.value(state)),
+                        "context": out.encode_context(vclock.encode_context(crdt.context(state)))})
+    else:
+        echo_value(crdt.value(state))
+    sys.exit(out.EXIT_OK)
 
 
 @cli.command()
 @click.argument("key")
 @click.option("--context", "context", default=None, help="Context from `kv get`: delete only what that read saw.")
 @click.option("-w", type=int, default=None, help="Replicas that must acknowledge (default: cluster's W).")
+@json_option("Print the tombstone's context as JSON.")
 @connection_options
 @click.pass_context
 def delete(
-    ctx: click.Context, key: str, context: str | None, w: int | None, node_after: str | None, timeout_after: float | None
+    ctx: click.Context, key: str, context: str | None, w: int | None, as_json: bool,
+    node_after: str | None, timeout_after: float | None,
 ) -> None:
     """Delete KEY: without --context, what a read finds now; with it, what that read saw
     (a value written concurrently survives as a sibling). A versioned tombstone."""
     c = out.decode_context(context)
-    run_client(ctx, lambda kv: kv.delete(key, context=c, w=w))
+    doc = call_node(ctx, DELETE, [key.encode("utf-8", "surrogateescape"), c, _options("w", w, False)], idempotent=False)
+    if as_json:
+        out.print_json({"key": key, "deleted": True, "context": out.encode_context(bytes(doc["context"]))})
 
 
 @cli.group()
@@ -190,6 +254,7 @@ def secret() -> None:
 
 
 @secret.command("new")
+@after_options
 def secret_new() -> None:
     """Print a fresh random key: save it as a key file (chmod 600) and give it to every
     node and client with --secret-file. A second line in the file is a second accepted
@@ -197,12 +262,6 @@ def secret_new() -> None:
     from kvstore.runtime.security import new_secret
 
     click.echo(new_secret())
-
-
-register_datatype_cmds(cli, run_client, connection_options)
-cli.add_command(node)
-cli.add_command(cluster)
-cli.add_command(bench)
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from cli import output as out
+from cli.options import after_options, json_option
 from cli.remote import call_once
 from kvstore.config import Settings, load_settings
 from kvstore.core import messages as m
@@ -64,19 +65,25 @@ def start(config_path: str | None, log_level: str, **overrides: Any) -> None:
 
 
 @node.command()
+@json_option("Print the node's answer as JSON.")
+@after_options
 @click.pass_context
-def ping(ctx: click.Context) -> None:
+def ping(ctx: click.Context, as_json: bool) -> None:
     """Exit 0 if the node answers (for health checks), 3 if not."""
     addr = ctx.obj["nodes"].split(",")[0].strip()
     try:
         doc = asyncio.run(call_once(addr, "ping", [], ctx.obj["timeout"]))
     except KVError as e:
         out.fail_for(e)
+    if as_json:
+        out.print_json(doc)
+        return
     click.echo(f"{doc['node']} at {doc['addr']}: ok (kvstore {doc['version']})")
 
 
 @node.command()
 @click.argument("target", metavar="NODE", required=False)
+@after_options
 @click.pass_context
 def restart(ctx: click.Context, target: str | None) -> None:
     """Restart NODE in place (HOST:PORT; default: --node): it writes its shared-memory
@@ -113,6 +120,7 @@ def restart(ctx: click.Context, target: str | None) -> None:
 
 @node.command()
 @click.argument("target", metavar="NODE", required=False)
+@after_options
 @click.pass_context
 def stop(ctx: click.Context, target: str | None) -> None:
     """Stop NODE gracefully (HOST:PORT; default: --node): it tells the cluster, finishes the

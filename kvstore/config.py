@@ -115,6 +115,13 @@ class Settings:
     )
     handoff_drop_delay_s: float = _s(10.0, "After a ring change commits, wait this long before dropping data no longer replicated here.")
 
+    # --- key listing (kv keys; kvstore.runtime.keylist)
+    keys_list_rate_per_s: int = _s(
+        20_000,
+        "Most keys per second one node scans for key listings (all listings together); a page waits its turn past it.",
+    )
+    keys_list_page_keys: int = _s(500, "Most keys one keys.list call scans (and returns); the loop is free between pages.")
+
     # --- healing: hinted handoff, anti-entropy, tombstones
     max_hints: int = _s(1_000_000, "Most hints a node keeps for down peers; past it new hints are refused (logged, counted).")
     hint_max_age_s: float = _s(
@@ -208,7 +215,7 @@ class Settings:
             "max_key_bytes", "max_value_bytes", "max_frame_bytes", "hint_batch_keys",
             "handoff_batch_keys", "aae_exchanges_per_min", "aae_max_repairs_per_s",
             "max_record_bytes", "max_siblings", "warn_siblings", "hint_batch_bytes",
-            "handoff_batch_bytes",
+            "handoff_batch_bytes", "keys_list_rate_per_s", "keys_list_page_keys",
             "max_frame_depth", "max_frame_elements", "max_inflight_per_conn",
             "max_reply_buffer_bytes", "max_connections",
         ):

@@ -70,6 +70,14 @@ AAE_ENTRIES = "aae.entries"
 AAE_FORGET = "aae.forget"
 AAE_STATUS = "aae.status"
 
+# A get whose reply also says whether a tombstone sibling stands beside the values
+# (kvstore.runtime.tombstones): same params as get, reply get's plus ``"tombstone": bool``.
+GET_MARKED = "get.marked"
+
+# Key listing (kvstore.runtime.keylist): one page of a partition's live keys, in key order,
+# ``[partition, after_key | None, prefix, count]`` -> ``{"keys": [...], "next": key | None}``.
+KEYS_LIST = "keys.list"
+
 # Membership (kvstore.runtime.gossip): a full-state exchange over TCP.
 GOSSIP_PUSH_PULL = "gossip.push_pull"
 

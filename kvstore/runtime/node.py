@@ -29,9 +29,11 @@ from kvstore.runtime.gossip import Gossip, push_pull_via
 from kvstore.runtime.gossip import rpc_handlers as gossip_handlers
 from kvstore.runtime.handoff import STATUS, Handoff
 from kvstore.runtime.hints import Hints
+from kvstore.runtime.keylist import handlers as keylist_handlers
 from kvstore.runtime.replica import Replica, ReplicaServer
 from kvstore.runtime.rpc import RpcClient, RpcServer
 from kvstore.runtime.security import GOSSIP_OVERHEAD_BYTES, Security
+from kvstore.runtime.tombstones import MarkedGet
 from storage.engine import Engine
 from storage.errors import StorageError as RawStorageError
 from storage.snapshot import write_snapshot
@@ -172,6 +174,8 @@ class Node:
                 **self.handoff.handlers(),
                 **self.aae.handlers(),
                 **gossip_handlers(self.gossip),
+                **keylist_handlers(self.s, self.engine),
+                **MarkedGet(self.coord, self.rpc).handlers(),
             },
             **self.security.server_options(self.s),
         )

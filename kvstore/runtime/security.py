@@ -26,22 +26,19 @@ accepted (SWIM's incarnation numbers make an old update harmless), as in memberl
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import ipaddress
-import logging
 import os
-import secrets
-import ssl
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from kvstore.errors import ConfigError
 
+# hashlib (OpenSSL's libcrypto), hmac, secrets, ssl, ipaddress and logging load where they
+# are used: a `kv get` without a secret or TLS reads this module only to learn that, and
+# should not pay for them (issue 15: start-up).
 if TYPE_CHECKING:
-    from kvstore.config import Settings
+    import ssl
 
-log = logging.getLogger("kvstore.security")
+    from kvstore.config import Settings
 
 __all__ = [
     "AUTH_CHALLENGE",
@@ -70,6 +67,9 @@ GOSSIP_OVERHEAD_BYTES = len(_GCM_VERSION) + _GCM_NONCE + _GCM_TAG
 
 
 def _derive(secret: bytes, label: bytes) -> bytes:
+    import hashlib
+    import hmac
+
     return hmac.new(secret, b"kvstore/v1/" + label, hashlib.sha256).digest()
 
 
@@ -100,6 +100,8 @@ class Keyring:
 
     @staticmethod
     def nonce() -> bytes:
+        import secrets
+
         return secrets.token_bytes(NONCE_BYTES)
 
     def client_proof(self, nonce_s: bytes, nonce_c: bytes) -> bytes:
@@ -108,6 +110,8 @@ class Keyring:
     def check_client(self, nonce_s: bytes, nonce_c: bytes, proof: bytes) -> int | None:
         """Index of the key that made ``proof``, or None. Every key is tried, each compared
         in constant time, so the answer's timing says nothing about which key was close."""
+        import hmac
+
         found = None
         for i, k in enumerate(self._auth):
             if hmac.compare_digest(_mac(k, b"client", nonce_s, nonce_c), proof):
@@ -119,6 +123,8 @@ class Keyring:
 
     def check_server(self, nonce_s: bytes, nonce_c: bytes, proof: bytes) -> bool:
         """The server answered with our primary key (the one our proof used)."""
+        import hmac
+
         return hmac.compare_digest(_mac(self._auth[0], b"server", nonce_s, nonce_c), proof)
 
     # -- gossip
@@ -145,6 +151,9 @@ class Keyring:
 
 
 def _mac(key: bytes, role: bytes, nonce_s: bytes, nonce_c: bytes) -> bytes:
+    import hashlib
+    import hmac
+
     return hmac.new(key, b"auth/" + role + b"/" + nonce_s + nonce_c, hashlib.sha256).digest()
 
 
@@ -167,6 +176,8 @@ def load_keyring(path: str) -> Keyring:
 
 def new_secret() -> str:
     """A fresh key for a key file: 32 random bytes, hex."""
+    import secrets
+
     return secrets.token_hex(32)
 
 
@@ -175,6 +186,8 @@ def is_loopback_host(host: str) -> bool:
     if host in ("localhost", "ip6-localhost"):
         return True
     try:
+        import ipaddress
+
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False  # a name other than localhost may resolve to anything
@@ -183,6 +196,8 @@ def is_loopback_host(host: str) -> bool:
 def server_tls_context(cert_file: str, key_file: str, ca_file: str = "", require_client_cert: bool = False) -> ssl.SSLContext:
     """TLS for a node's listening socket; with ``require_client_cert``, only clients and peers
     with a certificate signed by ``ca_file`` get through the handshake (mutual TLS)."""
+    import ssl
+
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
@@ -202,6 +217,8 @@ def client_tls_context(ca_file: str = "", cert_file: str = "", key_file: str = "
     """TLS for connections to nodes: the server's certificate is checked against ``ca_file``
     (the system's CAs when empty) and its name or IP against the address dialled; a
     certificate of our own is presented when given (for mutual TLS)."""
+    import ssl
+
     try:
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file or None)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -278,7 +295,9 @@ def check_protected_mode(s: Settings) -> None:
     if is_loopback_host(host) or s.secret_file or s.tls_client_auth:
         return
     if s.insecure:
-        log.warning(
+        import logging
+
+        logging.getLogger("kvstore.security").warning(
             "listening on %s with no cluster secret (--insecure): anyone who can reach it "
             "can read, write and change the cluster", s.listen,
         )
