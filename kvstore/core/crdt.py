@@ -23,7 +23,8 @@ reset to the increments made concurrently with the removal (add-wins), a set los
 it observed, a register or flag is cleared. A remove with a client's **context** (the one a
 read returned) removes only the dots that context covers; dots it covers that this replica
 has not seen yet are recorded as a *deferred* remove and applied as they arrive (Riak's
-ORSWOT does the same), dropped once the state's context covers the remove's.
+ORSWOT does the same); a deferred remove keeps only the actors whose dots it covers beyond
+the state's context, and is dropped once there are none (see :func:`_settle`).
 
 Merge is commutative, associative and idempotent (tests/property/test_crdt_props.py). States
 are plain immutable values: every operation returns a new :class:`State`.
@@ -170,13 +171,22 @@ def _strip(kind: str, store: Any, path: Path, ctx: Clock | None) -> Any:
 
 
 def _settle(type_: str, store: Any, clock: dict[str, int], deferred: Mapping[Path, Clock]) -> State:
-    """Apply the deferred removes; forget those whose dots have all been seen (what they
-    covered is gone from the store and, being covered by the clock, cannot come back)."""
+    """Apply the deferred removes, then keep of each only the actors whose dots it covers
+    beyond ``clock``, and forget it when there are none.
+
+    The dots a remove covers that the clock covers too are gone from the store under its
+    path (just stripped) and cannot come back (a join keeps a dot its clock covers only if
+    both sides hold it), so those entries say nothing more. Dropping them actor by actor,
+    not only once the whole remove is covered, is what makes the result a function of the
+    merged contents alone: a remove whose entry for actor ``a`` was dropped on one merge
+    path but joined into a still pending remove on another would otherwise come out with
+    and without ``a``, and merge would not be associative."""
     keep: dict[Path, Clock] = {}
     for path, ctx in deferred.items():
         store = _strip(type_, store, path, ctx)
-        if not _leq(ctx, clock):
-            keep[path] = ctx
+        rest = {a: c for a, c in ctx.items() if c > clock.get(a, 0)}
+        if rest:
+            keep[path] = rest
     return State(type_, store, clock, keep)
 
 

@@ -3,6 +3,8 @@ from peers, deferred removes, the bounds."""
 
 from __future__ import annotations
 
+import itertools
+
 import msgpack
 import pytest
 
@@ -50,6 +52,49 @@ def test_set_remove_with_a_context_waits_for_adds_not_seen_yet() -> None:
     # an add a did after that read survives the remove
     again = crdt.apply(at_a, op("set", {"add": ["x"]}), actor="a~1")
     assert crdt.value(crdt.merge(at_b, again)) == [b"x"]
+
+
+def _assert_lattice(states: list[crdt.State]) -> None:
+    for a, b, c in itertools.product(states, repeat=3):
+        assert crdt.merge(a, b) == crdt.merge(b, a)
+        assert crdt.merge(crdt.merge(a, b), c) == crdt.merge(a, crdt.merge(b, c))
+        assert crdt.merge(a, a) == a
+
+
+def test_merge_is_associative_with_deferred_removes_partly_covered() -> None:
+    # Found by test_set_lattice_add_wins_observed_remove. A deferred remove's entry for an
+    # actor the clock already covers must be dropped on its own: dropped on one merge path
+    # (the whole remove covered) but joined into a remove still pending on another, it came
+    # out as {a~1: 1, b~1: 1} one way and {b~1: 1} the other.
+    a1 = crdt.apply(None, op("set", {"add": ["x"]}), actor="a~1")
+    b1 = crdt.apply(None, op("set", {"add": ["z"]}), actor="b~1")
+    c1 = crdt.apply(None, op("set", {"remove": ["z"]}), actor="c~1", ctx=crdt.context(a1))
+    a2 = crdt.apply(a1, op("set", {"remove": ["z"]}), actor="a~1", ctx=crdt.context(b1))
+    assert c1.deferred == {(b"z",): {"a~1": 1}}
+    assert a2.deferred == {(b"z",): {"b~1": 1}}
+    left = crdt.merge(crdt.merge(a1, c1), a2)
+    right = crdt.merge(a1, crdt.merge(c1, a2))
+    assert left == right
+    assert left.deferred == {(b"z",): {"b~1": 1}}  # only what the clock does not cover yet
+    _assert_lattice([a1, b1, c1, a2])
+    # what is left still removes b's add of z when it arrives, and not b's later add
+    assert crdt.value(crdt.merge(left, b1)) == crdt.value(crdt.merge(b1, left)) == [b"x"]
+    assert crdt.merge(left, b1).deferred == {}
+    b2 = crdt.apply(b1, op("set", {"add": ["z"]}), actor="b~1")
+    assert crdt.value(crdt.merge(left, b2)) == [b"x", b"z"]
+
+
+def test_map_merge_is_associative_with_deferred_field_removes_partly_covered() -> None:
+    # The same in a map, the deferred removes on a field and on a nested set's member.
+    s_field = ["s", "set", {"add": ["m"]}]
+    a1 = crdt.apply(None, op("map", {"update": [s_field]}), actor="a~1")
+    b1 = crdt.apply(None, op("map", {"update": [["n", "counter", {"incr": 1}]]}), actor="b~1")
+    c1 = crdt.apply(None, op("map", {"remove": [["s", "set"]]}), actor="c~1", ctx=crdt.context(a1))
+    a2 = crdt.apply(a1, op("map", {"remove": [["s", "set"]]}), actor="a~1", ctx=crdt.context(b1))
+    c2 = crdt.apply(c1, op("map", {"update": [["s", "set", {"remove": ["m"]}]]}), actor="c~1",
+                    ctx=crdt.context(crdt.merge(a1, b1)))
+    _assert_lattice([a1, b1, c1, a2, c2])
+    assert crdt.merge(crdt.merge(a1, c1), a2).deferred == {(("s", "set"),): {"b~1": 1}}
 
 
 def test_map_plain_value_and_nested_maps() -> None:
