@@ -56,7 +56,8 @@ def cluster() -> None:
 @click.option("--ready-timeout", default=60.0, show_default=True, help="Seconds to wait for every node to serve.")
 @click.option("--log-dir", default=None, type=click.Path(file_okay=False), help="Each node logs to LOG_DIR/NAME.log [default: DATA_DIR/logs]; '-' logs to this terminal.")
 @click.option("--set", "extra", multiple=True, metavar="FLAG=VALUE", help="Pass a setting to every node, e.g. --set fsync=always.")
-def up(count: int, host: str, port: int, data_dir: str, n_replicas: int | None, ready_timeout: float, log_dir: str | None, extra: tuple[str, ...]) -> None:
+@click.option("--http-port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="First node's metrics/dashboard HTTP port (on 127.0.0.1); the others follow. 0: none.")
+def up(count: int, host: str, port: int, data_dir: str, n_replicas: int | None, ready_timeout: float, log_dir: str | None, extra: tuple[str, ...], http_port: int) -> None:
     """Start COUNT nodes on HOST:PORT, PORT+1, ... and stay in the foreground.
 
     Prints a line per node, then `ready`. Ctrl-C or SIGTERM stops every node gracefully.
@@ -111,6 +112,8 @@ def up(count: int, host: str, port: int, data_dir: str, n_replicas: int | None, 
         ]
         if i > 0:
             cmd += ["--seed", first]
+        if http_port:
+            cmd += ["--http-port", str(http_port + i)]
         for kv in extra:
             k, sep, v = kv.partition("=")
             if not sep:
@@ -122,6 +125,8 @@ def up(count: int, host: str, port: int, data_dir: str, n_replicas: int | None, 
         p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=stderr, start_new_session=True, preexec_fn=die_with_parent)
         procs.append((name, addr, p))
         where = f"  log {Path(log_dir) / (name + '.log')}" if log_dir else ""
+        if http_port:
+            where += f"  dashboard http://127.0.0.1:{http_port + i}/"
         click.echo(f"{name}  {addr}  data {base / name}  pid {p.pid}{where}")
 
     deadline = time.monotonic() + ready_timeout

@@ -1,0 +1,134 @@
+"""Counts and times the requests a node serves, by wrapping its RPC handlers.
+
+Wrapping (rather than counting inside the coordinator) keeps the request machinery free of
+metrics code. A wrapped handler costs two ``perf_counter`` calls, one done-callback on the
+reply's future and a few integer adds; replica handlers only count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from kvstore.core import messages as m
+from kvstore.errors import KVError
+from kvstore.runtime.observe.histogram import LATENCY_BOUNDS_S, SIBLING_BOUNDS, Histogram
+
+# The client-facing operations and the RPC methods that carry them (a forwarded request is
+# counted again where it is coordinated, under the same op).
+CLIENT_OPS: Mapping[str, str] = {
+    m.GET: "get", m.PUT: "put", m.DELETE: "delete",
+    m.FWD_GET: "get", m.FWD_PUT: "put", m.FWD_DELETE: "delete",
+}
+REPLICA_OPS: Mapping[str, str] = {m.REPLICA_GET: "get", m.REPLICA_PUT: "put", m.REPLICA_PUT_BATCH: "put_batch"}
+
+
+class OpStats:
+    """One operation: requests, errors by wire code, latency from arrival to reply."""
+
+    __slots__ = ("errors", "latency", "requests")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.errors: dict[str, int] = {}
+        self.latency = Histogram(LATENCY_BOUNDS_S)
+
+    def error(self, code: str) -> None:
+        self.errors[code] = self.errors.get(code, 0) + 1
+
+
+class RequestStats:
+    def __init__(self) -> None:
+        self.ops: dict[str, OpStats] = {op: OpStats() for op in ("get", "put", "delete")}
+        self.replica: dict[str, int] = dict.fromkeys(REPLICA_OPS.values(), 0)
+        self.siblings = Histogram(SIBLING_BOUNDS)
+
+    def wrap(self, handlers: Mapping[str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]:
+        """``handlers`` with the client and replica methods wrapped; the others as they are."""
+        out = dict(handlers)
+        for method, op in CLIENT_OPS.items():
+            if method in out:
+                out[method] = self._timed(op, out[method])
+        for method, op in REPLICA_OPS.items():
+            if method in out:
+                out[method] = self._counted(op, out[method])
+        return out
+
+    def _timed(self, op: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        stats = self.ops[op]
+        siblings = self.siblings if op == "get" else None
+        clock = time.perf_counter
+
+        def settle(t0: float, f: asyncio.Future[Any]) -> None:
+            stats.latency.observe(clock() - t0)
+            if f.cancelled():
+                stats.error("cancelled")
+                return
+            e = f.exception()
+            if e is not None:
+                stats.error(e.code if isinstance(e, KVError) else "internal")
+            elif siblings is not None:
+                _count_siblings(siblings, f.result())
+
+        async def awaited(t0: float, aw: Awaitable[Any]) -> Any:
+            try:
+                r = await aw
+            except KVError as e:
+                stats.latency.observe(clock() - t0)
+                stats.error(e.code)
+                raise
+            except Exception:
+                stats.latency.observe(clock() - t0)
+                stats.error("internal")
+                raise
+            stats.latency.observe(clock() - t0)
+            if siblings is not None:
+                _count_siblings(siblings, r)
+            return r
+
+        @functools.wraps(fn)
+        def call(*args: Any) -> Any:
+            stats.requests += 1
+            t0 = clock()
+            try:
+                r = fn(*args)
+            except KVError as e:
+                stats.latency.observe(clock() - t0)
+                stats.error(e.code)
+                raise
+            except Exception as e:
+                stats.latency.observe(clock() - t0)
+                # The RPC server answers a call with the wrong arguments as invalid_request.
+                stats.error("invalid_request" if isinstance(e, TypeError) else "internal")
+                raise
+            if isinstance(r, asyncio.Future):
+                r.add_done_callback(functools.partial(settle, t0))
+                return r
+            if asyncio.iscoroutine(r) or asyncio.isfuture(r):
+                return awaited(t0, r)
+            stats.latency.observe(clock() - t0)
+            return r
+
+        return call
+
+    def _counted(self, op: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        counts = self.replica
+
+        @functools.wraps(fn)
+        def call(*args: Any) -> Any:
+            counts[op] += 1
+            return fn(*args)
+
+        return call
+
+    def total_requests(self) -> int:
+        return sum(s.requests for s in self.ops.values())
+
+
+def _count_siblings(h: Histogram, reply: Any) -> None:
+    values = reply.get("values") if isinstance(reply, dict) else None
+    if isinstance(values, list):
+        h.observe(len(values))
