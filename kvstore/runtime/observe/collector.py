@@ -105,12 +105,15 @@ class NodeCollector(Collector):
         yield delivered
         yield pending
         st = h.stats
-        dropped = _counter("hints_dropped", "Hints refused or dropped undelivered, by reason.", labels=["reason"])
-        for reason in ("refused_full", "expired", "refused_invalid", "unreadable"):
-            dropped.add_metric([reason], getattr(st, reason))
-        yield dropped
-        yield _counter("hints_rerouted", "Hints handed to a partition's current replicas (the target no longer is one).", st.rerouted)
-        yield _counter("hint_batches_failed", "Hint delivery calls that failed (kept for the next round).", st.failed_batches)
+        gone = _counter(
+            "hints_undelivered",
+            "Hints that never reached their target from here, by reason: refused_full (store full), "
+            "expired, refused_invalid, unreadable, rerouted (handed to the partition's current replicas).",
+            labels=["reason"],
+        )
+        for reason in ("refused_full", "expired", "refused_invalid", "unreadable", "rerouted"):
+            gone.add_metric([reason], getattr(st, reason))
+        yield gone
 
     def _handoff(self, n: Node) -> Iterator[Metric]:
         if n.handoff is None:
@@ -126,14 +129,17 @@ class NodeCollector(Collector):
             return
         c = n.aae.counters
         yield _counter("aae_root_checks", "Partition Merkle roots compared with a peer.", c.root_checks)
-        yield _counter("aae_exchanges", "Anti-entropy exchanges started (a differing tree descended).", c.exchanges)
-        yield _counter("aae_exchange_errors", "Exchanges cut short by a peer error or timeout.", c.exchange_errors)
+        ex = _counter("aae_exchanges", "Anti-entropy exchanges: started (a differing tree descended), failed (cut short by a peer error or timeout).", labels=["result"])
+        ex.add_metric(["started"], c.exchanges)
+        ex.add_metric(["failed"], c.exchange_errors)
+        yield ex
         yield _counter("aae_keys_compared", "(key, digest) pairs compared at the leaf stage.", c.keys_compared)
         yield _counter("aae_keys_repaired", "Keys repaired (here or on the peer) by anti-entropy.", c.keys_repaired)
-        yield _counter("aae_tree_builds", "Merkle tree builds completed (startup and rebuilds), in partitions.", c.trees_built)
-        yield _counter("aae_tree_rebuilds", "Trees rebuilt after a self-check found them out of step.", c.trees_rebuilt)
-        yield _gauge("aae_tree_build_seconds", "Duration of the last builder pass over every waiting partition.", n.aae.last_build_s)
-        yield _counter("aae_tombstones_collected", "Tombstones garbage-collected after their grace period.", c.tombstones_collected)
+        builds = _counter("aae_tree_builds", "Partition Merkle trees built, by reason: start, or self_check (a tree found out of step is rebuilt).", labels=["reason"])
+        builds.add_metric(["start"], max(0, c.trees_built - c.trees_rebuilt))
+        builds.add_metric(["self_check"], c.trees_rebuilt)
+        yield builds
+        yield _gauge("aae_tree_build_seconds", "Duration of the last tree builder pass (all partitions waiting for a build).", n.aae.last_build_s)
 
     def _swim(self, n: Node) -> Iterator[Metric]:
         o = n.obs
@@ -193,11 +199,6 @@ class NodeCollector(Collector):
         ring = view.ring if view is not None else None
         yield _gauge("ring_version", "Version of the committed ring this node holds.", ring.version if ring else 0)
         yield _gauge("partitions_owned", "Partitions this node owns in the committed ring.", len(ring.owned_by(n.name)) if ring else 0)
-        info = GaugeMetricFamily(P + "node_info", "Constant 1, labelled with this node's name and kvstore version.", labels=["node", "version"])
-        from kvstore import __version__
-
-        info.add_metric([n.name, __version__], 1)
-        yield info
 
 
 def registry_for(node: Any) -> CollectorRegistry:
