@@ -89,6 +89,8 @@ class ClusterDoc:
         view = n.view
         assert view is not None
         ring, nxt = view.ring, view.next
+        if ring is not None:  # the ring this node started with is history too
+            n.obs.on_ring(ring.version, nxt.version if nxt else None)
         names = sorted(set(view.members()) | {m.name for m in (n.gossip.members() if n.gossip and n._gossip_on else [])})
         reports = await asyncio.gather(*(self._peer(x) for x in names))
         members = []

@@ -103,6 +103,7 @@ async function poll() {
     if (!r.ok) throw new Error(`HTTP ${r.status}`);
     const doc = await r.json();
     document.getElementById("seen-from").textContent = `as seen from ${doc.node}`;
+    doc.members.map(m => m.name).sort().forEach(colour);  // the same colour for a node on every node's page
     drawRing(doc.ring, doc.members);
     drawMembers(doc.members);
     drawEvents(doc.events);
