@@ -110,6 +110,8 @@ class RequestStats:
             if asyncio.iscoroutine(r) or asyncio.isfuture(r):
                 return awaited(t0, r)
             stats.latency.observe(clock() - t0)
+            if siblings is not None:
+                _count_siblings(siblings, r)
             return r
 
         return call
