@@ -42,6 +42,24 @@ def _why(log_dir: str | None, name: str) -> str:
     return f" (see {path})"
 
 
+def _http_port(first: int | None, rpc_port: int, i: int) -> int:
+    """Node ``i``'s dashboard port: ``first + i`` as asked, or by default ``rpc_port + 1000 + i``
+    when that is free (a busy default port means no dashboard, not a node that fails)."""
+    if first is not None:
+        return first + i if first else 0
+    port = rpc_port + 1000 + i
+    if port > 65535:
+        return 0
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return 0
+    return port
+
+
 @click.group()
 def cluster() -> None:
     """Start a local cluster, or inspect a running one."""
@@ -56,8 +74,8 @@ def cluster() -> None:
 @click.option("--ready-timeout", default=60.0, show_default=True, help="Seconds to wait for every node to serve.")
 @click.option("--log-dir", default=None, type=click.Path(file_okay=False), help="Each node logs to LOG_DIR/NAME.log [default: DATA_DIR/logs]; '-' logs to this terminal.")
 @click.option("--set", "extra", multiple=True, metavar="FLAG=VALUE", help="Pass a setting to every node, e.g. --set fsync=always.")
-@click.option("--http-port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="First node's metrics/dashboard HTTP port (on 127.0.0.1); the others follow. 0: none.")
-def up(count: int, host: str, port: int, data_dir: str, n_replicas: int | None, ready_timeout: float, log_dir: str | None, extra: tuple[str, ...], http_port: int) -> None:
+@click.option("--http-port", default=None, type=click.IntRange(0, 65535), help="First node's metrics/dashboard HTTP port (on 127.0.0.1); the others follow. 0: none. [default: PORT+1000, skipping a busy one]")
+def up(count: int, host: str, port: int, data_dir: str, n_replicas: int | None, ready_timeout: float, log_dir: str | None, extra: tuple[str, ...], http_port: int | None) -> None:
     """Start COUNT nodes on HOST:PORT, PORT+1, ... and stay in the foreground.
 
     Prints a line per node, then `ready`. Ctrl-C or SIGTERM stops every node gracefully.
@@ -112,8 +130,9 @@ def up(count: int, host: str, port: int, data_dir: str, n_replicas: int | None, 
         ]
         if i > 0:
             cmd += ["--seed", first]
-        if http_port:
-            cmd += ["--http-port", str(http_port + i)]
+        web = _http_port(http_port, port, i)
+        if web:
+            cmd += ["--http-port", str(web)]
         for kv in extra:
             k, sep, v = kv.partition("=")
             if not sep:
@@ -125,8 +144,8 @@ def up(count: int, host: str, port: int, data_dir: str, n_replicas: int | None, 
         p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=stderr, start_new_session=True, preexec_fn=die_with_parent)
         procs.append((name, addr, p))
         where = f"  log {Path(log_dir) / (name + '.log')}" if log_dir else ""
-        if http_port:
-            where += f"  dashboard http://127.0.0.1:{http_port + i}/"
+        if web:
+            where += f"  dashboard http://127.0.0.1:{web}/"
         click.echo(f"{name}  {addr}  data {base / name}  pid {p.pid}{where}")
 
     deadline = time.monotonic() + ready_timeout
