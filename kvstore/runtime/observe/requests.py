@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -59,34 +60,45 @@ class RequestStats:
 
     def _timed(self, op: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         stats = self.ops[op]
+        hist = stats.latency
+        counts, bounds = hist.counts, hist.bounds
         siblings = self.siblings if op == "get" else None
         clock = time.perf_counter
 
-        def settle(t0: float, f: asyncio.Future[Any]) -> None:
-            stats.latency.observe(clock() - t0)
-            if f.cancelled():
+        def failed(e: BaseException) -> None:
+            if isinstance(e, KVError):
+                stats.error(e.code)
+            elif isinstance(e, asyncio.CancelledError):
                 stats.error("cancelled")
+            else:
+                # The RPC server answers a call with the wrong arguments as invalid_request.
+                stats.error("invalid_request" if isinstance(e, TypeError) else "internal")
+
+        def done(t0: float, r: Any) -> None:
+            # Histogram.observe inlined: this runs once per request.
+            dt = clock() - t0
+            counts[bisect_left(bounds, dt)] += 1
+            hist.sum += dt
+            if siblings is not None:
+                _count_siblings(siblings, r)
+
+        def settle(t0: float, f: asyncio.Future[Any]) -> None:
+            try:
+                r = f.result()
+            except BaseException as e:
+                hist.observe(clock() - t0)
+                failed(e)
                 return
-            e = f.exception()
-            if e is not None:
-                stats.error(e.code if isinstance(e, KVError) else "internal")
-            elif siblings is not None:
-                _count_siblings(siblings, f.result())
+            done(t0, r)
 
         async def awaited(t0: float, aw: Awaitable[Any]) -> Any:
             try:
                 r = await aw
-            except KVError as e:
-                stats.latency.observe(clock() - t0)
-                stats.error(e.code)
+            except BaseException as e:
+                hist.observe(clock() - t0)
+                failed(e)
                 raise
-            except Exception:
-                stats.latency.observe(clock() - t0)
-                stats.error("internal")
-                raise
-            stats.latency.observe(clock() - t0)
-            if siblings is not None:
-                _count_siblings(siblings, r)
+            done(t0, r)
             return r
 
         @functools.wraps(fn)
@@ -95,23 +107,19 @@ class RequestStats:
             t0 = clock()
             try:
                 r = fn(*args)
-            except KVError as e:
-                stats.latency.observe(clock() - t0)
-                stats.error(e.code)
-                raise
             except Exception as e:
-                stats.latency.observe(clock() - t0)
-                # The RPC server answers a call with the wrong arguments as invalid_request.
-                stats.error("invalid_request" if isinstance(e, TypeError) else "internal")
+                hist.observe(clock() - t0)
+                failed(e)
                 raise
-            if isinstance(r, asyncio.Future):
-                r.add_done_callback(functools.partial(settle, t0))
+            if type(r) is asyncio.Future or isinstance(r, asyncio.Future):
+                if r.done():
+                    settle(t0, r)  # settled already: no callback to schedule
+                else:
+                    r.add_done_callback(functools.partial(settle, t0))
                 return r
             if asyncio.iscoroutine(r) or asyncio.isfuture(r):
                 return awaited(t0, r)
-            stats.latency.observe(clock() - t0)
-            if siblings is not None:
-                _count_siblings(siblings, r)
+            done(t0, r)
             return r
 
         return call
