@@ -42,22 +42,15 @@ def _why(log_dir: str | None, name: str) -> str:
     return f" (see {path})"
 
 
-def _http_port(first: int | None, rpc_port: int, i: int) -> int:
-    """Node ``i``'s dashboard port: ``first + i`` as asked, or by default ``rpc_port + 1000 + i``
-    when that is free (a busy default port means no dashboard, not a node that fails)."""
+def _http_port(first: int | None, i: int) -> int:
+    """Node ``i``'s dashboard port: ``first + i`` as asked, else one the OS says is free.
+    (A fixed default such as PORT+1000 would take ports that other local clusters, tests
+    among them, picked as free for their RPC.) `make run` asks for 8000."""
     if first is not None:
         return first + i if first else 0
-    port = rpc_port + 1000 + i
-    if port > 65535:
-        return 0
-    import socket
+    from kvstore.testing.processes import free_port
 
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return 0
-    return port
+    return free_port("127.0.0.1")
 
 
 @click.group()
@@ -74,7 +67,7 @@ def cluster() -> None:
 @click.option("--ready-timeout", default=60.0, show_default=True, help="Seconds to wait for every node to serve.")
 @click.option("--log-dir", default=None, type=click.Path(file_okay=False), help="Each node logs to LOG_DIR/NAME.log [default: DATA_DIR/logs]; '-' logs to this terminal.")
 @click.option("--set", "extra", multiple=True, metavar="FLAG=VALUE", help="Pass a setting to every node, e.g. --set fsync=always.")
-@click.option("--http-port", default=None, type=click.IntRange(0, 65535), help="First node's metrics/dashboard HTTP port (on 127.0.0.1); the others follow. 0: none. [default: PORT+1000, skipping a busy one]")
+@click.option("--http-port", default=None, type=click.IntRange(0, 65535), help="First node's metrics/dashboard HTTP port (on 127.0.0.1); the others follow. 0: none. [default: a free port for each]")
 def up(count: int, host: str, port: int, data_dir: str, n_replicas: int | None, ready_timeout: float, log_dir: str | None, extra: tuple[str, ...], http_port: int | None) -> None:
     """Start COUNT nodes on HOST:PORT, PORT+1, ... and stay in the foreground.
 
@@ -130,7 +123,7 @@ def up(count: int, host: str, port: int, data_dir: str, n_replicas: int | None, 
         ]
         if i > 0:
             cmd += ["--seed", first]
-        web = _http_port(http_port, port, i)
+        web = _http_port(http_port, i)
         if web:
             cmd += ["--http-port", str(web)]
         for kv in extra:
