@@ -81,7 +81,7 @@ class Recorder:
                     self.moved.add(series[0])
 
     def _run(self) -> None:
-        while not self._stop.wait(0.05):
+        while not self._stop.wait(0.2):  # gentle: other tests share the machine
             self.once()
 
     def __enter__(self) -> Recorder:
@@ -160,13 +160,16 @@ def test_every_documented_metric_is_exposed_and_moves(tmp_path: Path) -> None:
             live["n3"] = ports["n3"]
             # Reads of all three replicas while n3 still lacks the keys: read repair.
             asyncio.run(load(c.addrs("n1", "n2", "n3"), down_keys[:100], r=3))
-            # A paused node is suspected and, when it resumes, refutes.
-            c.nodes["n2"].proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
-            time.sleep(0.8)
-            c.nodes["n2"].proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
-            # Its refutation raises its Lifeguard score for a moment: let the recorder see it.
+            # Paused nodes are suspected and, when they resume, refute. With both peers paused,
+            # n1's probes fail with no relay answering: its Lifeguard score climbs (and each
+            # refutation raises the refuter's) for a moment; let the recorder see it.
+            for n in ("n2", "n3"):
+                c.nodes[n].proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+            time.sleep(1.0)
+            for n in ("n2", "n3"):
+                c.nodes[n].proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
             try:
-                wait_until(lambda: "kvstore_swim_health_score" in rec.moved, 20, 0.05, "n2's health score")
+                wait_until(lambda: "kvstore_swim_health_score" in rec.moved, 20, 0.2, "a Lifeguard score to rise")
             except TimeoutError:
                 pass  # reported below with everything else that did not move
             # A graceful restart: snapshot written, then loaded.
