@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: setup
-	$(BIN)/kv cluster up --nodes 3 --port 7000 --data-dir ./kvdata
+	$(BIN)/kv cluster up --nodes 3 --port 7000 --data-dir ./kvdata --http-port 8000
 
 lint: setup
 	$(BIN)/ruff check .

@@ -43,6 +43,17 @@ def _why(log_dir: str | None, name: str) -> str:
     return f" (see {path})"
 
 
+def _http_port(first: int | None, i: int) -> int:
+    """Node ``i``'s dashboard port: ``first + i`` as asked, else one the OS says is free.
+    (A fixed default such as PORT+1000 would take ports that other local clusters, tests
+    among them, picked as free for their RPC.) `make run` asks for 8000."""
+    if first is not None:
+        return first + i if first else 0
+    from kvstore.testing.processes import free_port
+
+    return free_port("127.0.0.1")
+
+
 @click.group()
 def cluster() -> None:
     """Start a local cluster, or inspect a running one."""
@@ -57,7 +68,8 @@ def cluster() -> None:
 @click.option("--ready-timeout", default=60.0, show_default=True, help="Seconds to wait for every node to serve.")
 @click.option("--log-dir", default=None, type=click.Path(file_okay=False), help="Each node logs to LOG_DIR/NAME.log [default: DATA_DIR/logs]; '-' logs to this terminal.")
 @click.option("--set", "extra", multiple=True, metavar="FLAG=VALUE", help="Pass a setting to every node, e.g. --set fsync=always.")
-def up(count: int, host: str, port: int, data_dir: str, n_replicas: int | None, ready_timeout: float, log_dir: str | None, extra: tuple[str, ...]) -> None:
+@click.option("--http-port", default=None, type=click.IntRange(0, 65535), help="First node's metrics/dashboard HTTP port (on 127.0.0.1); the others follow. 0: none. [default: a free port for each]")
+def up(count: int, host: str, port: int, data_dir: str, n_replicas: int | None, ready_timeout: float, log_dir: str | None, extra: tuple[str, ...], http_port: int | None) -> None:
     """Start COUNT nodes on HOST:PORT, PORT+1, ... and stay in the foreground.
 
     Prints a line per node, then `ready`. Ctrl-C or SIGTERM stops every node gracefully.
@@ -112,6 +124,9 @@ def up(count: int, host: str, port: int, data_dir: str, n_replicas: int | None, 
         ]
         if i > 0:
             cmd += ["--seed", first]
+        web = _http_port(http_port, i)
+        if web:
+            cmd += ["--http-port", str(web)]
         for kv in extra:
             k, sep, v = kv.partition("=")
             if not sep:
@@ -123,6 +138,8 @@ def up(count: int, host: str, port: int, data_dir: str, n_replicas: int | None, 
         p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=stderr, start_new_session=True, preexec_fn=die_with_parent)
         procs.append((name, addr, p))
         where = f"  log {Path(log_dir) / (name + '.log')}" if log_dir else ""
+        if web:
+            where += f"  dashboard http://127.0.0.1:{web}/"
         click.echo(f"{name}  {addr}  data {base / name}  pid {p.pid}{where}")
 
     deadline = time.monotonic() + ready_timeout

@@ -32,6 +32,8 @@ from kvstore.errors import ConfigError
 from storage.fsync import FSYNC_POLICIES
 
 CONFLICT_MODES = ("siblings", "lww")
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 # Failure detection for a cluster on one machine (`kv cluster up`, the test clusters of
 # kvstore.testing, jepsen-lite): a dead node is noticed in about a second, not ten, and the
@@ -196,6 +198,17 @@ class Settings:
     frame_timeout_s: float = _s(30.0, "A frame begun must be complete within this time (slow senders are closed).")
     auth_timeout_s: float = _s(10.0, "A connection must prove the cluster key (and finish TLS) within this time.")
 
+    # --- observability (README "Operating a cluster", docs/metrics.md)
+    http_port: int = _s(
+        0,
+        "Port of the HTTP server for Prometheus /metrics and the dashboard (read-only, no keys or values, no auth); 0: off.",
+    )
+    http_host: str = _s("127.0.0.1", "Address the HTTP server binds to; loopback by default since it has no authentication.")
+    log_format: str = _s("text", "Log lines as 'text' (human) or 'json' (one object a line: ts, level, node, logger, event, ...).")
+    log_module_levels: str = _s(
+        "", "Per-module log levels over --log-level, e.g. 'kvstore.gossip=DEBUG,kvstore.hints=WARNING'."
+    )
+
     def __post_init__(self) -> None:
         problems = []
         if self.n_replicas < 1:
@@ -209,6 +222,14 @@ class Settings:
             problems.append(f"partitions must be a power of two, got {q}")
         if self.fsync not in FSYNC_POLICIES:
             problems.append(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, got {self.fsync!r}")
+        if self.log_format not in LOG_FORMATS:
+            problems.append(f"log_format must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}")
+        if not 0 <= self.http_port <= 65535:
+            problems.append(f"http_port must be in 0..65535, got {self.http_port}")
+        try:
+            parse_module_levels(self.log_module_levels)
+        except ConfigError as e:
+            problems.append(str(e))
         if self.conflict not in CONFLICT_MODES:
             problems.append(f"conflict must be one of {', '.join(CONFLICT_MODES)}, got {self.conflict!r}")
         for name in (
@@ -293,6 +314,23 @@ class Settings:
     def docs() -> list[tuple[str, str, Any]]:
         """(name, doc, default) for each setting, for `kv node start --help` and docs."""
         return [(f.name, f.metadata["doc"], f.default) for f in fields(Settings)]
+
+
+def parse_module_levels(spec: str) -> dict[str, str]:
+    """'kvstore.gossip=DEBUG, kvstore.hints=warning' -> {logger: LEVEL}; ConfigError if malformed."""
+    out: dict[str, str] = {}
+    for item in spec.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, sep, level = item.partition("=")
+        name, level = name.strip(), level.strip().upper()
+        if not sep or not name or level not in LOG_LEVELS:
+            raise ConfigError(
+                f"log_module_levels: {item!r} is not LOGGER=LEVEL with LEVEL one of {', '.join(LOG_LEVELS)}"
+            )
+        out[name] = level
+    return out
 
 
 def parse_addr(addr: str) -> tuple[str, int]:

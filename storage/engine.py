@@ -134,6 +134,7 @@ class _Batch:
     position: int = 0
     unsynced_gen: int = 0  # the _write_gen a successful sync of this batch covers
     done: bool = False
+    started: float = 0.0  # perf_counter when it was handed to LevelDB (for on_batch)
 
 
 def _fsync_logs(path: str) -> int:
@@ -218,6 +219,9 @@ class Engine:
         self.syncs_written = 0
         self.load_stats = LoadStats(0, 0, 0.0)
         self.snapshot_extra = {}
+        # Told of each committed batch: (ops, synced, seconds from hand-over to commit).
+        # Once per batch, never per write; the node's metrics hook in here.
+        self.on_batch: Callable[[int, bool, float], None] | None = None
 
     # ------------------------------------------------------------------ open / load
 
@@ -666,6 +670,7 @@ class Engine:
         batch.sync = sync
         batch.position = self._issued_position + batch.data_ops
         batch.unsynced_gen = self._write_gen
+        batch.started = time.perf_counter()
         if self.lose_unsynced and not sync:
             # Acknowledge now, write at the next sync: a SIGKILL in between loses it, as a
             # power loss loses what sat in the page cache.
@@ -762,6 +767,8 @@ class Engine:
             self._write_gen += 1
             self._arm_sync_timer()
         _resolve(batch.waiters, None)
+        if self.on_batch is not None:
+            self.on_batch(len(batch.ops), batch.sync, time.perf_counter() - batch.started)
 
     def _fail(self, batch: _Batch, exc: BaseException) -> None:
         """Undo ``batch`` and everything issued after it; fail all their waiters."""

@@ -185,6 +185,8 @@ class AntiEntropy:
         self.wall_ms = wall_ms or (lambda: time.time_ns() // 1_000_000)
         self.clock = clock or time.monotonic
         self.counters = Counters()
+        # Duration of the last builder pass (metrics: kvstore_aae_tree_build_seconds).
+        self.last_build_s = 0.0
         self._trees: dict[int, MerkleTree] = {}
         self._empty = MerkleTree()  # read-only stand-in for partitions with no tree yet
         self._building: set[int] = set()
@@ -533,11 +535,14 @@ class AntiEntropy:
         t0 = time.perf_counter()
         n = self.engine.count()
         await self._build_pending()
-        log.info("anti-entropy trees built: %d partitions, %d keys in %.2fs", self.counters.trees_built, n, time.perf_counter() - t0)
+        self.last_build_s = time.perf_counter() - t0
+        log.info("anti-entropy trees built: %d partitions, %d keys in %.2fs", self.counters.trees_built, n, self.last_build_s)
         while not self._closed:
             await asyncio.sleep(0.2)
             if self._to_build:
+                t0 = time.perf_counter()
                 await self._build_pending()
+                self.last_build_s = time.perf_counter() - t0
 
     async def tick(self) -> None:
         """One round: root comparisons with every live peer, exchanges where they differ

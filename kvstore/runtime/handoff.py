@@ -76,6 +76,8 @@ class Handoff:
         self.rpc = rpc
         self.name = view.name
         self.current: Transfers | None = None
+        # Records merged through handoff since start, across ring changes (metrics).
+        self.keys_received = 0
         self._wake = asyncio.Event()
         self._rng = random.Random()
         # Told of each partition whose data this node dropped (anti-entropy forgets its tree).
@@ -210,6 +212,7 @@ class Handoff:
                 await self.replica.merge_in(p, bytes(k), vclock.decode(bytes(rec)))
                 t.cursor[(p, src)] = bytes(k)
                 t.keys_moved += 1
+                self.keys_received += 1
             if not more:
                 t.pulled.setdefault(p, set()).add(src)
             await self._save_progress(t)

@@ -159,6 +159,9 @@ class Hints:
         self.replica = replica
         self.wall = wall
         self.stats = HintStats()
+        # target -> hints stored for it / delivered to it since start (metrics).
+        self.stored_to: dict[str, int] = {}
+        self.delivered_to: dict[str, int] = {}
         # target -> number of pending hints (the hints themselves live in engine metadata,
         # which the engine keeps in memory too).
         self.pending: dict[str, int] = {}
@@ -212,6 +215,7 @@ class Hints:
         if old is None:
             self.pending[target] = self.pending.get(target, 0) + 1
             self.stats.stored += 1
+            self.stored_to[target] = self.stored_to.get(target, 0) + 1
 
     def handlers(self) -> dict[str, Callable[..., Any]]:
         return {m.HINTS: lambda: {"node": self.view.name, "pending": self.by_target(), **vars(self.stats)}}
@@ -393,6 +397,7 @@ class Hints:
             return 0
         n = await self._forget(target, batch)
         self.stats.delivered += n
+        self.delivered_to[target] = self.delivered_to.get(target, 0) + n
         return n
 
     async def tick(self) -> int:

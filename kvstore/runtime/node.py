@@ -30,6 +30,9 @@ from kvstore.runtime.gossip import rpc_handlers as gossip_handlers
 from kvstore.runtime.handoff import STATUS, Handoff
 from kvstore.runtime.hints import Hints
 from kvstore.runtime.keylist import handlers as keylist_handlers
+from kvstore.runtime.observe.dashboard import OPS_METHOD, ops_summary, routes
+from kvstore.runtime.observe.http import HttpServer
+from kvstore.runtime.observe.state import Observability
 from kvstore.runtime.replica import Replica, ReplicaServer
 from kvstore.runtime.rpc import RpcClient, RpcServer
 from kvstore.runtime.security import GOSSIP_OVERHEAD_BYTES, Security
@@ -42,6 +45,8 @@ log = logging.getLogger("kvstore.node")
 
 # Error reason a node gives while it has no ring yet (see Node._join_through).
 NO_RING = "no_ring"
+# Seconds the last graceful stop took to write its snapshot (read back by the next start).
+SNAPSHOT_WRITE_KEY = b"node.snapshot_write_s"
 # Set once this node has been a member of a committed ring: only such a node may conclude,
 # on finding itself outside the ring, that it was asked to leave.
 WAS_MEMBER_KEY = b"node.was_member"
@@ -111,6 +116,9 @@ class Node:
         self.boot_id = secrets.token_hex(6)
         self._drop_at: float | None = None
         self._was_member = False
+        # Metrics, dashboard state and the HTTP port that serves them (http_port 0: none).
+        self.obs = Observability()
+        self.http: HttpServer | None = None
 
     def _source_host(self) -> str | None:
         host, _ = parse_addr(self.s.listen)
@@ -131,6 +139,9 @@ class Node:
         except RawStorageError as e:
             raise StorageError(str(e), path=getattr(e, "path", None)) from None
         log.info("store %s: %s", self.s.data_dir, self.engine.load_stats)
+        self.engine.on_batch = self.obs.storage.on_batch
+        if (raw_s := self.engine.meta_get(SNAPSHOT_WRITE_KEY)) is not None:
+            self.obs.snapshot_write_s = float(raw_s)
         self.view = ClusterView(
             self.name, self.addr, self.engine, self.s.n_replicas,
             down_checks=[lambda _n, addr: self.rpc.is_down(addr), self._gossip_says_down],
@@ -165,7 +176,7 @@ class Node:
             keyring=keyring,
         )
         self.server = RpcServer(
-            {
+            self.obs.requests.wrap({
                 **self._handlers(),
                 **self.coord.handlers(),
                 **Datatypes(self.coord).handlers(),
@@ -176,11 +187,15 @@ class Node:
                 **gossip_handlers(self.gossip),
                 **keylist_handlers(self.s, self.engine),
                 **MarkedGet(self.coord, self.rpc).handlers(),
-            },
+            }),
             **self.security.server_options(self.s),
         )
         host, port = parse_addr(self.s.listen)
         await self.server.start(host, port)
+        if self.s.http_port:
+            self.http = HttpServer(routes(self))
+            await self.http.start(self.s.http_host, self.s.http_port)
+            log.info("metrics and dashboard on http://%s:%d/", self.s.http_host, self.http.port)
         await self.gossip.start()
         self._gossip_on = True
         seeds = [s for s in self.s.seeds if s != self.addr]
@@ -203,6 +218,7 @@ class Node:
         self._spawn(self.aae.run())
         self._spawn(self.hints.run())
         self._spawn(self._maintain())
+        self._spawn(self.obs.live.run())
         log.info(
             "node %s ready on %s (kvstore %s) in %.2fs", self.name, self.s.listen, __version__,
             time.perf_counter() - t0,
@@ -254,6 +270,8 @@ class Node:
                     await self.gossip.leave()
             except (KVError, OSError) as e:
                 log.info("could not announce the stop: %s", e)
+        if self.http is not None:
+            await self.http.close()
         if self.server is not None:
             await self.server.drain()
         if self.gossip is not None:
@@ -274,6 +292,8 @@ class Node:
                     extra = {"aae": self.aae.export()} if self.aae is not None else {}
                     info = write_snapshot(self.engine, self.snapshot_id, self.s.snapshot_dir, extra)
                     log.info("snapshot written: %s", info)
+                    # A meta write moves no data position: the snapshot stays valid.
+                    await self.engine.meta_put(SNAPSHOT_WRITE_KEY, repr(info.seconds).encode())
             except (OSError, RawStorageError, ValueError) as e:
                 log.warning("no snapshot written (next start reads LevelDB): %s", e)
             try:
@@ -296,6 +316,7 @@ class Node:
             m.JOIN: self._join,
             m.LEAVE: self._leave,
             m.RING_UPDATE: self._ring_update,
+            OPS_METHOD: lambda: ops_summary(self),
         }
 
     def _swim_fields(self, node: str) -> dict[str, Any]:
@@ -498,6 +519,7 @@ class Node:
 
     def _on_member(self, ev: MemberEvent) -> None:
         m_ = ev.member
+        self.obs.on_member(ev)
         if m_.state.gone or m_.restarting:
             self._swim_down.add(m_.name)
         else:
@@ -516,6 +538,8 @@ class Node:
 
     def _on_view_change(self) -> None:
         assert self.view is not None
+        if self.view.ring is not None:
+            self.obs.on_ring(self.view.ring.version, self.view.next.version if self.view.next else None)
         if self.gossip is not None and self._gossip_on:
             self.gossip.set_meta({"ring": self.view.version})
         if self.handoff is not None:

@@ -14,18 +14,13 @@ import os
 import signal
 import sys
 
-from kvstore.config import Settings
+from kvstore.config import Settings, parse_module_levels
 from kvstore.errors import KVError
+from kvstore.runtime.logformat import setup_logging
 
 log = logging.getLogger("kvstore.server")
 
 
-def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 # Requests allocate many short-lived containers (decoded frames, versions, futures); at the
@@ -96,7 +91,10 @@ def reexec() -> None:
 
 
 def run(settings: Settings, log_level: str = "INFO") -> int:
-    setup_logging(log_level)
+    setup_logging(
+        log_level, fmt=settings.log_format, node=settings.name,
+        module_levels=parse_module_levels(settings.log_module_levels),
+    )
     loop_name = install_loop()
     log.info("starting node %s on %s (%s loop)", settings.name, settings.listen, loop_name)
     loop = asyncio.new_event_loop()

@@ -229,3 +229,22 @@ class LocalCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def give_http_ports(cluster: LocalCluster, *names: str) -> dict[str, int]:
+    """A free metrics/dashboard HTTP port for each named node (default: all) of a cluster not
+    yet started; returns name -> port."""
+    ports: dict[str, int] = {}
+    for name in names or list(cluster.nodes):
+        port = free_port(cluster.host)
+        cluster.nodes[name].args += ["--http-port", str(port), "--http-host", cluster.host]
+        ports[name] = port
+    return ports
+
+
+def http_get(port: int, path: str = "/metrics", host: str = "127.0.0.1", timeout: float = 5.0) -> str:
+    """GET http://host:port/path and return the body (raises OSError on failure)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=timeout) as r:
+        return r.read().decode()  # type: ignore[no-any-return]
