@@ -53,6 +53,8 @@ __all__ = [
     "sync_all",
     "update",
     "values",
+    "values_at",
+    "with_expiry",
 ]
 
 VV = Mapping[str, int]
@@ -85,11 +87,14 @@ class Sibling(NamedTuple):
     """A live value (or tombstone, ``value is None``) and the write that produced it.
 
     ``ts`` is the coordinator's wall clock in ms; only last-write-wins mode looks at it.
+    ``expires`` (wall clock ms, 0: never) is when the value expires (TTL): minted with the
+    dot, so two copies of one dot always agree on it; reads leave an expired value out.
     """
 
     dot: Dot
     value: bytes | None
     ts: int
+    expires: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +209,27 @@ def values(obj: Obj | None) -> list[bytes]:
     if obj is None:
         return []
     return [s.value for s in obj.siblings if s.value is not None]
+
+
+def values_at(obj: Obj | None, now_ms: int) -> list[bytes]:
+    """:func:`values` as of ``now_ms``: values expired by then are left out too."""
+    if obj is None:
+        return []
+    return [s.value for s in obj.siblings if s.value is not None and not 0 < s.expires <= now_ms]
+
+
+def with_expiry(obj: Obj, dot: Dot, expires_ms: int) -> Obj:
+    """``obj`` with the sibling of ``dot`` (a write just minted) expiring at ``expires_ms``."""
+    return Obj(
+        tuple(s._replace(expires=expires_ms) if s.dot == dot else s for s in obj.siblings), obj.vv
+    )
+
+
+def next_expiry(obj: Obj | None) -> int:
+    """The earliest expiry among live values (0: none expires)."""
+    if obj is None:
+        return 0
+    return min((s.expires for s in obj.siblings if s.expires and s.value is not None), default=0)
 
 
 def is_deleted(obj: Obj | None) -> bool:
@@ -324,17 +350,31 @@ def encode(obj: Obj) -> bytes:
     """Compact bytes for storage and replication.
 
     Layout (msgpack): ``[1, [node...], [counter...], [node_index, counter, ts, value, ...]]``
-    — the node table is the vector's keys, sorted, so names are written once.
+    — the node table is the vector's keys, sorted, so names are written once. A record with
+    an expiring sibling has a fifth element, ``[expires, ...]`` (one per sibling, 0: never);
+    records without one are byte for byte what they were before TTL existed.
     """
     nodes = sorted(obj.vv)
     index = {n: i for i, n in enumerate(nodes)}
     flat: list[Any] = []
+    expiring = False
     for s in obj.siblings:
         flat.append(index[s.dot.node])
         flat.append(s.dot.counter)
         flat.append(s.ts)
         flat.append(s.value)
+        if s.expires:
+            expiring = True
+    if expiring:
+        exp = [s.expires for s in obj.siblings]
+        return _pack([_FORMAT, nodes, [obj.vv[n] for n in nodes], flat, exp])
     return _pack([_FORMAT, nodes, [obj.vv[n] for n in nodes], flat])
+
+
+def has_expiry(rec: bytes) -> bool:
+    """Whether an encoded record carries expiries, from its first byte (a msgpack fixarray
+    of five): lets a start find the expiring keys without decoding every record."""
+    return bool(rec) and rec[0] == 0x95
 
 
 def _unpack(b: Any, what: str) -> Any:
@@ -352,8 +392,10 @@ def decode(b: bytes) -> Obj:
     # Every replica read goes through here, so the checks are inlined (``type(x) is int``
     # also rejects bools) rather than spread over helpers.
     d = _unpack(b, "record")
-    if type(d) is not list or len(d) != 4 or type(d[0]) is not int or d[0] != _FORMAT:
+    if type(d) is not list or not 4 <= len(d) <= 5 or type(d[0]) is not int or d[0] != _FORMAT:
         raise InvalidRequest("malformed record: unknown layout")
+    if len(d) == 5:
+        return _decode_expiring(d)
     _, nodes, counters, flat = d
     if (
         type(nodes) is not list
@@ -385,13 +427,23 @@ def decode(b: bytes) -> Obj:
             raise InvalidRequest("malformed record: dot not covered by its vector")
         if type(ts) is not int or not (value is None or type(value) is bytes):
             raise InvalidRequest("malformed record: bad sibling")
-        sibs.append(_tnew(Sibling, (_tnew(Dot, (node, counter)), value, ts)))
+        sibs.append(_tnew(Sibling, (_tnew(Dot, (node, counter)), value, ts, 0)))
     if len(sibs) > 1:
         # Duplicates first: sorting equal dots would go on to compare None with bytes.
         if len({s.dot for s in sibs}) != len(sibs):
             raise InvalidRequest("malformed record: duplicate dot")
         sibs.sort()
     return Obj(tuple(sibs), vv)
+
+
+def _decode_expiring(d: list[Any]) -> Obj:
+    """A record with expiries: the four-element record, then the expiry of each sibling."""
+    exp = d.pop()
+    obj = decode(_pack(d))
+    if type(exp) is not list or len(exp) != len(obj.siblings) or any(type(e) is not int or e < 0 for e in exp):
+        raise InvalidRequest("malformed record: bad expiries")
+    # Siblings were sorted by dot on decode; the expiries follow the encoded (sorted) order.
+    return Obj(tuple(s._replace(expires=e) for s, e in zip(obj.siblings, exp, strict=True)), obj.vv)
 
 
 def encode_context(vv: VV) -> bytes:
