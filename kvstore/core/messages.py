@@ -69,6 +69,8 @@ BUCKET_COUNT = "bucket.count"  # node to node: keys of a bucket stored here (an 
 # Batches (kvstore.runtime.batch): several gets or puts in one call to one coordinator.
 GET_MANY = "get_many"
 PUT_MANY = "put_many"
+# Most items in one batch call: bounds the work one frame can start on a node.
+MAX_BATCH_ITEMS = 1000
 
 # Storage keys of named buckets start with these bytes (kvstore.core.bucket); a key of the
 # default bucket may not, so the two key spaces never meet.

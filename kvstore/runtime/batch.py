@@ -20,8 +20,7 @@ from kvstore.errors import InvalidRequest, to_wire
 if TYPE_CHECKING:
     from kvstore.runtime.coordinator import Coordinator
 
-# Most items in one batch call: bounds the work one frame can start on a node.
-MAX_BATCH_ITEMS = 1000
+MAX_BATCH_ITEMS = m.MAX_BATCH_ITEMS
 
 
 def _items(raw: Any, width: tuple[int, ...], what: str) -> list[list[Any]]:

@@ -146,10 +146,10 @@ class BucketRegistry:
             keys = await self._cluster_count(bucket)
             if keys:
                 raise ChangeRefused(
-                    f"bucket {bucket!r} holds {keys} key(s): its {' and '.join(fixed)} cannot change on a live "
+                    f"bucket {bucket!r} holds keys ({keys} stored copies found on the members): its {' and '.join(fixed)} cannot change on a live "
                     "cluster (existing keys would be under-replicated or misread); create a new bucket and copy "
                     "the keys into it",
-                    bucket=bucket, keys=keys,
+                    bucket=bucket, copies=keys,
                 )
         await self._commit(new)
         return new.to_wire()
