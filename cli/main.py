@@ -1,12 +1,15 @@
 """``kv``: the command line of kvstore.
 
-    kv put KEY VALUE        kv get KEY        kv delete KEY
+    kv put KEY VALUE        kv get KEY        kv delete KEY      (KEY may be BUCKET/KEY)
+    kv get-many KEY...      kv put-many KEY=VALUE...
+    kv bucket create|set|show|list
     kv node start ...       kv node ping
     kv cluster up           kv cluster status
     kv bench                load a cluster, side by side with a bare msgpack-RPC server
     kv secret new           print a fresh key for a cluster's key file
 
-Exit status: 0 ok (found), 1 not found, 2 usage (also a refused key or certificate), 3 unavailable or timed out.
+Exit status: 0 ok (found), 1 not found, 2 usage (also a refused key or certificate), 3 unavailable or timed out,
+4 a conditional write's condition did not hold.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import click
 
 from cli import output as out
 from cli.bench_cmds import bench
+from cli.bucket_cmds import bucket, resolve
 from cli.cluster_cmds import cluster
 from cli.node_cmds import node
 from kvstore.client import AsyncClient
@@ -103,39 +107,66 @@ def connection_options(f: F) -> F:
     return f
 
 
+def bucket_option(f: F) -> F:
+    return click.option(
+        "--bucket", "-b", default=None,
+        help="Bucket of the key(s) (default: BUCKET/KEY names one when BUCKET exists, else the default bucket).",
+    )(f)
+
+
 @cli.command()
 @click.argument("key")
 @click.argument("value")
 @click.option("--context", "context", default=None, help="Context from `kv get`: replaces what that read saw.")
-@click.option("-w", type=int, default=None, help="Replicas that must acknowledge (default: cluster's W).")
+@click.option("-w", type=int, default=None, help="Replicas that must acknowledge (default: the bucket's W).")
 @click.option("--strict", is_flag=True, help="Count only the key's primary replicas (no fallbacks).")
+@click.option("--if-none-match", is_flag=True, help="Only if KEY is absent (exit 4 otherwise).")
+@click.option("--if-not-modified", default=None, metavar="CONTEXT", help="Only if KEY is still as the `kv get` that printed CONTEXT saw it (exit 4 otherwise).")
+@click.option("--ttl", "ttl_s", type=click.FloatRange(0), default=None, help="Expire the value after this many seconds (0: never; default: the bucket's ttl_s).")
 @click.option("--json", "as_json", is_flag=True, help="Print the new context as JSON.")
+@bucket_option
 @connection_options
 @click.pass_context
 def put(
-    ctx: click.Context, key: str, value: str, context: str | None, w: int | None, strict: bool, as_json: bool,
+    ctx: click.Context, key: str, value: str, context: str | None, w: int | None, strict: bool,
+    if_none_match: bool, if_not_modified: str | None, ttl_s: float | None, as_json: bool, bucket: str | None,
     node_after: str | None, timeout_after: float | None,
 ) -> None:
     """Store VALUE under KEY."""
     c = out.decode_context(context)
-    res = run_client(ctx, lambda kv: kv.put(key, value, context=c, w=w, strict=strict))
+    inm = out.decode_context(if_not_modified)
+
+    async def go(kv: AsyncClient) -> Any:
+        b, k = await resolve(kv, key, bucket)
+        return await kv.put(
+            k, value, context=c, w=w, strict=strict, bucket=b, if_none_match=if_none_match,
+            if_not_modified=inm, ttl_s=ttl_s,
+        )
+
+    res = run_client(ctx, go)
     if as_json:
         out.print_json({"context": out.encode_context(res.context)})
 
 
 @cli.command()
 @click.argument("key")
-@click.option("-r", type=int, default=None, help="Replicas that must answer (default: cluster's R).")
+@click.option("-r", type=int, default=None, help="Replicas that must answer (default: the bucket's R).")
 @click.option("--strict", is_flag=True, help="Count only the key's primary replicas (no fallbacks).")
 @click.option("--json", "as_json", is_flag=True, help="Print values and context as JSON.")
+@bucket_option
 @connection_options
 @click.pass_context
 def get(
-    ctx: click.Context, key: str, r: int | None, strict: bool, as_json: bool,
+    ctx: click.Context, key: str, r: int | None, strict: bool, as_json: bool, bucket: str | None,
     node_after: str | None, timeout_after: float | None,
 ) -> None:
     """Print the value of KEY (siblings each on a line). Exit 1 if not found."""
-    res = run_client(ctx, lambda kv: kv.get(key, r=r, strict=strict))
+
+    async def go(kv: AsyncClient) -> Any:
+        b, k = await resolve(kv, key, bucket)
+        return await kv.get(k, r=r, strict=strict, bucket=b)
+
+    res = run_client(ctx, go)
     if as_json:
         out.print_json(
             {
@@ -159,16 +190,92 @@ def get(
 @cli.command()
 @click.argument("key")
 @click.option("--context", "context", default=None, help="Context from `kv get`: delete only what that read saw.")
-@click.option("-w", type=int, default=None, help="Replicas that must acknowledge (default: cluster's W).")
+@click.option("-w", type=int, default=None, help="Replicas that must acknowledge (default: the bucket's W).")
+@click.option("--if-not-modified", default=None, metavar="CONTEXT", help="Only if KEY is still as the `kv get` that printed CONTEXT saw it (exit 4 otherwise).")
+@bucket_option
 @connection_options
 @click.pass_context
 def delete(
-    ctx: click.Context, key: str, context: str | None, w: int | None, node_after: str | None, timeout_after: float | None
+    ctx: click.Context, key: str, context: str | None, w: int | None, if_not_modified: str | None,
+    bucket: str | None, node_after: str | None, timeout_after: float | None,
 ) -> None:
     """Delete KEY: without --context, what a read finds now; with it, what that read saw
     (a value written concurrently survives as a sibling). A versioned tombstone."""
     c = out.decode_context(context)
-    run_client(ctx, lambda kv: kv.delete(key, context=c, w=w))
+    inm = out.decode_context(if_not_modified)
+
+    async def go(kv: AsyncClient) -> Any:
+        b, k = await resolve(kv, key, bucket)
+        return await kv.delete(k, context=c, w=w, bucket=b, if_not_modified=inm)
+
+    run_client(ctx, go)
+
+
+@cli.command("get-many")
+@click.argument("keys", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per key.")
+@bucket_option
+@connection_options
+@click.pass_context
+def get_many(
+    ctx: click.Context, keys: tuple[str, ...], as_json: bool, bucket: str | None,
+    node_after: str | None, timeout_after: float | None,
+) -> None:
+    """Read KEYS in one call per coordinator: KEY<TAB>VALUE per value found. Exit 1 if
+    any is not found, 3 if any failed."""
+
+    async def go(kv: AsyncClient) -> Any:
+        b = None if bucket == "default" else bucket
+        return await kv.get_many(list(keys), bucket=b)
+
+    results = run_client(ctx, go)
+    worst = out.EXIT_OK
+    for key, res in zip(keys, results, strict=True):
+        if isinstance(res, KVError):
+            click.echo(f"kv: {key}: {res}", err=True)
+            worst = max(worst, out.exit_code_for(res))
+            continue
+        if not res.found:
+            worst = max(worst, out.EXIT_NOT_FOUND)
+        if as_json:
+            out.print_json({"key": key, "found": res.found, "values": [out.show_bytes(v) for v in res.values],
+                            "context": out.encode_context(res.context)})
+        else:
+            for v in res.values:
+                click.echo(f"{key}\t{out.show_bytes(v)}")
+    sys.exit(worst)
+
+
+@cli.command("put-many")
+@click.argument("pairs", nargs=-1, required=True, metavar="KEY=VALUE...")
+@click.option("--ttl", "ttl_s", type=click.FloatRange(0), default=None, help="Expire the values after this many seconds.")
+@bucket_option
+@connection_options
+@click.pass_context
+def put_many(
+    ctx: click.Context, pairs: tuple[str, ...], ttl_s: float | None, bucket: str | None,
+    node_after: str | None, timeout_after: float | None,
+) -> None:
+    """Store each KEY=VALUE in one call per coordinator. Exit 3 if any failed (its outcome
+    is unknown, as a single put's would be)."""
+    items: list[tuple[str, str]] = []
+    for pair in pairs:
+        k, sep, v = pair.partition("=")
+        if not sep or not k:
+            out.fail(f"{pair!r} is not KEY=VALUE", out.EXIT_USAGE)
+        items.append((k, v))
+
+    async def go(kv: AsyncClient) -> Any:
+        b = None if bucket == "default" else bucket
+        return await kv.put_many(items, bucket=b, ttl_s=ttl_s)
+
+    results = run_client(ctx, go)
+    worst = out.EXIT_OK
+    for (key, _), res in zip(items, results, strict=True):
+        if isinstance(res, KVError):
+            click.echo(f"kv: {key}: {res}", err=True)
+            worst = max(worst, out.exit_code_for(res))
+    sys.exit(worst)
 
 
 @cli.group()
@@ -189,6 +296,7 @@ def secret_new() -> None:
 cli.add_command(node)
 cli.add_command(cluster)
 cli.add_command(bench)
+cli.add_command(bucket)
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -5,7 +5,6 @@ made live are refused with a clear error; the default bucket is untouched."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -80,7 +79,7 @@ def test_a_bucket_with_n_2_stores_on_the_first_two_nodes_only(cluster: LocalClus
     kv = cluster.client()
     skey = bk.storage_key("users", b"bob")
     first2 = preference(cluster, skey, 2)
-    third = [n for n in cluster.nodes if n not in first2][0]
+    third = next(n for n in cluster.nodes if n not in first2)
     kv.put("bob", b"1", bucket="users", w=2)
     for n in first2:
         assert vclock.values(vclock.decode(raw_record(cluster, n, skey))) == [b"1"]  # type: ignore[arg-type]
