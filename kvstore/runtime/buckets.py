@@ -67,6 +67,13 @@ class BucketRegistry:
             raise UnknownBucket(f"no bucket {bucket!r} (create it with `kv bucket create {bucket}`)", bucket=bucket)
         return e.props
 
+    def lww_of(self, skey: bytes) -> bool:
+        """Whether the bucket of storage key ``skey`` keeps only the newest write (the
+        replica's merge asks; an unknown bucket keeps siblings, losing nothing)."""
+        name, _ = b.split_storage_key(skey)
+        e = self.doc.get(name)
+        return e is not None and e.props.lww
+
     def limits(self, props: BucketProps) -> m.Limits:
         return props.limits(self.cluster_limits)
 

@@ -151,6 +151,7 @@ class Node:
         self.hints = Hints(self.s, self.view, self.engine, self.rpc, replica)
         self.buckets = BucketRegistry(self.s, self.view, self.engine, self.rpc)
         self.buckets.load()
+        replica.bucket_lww = self.buckets.lww_of
         self.coord = Coordinator(self.s, self.view, replica, self.rpc, keep_hint=self.hints.store, buckets=self.buckets.props)
         self.expiry = Expiry(self.s, self.view, replica, self.coord, self.buckets.props)
         log.info("ttl: %d expiring keys indexed", self.expiry.start())

@@ -159,3 +159,22 @@ def test_the_registry_survives_a_restart_and_a_node_that_missed_a_change_catches
     wait_until(lambda: shown_everywhere(cluster, "while-down"), 30, what="n3 to catch up")
     assert call(cluster, "n3", m.BUCKET_SHOW, "users")["n"] == 2  # type: ignore[index]
     cluster.wait_ring(3)
+
+
+def test_a_siblings_bucket_keeps_siblings_in_an_lww_cluster(tmp_path: Path) -> None:
+    with LocalCluster(tmp_path, nodes=2, n=2, r=2, w=2, extra=["--conflict", "lww"]) as c:
+        c.start_all()
+        call(c, "n1", m.BUCKET_CREATE, "keepall", {"conflict": "siblings"})
+        wait_until(lambda: shown_everywhere(c, "keepall"), 30, what="the bucket")
+        for i, name in enumerate(("n1", "n2", "n1")):
+            kv = c.client(name, route=False)
+            kv.put("k", f"v{i}", bucket="keepall")
+            kv.put("k", f"v{i}")
+        kv = c.client()
+        assert sorted(kv.get("k", bucket="keepall").values) == [b"v0", b"v1", b"v2"]
+        assert kv.get("k").values == [b"v2"]
+        # Every replica kept them too (the merge at a replica follows the bucket's mode).
+        skey = bk.storage_key("keepall", b"k")
+        for name in c.nodes:
+            assert len(vclock.decode(raw_record(c, name, skey)).siblings) == 3  # type: ignore[arg-type]
+            assert len(vclock.decode(raw_record(c, name, b"k")).siblings) == 1  # type: ignore[arg-type]
