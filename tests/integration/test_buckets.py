@@ -5,6 +5,7 @@ made live are refused with a clear error; the default bucket is untouched."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
