@@ -130,6 +130,43 @@ def test_a_bucket_ttl_applies_unless_the_write_says_otherwise(cluster: LocalClus
     )
 
 
+def test_an_expired_value_does_not_come_back_from_a_replica_that_missed_the_sweep(cluster: LocalCluster) -> None:
+    kv = cluster.client()
+    kv.put("gone", b"v", ttl_s=1.0, w=3)
+    # A concurrent write without TTL is a sibling that must survive the sweep.
+    kv.put("mixed", b"brief", ttl_s=1.0, w=3)
+    kv.put("mixed", b"stays", w=3)
+    cluster.stop("n3")
+    try:
+        wait_until(
+            lambda: all(o is not None and vclock.is_deleted(o) for n, o in records_up(cluster, b"gone").items()),
+            30, what="the tombstone on the live replicas",
+        )
+    finally:
+        cluster.start("n3")
+    cluster.wait_ring(3)
+    # n3 still holds the expired value; an R=3 read sees absent and repairs n3.
+    assert not cluster.client("n3", route=False).get("gone", r=3).found
+    wait_until(
+        lambda: all(o is not None and vclock.is_deleted(o) for o in records(cluster, b"gone").values()),
+        30, what="n3 repaired to the tombstone",
+    )
+    assert kv.get("mixed", r=3).values == [b"stays"]
+    time.sleep(1.0)  # a few sweeps: the live sibling keeps the key from being tombstoned
+    assert kv.get("mixed").values == [b"stays"]
+
+
+def records_up(c: LocalCluster, skey: bytes) -> dict[str, vclock.Obj | None]:
+    ring = Ring.from_wire(call(c, "n1", m.RING)["ring"])
+    p = partition_of(skey, ring.partitions)
+    out: dict[str, vclock.Obj | None] = {}
+    for name, node in c.nodes.items():
+        if node.running:
+            rec = call(c, name, m.REPLICA_GET, p, skey)
+            out[name] = None if rec is None else vclock.decode(bytes(rec))
+    return out
+
+
 def test_expired_keys_are_swept_after_a_restart(cluster: LocalCluster) -> None:
     kv = cluster.client()
     kv.put("restart-ttl", b"v", ttl_s=2.0, w=3)
