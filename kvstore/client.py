@@ -188,7 +188,7 @@ class AsyncClient:
         bucket: str | None = None,
     ) -> GetResult:
         k = _to_bytes(key, "key")
-        opts = m.options_to_wire(m.Options(r, strict, timeout_s, bucket), "r")
+        opts = m.options_to_wire(m.DataOptions(r, strict, timeout_s, bucket), "r")
         doc = await self._call(bk.storage_key(bucket, k), m.GET, [k, opts], True, (timeout_s or self.timeout_s) + 1.0)
         return self._get_result(doc)
 
@@ -213,7 +213,7 @@ class AsyncClient:
         is still as the read that gave this context saw it (PreconditionFailed otherwise);
         ``ttl_s``: the value expires after this long (0: never, whatever the bucket says)."""
         k = _to_bytes(key, "key")
-        o = m.Options(w, strict, timeout_s, bucket, if_none_match, if_not_modified, ttl_s)
+        o = m.DataOptions(w, strict, timeout_s, bucket, if_none_match, if_not_modified, ttl_s)
         return await self._write(k, _to_bytes(value, "value"), context, o)
 
     async def delete(
@@ -227,10 +227,10 @@ class AsyncClient:
         bucket: str | None = None,
         if_not_modified: bytes | None = None,
     ) -> PutResult:
-        o = m.Options(w, strict, timeout_s, bucket, if_not_modified=if_not_modified)
+        o = m.DataOptions(w, strict, timeout_s, bucket, if_not_modified=if_not_modified)
         return await self._write(_to_bytes(key, "key"), None, context, o)
 
-    async def _write(self, k: bytes, v: bytes | None, context: bytes | None, o: m.Options) -> PutResult:
+    async def _write(self, k: bytes, v: bytes | None, context: bytes | None, o: m.DataOptions) -> PutResult:
         """A put of ``v``, or with None a delete: not idempotent, so retried only as
         kvstore.retry allows."""
         opts = m.options_to_wire(o, "w")
@@ -249,7 +249,7 @@ class AsyncClient:
     ) -> list[GetResult | KVError]:
         """Read many keys: one call per coordinator (the first preference-list node of each
         key). One result per key, in order: a GetResult, or the KVError of that key alone."""
-        opts = m.options_to_wire(m.Options(r, False, timeout_s, bucket), "r")
+        opts = m.options_to_wire(m.DataOptions(r, False, timeout_s, bucket), "r")
         ks = [_to_bytes(k, "key") for k in keys]
         items: list[list[Any]] = [[k, opts] for k in ks]
 
@@ -277,7 +277,7 @@ class AsyncClient:
             k = _to_bytes(it[0], "key")
             v = None if it[1] is None else _to_bytes(it[1], "value")
             ctx = it[2] if len(it) > 2 else None  # type: ignore[misc]
-            opts = m.options_to_wire(m.Options(w, False, timeout_s, bucket, ttl_s=None if v is None else ttl_s), "w")
+            opts = m.options_to_wire(m.DataOptions(w, False, timeout_s, bucket, ttl_s=None if v is None else ttl_s), "w")
             wire.append([k, v, ctx, opts])
             skeys.append(bk.storage_key(bucket, k))
 

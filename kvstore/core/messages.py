@@ -185,28 +185,29 @@ def check_context(raw: Any) -> bytes:
 @dataclass(frozen=True, slots=True)
 class Options:
     """Per-request overrides. ``quorum`` is R for reads and W for writes; ``strict`` counts only
-    primaries (Riak's pr/pw); ``timeout_s`` caps the coordinator's wait.
-
-    The data-model options (README "Data model"): ``bucket`` (None: the default bucket),
-    ``if_none_match`` (create only if absent), ``if_not_modified`` (a context: write only if
-    the key is still as that read saw it), ``ttl_s`` (expire the write after this long; 0:
-    never, overriding the bucket's default). Any of them set makes ``extended`` true: the
-    coordinator's plain path never looks at them."""
+    primaries (Riak's pr/pw); ``timeout_s`` caps the coordinator's wait."""
 
     quorum: int | None = None
     strict: bool = False
     timeout_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DataOptions(Options):
+    """Options of a request that uses the data model (README "Data model"): ``bucket``
+    (None: the default bucket), ``if_none_match`` (create only if absent), ``if_not_modified``
+    (a context: write only if the key is still as that read saw it), ``ttl_s`` (expire the
+    write after this long; 0: never, overriding the bucket's default). A subclass, so that
+    plain requests build and check only the three fields above: the coordinator sends a
+    request here only when its options are of this class."""
+
     bucket: str | None = None
     if_none_match: bool = False
     if_not_modified: bytes | None = None
     ttl_s: float | None = None
 
-    @property
-    def extended(self) -> bool:
-        return (
-            self.bucket is not None or self.if_none_match or self.if_not_modified is not None
-            or self.ttl_s is not None
-        )
+
+_PLAIN = Options()
 
 
 def _opt_int(opts: dict[str, Any], name: str, lo: int, hi: int) -> int | None:
@@ -223,7 +224,7 @@ def _opt_int(opts: dict[str, Any], name: str, lo: int, hi: int) -> int | None:
 def parse_options(raw: Any, kind: str, limits: Limits) -> Options:
     """``kind`` is "r" or "w": which quorum override this request may carry."""
     if raw is None:
-        return Options()
+        return _PLAIN
     if not isinstance(raw, dict):
         raise InvalidRequest(f"options must be a map, got {type(raw).__name__}")
     opts = {(k.decode("utf-8", "replace") if isinstance(k, bytes) else str(k)): v for k, v in raw.items()}
@@ -240,7 +241,7 @@ def parse_options(raw: Any, kind: str, limits: Limits) -> Options:
     t = _opt_int(opts, "timeout_ms", 1, 600_000)
     o = Options(quorum, strict, None if t is None else t / 1000.0)
     if not opts.keys() <= _BASE_OPTIONS:
-        o = _data_model_options(o, opts, kind)
+        return _data_model_options(o, opts, kind)
     return o
 
 
@@ -250,7 +251,7 @@ _KNOWN_OPTIONS = _BASE_OPTIONS | _DATA_MODEL_OPTIONS
 MAX_TTL_MS = 10 * 365 * 86400 * 1000
 
 
-def _data_model_options(o: Options, opts: dict[str, Any], kind: str) -> Options:
+def _data_model_options(o: Options, opts: dict[str, Any], kind: str) -> DataOptions:
     bucket = opts.get("bucket")
     if bucket is not None:
         bucket = as_str(bucket, "option bucket")
@@ -266,7 +267,7 @@ def _data_model_options(o: Options, opts: dict[str, Any], kind: str) -> Options:
         raise InvalidRequest("if_none_match, if_not_modified and ttl_ms apply to writes only")
     if inm and ctx is not None:
         raise InvalidRequest("if_none_match and if_not_modified cannot be combined")
-    return Options(
+    return DataOptions(
         o.quorum, o.strict, o.timeout_s, bucket, inm, ctx, None if ttl is None else ttl / 1000.0
     )
 
@@ -279,6 +280,8 @@ def options_to_wire(o: Options, kind: str) -> dict[str, Any]:
         out["strict"] = True
     if o.timeout_s is not None:
         out["timeout_ms"] = max(1, int(o.timeout_s * 1000))
+    if not isinstance(o, DataOptions):
+        return out
     if o.bucket is not None:
         out["bucket"] = o.bucket
     if o.if_none_match:

@@ -128,7 +128,7 @@ class Coordinator:
     def get(self, raw_key: Any, raw_opts: Any, *, forwarded: bool = False) -> Awaitable[dict[str, Any]]:
         key = m.check_key(raw_key, self.limits)
         opts = m.parse_options(raw_opts, "r", self.limits)
-        if opts.extended:
+        if isinstance(opts, m.DataOptions):
             return self.datamodel.get(key, opts, forwarded)
         _, p, pref = self._locate(key)
         if self.name not in pref:
@@ -154,7 +154,7 @@ class Coordinator:
         self, key: bytes, value: bytes | None, raw_ctx: Any, raw_opts: Any, fwd: str, forwarded: bool
     ) -> Awaitable[dict[str, Any]]:
         opts = m.parse_options(raw_opts, "w", self.limits)
-        if opts.extended:
+        if isinstance(opts, m.DataOptions):
             return self.datamodel.write(key, value, raw_ctx, opts, fwd, forwarded)
         ctx = vclock.decode_context(m.check_context(raw_ctx))
         ring, p, pref = self._locate(key)

@@ -1,5 +1,5 @@
 """The coordinator's path for requests that use the data model: a bucket, a conditional
-write, a TTL. Requests without any of those never come here (``Options.extended``), so the
+write, a TTL. Requests without any of those never come here (``messages.DataOptions``), so the
 default bucket's hot path is what it was.
 
 Per bucket: the preference list is the first N of the ring's (N ≤ the cluster's; see
@@ -50,7 +50,7 @@ class DataModel:
             return self.default
         raise UnknownBucket(f"no bucket {bucket!r}", bucket=bucket)
 
-    def _bucket(self, opts: m.Options) -> BucketProps:
+    def _bucket(self, opts: m.DataOptions) -> BucketProps:
         props = self.lookup(opts.bucket)
         if opts.quorum is not None and opts.quorum > props.n:
             raise InvalidRequest(f"quorum {opts.quorum} is more than bucket {props.name!r}'s n ({props.n})")
@@ -62,7 +62,7 @@ class DataModel:
         return ring, p, pref[: props.n], skey
 
     # ------------------------------------------------------------------ reads
-    def get(self, key: bytes, opts: m.Options, forwarded: bool) -> Awaitable[dict[str, Any]]:
+    def get(self, key: bytes, opts: m.DataOptions, forwarded: bool) -> Awaitable[dict[str, Any]]:
         c = self.c
         props = self._bucket(opts)
         _, p, pref, skey = self._place(props, opts.bucket, key)
@@ -75,7 +75,7 @@ class DataModel:
 
     # ------------------------------------------------------------------ writes
     def write(
-        self, key: bytes, value: bytes | None, raw_ctx: Any, opts: m.Options, fwd: str, forwarded: bool
+        self, key: bytes, value: bytes | None, raw_ctx: Any, opts: m.DataOptions, fwd: str, forwarded: bool
     ) -> Awaitable[dict[str, Any]]:
         c = self.c
         props = self._bucket(opts)
@@ -108,7 +108,7 @@ class DataModel:
 
     async def _read_then_write(
         self, ring: Any, p: int, pref: tuple[str, ...], skey: bytes, value: bytes | None,
-        opts: m.Options, props: BucketProps, ttl_ms: int,
+        opts: m.DataOptions, props: BucketProps, ttl_ms: int,
     ) -> dict[str, Any]:
         c = self.c
         found = await c._read(p, pref, skey, m.Options(None, opts.strict, opts.timeout_s), r=props.r, lww=props.lww)

@@ -67,12 +67,13 @@ def test_data_model_options_round_trip_and_leave_plain_requests_plain() -> None:
 
     lim = Settings().limits
     plain = mm.parse_options({"w": 2, "timeout_ms": 100}, "w", lim)
-    assert not plain.extended
-    o = mm.Options(2, False, None, "users", True, None, 1.5)
+    assert type(plain) is mm.Options
+    assert mm.parse_options(None, "r", lim) == mm.Options()
+    o = mm.DataOptions(2, False, None, "users", True, None, 1.5)
     wire = mm.options_to_wire(o, "w")
     assert wire == {"w": 2, "bucket": "users", "if_none_match": True, "ttl_ms": 1500}
     back = mm.parse_options(wire, "w", lim)
-    assert back == o and back.extended
+    assert back == o and isinstance(back, mm.DataOptions)
     assert mm.parse_options({"bucket": "default"}, "r", lim).bucket is None
     assert mm.parse_options({"ttl_ms": 0}, "w", lim).ttl_s == 0.0
 
