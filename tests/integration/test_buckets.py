@@ -24,6 +24,17 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         yield c
 
 
+@pytest.fixture
+def users(cluster: LocalCluster) -> str:
+    """Bucket "users" (n=2), made by whichever test of this worker's cluster needs it first."""
+    try:
+        call(cluster, "n1", m.BUCKET_CREATE, "users", {"n": 2, "r": 1, "w": 1})
+    except InvalidRequest as e:
+        assert "exists already" in str(e)
+    wait_until(lambda: shown_everywhere(cluster, "users"), 30, what="every node to know bucket users")
+    return "users"
+
+
 def call(c: LocalCluster, name: str, method: str, *params: object) -> object:
     return c.client(name, route=False).call(c.nodes[name].addr, method, *params)
 
@@ -52,16 +63,15 @@ def preference(c: LocalCluster, skey: bytes, n: int) -> tuple[str, ...]:
 
 
 def test_a_bucket_created_on_one_node_is_shown_by_every_node(cluster: LocalCluster) -> None:
-    made = call(cluster, "n3", m.BUCKET_CREATE, "users", {"n": 2, "r": 1, "w": 1, "ttl_s": 0})
+    made = call(cluster, "n3", m.BUCKET_CREATE, "profiles", {"n": 2, "r": 1, "w": 1, "ttl_s": 0})
     assert made["n"] == 2 and made["r"] == 1 and made["conflict"] == "siblings"  # type: ignore[index]
-    views = wait_until(lambda: shown_everywhere(cluster, "users"), 30, what="every node to know the bucket")
+    views = wait_until(lambda: shown_everywhere(cluster, "profiles"), 30, what="every node to know the bucket")
     assert all(v == made for v in views)
     names = [b["name"] for b in call(cluster, "n2", m.BUCKET_LIST)]  # type: ignore[attr-defined]
-    assert names[0] == "default" and "users" in names
+    assert names[0] == "default" and "profiles" in names
 
 
-def test_bucket_keys_are_their_own_key_space(cluster: LocalCluster) -> None:
-    wait_until(lambda: shown_everywhere(cluster, "users"), 30, what="the bucket")
+def test_bucket_keys_are_their_own_key_space(cluster: LocalCluster, users: str) -> None:
     kv = cluster.client()
     kv.put("alice", b"in-default")
     kv.put("alice", b"in-users", bucket="users")
@@ -75,8 +85,7 @@ def test_bucket_keys_are_their_own_key_space(cluster: LocalCluster) -> None:
     assert kv.get("alice").value == b"in-default"
 
 
-def test_a_bucket_with_n_2_stores_on_the_first_two_nodes_only(cluster: LocalCluster) -> None:
-    wait_until(lambda: shown_everywhere(cluster, "users"), 30, what="the bucket")
+def test_a_bucket_with_n_2_stores_on_the_first_two_nodes_only(cluster: LocalCluster, users: str) -> None:
     kv = cluster.client()
     skey = bk.storage_key("users", b"bob")
     first2 = preference(cluster, skey, 2)
@@ -105,8 +114,9 @@ def test_unknown_bucket_and_bad_properties_are_refused_clearly(cluster: LocalClu
         call(cluster, "n1", m.BUCKET_CREATE, "badprop", {"colour": "red"})
     with pytest.raises(InvalidRequest, match="bad bucket name"):
         call(cluster, "n1", m.BUCKET_CREATE, "has/slash", {})
+    call(cluster, "n1", m.BUCKET_CREATE, "twice", {})
     with pytest.raises(InvalidRequest, match="exists already"):
-        call(cluster, "n1", m.BUCKET_CREATE, "users", {})
+        call(cluster, "n1", m.BUCKET_CREATE, "twice", {})
     for name in ("toolarge", "badmode", "badprop"):
         with pytest.raises(UnknownBucket):
             call(cluster, "n3", m.BUCKET_SHOW, name)
@@ -153,7 +163,9 @@ def test_bucket_sibling_bound_and_lww_mode(cluster: LocalCluster) -> None:
     assert kv.get("k", bucket="latest").values == [b"3"]
 
 
-def test_the_registry_survives_a_restart_and_a_node_that_missed_a_change_catches_up(cluster: LocalCluster) -> None:
+def test_the_registry_survives_a_restart_and_a_node_that_missed_a_change_catches_up(
+    cluster: LocalCluster, users: str
+) -> None:
     cluster.stop("n3")
     call(cluster, "n1", m.BUCKET_CREATE, "while-down", {"w": 1})
     cluster.start("n3")
