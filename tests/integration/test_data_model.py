@@ -236,3 +236,19 @@ def test_batches_take_buckets_and_report_each_item_on_its_own(cluster: LocalClus
     # Through a node that coordinates none of them: forwarded item by item, same answers.
     raw = cluster.client("n3", route=False)
     assert [g.value for g in raw.get_many(["b", "a"], bucket="batchb")] == [b"2", None]  # type: ignore[union-attr]
+
+
+def test_a_batch_whose_coordinator_is_down_goes_item_by_item(cluster: LocalCluster) -> None:
+    kv = cluster.client()
+    items = [(f"down-{i}", str(i)) for i in range(1200)]  # more than one call's 1000 items
+    assert all(not isinstance(r, KVError) for r in kv.put_many(items, w=3))
+    cluster.stop("n2")
+    try:
+        got = kv.get_many([k for k, _ in items])
+        assert [g.value for g in got] == [v.encode() for _, v in items]  # type: ignore[union-attr]
+        res = kv.put_many([(k, "again") for k, _ in items[:50]])
+        # Calls to n2 were refused before anything was sent: safe to send item by item.
+        assert all(not isinstance(r, KVError) for r in res), [r for r in res if isinstance(r, KVError)][:3]
+    finally:
+        cluster.start("n2")
+    cluster.wait_ring(3)
