@@ -30,6 +30,12 @@ FWD_GET = "coord.get"
 FWD_PUT = "coord.put"
 FWD_DELETE = "coord.delete"
 
+# Convergent data types (kvstore.runtime.datatypes): an update coordinated by a replica of
+# the key (forwarded there like a put), and a read that merges the siblings' states.
+DT_UPDATE = "dt.update"
+DT_FETCH = "dt.fetch"
+FWD_DT_UPDATE = "coord.dt.update"
+
 # Coordinator-to-replica.
 REPLICA_GET = "replica.get"
 REPLICA_PUT = "replica.put"

@@ -79,6 +79,7 @@ class Coordinator:
         # Buckets, conditional writes and TTL (kvstore.runtime.datamodel): requests whose
         # options name any of them go there; the plain path below never looks.
         self.datamodel = DataModel(self, buckets)
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def handlers(self) -> dict[str, Callable[..., Any]]:
         """The public data API and its forwarded forms (handle-or-forward)."""
@@ -90,6 +91,14 @@ class Coordinator:
             m.FWD_PUT: lambda key, value, ctx=None, opts=None: self.put(key, value, ctx, opts, forwarded=True),
             m.FWD_DELETE: lambda key, ctx=None, opts=None: self.delete(key, ctx, opts, forwarded=True),
         }
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        # asyncio.get_running_loop() makes a getpid() system call each time: a node's
+        # coordinator lives on one loop, so it is asked once.
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     # ------------------------------------------------------------------ routing
     def _ring(self) -> Ring:
@@ -198,7 +207,7 @@ class Coordinator:
         # could be stored but never replicated.
         if (warning := m.check_record(key, new, len(record), limits or self.limits)) is not None:
             log.warning("%s", warning)
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         hinting = self.keep_hint is not None
         machine = WriteRequest(
             self.name, new, record,
@@ -221,7 +230,7 @@ class Coordinator:
         self, p: int, pref: tuple[str, ...], key: bytes, opts: m.Options, *, r: int | None = None, lww: bool | None = None
     ) -> asyncio.Future[dict[str, Any]]:
         """``r`` and ``lww`` are a bucket's (kvstore.runtime.datamodel); by default the cluster's."""
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         machine = ReadRequest(
             self.name, self.replica.read(p, key),
             preference=pref,

@@ -26,6 +26,7 @@ from kvstore.runtime.antientropy import AntiEntropy
 from kvstore.runtime.buckets import BucketRegistry
 from kvstore.runtime.cluster import ClusterView
 from kvstore.runtime.coordinator import Coordinator
+from kvstore.runtime.datatypes import Datatypes
 from kvstore.runtime.expiry import Expiry
 from kvstore.runtime.gossip import Gossip, push_pull_via
 from kvstore.runtime.gossip import rpc_handlers as gossip_handlers
@@ -173,6 +174,7 @@ class Node:
                 **self.coord.handlers(),
                 **batch.handlers(self.coord),
                 **self.buckets.handlers(),
+                **Datatypes(self.coord).handlers(),
                 **ReplicaServer(replica, self.view, self.hints.store).handlers(),
                 **self.hints.handlers(),
                 **self.handoff.handlers(),

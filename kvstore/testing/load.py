@@ -48,7 +48,7 @@ SEED = 1
 
 @dataclass(frozen=True, slots=True)
 class LoadSpec:
-    op: str  # "put" or "get"
+    op: str  # "put", "get" or "incr" (a counter data type's increment by 1; node API only)
     addrs: tuple[str, ...]
     conns: int = 4
     window: int = 64  # requests in flight per connection
@@ -84,6 +84,8 @@ def _requests(spec: LoadSpec) -> list[bytes]:
         value = b"x" * spec.value_bytes
         tail: list[Any] = [None, {}] if spec.node_api else []
         return [pack([0, i, "put", [ks[i], value, *tail]]) for i in range(NPRE)]
+    if spec.op == "incr":
+        return [pack([0, i, "dt.update", [ks[i], "counter", {"incr": 1}, None, {}]]) for i in range(NPRE)]
     tail = [{}] if spec.node_api else []
     return [pack([0, i, "get", [ks[i], *tail]]) for i in range(NPRE)]
 
