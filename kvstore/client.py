@@ -359,23 +359,26 @@ class AsyncClient:
         w: int | None = None,
         strict: bool = False,
         timeout_s: float | None = None,
+        bucket: str | None = None,
     ) -> DatatypeResult:
         """One operation on a data type (kvstore.core.crdt.parse_op lists them). Not
         idempotent (an increment sent twice counts twice), so retried only when certainly
-        not sent, as a put is."""
+        not sent, as a put is. In a bucket that declares a datatype, ``type_`` must be it."""
         k = _to_bytes(key, "key")
-        opts = m.options_to_wire(m.Options(w, strict, timeout_s), "w")
-        doc = await self._call(k, m.DT_UPDATE, [k, type_, op, context, opts], False, (timeout_s or self.timeout_s) + 1.0)
+        opts = m.options_to_wire(m.DataOptions(w, strict, timeout_s, bucket), "w")
+        doc = await self._call(
+            bk.storage_key(bucket, k), m.DT_UPDATE, [k, type_, op, context, opts], False, (timeout_s or self.timeout_s) + 1.0
+        )
         return _dt_result(doc)
 
     async def fetch(
         self, key: bytes | str, type_: str | None = None, *, r: int | None = None, strict: bool = False,
-        timeout_s: float | None = None,
+        timeout_s: float | None = None, bucket: str | None = None,
     ) -> DatatypeResult:
         """Read a data type: the merge of every sibling R replicas hold, as a plain value."""
         k = _to_bytes(key, "key")
-        opts = m.options_to_wire(m.Options(r, strict, timeout_s), "r")
-        doc = await self._call(k, m.DT_FETCH, [k, type_, opts], True, (timeout_s or self.timeout_s) + 1.0)
+        opts = m.options_to_wire(m.DataOptions(r, strict, timeout_s, bucket), "r")
+        doc = await self._call(bk.storage_key(bucket, k), m.DT_FETCH, [k, type_, opts], True, (timeout_s or self.timeout_s) + 1.0)
         return _dt_result(doc)
 
     async def incr(self, key: bytes | str, n: int = 1, **kw: Any) -> DatatypeResult:
@@ -390,7 +393,7 @@ class AsyncClient:
         """A remove without a context removes what a read finds now (as a delete does): the
         coordinator alone may not have seen every acknowledged add yet."""
         if kw.get("context") is None:
-            kw["context"] = (await self.fetch(key, type_, strict=kw.get("strict", False))).context
+            kw["context"] = (await self.fetch(key, type_, strict=kw.get("strict", False), bucket=kw.get("bucket"))).context
 
     async def remove(self, key: bytes | str, *members: bytes | str, **kw: Any) -> DatatypeResult:
         """Remove members from a set: the adds a fetch finds now, or with ``context=`` (a

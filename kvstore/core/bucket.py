@@ -163,6 +163,8 @@ def validate(p: BucketProps, cluster: Limits) -> BucketProps:
         problems.append(f"conflict must be one of {', '.join(CONFLICT_MODES)}, got {p.conflict!r}")
     if p.datatype not in DATATYPES:
         problems.append(f"datatype must be one of {', '.join(DATATYPES)}, got {p.datatype!r}")
+    if p.datatype != "none" and p.conflict != "siblings":
+        problems.append(f"a datatype needs conflict = siblings (lww would drop concurrent updates), got {p.conflict!r}")
     if not 1 <= p.max_siblings <= cluster.max_siblings:
         problems.append(f"max_siblings must be in 1..{cluster.max_siblings} (the cluster's), got {p.max_siblings}")
     if not cluster.max_value_bytes <= p.max_record_bytes <= cluster.max_record_bytes:

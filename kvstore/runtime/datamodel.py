@@ -81,6 +81,11 @@ class DataModel:
         props = self._bucket(opts)
         if value is None and opts.if_none_match:
             raise InvalidRequest("if_none_match applies to puts (a delete of an absent key does nothing already)")
+        if value is not None and props.datatype != "none":
+            raise InvalidRequest(
+                f"bucket {props.name!r} holds {props.datatype}s: update them with the data type operations "
+                "(kv incr/add/remove/register/map), not put"
+            )
         if value is None and opts.ttl_s is not None:
             raise InvalidRequest("ttl_ms applies to puts")
         if value is not None and len(value) > props.max_record_bytes:

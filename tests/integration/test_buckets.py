@@ -191,3 +191,22 @@ def test_a_siblings_bucket_keeps_siblings_in_an_lww_cluster(tmp_path: Path) -> N
         for name in c.nodes:
             assert len(vclock.decode(raw_record(c, name, skey)).siblings) == 3  # type: ignore[arg-type]
             assert len(vclock.decode(raw_record(c, name, b"k")).siblings) == 1  # type: ignore[arg-type]
+
+
+def test_a_bucket_that_declares_a_datatype(cluster: LocalCluster) -> None:
+    call(cluster, "n1", m.BUCKET_CREATE, "hits", {"datatype": "counter", "n": 2})
+    wait_until(lambda: shown_everywhere(cluster, "hits"), 30, what="the bucket")
+    with pytest.raises(InvalidRequest, match="needs conflict = siblings"):
+        call(cluster, "n1", m.BUCKET_CREATE, "lwwset", {"datatype": "set", "conflict": "lww"})
+    for name in cluster.nodes:  # through every node: some forward
+        cluster.client(name, route=False).incr("page", 2, bucket="hits")
+    kv = cluster.client()
+    got = kv.fetch("page", bucket="hits")
+    assert (got.type, got.value) == ("counter", 6)
+    empty = kv.fetch("other", bucket="hits")
+    assert (empty.type, empty.found) == ("counter", False)
+    with pytest.raises(InvalidRequest, match="holds counters, not sets"):
+        kv.add("page", "x", bucket="hits")
+    with pytest.raises(InvalidRequest, match="holds counters"):
+        kv.put("page", b"raw", bucket="hits")
+    assert not kv.get("page").found  # the default bucket's "page" is another key
