@@ -26,8 +26,10 @@ def test_the_default_bucket_is_the_cluster_settings() -> None:
 def test_new_props_take_the_base_and_follow_a_smaller_n() -> None:
     p = bk.validate(bk.new_props("b", {"n": "1"}, DEFAULT), LIMITS)
     assert (p.n, p.r, p.w) == (1, 1, 1)
-    p = bk.validate(bk.new_props("b", {"conflict": "lww", "ttl_s": "60", "datatype": "counter"}, DEFAULT), LIMITS)
-    assert p.lww and p.ttl_s == 60.0 and p.datatype == "counter" and p.n == 3
+    p = bk.validate(bk.new_props("b", {"conflict": "lww", "ttl_s": "60"}, DEFAULT), LIMITS)
+    assert p.lww and p.ttl_s == 60.0 and p.n == 3
+    p = bk.validate(bk.new_props("b", {"datatype": "counter"}, DEFAULT), LIMITS)
+    assert p.datatype == "counter" and not p.lww
 
 
 @pytest.mark.parametrize(
@@ -39,6 +41,7 @@ def test_new_props_take_the_base_and_follow_a_smaller_n() -> None:
         ({"w": 0}, "w must be in 1..n"),
         ({"conflict": "newest"}, "conflict must be one of"),
         ({"datatype": "list"}, "datatype must be one of"),
+        ({"datatype": "set", "conflict": "lww"}, "needs conflict = siblings"),
         ({"max_siblings": 1000}, "max_siblings must be in 1..100"),
         ({"max_record_bytes": 10}, "max_record_bytes must be in"),
         ({"ttl_s": -1}, "ttl_s must be in"),
