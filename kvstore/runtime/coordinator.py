@@ -315,7 +315,8 @@ class _Drive:
             tag, obj = ready.local_write
             # Applied to the local table right here, before any other request can read the
             # key; acknowledged once durable.
-            c.replica.write_new(self.p, self.key, obj).add_done_callback(functools.partial(self._answered, tag))
+            record = self.machine.record  # type: ignore[union-attr]  # only a write has a local_write
+            c.replica.write_new(self.p, self.key, obj, record).add_done_callback(functools.partial(self._answered, tag))
         for h in ready.hints:
             c._spawn(c._keep_hint(h.primary, self.p, self.key, h.obj))
         for rep in ready.repairs:

@@ -83,13 +83,10 @@ class Expiry:
     def pending(self) -> int:
         return len(self._due)
 
-    def _on_change(self, p: int, key: bytes, _old: Obj | None, new: Obj | None) -> None:
-        if new is None:
-            return
-        for s in new.siblings:
-            if s.expires:
-                self._schedule(p, key, vclock.next_expiry(new))
-                return
+    def _on_change(self, p: int, key: bytes, _old: bytes | None, rec: bytes | None, new: Obj | None) -> None:
+        # The record's first byte says whether it carries expiries: most writes stop here.
+        if rec is not None and new is not None and vclock.has_expiry(rec):
+            self._schedule(p, key, vclock.next_expiry(new))
 
     def _schedule(self, p: int, key: bytes, at: int) -> None:
         if not at:

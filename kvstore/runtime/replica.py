@@ -26,8 +26,9 @@ from storage.engine import Engine
 # Keeps a hint: (target, partition, key, version).
 KeepHint = Callable[[str, int, bytes, Obj], Awaitable[None]]
 
-# Called after each stored change: (partition, key, old, new) — Merkle trees hook in here.
-ChangeHook = Callable[[int, bytes, Obj | None, Obj | None], None]
+# Called after each stored change: (partition, key, old record, new record, new version),
+# records as stored (None: absent) — Merkle trees hook in here and hash the records.
+ChangeHook = Callable[[int, bytes, bytes | None, bytes | None, Obj | None], None]
 
 log = logging.getLogger("kvstore.replica")
 
@@ -109,11 +110,13 @@ class Replica:
     def read_raw(self, partition: int, key: bytes) -> bytes | None:
         return self.engine.get(partition, key)
 
-    def apply(self, partition: int, key: bytes, incoming: Obj) -> asyncio.Future[None] | None:
-        """Merge ``incoming`` into the local version now (visible to the next read at once);
-        the returned future completes when the merge is durable, None if nothing changed.
-        A replica acknowledges only after that future."""
-        return self._merge(partition, key, incoming)[1]
+    def apply(
+        self, partition: int, key: bytes, incoming: Obj, record: bytes | None = None
+    ) -> asyncio.Future[None] | None:
+        """Merge ``incoming`` (``record``: its encoding, if at hand) into the local version
+        now (visible to the next read at once); the returned future completes when the
+        merge is durable, None if nothing changed. A replica acknowledges only after it."""
+        return self._merge(partition, key, incoming, record)[1]
 
     async def merge_in(self, partition: int, key: bytes, incoming: Obj) -> Obj:
         """``apply`` for coroutines: returns the merged version once it is durable."""
@@ -122,8 +125,11 @@ class Replica:
             await durable
         return merged
 
-    def _merge(self, partition: int, key: bytes, incoming: Obj) -> tuple[Obj, asyncio.Future[None] | None]:
-        local = self.read(partition, key)
+    def _merge(
+        self, partition: int, key: bytes, incoming: Obj, incoming_rec: bytes | None = None
+    ) -> tuple[Obj, asyncio.Future[None] | None]:
+        old_rec = self.engine.get(partition, key)
+        local = None if old_rec is None else vclock.decode(old_rec)
         try:
             merged = vclock.sync(local, incoming)
         except DotConflict as e:
@@ -136,9 +142,12 @@ class Replica:
             merged = vclock.lww(merged)
         if merged == local:
             return merged, None
-        return merged, self._store(partition, key, local, merged)
+        # The incoming record is stored as it came when it is the merge (the usual case: a
+        # write that descends the local version), else the merge is encoded once.
+        rec = incoming_rec if incoming_rec is not None and merged == incoming else vclock.encode(merged)
+        return merged, self._store(partition, key, old_rec, merged, rec)
 
-    def write_new(self, partition: int, key: bytes, obj: Obj) -> asyncio.Future[None]:
+    def write_new(self, partition: int, key: bytes, obj: Obj, record: bytes) -> asyncio.Future[None]:
         """Store a version this node just coordinated (already merged with the local one).
 
         Not a coroutine on purpose: the write is applied to the table *now*, so the next
@@ -146,10 +155,14 @@ class Replica:
         task let two concurrent puts both start from the old version and mint the same dot,
         and one of the two siblings was lost.) The future completes once it is durable.
         """
-        return self._store(partition, key, self.read(partition, key), obj)
+        return self._store(partition, key, self.engine.get(partition, key), obj, record)
 
-    def _store(self, partition: int, key: bytes, old: Obj | None, new: Obj) -> asyncio.Future[None]:
-        durable = self.engine.put(partition, key, vclock.encode(new))
+    def _store(
+        self, partition: int, key: bytes, old_rec: bytes | None, new: Obj, record: bytes
+    ) -> asyncio.Future[None]:
+        """``record`` is ``encode(new)``: every stored record is that canonical encoding,
+        which is what makes a record's hash its version's digest."""
+        durable = self.engine.put(partition, key, record)
         hooks = self.hooks
 
         def after(f: asyncio.Future[None]) -> None:
@@ -165,7 +178,7 @@ class Replica:
                 return
             # Hooks (Merkle trees) follow what is durable: a failed write changed nothing.
             for hook in hooks:
-                hook(partition, key, old, new)
+                hook(partition, key, old_rec, record, new)
 
         durable.add_done_callback(after)
         return durable
@@ -173,12 +186,12 @@ class Replica:
     async def forget(self, partition: int, key: bytes, expected_digest: int) -> bool:
         """Remove a collected tombstone, but only if the local version is still exactly the
         one that was checked (a write that raced the collection must survive)."""
-        local = self.read(partition, key)
-        if local is None or vclock.digest(local) != expected_digest or not vclock.is_deleted(local):
+        rec = self.engine.get(partition, key)
+        if rec is None or vclock.record_digest(rec) != expected_digest or not vclock.is_deleted(vclock.decode(rec)):
             return False
         await self.engine.delete(partition, key)
         for hook in self.hooks:
-            hook(partition, key, local, None)
+            hook(partition, key, rec, None, None)
         return True
 
 
@@ -213,10 +226,11 @@ class ReplicaServer:
         so the hot path needs no task). With ``hint_for`` it is kept as a hint instead."""
         part = m.check_partition(p)
         k = m.as_bytes(key, "key")
-        obj = vclock.decode(m.as_bytes(record, "record"))
+        rec = m.as_bytes(record, "record")
+        obj = vclock.decode(rec, canonical=True)
         if hint_for is not None and self.keep_hint is not None:
             return self.keep_hint(m.as_str(hint_for, "hint_for"), part, k, obj)
-        durable = self.replica.apply(self._owned(part), k, obj)
+        durable = self.replica.apply(self._owned(part), k, obj, rec)
         return True if durable is None else durable
 
     async def put_batch(self, items: Any) -> int:
