@@ -69,3 +69,18 @@ def test_malformed_expiries_are_refused() -> None:
     for bad in ([], [-1], ["x"], [1, 2]):
         with pytest.raises(InvalidRequest, match="malformed record"):
             vc.decode(msgpack.packb([*rec[:4], bad], use_bin_type=True))
+
+
+def test_an_expiring_record_is_canonical_and_its_hash_is_its_digest() -> None:
+    o = vc.update(expiring(b"x", 9, node="b"), {}, b"y", "a", 3)  # siblings a:1 (no expiry), b:1
+    rec = vc.encode(o)
+    assert vc.decode(rec, canonical=True) == o
+    assert vc.record_digest(rec) == vc.digest(o) == vc.record_summary(rec)[0]
+    # Expiries travel with their sibling, whatever order the siblings were encoded in.
+    import msgpack
+
+    d = msgpack.unpackb(rec, raw=False)
+    flat = d[3]
+    swapped = [*flat[4:], *flat[:4]]
+    back = vc.decode(msgpack.packb([d[0], d[1], d[2], swapped, list(reversed(d[4]))], use_bin_type=True))
+    assert back == o
