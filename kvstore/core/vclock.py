@@ -369,11 +369,14 @@ def has_expiry(rec: bytes) -> bool:
     return bool(rec) and rec[0] == 0x95
 
 
+_unpackb: Callable[[Any], Any] = functools.partial(msgpack.unpackb, raw=False, use_list=True, strict_map_key=True)
+
+
 def _unpack(b: Any, what: str) -> Any:
     if not isinstance(b, bytes | bytearray | memoryview):
         raise InvalidRequest(f"malformed {what}: expected bytes, got {type(b).__name__}")
     try:
-        return msgpack.unpackb(b, raw=False, use_list=True, strict_map_key=True)
+        return _unpackb(b)
     except Exception:
         # msgpack reports bad input through a handful of unrelated exception types.
         raise InvalidRequest(f"malformed {what}") from None
@@ -388,6 +391,26 @@ def decode(b: bytes, *, canonical: bool = False) -> Obj:
     # Every replica read goes through here, so the checks are inlined (``type(x) is int``
     # also rejects bools) rather than spread over helpers.
     d = _unpack(b, "record")
+    # The common shape first: one writer in the vector, one sibling (the same checks as the
+    # general path below, without its loops).
+    if type(d) is list and len(d) == 4 and d[0] == _FORMAT and type(d[0]) is int:
+        nodes, counters, flat = d[1], d[2], d[3]
+        if type(nodes) is list and len(nodes) == 1 and type(counters) is list and len(counters) == 1 and type(flat) is list and len(flat) == 4:
+            n, c = nodes[0], counters[0]
+            idx, counter, ts, value = flat
+            if (
+                type(n) is str
+                and 0 < len(n) <= MAX_NODE_NAME_CHARS
+                and type(c) is int
+                and 0 < c < MAX_COUNTER
+                and idx == 0
+                and type(idx) is int
+                and type(counter) is int
+                and 0 < counter <= c
+                and type(ts) is int
+                and (value is None or type(value) is bytes)
+            ):
+                return Obj((_tnew(Sibling, (_tnew(Dot, (n, counter)), value, ts)),), {n: c})
     if type(d) is not list or not 4 <= len(d) <= 5 or type(d[0]) is not int or d[0] != _FORMAT:
         raise InvalidRequest("malformed record: unknown layout")
     if len(d) == 5:

@@ -117,7 +117,10 @@ class ClusterView:
         addr = self.addrs.get(node)
         if addr is None:
             return False
-        return not any(check(node, addr) for check in self.down_checks)
+        for check in self.down_checks:  # noqa: SIM110  (no generator: asked for every target of every request)
+            if check(node, addr):
+                return False
+        return True
 
     def by_preference(self, nodes: tuple[str, ...] | list[str]) -> list[str]:
         """Live nodes first, healthier first, keeping the given order among equals."""

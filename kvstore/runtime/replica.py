@@ -9,6 +9,7 @@ handoff or anti-entropy).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -19,7 +20,7 @@ import msgpack
 from kvstore.core import messages as m
 from kvstore.core import vclock
 from kvstore.core.vclock import Obj
-from kvstore.errors import DotConflict, InvalidRequest, NotOwner
+from kvstore.errors import DotConflict, InternalError, InvalidRequest, NotOwner, to_wire
 from kvstore.runtime.cluster import ClusterView
 from storage.engine import Engine
 
@@ -206,7 +207,12 @@ class ReplicaServer:
         self.keep_hint = keep_hint
 
     def handlers(self) -> dict[str, Callable[..., Any]]:
-        return {m.REPLICA_GET: self.get, m.REPLICA_PUT: self.put, m.REPLICA_PUT_BATCH: self.put_batch}
+        return {
+            m.REPLICA_GET: self.get,
+            m.REPLICA_PUT: self.put,
+            m.REPLICA_MANY: self.many,
+            m.REPLICA_PUT_BATCH: self.put_batch,
+        }
 
     def _owned(self, p: Any) -> int:
         part = m.check_partition(p)
@@ -232,6 +238,55 @@ class ReplicaServer:
             return self.keep_hint(m.as_str(hint_for, "hint_for"), part, k, obj)
         durable = self.replica.apply(self._owned(part), k, obj, rec)
         return True if durable is None else durable
+
+    def many(self, ops: Any) -> Any:
+        """One peer's replica ops of one loop turn (kvstore.core.messages.REPLICA_MANY), each
+        with its own outcome: one refused op (not owner, malformed) fails only itself. Ops are
+        applied in order, so a get after a put of the same key sees it. The reply goes once
+        every put in it is durable (they share the turn's storage batch)."""
+        if type(ops) is not list or len(ops) > m.MAX_MANY_OPS:
+            raise InvalidRequest(f"replica.many takes a list of at most {m.MAX_MANY_OPS} ops")
+        out: list[Any] = []
+        waiting: list[tuple[int, asyncio.Future[Any]]] = []
+        get, put = self.get, self.put
+        for op in ops:
+            try:
+                if type(op) is not list or not op:
+                    raise InvalidRequest("replica.many ops are [0, p, key] or [1, p, key, record, hint_for]")
+                kind = op[0]
+                if kind == m.MANY_PUT and len(op) == 5:
+                    r = put(op[1], op[2], op[3], op[4])
+                elif kind == m.MANY_GET and len(op) == 3:
+                    r = get(op[1], op[2])
+                else:
+                    raise InvalidRequest("replica.many ops are [0, p, key] or [1, p, key, record, hint_for]")
+            except Exception as e:
+                out.append([1, to_wire(e)])
+                continue
+            if isinstance(r, asyncio.Future) or asyncio.iscoroutine(r):
+                waiting.append((len(out), asyncio.ensure_future(r)))
+                out.append(None)
+            else:
+                out.append([0, r])
+        if not waiting:
+            return out
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        left = [len(waiting)]
+
+        def settle(i: int, f: asyncio.Future[Any]) -> None:
+            if f.cancelled():
+                out[i] = [1, to_wire(InternalError("replica.many: op cancelled"))]
+            elif (e := f.exception()) is not None:
+                out[i] = [1, to_wire(e)]
+            else:
+                out[i] = [0, f.result()]
+            left[0] -= 1
+            if not left[0] and not done.done():
+                done.set_result(out)
+
+        for i, f in waiting:
+            f.add_done_callback(functools.partial(settle, i))
+        return done
 
     async def put_batch(self, items: Any) -> int:
         """Hints delivered by a peer: merge each, acknowledge once all are persisted."""
