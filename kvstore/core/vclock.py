@@ -410,7 +410,7 @@ def decode(b: bytes, *, canonical: bool = False) -> Obj:
                 and type(ts) is int
                 and (value is None or type(value) is bytes)
             ):
-                return Obj((_tnew(Sibling, (_tnew(Dot, (n, counter)), value, ts)),), {n: c})
+                return Obj((_tnew(Sibling, (_tnew(Dot, (n, counter)), value, ts, 0)),), {n: c})
     if type(d) is not list or not 4 <= len(d) <= 5 or type(d[0]) is not int or d[0] != _FORMAT:
         raise InvalidRequest("malformed record: unknown layout")
     if len(d) == 5:
