@@ -222,7 +222,6 @@ class DataOptions(Options):
     ttl_s: float | None = None
 
 
-_PLAIN = Options()
 
 
 def _opt_int(opts: dict[str, Any], name: str, lo: int, hi: int) -> int | None:
@@ -236,10 +235,13 @@ def _opt_int(opts: dict[str, Any], name: str, lo: int, hi: int) -> int | None:
     return v
 
 
+_DEFAULT_OPTIONS = Options()  # immutable: shared by every request without options
+
+
 def parse_options(raw: Any, kind: str, limits: Limits) -> Options:
     """``kind`` is "r" or "w": which quorum override this request may carry."""
     if raw is None:
-        return _PLAIN
+        return _DEFAULT_OPTIONS
     if not isinstance(raw, dict):
         raise InvalidRequest(f"options must be a map, got {type(raw).__name__}")
     opts = {(k.decode("utf-8", "replace") if isinstance(k, bytes) else str(k)): v for k, v in raw.items()}

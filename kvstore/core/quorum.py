@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import NamedTuple
 
 from kvstore.core import vclock
 from kvstore.core.vclock import Obj
@@ -25,16 +26,16 @@ class Status(Enum):
     UNAVAILABLE = "unavailable"
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
-    """One replica to ask. ``hint_for`` names the primary a fallback stands in for."""
+class Target(NamedTuple):
+    """One replica to ask. ``hint_for`` names the primary a fallback stands in for.
+    (A NamedTuple, as the other per-request values: a frozen dataclass costs several
+    times as much to build, and every request builds a few.)"""
 
     node: str
     hint_for: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
+class Plan(NamedTuple):
     targets: tuple[Target, ...]
     # Primaries that are down and got no stand-in (too few healthy nodes on the ring).
     uncovered: tuple[str, ...] = ()

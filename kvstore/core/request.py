@@ -30,7 +30,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from kvstore.core import quorum, vclock
 from kvstore.core.quorum import ReadQuorum, Status, WriteQuorum
@@ -43,8 +43,7 @@ PUT = "put"
 GET = "get"
 
 
-@dataclass(frozen=True, slots=True)
-class Send:
+class Send(NamedTuple):
     """Call ``node``'s replica: ``op`` is PUT (``record``, maybe as a hint for ``hint_for``)
     or GET. ``tag`` identifies the call when its outcome is reported back."""
 
@@ -57,24 +56,21 @@ class Send:
     counted: bool = True
 
 
-@dataclass(frozen=True, slots=True)
-class KeepHint:
+class KeepHint(NamedTuple):
     """Keep ``obj`` in this node's hint store for ``primary``."""
 
     primary: str
     obj: Obj
 
 
-@dataclass(frozen=True, slots=True)
-class Repair:
+class Repair(NamedTuple):
     """Read repair: merge ``obj`` into ``node``'s copy (``node`` may be the coordinator)."""
 
     node: str
     obj: Obj
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
+class Reply(NamedTuple):
     """The client's answer: ``result`` on success, else ``error``."""
 
     result: dict[str, Any] | None = None
@@ -167,6 +163,12 @@ class WriteRequest:
         self._settle(self.quorum.decide(), ready)
         return ready
 
+    @property
+    def settled(self) -> bool:
+        """Replied: from now on an acknowledgement changes nothing (a failure still may,
+        since the failed replica's copy must be covered by a stand-in or a hint)."""
+        return self._replied
+
     def acked(self, tag: int) -> Ready:
         ready = Ready()
         t = self._by_tag.pop(tag, None)
@@ -225,7 +227,7 @@ class WriteRequest:
             return
         self._replied = True
         if status is Status.OK:
-            ready.reply = Reply({"context": vclock.encode_context(vclock.context_of(self.new))})
+            ready.reply = Reply({"context": vclock.encode_context(self.new.vv)})
         else:
             q = self.quorum
             ready.reply = Reply(error=Unavailable(q.explain(), answered=q.acks, required=self.w))

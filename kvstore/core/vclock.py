@@ -234,7 +234,12 @@ def next_expiry(obj: Obj | None) -> int:
 
 def is_deleted(obj: Obj | None) -> bool:
     """True when the key exists only as tombstones (absent, None, is not 'deleted')."""
-    return obj is not None and bool(obj.siblings) and all(s.value is None for s in obj.siblings)
+    if obj is None:
+        return False
+    sibs = obj.siblings
+    if len(sibs) == 1:  # the usual case, without a generator
+        return sibs[0].value is None
+    return bool(sibs) and all(s.value is None for s in sibs)
 
 
 @overload

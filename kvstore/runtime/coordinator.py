@@ -314,7 +314,7 @@ class _Drive:
             # Applied to the local table right here, before any other request can read the
             # key; acknowledged once durable.
             record = self.machine.record  # type: ignore[union-attr]  # only a write has a local_write
-            c.replica.write_new(self.p, self.key, obj, record).add_done_callback(functools.partial(self._stored, tag))
+            c.replica.write_new(self.p, self.key, obj, record, functools.partial(self._stored, tag))
         for h in ready.hints:
             c._spawn(c._keep_hint(h.primary, self.p, self.key, h.obj))
         for rep in ready.repairs:
@@ -340,13 +340,17 @@ class _Drive:
             self.deadline = None
             self.run(self.machine.tick(now))
 
-    def _stored(self, tag: int, f: asyncio.Future[Any]) -> None:
-        self._answered(tag, "cancelled" if f.cancelled() else reason_of(f.exception()), None)
+    def _stored(self, tag: int, exc: BaseException | None) -> None:
+        self._answered(tag, reason_of(exc), None)
 
     def _answered(self, tag: int, reason: str | None, rec: Any) -> None:
         machine = self.machine
         if isinstance(machine, WriteRequest):
-            self.run(machine.acked(tag) if reason is None else machine.failed(tag, reason))
+            if reason is None:
+                if not machine.settled:  # a late acknowledgement changes nothing
+                    self.run(machine.acked(tag))
+            else:
+                self.run(machine.failed(tag, reason))
             return
         now = self.loop.time()
         if reason is not None:

@@ -142,6 +142,8 @@ class Node:
         replica = Replica(self.engine, self.name, lww=self.s.conflict == "lww")
         if not await replica.start():
             log.info("no clean stop recorded: coordinating writes as %s (a new actor epoch)", replica.actor)
+        else:
+            log.info("clean stop recorded: coordinating writes as %s again", replica.actor)
         self.replica = replica
         self._was_member = self.engine.meta_get(WAS_MEMBER_KEY) is not None
         # Before serving: it copies the table so its trees count every write exactly once.

@@ -22,7 +22,7 @@ from kvstore.core import vclock
 from kvstore.core.vclock import Obj
 from kvstore.errors import DotConflict, InternalError, InvalidRequest, NotOwner, to_wire
 from kvstore.runtime.cluster import ClusterView
-from storage.engine import Engine
+from storage.engine import Engine, OnDurable
 
 # Keeps a hint: (target, partition, key, version).
 KeepHint = Callable[[str, int, bytes, Obj], Awaitable[None]]
@@ -39,8 +39,10 @@ CLEAN_STOP_KEY = b"replica.clean_stop"
 
 
 class Replica:
-    """``actor`` is the name this node's writes carry in vector clocks: the node name plus an
-    epoch. Within one epoch the node mints dot counters from one node-wide sequence
+    """``actor`` is the name this node's writes carry in vector clocks: an epoch, 64 random
+    bits (``~`` and 11 base64url characters; node names never hold a ``~``). Opaque, as
+    Riak's vnode ids: every record carries it, and a short one keeps memory per key down
+    (the node logs which actor it writes as). Within one epoch the node mints dot counters from one node-wide sequence
     (``counter``), so a dot is never minted twice, even for a key whose tombstone was
     collected here while a copy survived elsewhere.
 
@@ -73,8 +75,15 @@ class Replica:
         resumed = False
         if raw is not None:
             try:
-                actor, counter = msgpack.unpackb(raw, raw=False)
-                resumed = isinstance(actor, str) and actor.startswith(self.name + "~") and type(counter) is int
+                marker = msgpack.unpackb(raw, raw=False)
+                if len(marker) == 3:
+                    name, actor, counter = marker
+                else:  # the marker of a version whose actors were "name~hex"
+                    actor, counter = marker
+                    name = actor.split("~", 1)[0] if isinstance(actor, str) and "~" in actor else None
+                # Only this node's own actor: a data dir moved to another node must not
+                # make two nodes write as one.
+                resumed = name == self.name and isinstance(actor, str) and bool(actor) and type(counter) is int
             except Exception:  # a damaged marker: not a clean stop
                 resumed = False
             if resumed:
@@ -88,14 +97,14 @@ class Replica:
     def new_epoch(self) -> str:
         """Write under a fresh actor from now on. Random, so it needs no durable step before
         use: a later start either resumes it from a clean stop or takes another one."""
-        self.actor = f"{self.name}~{secrets.token_hex(8)}"
+        self.actor = "~" + secrets.token_urlsafe(8)
         self.counter = 0
         return self.actor
 
     async def record_clean_stop(self) -> None:
         """At a graceful stop, once every write is durable: the next start may resume."""
         # After a failed write the engine refuses this too: the next start takes a new epoch.
-        await self.engine.meta_put(CLEAN_STOP_KEY, msgpack.packb([self.actor, self.counter]))
+        await self.engine.meta_put(CLEAN_STOP_KEY, msgpack.packb([self.name, self.actor, self.counter]))
         await self.engine.flush()
 
     def mint(self, local: Obj | None, context: vclock.VV, value: bytes | None, ts: int) -> Obj:
@@ -112,12 +121,15 @@ class Replica:
         return self.engine.get(partition, key)
 
     def apply(
-        self, partition: int, key: bytes, incoming: Obj, record: bytes | None = None
+        self, partition: int, key: bytes, incoming: Obj, record: bytes | None = None,
+        on_done: OnDurable | None = None,
     ) -> asyncio.Future[None] | None:
         """Merge ``incoming`` (``record``: its encoding, if at hand) into the local version
-        now (visible to the next read at once); the returned future completes when the
-        merge is durable, None if nothing changed. A replica acknowledges only after it."""
-        return self._merge(partition, key, incoming, record)[1]
+        now (visible to the next read at once). The returned future completes when the merge
+        is durable, None if nothing changed; with ``on_done``, that is called instead (with
+        None or the error; at once if nothing changed) and None is returned. A replica
+        acknowledges only after it."""
+        return self._merge(partition, key, incoming, record, on_done)[1]
 
     async def merge_in(self, partition: int, key: bytes, incoming: Obj) -> Obj:
         """``apply`` for coroutines: returns the merged version once it is durable."""
@@ -127,7 +139,8 @@ class Replica:
         return merged
 
     def _merge(
-        self, partition: int, key: bytes, incoming: Obj, incoming_rec: bytes | None = None
+        self, partition: int, key: bytes, incoming: Obj, incoming_rec: bytes | None = None,
+        on_done: OnDurable | None = None,
     ) -> tuple[Obj, asyncio.Future[None] | None]:
         old_rec = self.engine.get(partition, key)
         local = None if old_rec is None else vclock.decode(old_rec)
@@ -142,47 +155,64 @@ class Replica:
         elif self.lww:
             merged = vclock.lww(merged)
         if merged == local:
+            if on_done is not None:
+                on_done(None)
             return merged, None
         # The incoming record is stored as it came when it is the merge (the usual case: a
         # write that descends the local version), else the merge is encoded once.
         rec = incoming_rec if incoming_rec is not None and merged == incoming else vclock.encode(merged)
-        return merged, self._store(partition, key, old_rec, merged, rec)
+        return merged, self._store(partition, key, old_rec, merged, rec, on_done)
 
-    def write_new(self, partition: int, key: bytes, obj: Obj, record: bytes) -> asyncio.Future[None]:
+    def write_new(
+        self, partition: int, key: bytes, obj: Obj, record: bytes, on_done: OnDurable | None = None
+    ) -> asyncio.Future[None] | None:
         """Store a version this node just coordinated (already merged with the local one).
 
         Not a coroutine on purpose: the write is applied to the table *now*, so the next
         request for the key, even in the same loop turn, builds on it. (Deferring it to a
         task let two concurrent puts both start from the old version and mint the same dot,
-        and one of the two siblings was lost.) The future completes once it is durable.
+        and one of the two siblings was lost.) The future (or ``on_done``) completes once it
+        is durable.
         """
-        return self._store(partition, key, self.engine.get(partition, key), obj, record)
+        return self._store(partition, key, self.engine.get(partition, key), obj, record, on_done)
 
     def _store(
-        self, partition: int, key: bytes, old_rec: bytes | None, new: Obj, record: bytes
-    ) -> asyncio.Future[None]:
+        self, partition: int, key: bytes, old_rec: bytes | None, new: Obj, record: bytes,
+        on_done: OnDurable | None = None,
+    ) -> asyncio.Future[None] | None:
         """``record`` is ``encode(new)``: every stored record is that canonical encoding,
         which is what makes a record's hash its version's digest."""
+        if on_done is not None:
+
+            def stored(exc: BaseException | None) -> None:
+                self._stored(partition, key, old_rec, record, new, exc)
+                on_done(exc)
+
+            self.engine.put(partition, key, record, stored)
+            return None
         durable = self.engine.put(partition, key, record)
-        hooks = self.hooks
 
         def after(f: asyncio.Future[None]) -> None:
-            if f.cancelled():
-                return
-            if f.exception() is not None:
-                # Rolled back here, but the peers may hold what this node coordinated: never
-                # mint under this actor again.
-                if not self._failed_epoch:
-                    self._failed_epoch = True
-                    log.warning("storage write failed: writes coordinated from now on use a new actor epoch")
-                    self.new_epoch()
-                return
-            # Hooks (Merkle trees) follow what is durable: a failed write changed nothing.
-            for hook in hooks:
-                hook(partition, key, old_rec, record, new)
+            if not f.cancelled():
+                self._stored(partition, key, old_rec, record, new, f.exception())
 
         durable.add_done_callback(after)
         return durable
+
+    def _stored(
+        self, partition: int, key: bytes, old_rec: bytes | None, record: bytes, new: Obj, exc: BaseException | None
+    ) -> None:
+        if exc is not None:
+            # Rolled back here, but the peers may hold what this node coordinated: never
+            # mint under this actor again.
+            if not self._failed_epoch:
+                self._failed_epoch = True
+                log.warning("storage write failed: writes coordinated from now on use a new actor epoch")
+                self.new_epoch()
+            return
+        # Hooks (Merkle trees) follow what is durable: a failed write changed nothing.
+        for hook in self.hooks:
+            hook(partition, key, old_rec, record, new)
 
     async def forget(self, partition: int, key: bytes, expected_digest: int) -> bool:
         """Remove a collected tombstone, but only if the local version is still exactly the
@@ -246,47 +276,7 @@ class ReplicaServer:
         every put in it is durable (they share the turn's storage batch)."""
         if type(ops) is not list or len(ops) > m.MAX_MANY_OPS:
             raise InvalidRequest(f"replica.many takes a list of at most {m.MAX_MANY_OPS} ops")
-        out: list[Any] = []
-        waiting: list[tuple[int, asyncio.Future[Any]]] = []
-        get, put = self.get, self.put
-        for op in ops:
-            try:
-                if type(op) is not list or not op:
-                    raise InvalidRequest("replica.many ops are [0, p, key] or [1, p, key, record, hint_for]")
-                kind = op[0]
-                if kind == m.MANY_PUT and len(op) == 5:
-                    r = put(op[1], op[2], op[3], op[4])
-                elif kind == m.MANY_GET and len(op) == 3:
-                    r = get(op[1], op[2])
-                else:
-                    raise InvalidRequest("replica.many ops are [0, p, key] or [1, p, key, record, hint_for]")
-            except Exception as e:
-                out.append([1, to_wire(e)])
-                continue
-            if isinstance(r, asyncio.Future) or asyncio.iscoroutine(r):
-                waiting.append((len(out), asyncio.ensure_future(r)))
-                out.append(None)
-            else:
-                out.append([0, r])
-        if not waiting:
-            return out
-        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        left = [len(waiting)]
-
-        def settle(i: int, f: asyncio.Future[Any]) -> None:
-            if f.cancelled():
-                out[i] = [1, to_wire(InternalError("replica.many: op cancelled"))]
-            elif (e := f.exception()) is not None:
-                out[i] = [1, to_wire(e)]
-            else:
-                out[i] = [0, f.result()]
-            left[0] -= 1
-            if not left[0] and not done.done():
-                done.set_result(out)
-
-        for i, f in waiting:
-            f.add_done_callback(functools.partial(settle, i))
-        return done
+        return _Many(self, ops).run()
 
     async def put_batch(self, items: Any) -> int:
         """Hints delivered by a peer: merge each, acknowledge once all are persisted."""
@@ -301,3 +291,77 @@ class ReplicaServer:
         # All checked before any is merged: a refused batch changes nothing.
         await asyncio.gather(*(self.replica.merge_in(p, k, obj) for p, k, obj in decoded))
         return len(decoded)
+
+
+_BAD_OP = "replica.many ops are [0, p, key] or [1, p, key, record, hint_for]"
+
+
+class _Many:
+    """One replica.many call: the outcome of each op, and the reply once all are known.
+    Merges report through the storage engine's callbacks (no future per op)."""
+
+    __slots__ = ("done", "left", "out", "server")
+
+    def __init__(self, server: ReplicaServer, ops: list[Any]) -> None:
+        self.server = server
+        self.out: list[Any] = ops  # each op's slot is overwritten by its outcome, in place
+        self.left = 1  # ops still to hear from, plus one until every op has been started
+        self.done: asyncio.Future[Any] | None = None
+
+    def run(self) -> Any:
+        server = self.server
+        replica = server.replica
+        out = self.out
+        for i, op in enumerate(out):
+            try:
+                if type(op) is not list or not op:
+                    raise InvalidRequest(_BAD_OP)
+                kind = op[0]
+                if kind == m.MANY_GET and len(op) == 3:
+                    out[i] = [0, server.get(op[1], op[2])]
+                    continue
+                if kind != m.MANY_PUT or len(op) != 5:
+                    raise InvalidRequest(_BAD_OP)
+                _, p, key, record, hint_for = op
+                part = m.check_partition(p)
+                k = m.as_bytes(key, "key")
+                rec = m.as_bytes(record, "record")
+                obj = vclock.decode(rec, canonical=True)
+                if hint_for is not None and server.keep_hint is not None:
+                    kept = asyncio.ensure_future(server.keep_hint(m.as_str(hint_for, "hint_for"), part, k, obj))
+                    self.left += 1
+                    kept.add_done_callback(functools.partial(self._kept, i))
+                    continue
+                owned = server._owned(part)
+                # Counted before the merge: a merge that changes nothing reports at once.
+                self.left += 1
+                try:
+                    replica.apply(owned, k, obj, rec, functools.partial(self._stored, i))
+                except BaseException:
+                    self.left -= 1
+                    raise
+            except Exception as e:
+                out[i] = [1, to_wire(e)]
+        self.left -= 1
+        if not self.left:
+            return out
+        self.done = asyncio.get_running_loop().create_future()
+        return self.done
+
+    def _stored(self, i: int, exc: BaseException | None) -> None:
+        self.out[i] = [0, True] if exc is None else [1, to_wire(exc)]
+        self._one_less()
+
+    def _kept(self, i: int, f: asyncio.Future[Any]) -> None:
+        if f.cancelled():
+            self.out[i] = [1, to_wire(InternalError("replica.many: hint cancelled"))]
+        elif (e := f.exception()) is not None:
+            self.out[i] = [1, to_wire(e)]
+        else:
+            self.out[i] = [0, f.result()]
+        self._one_less()
+
+    def _one_less(self) -> None:
+        self.left -= 1
+        if not self.left and self.done is not None and not self.done.done():
+            self.done.set_result(self.out)
