@@ -1,13 +1,16 @@
 """``kv``: the command line of kvstore.
 
-    kv put KEY VALUE        kv get KEY        kv delete KEY
+    kv put KEY VALUE        kv get KEY        kv delete KEY      (KEY may be BUCKET/KEY)
+    kv get-many KEY...      kv put-many KEY=VALUE...
+    kv bucket create|set|show|list
     kv incr KEY [N]         kv add KEY MEMBER kv remove KEY MEMBER   kv map KEY ...   kv fetch KEY
     kv node start ...       kv node ping
     kv cluster up           kv cluster status
     kv bench                load a cluster, side by side with a bare msgpack-RPC server
     kv secret new           print a fresh key for a cluster's key file
 
-Exit status: 0 ok (found), 1 not found, 2 usage (also a refused key or certificate), 3 unavailable or timed out.
+Exit status: 0 ok (found), 1 not found, 2 usage (also a refused key or certificate), 3 unavailable or timed out,
+4 a conditional write's condition did not hold.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ LAZY_COMMANDS = {
     "cluster": "cli.cluster_cmds:cluster",
     "bench": "cli.bench_cmds:bench",
     "keys": "cli.keys_cmd:keys",
+    "bucket": "cli.bucket_cmds:bucket",
+    "get-many": "cli.batch_cmds:get_many",
+    "put-many": "cli.batch_cmds:put_many",
 }
 DATATYPE_COMMANDS = ("incr", "add", "remove", "register", "map", "fetch")
 
@@ -140,6 +146,20 @@ def cli(
     ctx.obj["json"] = as_json
 
 
+def bucket_option(f: Any) -> Any:
+    return click.option(
+        "--bucket", "-b", default=None,
+        help="Bucket of the key(s) (default: BUCKET/KEY names one when BUCKET exists, else the default bucket).",
+    )(f)
+
+
+def _plain(key: str, bucket: str | None, *conditions: Any) -> bool:
+    """A request of the default bucket with no condition or TTL: it takes the blocking
+    one-request path. Anything else (a bucket to resolve, a condition, a TTL) goes through
+    the client library."""
+    return bucket is None and "/" not in key and not any(c not in (None, False) for c in conditions)
+
+
 def _options(quorum_name: str, quorum: int | None, strict: bool) -> dict[str, Any]:
     """The wire options of a data request (kvstore.core.messages.options_to_wire's form)."""
     opts: dict[str, Any] = {}
@@ -154,20 +174,40 @@ def _options(quorum_name: str, quorum: int | None, strict: bool) -> dict[str, An
 @click.argument("key")
 @click.argument("value")
 @click.option("--context", "context", default=None, help="Context from `kv get`: replaces what that read saw.")
-@click.option("-w", type=int, default=None, help="Replicas that must acknowledge (default: cluster's W).")
+@click.option("-w", type=int, default=None, help="Replicas that must acknowledge (default: the bucket's W).")
 @click.option("--strict", is_flag=True, help="Count only the key's primary replicas (no fallbacks).")
+@click.option("--if-none-match", is_flag=True, help="Only if KEY is absent (exit 4 otherwise).")
+@click.option("--if-not-modified", default=None, metavar="CONTEXT", help="Only if KEY is still as the `kv get` that printed CONTEXT saw it (exit 4 otherwise).")
+@click.option("--ttl", "ttl_s", type=click.FloatRange(0), default=None, help="Expire the value after this many seconds (0: never; default: the bucket's ttl_s).")
 @json_option("Print the new context as JSON.")
+@bucket_option
 @connection_options
 @click.pass_context
 def put(
-    ctx: click.Context, key: str, value: str, context: str | None, w: int | None, strict: bool, as_json: bool,
+    ctx: click.Context, key: str, value: str, context: str | None, w: int | None, strict: bool,
+    if_none_match: bool, if_not_modified: str | None, ttl_s: float | None, as_json: bool, bucket: str | None,
     node_after: str | None, timeout_after: float | None,
 ) -> None:
     """Store VALUE under KEY."""
     c = out.decode_context(context)
-    doc = call_node(ctx, PUT, [key.encode("utf-8", "surrogateescape"), value.encode("utf-8", "surrogateescape"), c, _options("w", w, strict)], idempotent=False)
+    if _plain(key, bucket, if_none_match, if_not_modified, ttl_s):
+        doc = call_node(ctx, PUT, [key.encode("utf-8", "surrogateescape"), value.encode("utf-8", "surrogateescape"), c, _options("w", w, strict)], idempotent=False)
+        new_context = bytes(doc["context"])
+    else:
+        from cli.bucket_cmds import resolve
+
+        inm = out.decode_context(if_not_modified)
+
+        async def go(kv: AsyncClient) -> Any:
+            b, k = await resolve(kv, key, bucket)
+            return await kv.put(
+                k, value, context=c, w=w, strict=strict, bucket=b, if_none_match=if_none_match,
+                if_not_modified=inm, ttl_s=ttl_s,
+            )
+
+        new_context = run_client(ctx, go).context
     if as_json:
-        out.print_json({"context": out.encode_context(bytes(doc["context"]))})
+        out.print_json({"context": out.encode_context(new_context)})
 
 
 @cli.command()
@@ -175,20 +215,32 @@ def put(
 @click.option("-r", type=int, default=None, help="Replicas that must answer (default: cluster's R).")
 @click.option("--strict", is_flag=True, help="Count only the key's primary replicas (no fallbacks).")
 @json_option("Print values and context as JSON.")
+@bucket_option
 @connection_options
 @click.pass_context
 def get(
-    ctx: click.Context, key: str, r: int | None, strict: bool, as_json: bool,
+    ctx: click.Context, key: str, r: int | None, strict: bool, as_json: bool, bucket: str | None,
     node_after: str | None, timeout_after: float | None,
 ) -> None:
     """Print the value of KEY (siblings each on a line). Exit 1 if not found.
 
     A delete concurrent with a write leaves a tombstone beside the written value: it is
-    marked on stderr ("kv: ... and a tombstone"), and in --json as "tombstone": true."""
-    doc = call_node(ctx, GET_MARKED, [key.encode("utf-8", "surrogateescape"), _options("r", r, strict)], idempotent=True)
-    values = [bytes(v) for v in doc["values"]]
-    context = bytes(doc["context"])
-    tombstone = bool(doc.get("tombstone"))
+    marked on stderr ("kv: ... and a tombstone"), and in --json as "tombstone": true
+    (default bucket)."""
+    if _plain(key, bucket):
+        doc = call_node(ctx, GET_MARKED, [key.encode("utf-8", "surrogateescape"), _options("r", r, strict)], idempotent=True)
+        values = [bytes(v) for v in doc["values"]]
+        context = bytes(doc["context"])
+        tombstone = bool(doc.get("tombstone"))
+    else:
+        from cli.bucket_cmds import resolve
+
+        async def go(kv: AsyncClient) -> Any:
+            b, k = await resolve(kv, key, bucket)
+            return await kv.get(k, r=r, strict=strict, bucket=b)
+
+        res = run_client(ctx, go)
+        values, context, tombstone = list(res.values), res.context, False
     # A data type's state starts with a NUL byte (kvstore.core.crdt.MAGIC): only such a
     # value loads the data type code, so a plain get does not pay for it.
     if values and values[0][:1] == b"\x00":
@@ -232,20 +284,34 @@ def show_datatype(key: str, values: list[bytes], as_json: bool) -> None:
 @cli.command()
 @click.argument("key")
 @click.option("--context", "context", default=None, help="Context from `kv get`: delete only what that read saw.")
-@click.option("-w", type=int, default=None, help="Replicas that must acknowledge (default: cluster's W).")
+@click.option("-w", type=int, default=None, help="Replicas that must acknowledge (default: the bucket's W).")
+@click.option("--if-not-modified", default=None, metavar="CONTEXT", help="Only if KEY is still as the `kv get` that printed CONTEXT saw it (exit 4 otherwise).")
 @json_option("Print the tombstone's context as JSON.")
+@bucket_option
 @connection_options
 @click.pass_context
 def delete(
-    ctx: click.Context, key: str, context: str | None, w: int | None, as_json: bool,
-    node_after: str | None, timeout_after: float | None,
+    ctx: click.Context, key: str, context: str | None, w: int | None, if_not_modified: str | None, as_json: bool,
+    bucket: str | None, node_after: str | None, timeout_after: float | None,
 ) -> None:
     """Delete KEY: without --context, what a read finds now; with it, what that read saw
     (a value written concurrently survives as a sibling). A versioned tombstone."""
     c = out.decode_context(context)
-    doc = call_node(ctx, DELETE, [key.encode("utf-8", "surrogateescape"), c, _options("w", w, False)], idempotent=False)
+    if _plain(key, bucket, if_not_modified):
+        doc = call_node(ctx, DELETE, [key.encode("utf-8", "surrogateescape"), c, _options("w", w, False)], idempotent=False)
+        new_context = bytes(doc["context"])
+    else:
+        from cli.bucket_cmds import resolve
+
+        inm = out.decode_context(if_not_modified)
+
+        async def go(kv: AsyncClient) -> Any:
+            b, k = await resolve(kv, key, bucket)
+            return await kv.delete(k, context=c, w=w, bucket=b, if_not_modified=inm)
+
+        new_context = run_client(ctx, go).context
     if as_json:
-        out.print_json({"key": key, "deleted": True, "context": out.encode_context(bytes(doc["context"]))})
+        out.print_json({"key": key, "deleted": True, "context": out.encode_context(new_context)})
 
 
 @cli.group()

@@ -15,6 +15,7 @@ from kvstore.errors import (
     ConfigError,
     InvalidRequest,
     KVError,
+    PreconditionFailed,
     Timeout,
     Unavailable,
     Unreachable,
@@ -24,6 +25,7 @@ EXIT_OK = 0
 EXIT_NOT_FOUND = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
+EXIT_PRECONDITION = 4
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -34,6 +36,8 @@ def fail(message: str, code: int = 1) -> NoReturn:
 def exit_code_for(e: KVError) -> int:
     if isinstance(e, (Unavailable, Timeout, Unreachable)):
         return EXIT_UNAVAILABLE
+    if isinstance(e, PreconditionFailed):
+        return EXIT_PRECONDITION
     if isinstance(e, (InvalidRequest, ConfigError, AuthError)):
         return EXIT_USAGE
     return 1

@@ -5,6 +5,8 @@
         res = await kv.get("user:1")
         res.value                      # b"alice" (raises Conflict if there are siblings)
         await kv.put("user:1", b"bob", context=res.context)   # supersedes what the get saw
+        await kv.put("s1", b"x", bucket="sessions", ttl_s=60, if_none_match=True)
+        await kv.get_many(["a", "b"])   # one round trip per coordinator
 
 With a cluster secret, give its key file (``secret_file=``, or the environment's
 KV_SECRET_FILE, as the nodes read it); with TLS, the CA that signed the nodes' certificates
@@ -26,9 +28,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kvstore.core import bucket as bk
 from kvstore.core import messages as m
 from kvstore.core.ring import Ring, partition_of
-from kvstore.errors import Conflict, InvalidRequest, KVError
+from kvstore.errors import Conflict, InvalidRequest, KVError, from_wire, was_sent
 from kvstore.retry import Demoted, RetryPolicy
 from kvstore.runtime.rpc import RpcClient
 from kvstore.runtime.security import client_options
@@ -197,11 +200,20 @@ class AsyncClient:
 
     # ------------------------------------------------------------------ API
     async def get(
-        self, key: bytes | str, *, r: int | None = None, strict: bool = False, timeout_s: float | None = None
+        self,
+        key: bytes | str,
+        *,
+        r: int | None = None,
+        strict: bool = False,
+        timeout_s: float | None = None,
+        bucket: str | None = None,
     ) -> GetResult:
         k = _to_bytes(key, "key")
-        opts = m.options_to_wire(m.Options(r, strict, timeout_s), "r")
-        doc = await self._call(k, m.GET, [k, opts], True, (timeout_s or self.timeout_s) + 1.0)
+        opts = m.options_to_wire(m.DataOptions(r, strict, timeout_s, bucket), "r")
+        doc = await self._call(bk.storage_key(bucket, k), m.GET, [k, opts], True, (timeout_s or self.timeout_s) + 1.0)
+        return self._get_result(doc)
+
+    def _get_result(self, doc: Any) -> GetResult:
         return GetResult([bytes(v) for v in doc["values"]], bytes(doc["context"]), self.resolver)
 
     async def put(
@@ -213,9 +225,17 @@ class AsyncClient:
         w: int | None = None,
         strict: bool = False,
         timeout_s: float | None = None,
+        bucket: str | None = None,
+        if_none_match: bool = False,
+        if_not_modified: bytes | None = None,
+        ttl_s: float | None = None,
     ) -> PutResult:
+        """``if_none_match``: only if the key is absent; ``if_not_modified``: only if the key
+        is still as the read that gave this context saw it (PreconditionFailed otherwise);
+        ``ttl_s``: the value expires after this long (0: never, whatever the bucket says)."""
         k = _to_bytes(key, "key")
-        return await self._write(k, _to_bytes(value, "value"), context, m.Options(w, strict, timeout_s))
+        o = m.DataOptions(w, strict, timeout_s, bucket, if_none_match, if_not_modified, ttl_s)
+        return await self._write(k, _to_bytes(value, "value"), context, o)
 
     async def delete(
         self,
@@ -225,16 +245,108 @@ class AsyncClient:
         w: int | None = None,
         strict: bool = False,
         timeout_s: float | None = None,
+        bucket: str | None = None,
+        if_not_modified: bytes | None = None,
     ) -> PutResult:
-        return await self._write(_to_bytes(key, "key"), None, context, m.Options(w, strict, timeout_s))
+        o = m.DataOptions(w, strict, timeout_s, bucket, if_not_modified=if_not_modified)
+        return await self._write(_to_bytes(key, "key"), None, context, o)
 
-    async def _write(self, k: bytes, v: bytes | None, context: bytes | None, o: m.Options) -> PutResult:
+    async def _write(self, k: bytes, v: bytes | None, context: bytes | None, o: m.DataOptions) -> PutResult:
         """A put of ``v``, or with None a delete: not idempotent, so retried only as
         kvstore.retry allows."""
         opts = m.options_to_wire(o, "w")
         method, params = (m.DELETE, [k, context, opts]) if v is None else (m.PUT, [k, v, context, opts])
-        doc = await self._call(k, method, params, False, (o.timeout_s or self.timeout_s) + 1.0)
+        doc = await self._call(bk.storage_key(o.bucket, k), method, params, False, (o.timeout_s or self.timeout_s) + 1.0)
         return PutResult(bytes(doc["context"]))
+
+    # ------------------------------------------------------------------ batches
+    async def get_many(
+        self,
+        keys: Sequence[bytes | str],
+        *,
+        bucket: str | None = None,
+        r: int | None = None,
+        timeout_s: float | None = None,
+    ) -> list[GetResult | KVError]:
+        """Read many keys: one call per coordinator (the first preference-list node of each
+        key). One result per key, in order: a GetResult, or the KVError of that key alone."""
+        opts = m.options_to_wire(m.DataOptions(r, False, timeout_s, bucket), "r")
+        ks = [_to_bytes(k, "key") for k in keys]
+        items: list[list[Any]] = [[k, opts] for k in ks]
+
+        async def alone(i: int) -> Any:
+            return await self._call(bk.storage_key(bucket, ks[i]), m.GET, items[i], True, (timeout_s or self.timeout_s) + 1.0)
+
+        docs = await self._batch(m.GET_MANY, [bk.storage_key(bucket, k) for k in ks], items, alone, True, timeout_s)
+        return [d if isinstance(d, KVError) else self._get_result(d) for d in docs]
+
+    async def put_many(
+        self,
+        items: Sequence[tuple[bytes | str, bytes | str | None] | tuple[bytes | str, bytes | str | None, bytes | None]],
+        *,
+        bucket: str | None = None,
+        w: int | None = None,
+        ttl_s: float | None = None,
+        timeout_s: float | None = None,
+    ) -> list[PutResult | KVError]:
+        """Write many ``(key, value)`` or ``(key, value, context)`` items (a None value
+        deletes): one call per coordinator; one result per item, in order. An item whose
+        call failed on the way has an unknown outcome, like a single put's."""
+        wire: list[list[Any]] = []
+        skeys: list[bytes] = []
+        for it in items:
+            k = _to_bytes(it[0], "key")
+            v = None if it[1] is None else _to_bytes(it[1], "value")
+            ctx = it[2] if len(it) > 2 else None  # type: ignore[misc]
+            opts = m.options_to_wire(m.DataOptions(w, False, timeout_s, bucket, ttl_s=None if v is None else ttl_s), "w")
+            wire.append([k, v, ctx, opts])
+            skeys.append(bk.storage_key(bucket, k))
+
+        async def alone(i: int) -> Any:
+            k, v, ctx, opts = wire[i]
+            method, params = (m.DELETE, [k, ctx, opts]) if v is None else (m.PUT, [k, v, ctx, opts])
+            return await self._call(skeys[i], method, params, False, (timeout_s or self.timeout_s) + 1.0)
+
+        docs = await self._batch(m.PUT_MANY, skeys, wire, alone, False, timeout_s)
+        return [d if isinstance(d, KVError) else PutResult(bytes(d["context"])) for d in docs]
+
+    async def _batch(
+        self, method: str, skeys: list[bytes], items: list[list[Any]], alone: Callable[[int], Any],
+        idempotent: bool, timeout_s: float | None,
+    ) -> list[Any]:
+        """Send ``items`` grouped by coordinator; a group whose call failed goes item by item
+        (with the single requests' retries) when that is safe: always for reads, for writes
+        only if the call certainly was not sent."""
+        await asyncio.sleep(0)
+        await self._refresh_ring()
+        groups: dict[str, list[int]] = {}
+        for i, sk in enumerate(skeys):
+            groups.setdefault(self._candidates(sk)[0], []).append(i)
+        out: list[Any] = [None] * len(items)
+        # The coordinator's deadline per item, plus a forward hop, plus slack.
+        wait = (timeout_s or self.timeout_s) * 2 + 1.0
+
+        async def one(addr: str, idx: list[int]) -> None:
+            try:
+                res = await self.rpc.call(addr, method, [[items[i] for i in idx]], wait)
+            except KVError as e:
+                if self.retry.demotes(e):
+                    self._demoted.add(addr, time.monotonic())
+                if idempotent or not was_sent(e):
+                    for i in idx:
+                        try:
+                            out[i] = await alone(i)
+                        except KVError as e2:
+                            out[i] = e2
+                else:
+                    for i in idx:
+                        out[i] = e
+                return
+            for i, r in zip(idx, res, strict=True):
+                out[i] = from_wire(r["error"]) if "error" in r else r["ok"]
+
+        await asyncio.gather(*(one(a, idx) for a, idx in _split(groups)))
+        return out
 
     # ------------------------------------------------------------------ data types
     async def update(
@@ -247,23 +359,26 @@ class AsyncClient:
         w: int | None = None,
         strict: bool = False,
         timeout_s: float | None = None,
+        bucket: str | None = None,
     ) -> DatatypeResult:
         """One operation on a data type (kvstore.core.crdt.parse_op lists them). Not
         idempotent (an increment sent twice counts twice), so retried only when certainly
-        not sent, as a put is."""
+        not sent, as a put is. In a bucket that declares a datatype, ``type_`` must be it."""
         k = _to_bytes(key, "key")
-        opts = m.options_to_wire(m.Options(w, strict, timeout_s), "w")
-        doc = await self._call(k, m.DT_UPDATE, [k, type_, op, context, opts], False, (timeout_s or self.timeout_s) + 1.0)
+        opts = m.options_to_wire(m.DataOptions(w, strict, timeout_s, bucket), "w")
+        doc = await self._call(
+            bk.storage_key(bucket, k), m.DT_UPDATE, [k, type_, op, context, opts], False, (timeout_s or self.timeout_s) + 1.0
+        )
         return _dt_result(doc)
 
     async def fetch(
         self, key: bytes | str, type_: str | None = None, *, r: int | None = None, strict: bool = False,
-        timeout_s: float | None = None,
+        timeout_s: float | None = None, bucket: str | None = None,
     ) -> DatatypeResult:
         """Read a data type: the merge of every sibling R replicas hold, as a plain value."""
         k = _to_bytes(key, "key")
-        opts = m.options_to_wire(m.Options(r, strict, timeout_s), "r")
-        doc = await self._call(k, m.DT_FETCH, [k, type_, opts], True, (timeout_s or self.timeout_s) + 1.0)
+        opts = m.options_to_wire(m.DataOptions(r, strict, timeout_s, bucket), "r")
+        doc = await self._call(bk.storage_key(bucket, k), m.DT_FETCH, [k, type_, opts], True, (timeout_s or self.timeout_s) + 1.0)
         return _dt_result(doc)
 
     async def incr(self, key: bytes | str, n: int = 1, **kw: Any) -> DatatypeResult:
@@ -278,7 +393,7 @@ class AsyncClient:
         """A remove without a context removes what a read finds now (as a delete does): the
         coordinator alone may not have seen every acknowledged add yet."""
         if kw.get("context") is None:
-            kw["context"] = (await self.fetch(key, type_, strict=kw.get("strict", False))).context
+            kw["context"] = (await self.fetch(key, type_, strict=kw.get("strict", False), bucket=kw.get("bucket"))).context
 
     async def remove(self, key: bytes | str, *members: bytes | str, **kw: Any) -> DatatypeResult:
         """Remove members from a set: the adds a fetch finds now, or with ``context=`` (a
@@ -314,6 +429,12 @@ class AsyncClient:
         return await self.rpc.call(addr, method, list(params), self.timeout_s)
 
 
+def _split(groups: dict[str, list[int]]) -> list[tuple[str, list[int]]]:
+    """Each coordinator's items in calls of at most what a node accepts in one batch."""
+    n = m.MAX_BATCH_ITEMS
+    return [(a, idx[i : i + n]) for a, idx in groups.items() for i in range(0, len(idx), n)]
+
+
 class Client:
     """Blocking client: the same API as AsyncClient, on a private event loop.
 
@@ -341,6 +462,12 @@ class Client:
 
     def delete(self, key: bytes | str, **kw: Any) -> PutResult:
         return self._run(self._c.delete(key, **kw))  # type: ignore[no-any-return]
+
+    def get_many(self, keys: Sequence[bytes | str], **kw: Any) -> list[GetResult | KVError]:
+        return self._run(self._c.get_many(keys, **kw))  # type: ignore[no-any-return]
+
+    def put_many(self, items: Sequence[Any], **kw: Any) -> list[PutResult | KVError]:
+        return self._run(self._c.put_many(items, **kw))  # type: ignore[no-any-return]
 
     def update(self, key: bytes | str, type_: str, op: dict[str, Any], **kw: Any) -> DatatypeResult:
         return self._run(self._c.update(key, type_, op, **kw))  # type: ignore[no-any-return]

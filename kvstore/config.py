@@ -155,6 +155,15 @@ class Settings:
         "time-based safety rules leave this much room.",
     )
 
+    # --- data model: buckets, TTL (README "Data model")
+    bucket_sync_interval_s: float = _s(
+        2.0,
+        "How often a node pulls the bucket registry from one random live member (changes are "
+        "also pushed to every member at once; this catches the ones that missed it).",
+    )
+    ttl_sweep_interval_s: float = _s(1.0, "How often expired keys this node stores are looked for and tombstoned.")
+    ttl_sweep_max_keys: int = _s(500, "Most expired keys one sweep tombstones (the rest wait for the next sweep).")
+
     # --- RPC client
     connect_timeout_s: float = _s(1.0, "Deadline to open a TCP connection to a peer.")
     reconnect_min_s: float = _s(0.05, "First reconnect backoff; doubles up to reconnect_max_s.")
@@ -236,7 +245,7 @@ class Settings:
             "max_key_bytes", "max_value_bytes", "max_frame_bytes", "hint_batch_keys",
             "handoff_batch_keys", "aae_exchanges_per_min", "aae_max_repairs_per_s",
             "max_record_bytes", "max_siblings", "warn_siblings", "hint_batch_bytes",
-            "handoff_batch_bytes", "keys_list_rate_per_s", "keys_list_page_keys",
+            "handoff_batch_bytes", "keys_list_rate_per_s", "keys_list_page_keys", "ttl_sweep_max_keys",
             "max_frame_depth", "max_frame_elements", "max_inflight_per_conn",
             "max_reply_buffer_bytes", "max_connections",
         ):

@@ -4,7 +4,11 @@
     ├── InvalidRequest           code "invalid_request" malformed params, wrong types, bad key
     │   ├── TooLarge             code "too_large"     key, value or frame over its limit
     │   ├── UnknownMethod        code "unknown_method" no such RPC method
-    │   └── Conflict             code "conflict"      one value asked of a key that has siblings
+    │   ├── Conflict             code "conflict"      one value asked of a key that has siblings
+    │   └── UnknownBucket        code "unknown_bucket" a bucket that was never created
+    ├── PreconditionFailed       code "precondition_failed" a conditional write whose condition
+    │                                                 did not hold (``reason``: exists, modified)
+    ├── ChangeRefused            code "change_refused" a bucket change that cannot be made live
     ├── ProtocolError            code "protocol"      bytes on the wire that are not msgpack-RPC
     ├── Unavailable              code "unavailable"   fewer than R/W replicas answered in time
     ├── DotConflict              code "dot_conflict"  two versions of a key under one dot: refused
@@ -34,6 +38,7 @@ from typing import Any, ClassVar
 
 __all__ = [
     "AuthError",
+    "ChangeRefused",
     "ConfigError",
     "Conflict",
     "DotConflict",
@@ -41,11 +46,13 @@ __all__ = [
     "InvalidRequest",
     "KVError",
     "NotOwner",
+    "PreconditionFailed",
     "ProtocolError",
     "StorageError",
     "Timeout",
     "TooLarge",
     "Unavailable",
+    "UnknownBucket",
     "UnknownMethod",
     "Unreachable",
     "from_wire",
@@ -85,6 +92,27 @@ class Conflict(InvalidRequest):
     ``.values``, or give the client a resolver."""
 
     code = "conflict"
+
+
+class UnknownBucket(InvalidRequest):
+    """A request named a bucket that no node has heard of (``kv bucket create`` makes one)."""
+
+    code = "unknown_bucket"
+
+
+class PreconditionFailed(KVError):
+    """A conditional write was refused: ``if_none_match`` found a live value (``reason``
+    "exists"), or ``if_not_modified`` found the key changed since the given context
+    ("modified"). Nothing was written. Not retried: the same request fails the same way."""
+
+    code = "precondition_failed"
+
+
+class ChangeRefused(KVError):
+    """A bucket change that cannot be made on a live cluster (the N or datatype of a bucket
+    that holds keys); the bucket is left as it was."""
+
+    code = "change_refused"
 
 
 class ProtocolError(KVError):
@@ -170,6 +198,9 @@ _BY_CODE: dict[str, type[KVError]] = {
         TooLarge,
         UnknownMethod,
         Conflict,
+        UnknownBucket,
+        PreconditionFailed,
+        ChangeRefused,
         ProtocolError,
         Unavailable,
         DotConflict,

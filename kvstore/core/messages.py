@@ -81,6 +81,24 @@ KEYS_LIST = "keys.list"
 # Membership (kvstore.runtime.gossip): a full-state exchange over TCP.
 GOSSIP_PUSH_PULL = "gossip.push_pull"
 
+# Buckets (kvstore.runtime.buckets): public admin calls, and the registry's exchange.
+BUCKET_CREATE = "bucket.create"
+BUCKET_SET = "bucket.set"
+BUCKET_SHOW = "bucket.show"
+BUCKET_LIST = "bucket.list"
+BUCKET_SYNC = "bucket.sync"  # node to node: [digest, doc or None] -> doc or None
+BUCKET_COUNT = "bucket.count"  # node to node: keys of a bucket stored here (an emptiness check)
+
+# Batches (kvstore.runtime.batch): several gets or puts in one call to one coordinator.
+GET_MANY = "get_many"
+PUT_MANY = "put_many"
+# Most items in one batch call: bounds the work one frame can start on a node.
+MAX_BATCH_ITEMS = 1000
+
+# Storage keys of named buckets start with these bytes (kvstore.core.bucket); a key of the
+# default bucket may not, so the two key spaces never meet.
+RESERVED_KEY_PREFIX = b"\x00\xffkvb"
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -135,6 +153,8 @@ def check_key(raw: Any, limits: Limits) -> bytes:
         raise InvalidRequest("key must not be empty")
     if len(key) > limits.max_key_bytes:
         raise TooLarge(f"key is {len(key)} bytes, over the limit of {limits.max_key_bytes}")
+    if key[0] == 0 and key.startswith(RESERVED_KEY_PREFIX):
+        raise InvalidRequest(f"keys may not start with the reserved bytes {RESERVED_KEY_PREFIX!r}")
     return key
 
 
@@ -195,6 +215,23 @@ class Options:
     timeout_s: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class DataOptions(Options):
+    """Options of a request that uses the data model (README "Data model"): ``bucket``
+    (None: the default bucket), ``if_none_match`` (create only if absent), ``if_not_modified``
+    (a context: write only if the key is still as that read saw it), ``ttl_s`` (expire the
+    write after this long; 0: never, overriding the bucket's default). A subclass, so that
+    plain requests build and check only the three fields above: the coordinator sends a
+    request here only when its options are of this class."""
+
+    bucket: str | None = None
+    if_none_match: bool = False
+    if_not_modified: bytes | None = None
+    ttl_s: float | None = None
+
+
+
+
 def _opt_int(opts: dict[str, Any], name: str, lo: int, hi: int) -> int | None:
     v = opts.get(name)
     if v is None:
@@ -216,7 +253,7 @@ def parse_options(raw: Any, kind: str, limits: Limits) -> Options:
     if not isinstance(raw, dict):
         raise InvalidRequest(f"options must be a map, got {type(raw).__name__}")
     opts = {(k.decode("utf-8", "replace") if isinstance(k, bytes) else str(k)): v for k, v in raw.items()}
-    unknown = set(opts) - {"r", "w", "strict", "timeout_ms"}
+    unknown = set(opts) - _KNOWN_OPTIONS
     if unknown:
         raise InvalidRequest(f"unknown option(s): {', '.join(sorted(unknown))}")
     other = "w" if kind == "r" else "r"
@@ -227,7 +264,37 @@ def parse_options(raw: Any, kind: str, limits: Limits) -> Options:
     if not isinstance(strict, bool):
         raise InvalidRequest(f"option strict must be true or false, got {strict!r}")
     t = _opt_int(opts, "timeout_ms", 1, 600_000)
-    return Options(quorum, strict, None if t is None else t / 1000.0)
+    o = Options(quorum, strict, None if t is None else t / 1000.0)
+    if not opts.keys() <= _BASE_OPTIONS:
+        return _data_model_options(o, opts, kind)
+    return o
+
+
+_BASE_OPTIONS = frozenset({"r", "w", "strict", "timeout_ms"})
+_DATA_MODEL_OPTIONS = frozenset({"bucket", "if_none_match", "if_not_modified", "ttl_ms"})
+_KNOWN_OPTIONS = _BASE_OPTIONS | _DATA_MODEL_OPTIONS
+MAX_TTL_MS = 10 * 365 * 86400 * 1000
+
+
+def _data_model_options(o: Options, opts: dict[str, Any], kind: str) -> DataOptions:
+    bucket = opts.get("bucket")
+    if bucket is not None:
+        bucket = as_str(bucket, "option bucket")
+        if bucket == "default":
+            bucket = None
+    inm = opts.get("if_none_match", False)
+    if not isinstance(inm, bool):
+        raise InvalidRequest(f"option if_none_match must be true or false, got {inm!r}")
+    inm_ctx = opts.get("if_not_modified")
+    ctx = None if inm_ctx is None else as_bytes(inm_ctx, "option if_not_modified")
+    ttl = _opt_int(opts, "ttl_ms", 0, MAX_TTL_MS)
+    if kind == "r" and (inm or ctx is not None or ttl is not None):
+        raise InvalidRequest("if_none_match, if_not_modified and ttl_ms apply to writes only")
+    if inm and ctx is not None:
+        raise InvalidRequest("if_none_match and if_not_modified cannot be combined")
+    return DataOptions(
+        o.quorum, o.strict, o.timeout_s, bucket, inm, ctx, None if ttl is None else ttl / 1000.0
+    )
 
 
 def options_to_wire(o: Options, kind: str) -> dict[str, Any]:
@@ -238,4 +305,14 @@ def options_to_wire(o: Options, kind: str) -> dict[str, Any]:
         out["strict"] = True
     if o.timeout_s is not None:
         out["timeout_ms"] = max(1, int(o.timeout_s * 1000))
+    if not isinstance(o, DataOptions):
+        return out
+    if o.bucket is not None:
+        out["bucket"] = o.bucket
+    if o.if_none_match:
+        out["if_none_match"] = True
+    if o.if_not_modified is not None:
+        out["if_not_modified"] = o.if_not_modified
+    if o.ttl_s is not None:
+        out["ttl_ms"] = round(o.ttl_s * 1000)
     return out

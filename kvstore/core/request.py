@@ -250,10 +250,13 @@ class ReadRequest:
         now: float,
         strict: bool = False,
         lww: bool = False,
+        now_ms: int = 0,
     ) -> None:
         self.name = name
         self.local = local
         self.r = r
+        # Wall clock (ms) the answer is given at: values expired by then read as absent (TTL).
+        self.now_ms = now_ms
         self.timeout_s = timeout_s
         self.lww = lww
         self._plan = quorum.plan(preference, (), is_up, sloppy=False)
@@ -308,7 +311,10 @@ class ReadRequest:
                 else:
                     shown = vclock.lww(merged) if self.lww else merged
                     ready.reply = Reply(
-                        {"values": vclock.values(shown), "context": vclock.encode_context(vclock.context_of(merged))}
+                        {
+                            "values": vclock.values_at(shown, self.now_ms),
+                            "context": vclock.encode_context(vclock.context_of(merged)),
+                        }
                     )
             else:
                 ready.reply = Reply(error=Unavailable(q.explain(), answered=q.answered, required=self.r))

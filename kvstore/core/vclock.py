@@ -54,6 +54,8 @@ __all__ = [
     "sync_all",
     "update",
     "values",
+    "values_at",
+    "with_expiry",
 ]
 
 VV = Mapping[str, int]
@@ -85,11 +87,14 @@ class Sibling(NamedTuple):
     """A live value (or tombstone, ``value is None``) and the write that produced it.
 
     ``ts`` is the coordinator's wall clock in ms; only last-write-wins mode looks at it.
+    ``expires`` (wall clock ms, 0: never) is when the value expires (TTL): minted with the
+    dot, so two copies of one dot always agree on it; reads leave an expired value out.
     """
 
     dot: Dot
     value: bytes | None
     ts: int
+    expires: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +211,27 @@ def values(obj: Obj | None) -> list[bytes]:
     return [s.value for s in obj.siblings if s.value is not None]
 
 
+def values_at(obj: Obj | None, now_ms: int) -> list[bytes]:
+    """:func:`values` as of ``now_ms``: values expired by then are left out too."""
+    if obj is None:
+        return []
+    return [s.value for s in obj.siblings if s.value is not None and not 0 < s.expires <= now_ms]
+
+
+def with_expiry(obj: Obj, dot: Dot, expires_ms: int) -> Obj:
+    """``obj`` with the sibling of ``dot`` (a write just minted) expiring at ``expires_ms``."""
+    return Obj(
+        tuple(s._replace(expires=expires_ms) if s.dot == dot else s for s in obj.siblings), obj.vv
+    )
+
+
+def next_expiry(obj: Obj | None) -> int:
+    """The earliest expiry among live values (0: none expires)."""
+    if obj is None:
+        return 0
+    return min((s.expires for s in obj.siblings if s.expires and s.value is not None), default=0)
+
+
 def is_deleted(obj: Obj | None) -> bool:
     """True when the key exists only as tombstones (absent, None, is not 'deleted')."""
     if obj is None:
@@ -318,19 +344,34 @@ def encode(obj: Obj) -> bytes:
     """Compact bytes for storage and replication.
 
     Layout (msgpack): ``[1, [node...], [counter...], [node_index, counter, ts, value, ...]]``
-    — the node table is the vector's keys, sorted, so names are written once.
+    — the node table is the vector's keys, sorted, so names are written once. A record with
+    an expiring sibling has a fifth element, ``[expires, ...]`` (one per sibling, 0: never);
+    records without one are byte for byte what they were before TTL existed.
     """
     nodes = sorted(obj.vv)
     index = {n: i for i, n in enumerate(nodes)}
     flat: list[Any] = []
+    expiring = False
     # Sorted here too (versions are built sorted; this keeps the encoding canonical for any
     # Obj), so equal states always encode to equal bytes.
-    for s in obj.siblings if len(obj.siblings) < 2 else sorted(obj.siblings):
+    sibs = obj.siblings if len(obj.siblings) < 2 else sorted(obj.siblings)
+    for s in sibs:
         flat.append(index[s.dot.node])
         flat.append(s.dot.counter)
         flat.append(s.ts)
         flat.append(s.value)
+        if s.expires:
+            expiring = True
+    if expiring:
+        exp = [s.expires for s in sibs]
+        return _pack([_FORMAT, nodes, [obj.vv[n] for n in nodes], flat, exp])
     return _pack([_FORMAT, nodes, [obj.vv[n] for n in nodes], flat])
+
+
+def has_expiry(rec: bytes) -> bool:
+    """Whether an encoded record carries expiries, from its first byte (a msgpack fixarray
+    of five): lets a start find the expiring keys without decoding every record."""
+    return bool(rec) and rec[0] == 0x95
 
 
 _unpackb: Callable[[Any], Any] = functools.partial(msgpack.unpackb, raw=False, use_list=True, strict_map_key=True)
@@ -374,9 +415,11 @@ def decode(b: bytes, *, canonical: bool = False) -> Obj:
                 and type(ts) is int
                 and (value is None or type(value) is bytes)
             ):
-                return Obj((_tnew(Sibling, (_tnew(Dot, (n, counter)), value, ts)),), {n: c})
-    if type(d) is not list or len(d) != 4 or type(d[0]) is not int or d[0] != _FORMAT:
+                return Obj((_tnew(Sibling, (_tnew(Dot, (n, counter)), value, ts, 0)),), {n: c})
+    if type(d) is not list or not 4 <= len(d) <= 5 or type(d[0]) is not int or d[0] != _FORMAT:
         raise InvalidRequest("malformed record: unknown layout")
+    if len(d) == 5:
+        return _decode_expiring(d, canonical)
     _, nodes, counters, flat = d
     if (
         type(nodes) is not list
@@ -408,7 +451,7 @@ def decode(b: bytes, *, canonical: bool = False) -> Obj:
             raise InvalidRequest("malformed record: dot not covered by its vector")
         if type(ts) is not int or not (value is None or type(value) is bytes):
             raise InvalidRequest("malformed record: bad sibling")
-        sibs.append(_tnew(Sibling, (_tnew(Dot, (node, counter)), value, ts)))
+        sibs.append(_tnew(Sibling, (_tnew(Dot, (node, counter)), value, ts, 0)))
     if len(sibs) > 1:
         # Duplicates first: sorting equal dots would go on to compare None with bytes.
         if len({s.dot for s in sibs}) != len(sibs):
@@ -422,6 +465,21 @@ def decode(b: bytes, *, canonical: bool = False) -> Obj:
         raise InvalidRequest("malformed record: not in canonical order")
     return Obj(tuple(sibs), vv)
 
+
+def _decode_expiring(d: list[Any], canonical: bool) -> Obj:
+    """A record with expiries: the four-element record, then the expiry of each sibling in
+    the order they are encoded."""
+    exp = d.pop()
+    obj = decode(_pack(d), canonical=canonical)
+    flat, nodes = d[3], d[1]
+    if type(exp) is not list or len(exp) != len(obj.siblings) or any(type(e) is not int or e < 0 for e in exp):
+        raise InvalidRequest("malformed record: bad expiries")
+    if not any(exp):
+        if canonical:
+            raise InvalidRequest("malformed record: expiries without an expiring sibling")
+        return obj
+    by_dot = {Dot(nodes[flat[4 * i]], flat[4 * i + 1]): e for i, e in enumerate(exp)}
+    return Obj(tuple(s._replace(expires=by_dot[s.dot]) for s in obj.siblings), obj.vv)
 
 def encode_context(vv: VV) -> bytes:
     """Opaque bytes of a causal context for clients; empty context -> b""."""

@@ -25,6 +25,7 @@ from kvstore.core.vclock import Obj
 from kvstore.errors import KVError, Unavailable
 from kvstore.retry import RetryPolicy
 from kvstore.runtime.cluster import ClusterView
+from kvstore.runtime.datamodel import BucketLookup, DataModel
 from kvstore.runtime.deadlines import Deadlines
 from kvstore.runtime.outbox import Outbox, reason_of
 from kvstore.runtime.replica import KeepHint, Replica
@@ -60,6 +61,7 @@ class Coordinator:
         *,
         keep_hint: KeepHint | None = None,
         wall_ms: Callable[[], int] | None = None,
+        buckets: BucketLookup | None = None,
     ) -> None:
         self.s = settings
         self.view = view
@@ -73,6 +75,9 @@ class Coordinator:
         self._background: set[asyncio.Task[None]] = set()
         # Sloppy quorum's hints (None: hinted handoff off, and no stand-ins either).
         self.keep_hint = keep_hint
+        # Buckets, conditional writes and TTL (kvstore.runtime.datamodel): requests whose
+        # options name any of them go there; the plain path below never looks.
+        self.datamodel = DataModel(self, buckets)
         self._loop: asyncio.AbstractEventLoop | None = None
         # Every replica call of a loop turn goes out as one frame per peer.
         self.outbox = Outbox(rpc, view.addr_of)
@@ -134,6 +139,8 @@ class Coordinator:
     def get(self, raw_key: Any, raw_opts: Any, *, forwarded: bool = False) -> Awaitable[dict[str, Any]]:
         key = m.check_key(raw_key, self.limits)
         opts = m.parse_options(raw_opts, "r", self.limits)
+        if isinstance(opts, m.DataOptions):
+            return self.datamodel.get(key, opts, forwarded)
         _, p, pref = self._locate(key)
         if self.name not in pref:
             if forwarded:
@@ -157,8 +164,10 @@ class Coordinator:
     def _write(
         self, key: bytes, value: bytes | None, raw_ctx: Any, raw_opts: Any, fwd: str, forwarded: bool
     ) -> Awaitable[dict[str, Any]]:
-        ctx = vclock.decode_context(m.check_context(raw_ctx))
         opts = m.parse_options(raw_opts, "w", self.limits)
+        if isinstance(opts, m.DataOptions):
+            return self.datamodel.write(key, value, raw_ctx, opts, fwd, forwarded)
+        ctx = vclock.decode_context(m.check_context(raw_ctx))
         ring, p, pref = self._locate(key)
         if self.name not in pref:
             if forwarded:
@@ -183,16 +192,22 @@ class Coordinator:
         return await self._coordinate_write(ring, p, pref, key, None, ctx, opts)
 
     def _coordinate_write(
-        self, ring: Ring, p: int, pref: tuple[str, ...], key: bytes, value: bytes | None, ctx: vclock.VV, opts: m.Options
+        self, ring: Ring, p: int, pref: tuple[str, ...], key: bytes, value: bytes | None, ctx: vclock.VV, opts: m.Options,
+        *, w: int | None = None, lww: bool | None = None, limits: m.Limits | None = None, ttl_ms: int = 0,
     ) -> asyncio.Future[dict[str, Any]]:
+        """The keyword arguments are a bucket's (kvstore.runtime.datamodel); by default the
+        cluster's settings. ``ttl_ms`` > 0 makes the new value expire that long from now."""
         local = self.replica.read(p, key)
-        new = self.replica.mint(local, ctx, value, self.wall_ms())
-        if self.lww:
+        now_ms = self.wall_ms()
+        new = self.replica.mint(local, ctx, value, now_ms)
+        if ttl_ms:
+            new = vclock.with_expiry(new, _dot_of(new, self.replica.actor), now_ms + ttl_ms)
+        if self.lww if lww is None else lww:
             new = vclock.lww(new)
         record = vclock.encode(new)
         # Refused here, before the local store or any peer sees it: a record past the bounds
         # could be stored but never replicated.
-        if (warning := m.check_record(key, new, len(record), self.limits)) is not None:
+        if (warning := m.check_record(key, new, len(record), limits or self.limits)) is not None:
             log.warning("%s", warning)
         loop = self._running_loop()
         hinting = self.keep_hint is not None
@@ -201,7 +216,7 @@ class Coordinator:
             preference=pref,
             fallbacks=ring.fallbacks(p, self.s.n_replicas),
             is_up=self.view.is_up,
-            w=opts.quorum or self.s.w,
+            w=opts.quorum or w or self.s.w,
             timeout_s=opts.timeout_s or self.s.request_timeout_s,
             now=loop.time(),
             sloppy=hinting and not opts.strict,
@@ -213,7 +228,10 @@ class Coordinator:
         drive.run(machine.start())
         return drive.result
 
-    def _read(self, p: int, pref: tuple[str, ...], key: bytes, opts: m.Options) -> asyncio.Future[dict[str, Any]]:
+    def _read(
+        self, p: int, pref: tuple[str, ...], key: bytes, opts: m.Options, *, r: int | None = None, lww: bool | None = None
+    ) -> asyncio.Future[dict[str, Any]]:
+        """``r`` and ``lww`` are a bucket's (kvstore.runtime.datamodel); by default the cluster's."""
         loop = self._running_loop()
         local_rec = self.replica.read_raw(p, key)
         local = None if local_rec is None else vclock.decode(local_rec)
@@ -221,11 +239,12 @@ class Coordinator:
             self.name, local,
             preference=pref,
             is_up=self.view.is_up,
-            r=opts.quorum or self.s.r,
+            r=opts.quorum or r or self.s.r,
             timeout_s=opts.timeout_s or self.s.request_timeout_s,
             now=loop.time(),
             strict=opts.strict,
-            lww=self.lww,
+            lww=self.lww if lww is None else lww,
+            now_ms=self.wall_ms(),
         )
         drive = _Drive(self, machine, p, key, loop)
         if local_rec is not None:
@@ -253,6 +272,11 @@ class Coordinator:
             t.cancel()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+
+
+def _dot_of(new: Obj, actor: str) -> vclock.Dot:
+    """The dot a write just minted under ``actor``: its counter is the vector's entry."""
+    return vclock.Dot(actor, new.vv[actor])
 
 
 class _Drive:

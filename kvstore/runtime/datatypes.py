@@ -14,8 +14,10 @@ repair, hints and anti-entropy move records by vector clock and keep siblings, w
 state-based CRDT needs: whichever siblings a replica ends up with, their merge contains every
 acknowledged update.
 
-The type of a key comes from the request (``_datatype_for``); with buckets it comes from the
-bucket's ``datatype`` property instead.
+The type of a key comes from the request (``_datatype_for``), or from the bucket's
+``datatype`` property when the request names a bucket that declares one (a request that
+names another type is refused). In a bucket, the key's replicas are the bucket's first N
+and W is the bucket's (kvstore.runtime.datamodel).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from kvstore.core import bucket as bk
 from kvstore.core import crdt, vclock
 from kvstore.core import messages as m
 from kvstore.core.crdt import State
@@ -73,15 +76,31 @@ class Datatypes:
     ) -> Awaitable[dict[str, Any]]:
         """Apply one operation; the reply (once W replicas hold the new state) carries the
         coordinator's value after it and the data type's context."""
-        self._check_mode()
         c = self.coord
         key = m.check_key(raw_key, c.limits)
-        type_ = _datatype_for(key, raw_type)
+        opts = m.parse_options(raw_opts, "w", c.limits)
+        props = c.datamodel.lookup(opts.bucket) if isinstance(opts, m.DataOptions) else None
+        if props is None:
+            self._check_mode()
+            type_ = _datatype_for(key, raw_type)
+            skey = key
+            ring, p, pref = c._locate(key)
+            w, limits = None, c.limits
+        else:
+            if props.lww:
+                raise InvalidRequest(f"data types need conflict = siblings (bucket {props.name!r} is lww)")
+            if props.datatype != "none":
+                if raw_type is not None and m.as_str(raw_type, "type") != props.datatype:
+                    raise InvalidRequest(f"bucket {props.name!r} holds {props.datatype}s, not {m.as_str(raw_type, 'type')}s")
+                raw_type = props.datatype
+            type_ = _datatype_for(key, raw_type)
+            skey = bk.storage_key(props.name, key)
+            ring, p, pref = c._locate(skey)
+            pref = pref[: props.n]
+            w, limits = props.w, props.limits(c.limits)
         op = crdt.parse_op(type_, raw_op)
         raw_context = m.check_context(raw_ctx)
         ctx = vclock.decode_context(raw_context) if raw_context else None
-        opts = m.parse_options(raw_opts, "w", c.limits)
-        ring, p, pref = c._locate(key)
         if c.name not in pref:
             if forwarded:
                 raise Unavailable("forwarded update reached a node outside the preference list", required=1)
@@ -90,7 +109,7 @@ class Datatypes:
         replica = c.replica
         # From here to the local write nothing yields: no other request can slip in between
         # the read and the write, so the write's context covers all the local siblings.
-        local = replica.read(p, key)
+        local = replica.read(p, skey)
         new = crdt.apply(
             _local_state(local), op, actor=replica.actor, floor=replica.counter, ts=c.wall_ms(), ctx=ctx
         )
@@ -102,7 +121,7 @@ class Datatypes:
             raise TooLarge(
                 f"the {type_} would be {len(body)} bytes, over the limit of {c.limits.max_value_bytes} (max_value_bytes)"
             )
-        written = c._coordinate_write(ring, p, pref, key, body, vclock.context_of(local), opts)
+        written = c._coordinate_write(ring, p, pref, skey, body, vclock.context_of(local), opts, w=w, limits=limits)
         reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         done = {"type": type_, "value": crdt.value(new), "context": vclock.encode_context(crdt.context(new))}
 
@@ -124,6 +143,11 @@ class Datatypes:
         """A quorum read (forwarded like a get) whose siblings are merged into one value."""
         key = m.check_key(raw_key, self.coord.limits)
         want = None if raw_type is None else _datatype_for(key, raw_type)
+        if want is None:
+            opts = m.parse_options(raw_opts, "r", self.coord.limits)
+            if isinstance(opts, m.DataOptions):
+                declared = self.coord.datamodel.lookup(opts.bucket).datatype
+                want = None if declared == "none" else declared
         got = await self.coord.get(key, raw_opts)
         merged = crdt.from_siblings(m.as_bytes(v) for v in got["values"])
         if merged is not None and want is not None and merged.type != want:

@@ -21,10 +21,13 @@ from kvstore.core import messages as m
 from kvstore.core.membership import MemberEvent, SwimConfig, route_rank
 from kvstore.core.ring import Ring, claim
 from kvstore.errors import InvalidRequest, KVError, StorageError, Unavailable
+from kvstore.runtime import batch
 from kvstore.runtime.antientropy import AntiEntropy
+from kvstore.runtime.buckets import BucketRegistry
 from kvstore.runtime.cluster import ClusterView
 from kvstore.runtime.coordinator import Coordinator
 from kvstore.runtime.datatypes import Datatypes
+from kvstore.runtime.expiry import Expiry
 from kvstore.runtime.gossip import Gossip, push_pull_via
 from kvstore.runtime.gossip import rpc_handlers as gossip_handlers
 from kvstore.runtime.handoff import STATUS, Handoff
@@ -162,7 +165,12 @@ class Node:
             self.aae.import_(self.engine.snapshot_extra["aae"])
         self.handoff = Handoff(self.s, self.view, replica, self.engine, self.rpc, on_dropped=self.aae.drop)
         self.hints = Hints(self.s, self.view, self.engine, self.rpc, replica)
-        self.coord = Coordinator(self.s, self.view, replica, self.rpc, keep_hint=self.hints.store)
+        self.buckets = BucketRegistry(self.s, self.view, self.engine, self.rpc)
+        self.buckets.load()
+        replica.bucket_lww = self.buckets.lww_of
+        self.coord = Coordinator(self.s, self.view, replica, self.rpc, keep_hint=self.hints.store, buckets=self.buckets.props)
+        self.expiry = Expiry(self.s, self.view, replica, self.coord, self.buckets.props)
+        log.info("ttl: %d expiring keys indexed", self.expiry.start())
         keyring = self.security.keyring
         swim_config = SwimConfig.from_settings(self.s)
         if keyring is not None:
@@ -179,6 +187,8 @@ class Node:
             self.obs.requests.wrap({
                 **self._handlers(),
                 **self.coord.handlers(),
+                **batch.handlers(self.coord),
+                **self.buckets.handlers(),
                 **Datatypes(self.coord).handlers(),
                 **ReplicaServer(replica, self.view, self.hints.store).handlers(),
                 **self.hints.handlers(),
@@ -217,6 +227,8 @@ class Node:
         self._spawn(self.handoff.run())
         self._spawn(self.aae.run())
         self._spawn(self.hints.run())
+        self._spawn(self.buckets.run())
+        self._spawn(self.expiry.run())
         self._spawn(self._maintain())
         self._spawn(self.obs.live.run())
         log.info(

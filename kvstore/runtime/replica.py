@@ -60,6 +60,9 @@ class Replica:
         self.engine = engine
         self.name = name
         self.lww = lww
+        # Keys of named buckets follow their bucket's conflict mode, not the cluster's
+        # (kvstore.runtime.buckets sets this; None: every key follows ``lww``).
+        self.bucket_lww: Callable[[bytes], bool] | None = None
         self.hooks: list[ChangeHook] = []
         self.actor = ""
         # The highest dot counter minted under ``actor`` (for any key).
@@ -146,7 +149,10 @@ class Replica:
         except DotConflict as e:
             log.error("partition %d key %r: %s; both versions kept as they are", partition, key[:64], e)
             raise
-        if self.lww:
+        if self.bucket_lww is not None and key[:1] == m.RESERVED_KEY_PREFIX[:1] and key.startswith(m.RESERVED_KEY_PREFIX):
+            if self.bucket_lww(key):
+                merged = vclock.lww(merged)
+        elif self.lww:
             merged = vclock.lww(merged)
         if merged == local:
             if on_done is not None:

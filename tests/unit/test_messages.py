@@ -59,3 +59,40 @@ def test_long_keys_are_shortened_in_the_message() -> None:
     with pytest.raises(TooLarge) as ei:
         _judge(_blind(6), b"k" * 10_000)
     assert len(ei.value.message) < 400
+
+
+def test_data_model_options_round_trip_and_leave_plain_requests_plain() -> None:
+    from kvstore.config import Settings
+    from kvstore.core import messages as mm
+
+    lim = Settings().limits
+    plain = mm.parse_options({"w": 2, "timeout_ms": 100}, "w", lim)
+    assert type(plain) is mm.Options
+    assert mm.parse_options(None, "r", lim) == mm.Options()
+    o = mm.DataOptions(2, False, None, "users", True, None, 1.5)
+    wire = mm.options_to_wire(o, "w")
+    assert wire == {"w": 2, "bucket": "users", "if_none_match": True, "ttl_ms": 1500}
+    back = mm.parse_options(wire, "w", lim)
+    assert back == o and isinstance(back, mm.DataOptions)
+    assert mm.parse_options({"bucket": "default"}, "r", lim).bucket is None
+    assert mm.parse_options({"ttl_ms": 0}, "w", lim).ttl_s == 0.0
+
+
+@pytest.mark.parametrize(
+    ("opts", "kind", "message"),
+    [
+        ({"ttl_ms": 5}, "r", "writes only"),
+        ({"if_none_match": True}, "r", "writes only"),
+        ({"if_none_match": 1}, "w", "true or false"),
+        ({"if_none_match": True, "if_not_modified": b"x"}, "w", "cannot be combined"),
+        ({"ttl_ms": -1}, "w", "ttl_ms must be in"),
+        ({"bucket": 3}, "w", "must be a string"),
+    ],
+)
+def test_bad_data_model_options(opts: dict[str, object], kind: str, message: str) -> None:
+    from kvstore.config import Settings
+    from kvstore.core import messages as mm
+    from kvstore.errors import InvalidRequest as IR
+
+    with pytest.raises(IR, match=message):
+        mm.parse_options(opts, kind, Settings().limits)

@@ -187,3 +187,15 @@ def test_write_replies_once_and_every_primary_is_carried_or_hinted(down: set[str
     acked = m.quorum.acked
     for primary in ("b", "c"):
         assert primary in acked or primary in asked_for or primary in kept_for
+
+
+def test_a_read_at_a_wall_time_leaves_expired_values_out_but_keeps_their_context() -> None:
+    new = vclock.update(None, {}, b"short", "b~1", 1)
+    short = vclock.with_expiry(new, vclock.Dot("b~1", 1), 1000)
+    m = read(local=short, r=1, now_ms=1000)
+    r = m.start()
+    assert r.reply is not None and r.reply.result is not None
+    assert r.reply.result["values"] == []
+    assert vclock.decode_context(r.reply.result["context"]) == {"b~1": 1}
+    r = read(local=short, r=1, now_ms=999).start()
+    assert r.reply is not None and r.reply.result is not None and r.reply.result["values"] == [b"short"]
