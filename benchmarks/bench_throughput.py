@@ -93,6 +93,9 @@ TARGET_RATIO = {"put-4x64": 0.25, "get-4x64": 0.4, "put-50x1": 0.5, "get-50x1": 
                 "put-1x1": 0.6, "get-1x1": 0.8}  # fmt: skip
 TARGET_OPEN_LOOP_P99_US = 5000.0
 TARGET_MEMORY_RATIO = 1.5
+# Issue 16: counters (the counter data type's increment) within 1.5x of plain puts, kv3 at 4x64.
+TARGET_COUNTER_RATIO = 1 / 1.5
+COUNTER_KEY_FMT = "kvbench-counter:%08d"  # keys of their own: a counter cannot be a plain value
 # redis-benchmark takes a request count, not a duration: counts from these rough rates make
 # each of its points last about --secs (a slower redis just takes longer).
 REDIS_RATE_GUESS = {"4x64": 400_000, "50x1": 50_000, "1x1": 25_000}
@@ -178,6 +181,22 @@ def run_redis_point(sysm: System, shape: str, a: argparse.Namespace) -> dict[str
         "server_cpu_pct": round(100 * cpu / secs, 1) if cpu is not None and secs else None,
         "client_cpu_pct": None, "cpu_us_per_op": _per_op_us(cpu, ops, secs), "replica_cpu_us_per_op": None,
     }  # fmt: skip
+
+
+def run_counter_point(sysm: System, a: argparse.Namespace) -> dict[str, Any]:
+    """kv3 increments of counters (dt.update) at the put-4x64 shape, by the same generator."""
+    spec = {"op": "incr", "addrs": [f"127.0.0.1:{sysm.port}"], "conns": 4, "window": 64,
+            "secs": a.secs, "warm": a.warm, "keys": a.keyspace, "value_bytes": 100,
+            "key_fmt": COUNTER_KEY_FMT, "seed": 1, "node_api": True, "server_pid": sysm.pid}  # fmt: skip
+    args = [sys.executable, "-m", "cli.bench_cmds", "load", json.dumps(spec)]
+    doc, _, err = run_child(args, a.warm + a.secs + CHILD_GRACE_S)
+    if doc is None or "error" in doc:
+        raise RuntimeError(f"counter generator failed: {doc['error'] if doc else err or 'no output'}")
+    ops = float(doc["ops_s"])
+    cpu_pct = doc.get("server_cpu_pct")
+    return {"system": sysm.name, "shape": "incr-4x64", "ops_s": round(ops), "p50_us": doc.get("p50_us"),
+            "p99_us": doc.get("p99_us"), "errors": doc.get("errors"), "first_error": doc.get("first_error"),
+            "cpu_us_per_op": round(cpu_pct * 1e4 / ops, 1) if cpu_pct is not None and ops else None}  # fmt: skip
 
 
 def run_open_loop(sysm: System, rate: float, a: argparse.Namespace) -> dict[str, Any]:
@@ -284,6 +303,10 @@ def target_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
         out.append({"name": f"open-loop put p99 at {ol['rate_per_s']:,.0f}/s (half the kv3 peak)",
                     "target": f"<= {TARGET_OPEN_LOOP_P99_US / 1000:.0f} ms", "value": ol["p99_us"],
                     "pass": ol["p99_us"] <= TARGET_OPEN_LOOP_P99_US and not ol["lost"]})  # fmt: skip
+    ctr = doc.get("counters")
+    if ctr and ctr.get("ratio_to_put") is not None:
+        out.append({"name": "counters: kv3 incr-4x64 / put-4x64 (within 1.5x)", "target": f">= {TARGET_COUNTER_RATIO:.2f}",
+                    "value": ctr["ratio_to_put"], "pass": ctr["ratio_to_put"] >= TARGET_COUNTER_RATIO and not ctr.get("errors")})  # fmt: skip
     mem = doc.get("memory") or {}
     if mem.get("ratio") is not None:
         out.append({"name": "memory per key kvstore/redis", "target": f"<= {TARGET_MEMORY_RATIO}",
@@ -518,6 +541,14 @@ def bench(a: argparse.Namespace) -> dict[str, Any]:
                         "shape": shape, "kvstore_ops_s": mine["ops_s"], "load_client_ops_s": theirs["ops_s"],
                         "ratio": round(mine["ops_s"] / theirs["ops_s"], 3) if theirs["ops_s"] else None,
                     })  # fmt: skip
+        kv3_put = next((p for p in doc["points"] if p["system"] == "kv3" and p["shape"] == "put-4x64"), None)
+        if kv3_put is not None:
+            _log("incr-4x64 → kv3 (counters)")
+            c = run_counter_point(started["kv3"], a)
+            c["put_ops_s"] = kv3_put["ops_s"]
+            c["ratio_to_put"] = round(c["ops_s"] / kv3_put["ops_s"], 3) if kv3_put["ops_s"] else None
+            doc["counters"] = c
+            _log(f"  {c['ops_s']:,} increments/s ({c['ratio_to_put']} of the puts)")
         if a.open_loop and "kv3" in started:
             puts = [p["ops_s"] for p in doc["points"] if p["system"] == "kv3" and p["shape"].startswith("put")]
             if puts and max(puts) > 0:
