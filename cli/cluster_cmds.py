@@ -16,6 +16,7 @@ from cli import output as out
 from cli.remote import call_once
 from kvstore.config import LOCAL_TIMINGS, node_flags
 from kvstore.core import messages as m
+from kvstore.core.zones import parse_zones
 from kvstore.errors import KVError
 from kvstore.testing.processes import die_with_parent
 
@@ -56,12 +57,19 @@ def cluster() -> None:
 @click.option("--ready-timeout", default=60.0, show_default=True, help="Seconds to wait for every node to serve.")
 @click.option("--log-dir", default=None, type=click.Path(file_okay=False), help="Each node logs to LOG_DIR/NAME.log [default: DATA_DIR/logs]; '-' logs to this terminal.")
 @click.option("--set", "extra", multiple=True, metavar="FLAG=VALUE", help="Pass a setting to every node, e.g. --set fsync=always.")
-def up(count: int, host: str, port: int, data_dir: str, n_replicas: int | None, ready_timeout: float, log_dir: str | None, extra: tuple[str, ...]) -> None:
+@click.option("--zones", "zone_list", default=None, metavar="A,B,C", help="Put the nodes in these zones, round-robin (n1 in A, n2 in B, ...).")
+def up(count: int, host: str, port: int, data_dir: str, n_replicas: int | None, ready_timeout: float, log_dir: str | None, extra: tuple[str, ...], zone_list: str | None) -> None:
     """Start COUNT nodes on HOST:PORT, PORT+1, ... and stay in the foreground.
 
     Prints a line per node, then `ready`. Ctrl-C or SIGTERM stops every node gracefully.
     Starting again with the same --data-dir brings every key back.
     """
+    zones: tuple[str, ...] = ()
+    if zone_list is not None:
+        try:
+            zones = parse_zones(zone_list)
+        except ValueError as e:
+            out.fail(f"--zones: {e}", out.EXIT_USAGE)
     n = n_replicas or min(3, count)
     r = w = min(2, n) if n > 1 else 1
     base = Path(data_dir)
@@ -111,6 +119,8 @@ def up(count: int, host: str, port: int, data_dir: str, n_replicas: int | None, 
         ]
         if i > 0:
             cmd += ["--seed", first]
+        if zones:
+            cmd += ["--zone", zones[i % len(zones)]]
         for kv in extra:
             k, sep, v = kv.partition("=")
             if not sep:
@@ -122,7 +132,8 @@ def up(count: int, host: str, port: int, data_dir: str, n_replicas: int | None, 
         p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=stderr, start_new_session=True, preexec_fn=die_with_parent)
         procs.append((name, addr, p))
         where = f"  log {Path(log_dir) / (name + '.log')}" if log_dir else ""
-        click.echo(f"{name}  {addr}  data {base / name}  pid {p.pid}{where}")
+        zone = f"  zone {zones[i % len(zones)]}" if zones else ""
+        click.echo(f"{name}  {addr}{zone}  data {base / name}  pid {p.pid}{where}")
 
     deadline = time.monotonic() + ready_timeout
     waiting = {name: addr for name, addr, _ in procs}
@@ -159,7 +170,7 @@ def up(count: int, host: str, port: int, data_dir: str, n_replicas: int | None, 
 @click.option("--json", "as_json", is_flag=True, help="Print the status of every reachable node as JSON.")
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
-    """Members, their address and liveness, partitions owned, keys held."""
+    """Members, their address, zone and liveness, partitions owned, keys held."""
     addrs = [a.strip() for a in ctx.obj["nodes"].split(",") if a.strip()]
     timeout = ctx.obj["timeout"]
     first = None
@@ -183,8 +194,10 @@ def status(ctx: click.Context, as_json: bool) -> None:
     from rich.table import Table
 
     pending = " (ring change pending: see kv cluster transfers)" if first.get("pending") else ""
-    t = Table(title=f"ring v{first['ring_version']}  N={first['n']} R={first['r']} W={first['w']}  (as seen by {first['node']}){pending}")
-    for col in ("node", "address", "state", "inc", "health", "damping", "partitions", "keys", "hints held"):
+    zones = first.get("zones") or []
+    spread = f"  zones {','.join(zones)}" if len(zones) > 1 else ""
+    t = Table(title=f"ring v{first['ring_version']}  N={first['n']} R={first['r']} W={first['w']}{spread}  (as seen by {first['node']}){pending}")
+    for col in ("node", "address", "zone", "state", "inc", "health", "damping", "partitions", "keys", "hints held"):
         t.add_column(col, justify="right" if col in ("inc", "health", "partitions", "keys", "hints held") else "left")
     for mem in first["members"]:
         st = per_node.get(mem["name"])
@@ -198,7 +211,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
             damping = f"{damping} {mem['penalty']:.1f}".strip()
         health = mem.get("health")
         t.add_row(
-            mem["name"], mem["addr"], state, str(mem.get("incarnation", "-")),
+            mem["name"], mem["addr"], str(mem.get("zone", "-")), state, str(mem.get("incarnation", "-")),
             "-" if health is None else str(health), damping or "-", str(mem["partitions"]),
             str(st["keys"]) if st else "-", str(sum(st["hints"].values())) if st else "-",
         )
@@ -234,7 +247,8 @@ def join(ctx: click.Context, new_node: str) -> None:
         out.fail(f"cannot reach the new node: {e}", out.exit_code_for(e))
     via, _ = _first_reachable(ctx)
     try:
-        doc = asyncio.run(call_once(via, m.JOIN, [info["node"], info["addr"]], timeout))
+        # The new node's own zone (a node that predates zones says none: the default).
+        doc = asyncio.run(call_once(via, m.JOIN, [info["node"], info["addr"], 0, info.get("zone")], timeout))
     except KVError as e:
         out.fail_for(e)
     nxt = doc.get("next")
