@@ -297,6 +297,27 @@ def _print_table(doc: dict[str, Any]) -> None:
         console.print(f"  note: {n}", highlight=False)
 
 
+def _compare(ctx: click.Context, secs: float, warm: float, as_json: bool) -> NoReturn:
+    """``kv bench --compare``: run benchmarks/bench_throughput.py from the source tree (it starts
+    every system itself, so --node does not apply) and exit with its status."""
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_throughput.py"
+    if not script.exists():
+        out.fail(f"--compare needs the source tree: {script} not found", out.EXIT_USAGE)
+    args = [sys.executable, str(script)]
+    for name, value in (("secs", secs), ("warm", warm)):
+        if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+            args += [f"--{name}", str(value)]
+    if as_json:
+        args.append("--json")
+    try:
+        code = subprocess.call(args)
+    except KeyboardInterrupt:
+        out.fail("interrupted", 130)
+    sys.exit(code)
+
+
 def _raise_interrupt(signum: int, frame: Any) -> NoReturn:
     raise KeyboardInterrupt
 
@@ -354,6 +375,13 @@ def _raise_interrupt(signum: int, frame: Any) -> NoReturn:
     help="Also drive a bare msgpack-RPC dict server in this run.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+@click.option(
+    "--compare",
+    is_flag=True,
+    help="Run issue 13's side-by-side benchmark instead (benchmarks/bench_throughput.py: its own "
+    "kvstore 1- and 3-node clusters, the shared reference and ceiling, redis); --secs, --warm "
+    "and --json are passed on when given.",
+)
 @click.pass_context
 def bench(
     ctx: click.Context,
@@ -366,6 +394,7 @@ def bench(
     value_bytes: int,
     reference: bool,
     as_json: bool,
+    compare: bool,
 ) -> None:
     """Measure the cluster's put/get throughput and latency next to a reference.
 
@@ -374,6 +403,8 @@ def bench(
     the ratio, not the absolute figures. Writes keys kvbench:NNNNNNNN (puts without a context,
     so on a `conflict = siblings` cluster repeated runs add siblings to them).
     """
+    if compare:
+        _compare(ctx, secs, warm, as_json)
     obj = ctx.obj or {}
     nodes: str = obj.get("nodes") or os.environ.get("KV_NODES") or DEFAULT_NODE
     timeout: float = obj.get("timeout") or 5.0

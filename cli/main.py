@@ -1,6 +1,7 @@
 """``kv``: the command line of kvstore.
 
     kv put KEY VALUE        kv get KEY        kv delete KEY
+    kv incr KEY [N]         kv add KEY MEMBER kv remove KEY MEMBER   kv map KEY ...   kv fetch KEY
     kv node start ...       kv node ping
     kv cluster up           kv cluster status
     kv bench                load a cluster, side by side with a bare msgpack-RPC server
@@ -22,8 +23,11 @@ import click
 from cli import output as out
 from cli.bench_cmds import bench
 from cli.cluster_cmds import cluster
+from cli.datatype_cmds import echo_value, merged_state, plain_json
+from cli.datatype_cmds import register as register_datatype_cmds
 from cli.node_cmds import node
 from kvstore.client import AsyncClient
+from kvstore.core import crdt, vclock
 from kvstore.errors import KVError
 
 T = TypeVar("T")
@@ -136,6 +140,15 @@ def get(
 ) -> None:
     """Print the value of KEY (siblings each on a line). Exit 1 if not found."""
     res = run_client(ctx, lambda kv: kv.get(key, r=r, strict=strict))
+    state = merged_state(res.values)
+    if state is not None:
+        # A data type: its siblings merged into one plain value, as `kv fetch` shows it.
+        if as_json:
+            out.print_json({"key": key, "found": True, "type": state.type, "value": plain_json(crdt.value(state)),
+                            "context": out.encode_context(vclock.encode_context(crdt.context(state)))})
+        else:
+            echo_value(crdt.value(state))
+        sys.exit(out.EXIT_OK)
     if as_json:
         out.print_json(
             {
@@ -186,6 +199,7 @@ def secret_new() -> None:
     click.echo(new_secret())
 
 
+register_datatype_cmds(cli, run_client, connection_options)
 cli.add_command(node)
 cli.add_command(cluster)
 cli.add_command(bench)

@@ -33,7 +33,7 @@ from kvstore.retry import Demoted, RetryPolicy
 from kvstore.runtime.rpc import RpcClient
 from kvstore.runtime.security import client_options
 
-__all__ = ["AsyncClient", "Client", "Conflict", "GetResult", "PutResult"]
+__all__ = ["AsyncClient", "Client", "Conflict", "DatatypeResult", "GetResult", "PutResult"]
 
 Resolver = Callable[[list[bytes]], bytes]
 
@@ -63,6 +63,27 @@ class GetResult:
 @dataclass(frozen=True, slots=True)
 class PutResult:
     context: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DatatypeResult:
+    """A data type's plain value (int, sorted list of bytes, bytes or None, dict), its type
+    and context (give it to ``remove`` to remove only what this read saw).
+
+    ``found`` is False when the key holds nothing; an update's result is the coordinator's
+    value right after it (``found`` True)."""
+
+    type: str | None
+    value: Any
+    context: bytes
+    found: bool = True
+
+
+def _dt_result(doc: dict[str, Any]) -> DatatypeResult:
+    t = doc.get("type")
+    return DatatypeResult(
+        None if t is None else str(t), doc["value"], bytes(doc["context"]), bool(doc.get("found", True))
+    )
 
 
 def _to_bytes(x: bytes | str, what: str) -> bytes:
@@ -215,6 +236,79 @@ class AsyncClient:
         doc = await self._call(k, method, params, False, (o.timeout_s or self.timeout_s) + 1.0)
         return PutResult(bytes(doc["context"]))
 
+    # ------------------------------------------------------------------ data types
+    async def update(
+        self,
+        key: bytes | str,
+        type_: str,
+        op: dict[str, Any],
+        *,
+        context: bytes | None = None,
+        w: int | None = None,
+        strict: bool = False,
+        timeout_s: float | None = None,
+    ) -> DatatypeResult:
+        """One operation on a data type (kvstore.core.crdt.parse_op lists them). Not
+        idempotent (an increment sent twice counts twice), so retried only when certainly
+        not sent, as a put is."""
+        k = _to_bytes(key, "key")
+        opts = m.options_to_wire(m.Options(w, strict, timeout_s), "w")
+        doc = await self._call(k, m.DT_UPDATE, [k, type_, op, context, opts], False, (timeout_s or self.timeout_s) + 1.0)
+        return _dt_result(doc)
+
+    async def fetch(
+        self, key: bytes | str, type_: str | None = None, *, r: int | None = None, strict: bool = False,
+        timeout_s: float | None = None,
+    ) -> DatatypeResult:
+        """Read a data type: the merge of every sibling R replicas hold, as a plain value."""
+        k = _to_bytes(key, "key")
+        opts = m.options_to_wire(m.Options(r, strict, timeout_s), "r")
+        doc = await self._call(k, m.DT_FETCH, [k, type_, opts], True, (timeout_s or self.timeout_s) + 1.0)
+        return _dt_result(doc)
+
+    async def incr(self, key: bytes | str, n: int = 1, **kw: Any) -> DatatypeResult:
+        """Add ``n`` (negative: subtract) to a counter."""
+        return await self.update(key, "counter", {"incr": n}, **kw)
+
+    async def add(self, key: bytes | str, *members: bytes | str, **kw: Any) -> DatatypeResult:
+        """Add members to a set (add-wins: a concurrent remove does not undo them)."""
+        return await self.update(key, "set", {"add": [_to_bytes(x, "member") for x in members]}, **kw)
+
+    async def _read_context(self, key: bytes | str, type_: str, kw: dict[str, Any]) -> None:
+        """A remove without a context removes what a read finds now (as a delete does): the
+        coordinator alone may not have seen every acknowledged add yet."""
+        if kw.get("context") is None:
+            kw["context"] = (await self.fetch(key, type_, strict=kw.get("strict", False))).context
+
+    async def remove(self, key: bytes | str, *members: bytes | str, **kw: Any) -> DatatypeResult:
+        """Remove members from a set: the adds a fetch finds now, or with ``context=`` (a
+        fetch's) only the adds that read saw. An add it did not see wins."""
+        await self._read_context(key, "set", kw)
+        return await self.update(key, "set", {"remove": [_to_bytes(x, "member") for x in members]}, **kw)
+
+    async def set_register(self, key: bytes | str, value: bytes | str, **kw: Any) -> DatatypeResult:
+        """Set a register (last write wins; a set always wins over what its coordinator saw)."""
+        return await self.update(key, "register", {"set": _to_bytes(value, "value")}, **kw)
+
+    async def update_map(
+        self,
+        key: bytes | str,
+        updates: Sequence[tuple[str, str, dict[str, Any]]] = (),
+        removes: Sequence[tuple[str, str]] = (),
+        **kw: Any,
+    ) -> DatatypeResult:
+        """Update a map: ``updates`` are (field, type, operation), ``removes`` (field, type);
+        ``update_map("u1", [("visits", "counter", {"incr": 1})])``. Removes without a
+        ``context=`` remove what a fetch finds now, as ``remove`` does."""
+        if removes:
+            await self._read_context(key, "map", kw)
+        op: dict[str, Any] = {}
+        if updates:
+            op["update"] = [[name, t, sub] for name, t, sub in updates]
+        if removes:
+            op["remove"] = [[name, t] for name, t in removes]
+        return await self.update(key, "map", op, **kw)
+
     async def call(self, addr: str, method: str, *params: Any) -> Any:
         """Any RPC on one node (admin methods such as cluster.status)."""
         return await self.rpc.call(addr, method, list(params), self.timeout_s)
@@ -247,6 +341,33 @@ class Client:
 
     def delete(self, key: bytes | str, **kw: Any) -> PutResult:
         return self._run(self._c.delete(key, **kw))  # type: ignore[no-any-return]
+
+    def update(self, key: bytes | str, type_: str, op: dict[str, Any], **kw: Any) -> DatatypeResult:
+        return self._run(self._c.update(key, type_, op, **kw))  # type: ignore[no-any-return]
+
+    def fetch(self, key: bytes | str, type_: str | None = None, **kw: Any) -> DatatypeResult:
+        return self._run(self._c.fetch(key, type_, **kw))  # type: ignore[no-any-return]
+
+    def incr(self, key: bytes | str, n: int = 1, **kw: Any) -> DatatypeResult:
+        return self._run(self._c.incr(key, n, **kw))  # type: ignore[no-any-return]
+
+    def add(self, key: bytes | str, *members: bytes | str, **kw: Any) -> DatatypeResult:
+        return self._run(self._c.add(key, *members, **kw))  # type: ignore[no-any-return]
+
+    def remove(self, key: bytes | str, *members: bytes | str, **kw: Any) -> DatatypeResult:
+        return self._run(self._c.remove(key, *members, **kw))  # type: ignore[no-any-return]
+
+    def set_register(self, key: bytes | str, value: bytes | str, **kw: Any) -> DatatypeResult:
+        return self._run(self._c.set_register(key, value, **kw))  # type: ignore[no-any-return]
+
+    def update_map(
+        self,
+        key: bytes | str,
+        updates: Sequence[tuple[str, str, dict[str, Any]]] = (),
+        removes: Sequence[tuple[str, str]] = (),
+        **kw: Any,
+    ) -> DatatypeResult:
+        return self._run(self._c.update_map(key, updates, removes, **kw))  # type: ignore[no-any-return]
 
     def call(self, addr: str, method: str, *params: Any) -> Any:
         return self._run(self._c.call(addr, method, *params))

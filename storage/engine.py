@@ -588,8 +588,11 @@ class Engine:
         if self._closed:
             raise StorageError(f"storage: {self.path} is closed", path=self.path)
         self._raise_if_failed()
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop:
+        # asyncio.get_running_loop() costs a getpid() system call: asked only when the
+        # engine has no loop yet or its loop has closed (successive asyncio.run calls).
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = asyncio.get_running_loop()
             self._adopt(loop)
         batch = self._pending
         if batch is None:

@@ -26,6 +26,22 @@ value. A delete's context is its read's, so it removes exactly the values that r
 
 An abandoned delete whose observed set is not on record may have removed any value whose
 add was invoked before the delete's completion; it is treated so (never as a loss).
+
+Counters (convergent data types) are judged by sums. Each ``incr`` carries its amount; the
+final value of a key must lie within [acknowledged, acknowledged + indeterminate]:
+
+    lost         final below the acknowledged increments                 -> invalid
+    unexpected   final above acknowledged + indeterminate (a failed increment counted, or
+                 one counted twice), or a read above everything invoked before it ended
+                                                                          -> invalid
+    stale        a read below the increments acknowledged before it began -> reported
+
+Sets (convergent data types): unique members, each added once; a remove names a member its
+fetch saw and carries that fetch's context, so it removes exactly that add. At the end:
+
+    lost         an acked add absent, and no remove (ok or info) of it   -> invalid
+    resurrected  a member of an acked remove, present                    -> invalid
+    unexpected / revived  as for the set workload                        -> invalid
 """
 
 from __future__ import annotations
@@ -41,14 +57,16 @@ __all__ = [
     "WORKLOADS",
     "availability",
     "check",
+    "check_counters",
     "check_deletes",
     "check_independent",
     "check_register",
     "check_set",
+    "check_sets",
     "latency_quantiles",
 ]
 
-WORKLOADS = ("set", "register", "independent", "deletes")
+WORKLOADS = ("set", "register", "independent", "deletes", "counters", "sets")
 _QUANTILES = (0.5, 0.9, 0.99, 0.999)
 _LIST_CAP = 1000
 
@@ -374,6 +392,151 @@ def check_deletes(ops: Sequence[Op]) -> dict[str, Any]:
     }
 
 
+def _final_scalars(ops: Sequence[Op]) -> dict[str | None, Any]:
+    """Key -> result of its last successful final read (a counter's int)."""
+    out: dict[str | None, Any] = {}
+    for op in ops:
+        if is_final(op.process) and op.f == "read" and op.type == "ok":
+            out[op.key] = op.result
+    return out
+
+
+def check_counters(ops: Sequence[Op]) -> dict[str, Any]:
+    """Counters: the final value within the acknowledged increments and those plus the
+    indeterminate ones; reads never above what was invoked before they ended."""
+    incrs: dict[str | None, list[Op]] = defaultdict(list)
+    reads: dict[str | None, list[Op]] = defaultdict(list)
+    for op in ops:
+        if is_final(op.process):
+            continue
+        if op.f == "incr":
+            incrs[op.key].append(op)
+        elif op.f == "read" and op.type == "ok":
+            reads[op.key].append(op)
+    finals = _final_scalars(ops)
+    keys_out: list[dict[str, Any]] = []
+    lost: list[dict[str, Any]] = []
+    unexpected: list[dict[str, Any]] = []
+    undecided: list[str | None] = []
+    stale = 0
+    for key in sorted(incrs.keys() | reads.keys(), key=_sort_key):
+        xs = incrs.get(key, [])
+        acked = sum(int(x.value) for x in xs if x.type == "ok")
+        unknown = sum(int(x.value) for x in xs if x.type == "info")
+        for r in reads.get(key, []):
+            end = r.complete_time if r.complete_time is not None else math.inf
+            upper = sum(int(x.value) for x in xs if x.type != "fail" and x.invoke_time < end)
+            lower = sum(int(x.value) for x in xs if x.type == "ok" and (x.complete_time or 0) < r.invoke_time)
+            if not isinstance(r.result, int) or r.result > upper:
+                unexpected.append({"key": key, "read": r.result, "at_most": upper, "read_time": r.invoke_time})
+            elif r.result < lower:
+                stale += 1
+        if key not in finals:
+            if xs:
+                undecided.append(key)
+            continue
+        final = finals[key]
+        row = {"key": key, "final": final, "acknowledged": acked, "indeterminate": unknown}
+        keys_out.append(row)
+        if not isinstance(final, int) or final > acked + unknown:
+            unexpected.append(row)
+        elif final < acked:
+            lost.append({**row, "missing": acked - final})
+    acked_ops = sum(1 for v in incrs.values() for x in v if x.type == "ok")
+    n_reads = sum(len(v) for v in reads.values())
+    return {
+        "valid": _verdict(decided=not undecided, anomalies=len(lost) + len(unexpected), acked=acked_ops),
+        "final_read": not undecided,
+        "keys": len(incrs),
+        "undecided_keys": _capped(k for k in undecided),
+        "attempted_count": sum(len(v) for v in incrs.values()),
+        "acknowledged_count": acked_ops,
+        "failed_count": sum(1 for v in incrs.values() for x in v if x.type == "fail"),
+        "indeterminate_count": sum(1 for v in incrs.values() for x in v if x.type == "info"),
+        "acknowledged_sum": sum(r["acknowledged"] for r in keys_out),
+        "indeterminate_sum": sum(r["indeterminate"] for r in keys_out),
+        "final_sum": sum(r["final"] for r in keys_out if isinstance(r["final"], int)),
+        "lost_count": len(lost),
+        "unexpected_count": len(unexpected),
+        "lost_fraction": (len(lost) / len(keys_out)) if keys_out else 0.0,
+        "reads_ok": n_reads,
+        "stale_reads": stale,
+        "stale_fraction": (stale / n_reads) if n_reads else 0.0,
+        "read_your_writes_violations": 0,
+        "per_key": keys_out[:_LIST_CAP],
+        "lost": lost[:_LIST_CAP],
+        "unexpected": unexpected[:_LIST_CAP],
+    }
+
+
+def check_sets(ops: Sequence[Op]) -> dict[str, Any]:
+    """Sets: acked adds present unless a remove of them may have happened; acked removes stick."""
+    adds: dict[str | None, list[Op]] = defaultdict(list)
+    removes: dict[str | None, list[Op]] = defaultdict(list)
+    for op in ops:
+        if is_final(op.process):
+            continue
+        if op.f == "add":
+            adds[op.key].append(op)
+        elif op.f == "remove":
+            removes[op.key].append(op)
+    finals = _final_reads(ops)
+    lost: list[dict[str, Any]] = []
+    resurrected: list[dict[str, Any]] = []
+    recovered: list[dict[str, Any]] = []
+    unexpected: list[dict[str, Any]] = []
+    revived: list[dict[str, Any]] = []
+    undecided: list[str | None] = []
+    for key in sorted(adds.keys() | removes.keys(), key=_sort_key):
+        as_, rs = adds.get(key, []), removes.get(key, [])
+        attempted = {a.value for a in as_}
+        maybe_removed = {r.value for r in rs if r.type != "fail"}
+        removed = {r.value for r in rs if r.type == "ok"}
+        if key not in finals:
+            if as_:
+                undecided.append(key)
+            continue
+        final = set(finals[key])
+        unexpected.extend({"key": key, "value": v} for v in final if v not in attempted)
+        resurrected.extend({"key": key, "value": v} for v in final & removed)
+        for a in as_:
+            present = a.value in final
+            if a.type == "ok" and not present and a.value not in maybe_removed:
+                lost.append({"key": key, "value": a.value})
+            elif a.type == "info" and present:
+                recovered.append({"key": key, "value": a.value})
+            elif a.type == "fail" and present:
+                revived.append({"key": key, "value": a.value})
+    all_adds = [a for v in adds.values() for a in v]
+    all_removes = [r for v in removes.values() for r in v]
+    acked = sum(1 for a in all_adds if a.type == "ok")
+    anomalies = len(lost) + len(resurrected) + len(unexpected) + len(revived)
+    return {
+        "valid": _verdict(decided=not undecided, anomalies=anomalies, acked=acked),
+        "final_read": not undecided,
+        "keys": len(adds.keys() | removes.keys()),
+        "undecided_keys": _capped(k for k in undecided),
+        "attempted_count": len(all_adds),
+        "acknowledged_count": acked,
+        "failed_count": sum(1 for a in all_adds if a.type == "fail"),
+        "indeterminate_count": sum(1 for a in all_adds if a.type == "info"),
+        "removes_acknowledged": sum(1 for r in all_removes if r.type == "ok"),
+        "removes_indeterminate": sum(1 for r in all_removes if r.type == "info"),
+        "lost_count": len(lost),
+        "resurrected_count": len(resurrected),
+        "resurrected_keys": _capped({r["key"] for r in resurrected}),
+        "recovered_count": len(recovered),
+        "unexpected_count": len(unexpected),
+        "revived_count": len(revived),
+        "lost_fraction": (len(lost) / acked) if acked else 0.0,
+        "lost": lost[:_LIST_CAP],
+        "resurrected": resurrected[:_LIST_CAP],
+        "recovered": recovered[:_LIST_CAP],
+        "unexpected": unexpected[:_LIST_CAP],
+        "revived": revived[:_LIST_CAP],
+    }
+
+
 def _rate(counts: dict[str, int]) -> dict[str, Any]:
     total = counts["ok"] + counts["fail"] + counts["info"]
     return {**counts, "total": total, "availability": (counts["ok"] / total) if total else None}
@@ -437,7 +600,7 @@ def latency_quantiles(ops: Sequence[Op]) -> dict[str, dict[str, Any]]:
 
 
 _BY_WORKLOAD = {"set": check_set, "register": check_register, "independent": check_independent,
-                "deletes": check_deletes}
+                "deletes": check_deletes, "counters": check_counters, "sets": check_sets}
 
 
 def check(events: Sequence[Event], workload: str) -> dict[str, Any]:

@@ -80,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="cluster secret for the nodes and the clients (default: env KV_SECRET_FILE)")
     r.add_argument("--conflict", choices=("siblings", "lww"), default="siblings",
                    help="the cluster's conflict mode (default siblings)")
-    r.add_argument("--keys", type=int, default=16, help="register and deletes workloads: number of keys (default 16)")
+    r.add_argument("--keys", type=int, default=16, help="register and deletes workloads: number of keys (default 16); counters and sets use at most 4")
     r.add_argument("--n-replicas", type=int, default=None, help="N (default min(3, nodes))")
     r.add_argument("--r", type=int, default=None, help="R (default min(2, N))")
     r.add_argument("--w", type=int, default=None, help="W (default min(2, N))")

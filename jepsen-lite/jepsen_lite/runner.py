@@ -376,7 +376,7 @@ async def _drive(
     client = AsyncClient(cluster.addrs, timeout_s=max(cfg.client_timeout_s, 5.0))
     try:
         unread = await final_reads(client, history, keys, r=cfg.n, deadline=loop.time() + cfg.final_timeout_s,
-                                   concurrency=cfg.concurrency)
+                                   concurrency=cfg.concurrency, read=getattr(workload, "final_value", None))
     finally:
         await client.close()
     results = check(history.events, cfg.workload)

@@ -9,6 +9,11 @@
                  becomes a sibling of what is there), reads, or deletes with the context of a
                  read, recording the values that read saw (exactly what the delete removes).
                  Keys are deleted and re-added over and over while tombstones are collected.
+    counters     a few counter data types (kvstore.core.crdt); each op increments one by a
+                 random 1..5 or fetches it. The final value must lie within the acknowledged
+                 increments and those plus the ones whose outcome is unknown.
+    sets         a few set data types; each op adds a unique integer, fetches, or removes a
+                 member the fetch saw, with the fetch's context (so exactly that add).
 
 Outcome of a write as the client sees it: ``ok`` when acked; ``fail`` only when it certainly
 was not stored (its read failed so it was never sent, the request was refused as invalid, or
@@ -21,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -31,6 +36,9 @@ from kvstore.errors import InvalidRequest, KVError, Unreachable
 from kvstore.runtime.rpc import was_sent
 
 __all__ = ["WORKLOADS", "Counter", "Ctx", "Workload", "final_reads", "make_workload", "write_outcome"]
+
+# How a final read turns a key into its recorded value (the default: the union of siblings).
+FinalValue = Callable[[AsyncClient, str, int], Awaitable[Any]]
 
 
 class Counter:
@@ -136,23 +144,29 @@ async def _read(c: AsyncClient, ctx: Ctx, key: str) -> str:
     return ctx.complete("ok", value=_union(res.values))
 
 
-async def _final_read(c: AsyncClient, history: History, key: str, r: int, slot: int) -> bool:
+async def _siblings_union(c: AsyncClient, key: str, r: int) -> Any:
+    return _union((await c.get(key, r=r)).values)
+
+
+async def _final_read(c: AsyncClient, history: History, key: str, r: int, slot: int, read: FinalValue) -> bool:
     inv = history.invoke(f"final-{slot}", "read", key=key)
     try:
-        res = await c.get(key, r=r)
+        value = await read(c, key, r)
     except KVError as e:
         history.complete(inv, "fail", value=None, error=_err(e))
         return False
-    history.complete(inv, "ok", value=_union(res.values))
+    history.complete(inv, "ok", value=value)
     return True
 
 
 async def final_reads(
     c: AsyncClient, history: History, keys: list[str], *, r: int, deadline: float,
-    concurrency: int = 8,
+    concurrency: int = 8, read: FinalValue | None = None,
 ) -> list[str]:
     """Read every key at R=r, retrying each until it succeeds or the loop time passes the
-    deadline; returns the keys that could not be read."""
+    deadline; returns the keys that could not be read. ``read`` gives the recorded value
+    (default: the union of the sibling values; data type workloads fetch)."""
+    reader = read or _siblings_union
     loop = asyncio.get_running_loop()
     slots: asyncio.Queue[int] = asyncio.Queue()
     for i in range(max(1, concurrency)):
@@ -165,7 +179,7 @@ async def final_reads(
         try:
             delay = 0.2
             while True:
-                if await _final_read(c, history, key, r, slot):
+                if await _final_read(c, history, key, r, slot, reader):
                     return
                 if loop.time() > deadline:
                     failed.append(key)
@@ -304,7 +318,102 @@ class DeletesWorkload:
         return list(self.keys)
 
 
-WORKLOADS = ("set", "register", "independent", "deletes")
+def _members(value: list[bytes]) -> list[Any]:
+    """A set's members as the integers the workload added (anything else kept as text)."""
+    out: list[Any] = []
+    for m in value:
+        try:
+            out.append(int(m))
+        except ValueError:
+            out.append(f"?{bytes(m)[:64].hex()}")
+    return sorted(out, key=lambda x: (isinstance(x, str), x if isinstance(x, int) else 0, str(x)))
+
+
+class CountersWorkload:
+    """Increments (by 1..5, recorded as the op's value) and fetches of a few counters."""
+
+    name = "counters"
+
+    def __init__(self, counter: Counter, keys: int = 4, read_fraction: float = 0.2) -> None:
+        self.keys = [f"ctr-{i}" for i in range(keys)]
+        self.read_fraction = read_fraction
+
+    async def step(self, c: AsyncClient, ctx: Ctx) -> str:
+        key = ctx.rng.choice(self.keys)
+        if ctx.rng.random() < self.read_fraction:
+            ctx.invoke("read", key)
+            try:
+                res = await c.fetch(key, "counter")
+            except KVError as e:
+                return ctx.complete("fail", error=_err(e))
+            return ctx.complete("ok", value=res.value)
+        n = ctx.rng.randint(1, 5)
+        ctx.invoke("incr", key, n)
+        try:
+            await c.incr(key, n)
+        except KVError as e:
+            return ctx.complete(write_outcome(e), error=_err(e))
+        return ctx.complete("ok")
+
+    @staticmethod
+    async def final_value(c: AsyncClient, key: str, r: int) -> Any:
+        return (await c.fetch(key, "counter", r=r)).value
+
+    def final_keys(self) -> list[str]:
+        return list(self.keys)
+
+
+class SetsWorkload:
+    """Adds of unique integers to a few sets, fetches, and removes of a member a fetch saw
+    (with that fetch's context: the remove covers exactly that member's one add)."""
+
+    name = "sets"
+
+    def __init__(self, counter: Counter, keys: int = 4, add_fraction: float = 0.6,
+                 remove_fraction: float = 0.2) -> None:
+        self.counter = counter
+        self.keys = [f"crdt-set-{i}" for i in range(keys)]
+        self.add_fraction = add_fraction
+        self.remove_fraction = remove_fraction
+
+    async def step(self, c: AsyncClient, ctx: Ctx) -> str:
+        key = ctx.rng.choice(self.keys)
+        x = ctx.rng.random()
+        if x < self.add_fraction:
+            v = self.counter.next()
+            ctx.invoke("add", key, v)
+            try:
+                await c.add(key, str(v))
+            except KVError as e:
+                return ctx.complete(write_outcome(e), error=_err(e))
+            return ctx.complete("ok")
+        ctx.invoke("read", key)
+        try:
+            res = await c.fetch(key, "set")
+        except KVError as e:
+            return ctx.complete("fail", error=_err(e))
+        seen = _members(res.value)
+        outcome = ctx.complete("ok", value=seen)
+        ints = [m for m in seen if isinstance(m, int)]
+        if x >= self.add_fraction + self.remove_fraction or not ints:
+            return outcome
+        victim = ctx.rng.choice(ints)
+        ctx.invoke("remove", key, victim)
+        try:
+            await c.remove(key, str(victim), context=res.context)
+        except KVError as e:
+            return ctx.complete(write_outcome(e), error=_err(e))
+        return ctx.complete("ok")
+
+    @staticmethod
+    async def final_value(c: AsyncClient, key: str, r: int) -> Any:
+        return _members((await c.fetch(key, "set", r=r)).value)
+
+    def final_keys(self) -> list[str]:
+        return list(self.keys)
+
+
+WORKLOADS = ("set", "register", "independent", "deletes", "counters", "sets")
 
 
 def make_workload(name: str, counter: Counter, *, keys: int = 16) -> Workload:
@@ -316,4 +425,9 @@ def make_workload(name: str, counter: Counter, *, keys: int = 16) -> Workload:
         return IndependentWorkload(counter)
     if name == "deletes":
         return DeletesWorkload(counter, keys=keys)
+    # A few keys: contention between coordinators is the point.
+    if name == "counters":
+        return CountersWorkload(counter, keys=min(keys, 4))
+    if name == "sets":
+        return SetsWorkload(counter, keys=min(keys, 4))
     raise ValueError(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}")

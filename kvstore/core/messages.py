@@ -30,9 +30,24 @@ FWD_GET = "coord.get"
 FWD_PUT = "coord.put"
 FWD_DELETE = "coord.delete"
 
+# Convergent data types (kvstore.runtime.datatypes): an update coordinated by a replica of
+# the key (forwarded there like a put), and a read that merges the siblings' states.
+DT_UPDATE = "dt.update"
+DT_FETCH = "dt.fetch"
+FWD_DT_UPDATE = "coord.dt.update"
+
 # Coordinator-to-replica.
 REPLICA_GET = "replica.get"
 REPLICA_PUT = "replica.put"
+
+# Coordinator-to-replica: every replica.get and replica.put of one loop turn for one peer,
+# in one frame: ``[[0, p, key] | [1, p, key, record, hint_for], ...]``; the reply lists each
+# op's outcome in order, ``[0, result]`` or ``[1, error]`` (error as kvstore.errors.to_wire).
+REPLICA_MANY = "replica.many"
+MANY_GET = 0
+MANY_PUT = 1
+# Most ops in one replica.many (a frame stays well inside the element and byte limits).
+MAX_MANY_OPS = 4096
 
 # Coordinator-to-replica: a batch of versions to merge (hint delivery).
 REPLICA_PUT_BATCH = "replica.put_batch"

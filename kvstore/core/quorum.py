@@ -88,7 +88,10 @@ def next_stand_in(
 class _Quorum:
     """What reads and writes share: ``need`` successes out of the targets, counting only
     primaries when ``strict``; done as soon as that is reached, unavailable as soon as it no
-    longer can be, or at the deadline. Once decided, the status never changes."""
+    longer can be, or at the deadline. Once decided, the status never changes.
+
+    The tallies are kept as events arrive (every request decides on each of its events, so
+    recounting the targets each time was a visible share of a put's cost)."""
 
     targets: tuple[Target, ...]
     need: int
@@ -96,30 +99,45 @@ class _Quorum:
     strict: bool = False
     failed: dict[str, str] = field(default_factory=dict)
     status: Status = Status.PENDING
+    # node -> counts towards ``need``, for every target.
+    _counted: dict[str, bool] = field(default_factory=dict)
+    _got: int = 0  # counted targets that succeeded
+    _open: int = 0  # counted targets that have neither succeeded nor failed
+    _unanswered: int = 0  # targets (counted or not) that have neither succeeded nor failed
+
+    def __post_init__(self) -> None:
+        for t in self.targets:
+            self._add(t)
+
+    def _add(self, t: Target) -> None:
+        counts = not (self.strict and t.hint_for is not None)
+        self._counted[t.node] = counts
+        self._unanswered += 1
+        if counts:
+            self._open += 1
 
     def _succeeded(self, node: str) -> bool:
         raise NotImplementedError
 
-    def _counts(self, t: Target) -> bool:
-        return not (self.strict and t.hint_for is not None)
+    def _count_success(self, node: str) -> None:
+        counts = self._counted.get(node)
+        if counts is None:
+            return  # not a target (one found after the decision)
+        self._unanswered -= 1
+        if counts:
+            self._got += 1
+            self._open -= 1
 
     @property
     def successes(self) -> int:
-        return sum(1 for t in self.targets if self._counts(t) and self._succeeded(t.node))
+        return self._got
 
     def _decide(self) -> Status:
         if self.status is Status.PENDING:
-            got = self.successes
-            if got >= self.need:
+            if self._got >= self.need:
                 self.status = Status.OK
-            else:
-                still = sum(
-                    1
-                    for t in self.targets
-                    if self._counts(t) and t.node not in self.failed and not self._succeeded(t.node)
-                )
-                if got + still < self.need:
-                    self.status = Status.UNAVAILABLE
+            elif self._got + self._open < self.need:
+                self.status = Status.UNAVAILABLE
         return self.status
 
     def decide(self) -> Status:
@@ -128,6 +146,12 @@ class _Quorum:
 
     def on_error(self, node: str, reason: str) -> Status:
         if not self._succeeded(node):
+            if node not in self.failed:
+                counts = self._counted.get(node)
+                if counts is not None:
+                    self._unanswered -= 1
+                    if counts:
+                        self._open -= 1
             self.failed[node] = reason
         return self._decide()
 
@@ -138,7 +162,7 @@ class _Quorum:
 
     @property
     def all_answered(self) -> bool:
-        return all(self._succeeded(t.node) or t.node in self.failed for t in self.targets)
+        return self._unanswered == 0
 
     def _explain(self, what: str) -> str:
         kind = "primary " if self.strict else ""
@@ -163,15 +187,17 @@ class WriteQuorum(_Quorum):
         return self.successes
 
     def on_ack(self, node: str) -> Status:
-        if node not in self.failed:
+        if node not in self.failed and node not in self.acked:
             self.acked.add(node)
+            self._count_success(node)
         return self._decide()
 
     def add_stand_in(self, t: Target) -> None:
         """Sloppy quorum: a fallback now carries a failed primary's write (with a hint).
         Its acknowledgement counts towards W (unless strict)."""
-        if self.status is Status.PENDING and t.node not in {x.node for x in self.targets}:
+        if self.status is Status.PENDING and t.node not in self._counted:
             self.targets = (*self.targets, t)
+            self._add(t)
 
     def explain(self) -> str:
         return self._explain("acknowledged the write")
@@ -205,6 +231,7 @@ class ReadQuorum(_Quorum):
             self.status = Status.UNAVAILABLE
             return self.status
         self.replies[node] = obj
+        self._count_success(node)
         self.merged = merged
         return self._decide()
 

@@ -49,6 +49,7 @@ __all__ = [
     "is_deleted",
     "is_stale",
     "lww",
+    "record_digest",
     "sync",
     "sync_all",
     "update",
@@ -71,7 +72,6 @@ MAX_CONTEXT_ENTRIES = 1024
 _hash64 = xxhash.xxh3_64_intdigest
 # NamedTuple's generated __new__ is a Python frame; the decoder builds these directly.
 _tnew = tuple.__new__
-_MASK64 = (1 << 64) - 1
 
 
 class Dot(NamedTuple):
@@ -208,7 +208,12 @@ def values(obj: Obj | None) -> list[bytes]:
 
 def is_deleted(obj: Obj | None) -> bool:
     """True when the key exists only as tombstones (absent, None, is not 'deleted')."""
-    return obj is not None and bool(obj.siblings) and all(s.value is None for s in obj.siblings)
+    if obj is None:
+        return False
+    sibs = obj.siblings
+    if len(sibs) == 1:  # the usual case, without a generator
+        return sibs[0].value is None
+    return bool(sibs) and all(s.value is None for s in sibs)
 
 
 @overload
@@ -259,43 +264,40 @@ def is_stale(replica: Obj | None, merged: Obj | None) -> bool:
 
 
 def digest(obj: Obj) -> int:
-    """A stable 64-bit fingerprint of the whole state (siblings and vector).
-
-    Equal states give equal digests on every node and Python run; the sum over siblings
-    makes it independent of their order. Merkle trees are built from it.
+    """A stable 64-bit fingerprint of the whole state (siblings and vector): the hash of its
+    canonical encoding (:func:`encode` sorts the vector's nodes and the siblings), so equal
+    states give equal digests on every node and Python run. Merkle trees are built from it.
     """
-    h = _hash64(_pack_vv(obj.vv))
-    for s in obj.siblings:
-        h += _hash64(_pack(_sibling_tuple(s)))
-    return h & _MASK64
+    return _hash64(encode(obj))
+
+
+def record_digest(rec: bytes) -> int:
+    """:func:`digest` of a stored record, without decoding it: every record a replica
+    stores is :func:`encode`'s output, so hashing its bytes is the same fingerprint. The
+    write path and tree builds use this (one hash of bytes instead of a decode)."""
+    return _hash64(rec)
 
 
 def record_summary(rec: bytes) -> tuple[int, int | None]:
-    """``(digest(decode(rec)), newest sibling ts if only tombstones else None)`` straight
-    from the encoded record, without building an :class:`Obj`: three times faster, which is
-    what rebuilding Merkle trees over a whole store after a restart spends its time on.
-    Falls back to the full decode (and its checks) for anything unusual."""
+    """``(digest, newest sibling ts if only tombstones else None)`` of a stored record,
+    without building an :class:`Obj` — what rebuilding Merkle trees over a whole store
+    after a restart spends its time on. Falls back to the full decode (and its checks) for
+    anything that is not a canonical record."""
     try:
         fmt, nodes, counters, flat = _unpack_raw(rec)
-        if fmt != _FORMAT or len(nodes) != len(counters) or len(flat) % 4:
+        if fmt != _FORMAT or len(nodes) != len(counters) or len(flat) % 4 or not flat:
             raise ValueError
-        vv_flat: list[Any] = []
-        for n, c in zip(nodes, counters, strict=True):
-            vv_flat.append(n)
-            vv_flat.append(c)
-        h = _hash64(_pack(vv_flat))
+        if nodes != sorted(nodes):
+            raise ValueError  # not canonical: let the full decode judge it
         live = False
         newest = 0
-        for i in range(0, len(flat), 4):
-            node_i, counter, ts, value = flat[i], flat[i + 1], flat[i + 2], flat[i + 3]
-            h += _hash64(_pack((nodes[node_i], counter, ts, value)))
+        for i in range(2, len(flat), 4):
+            ts, value = flat[i], flat[i + 1]
             if value is not None:
                 live = True
             elif ts > newest:
                 newest = ts
-        if nodes != sorted(nodes) or not flat:
-            raise ValueError  # not canonical: let the full decode judge it
-        return h & _MASK64, (None if live else newest)
+        return _hash64(rec), (None if live else newest)
     except Exception:
         obj = decode(rec)
         tomb = max((x.ts for x in obj.siblings), default=0) if is_deleted(obj) else None
@@ -307,14 +309,6 @@ def record_summary(rec: bytes) -> tuple[int, int | None]:
 # One reusable Packer is ~40% faster than msgpack.packb; its C pack() runs entirely under
 # the GIL (no default= hook), so sharing it between threads is safe.
 _pack: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True, autoreset=True).pack
-
-
-def _sibling_tuple(s: Sibling) -> tuple[str, int, int, bytes | None]:
-    return (s.dot.node, s.dot.counter, s.ts, s.value)
-
-
-def _pack_vv(vv: VV) -> bytes:
-    return _pack(_flatten(vv))
 
 
 _unpack_raw: Callable[[bytes], Any] = functools.partial(msgpack.unpackb, raw=False, use_list=True)
@@ -329,7 +323,9 @@ def encode(obj: Obj) -> bytes:
     nodes = sorted(obj.vv)
     index = {n: i for i, n in enumerate(nodes)}
     flat: list[Any] = []
-    for s in obj.siblings:
+    # Sorted here too (versions are built sorted; this keeps the encoding canonical for any
+    # Obj), so equal states always encode to equal bytes.
+    for s in obj.siblings if len(obj.siblings) < 2 else sorted(obj.siblings):
         flat.append(index[s.dot.node])
         flat.append(s.dot.counter)
         flat.append(s.ts)
@@ -337,21 +333,48 @@ def encode(obj: Obj) -> bytes:
     return _pack([_FORMAT, nodes, [obj.vv[n] for n in nodes], flat])
 
 
+_unpackb: Callable[[Any], Any] = functools.partial(msgpack.unpackb, raw=False, use_list=True, strict_map_key=True)
+
+
 def _unpack(b: Any, what: str) -> Any:
     if not isinstance(b, bytes | bytearray | memoryview):
         raise InvalidRequest(f"malformed {what}: expected bytes, got {type(b).__name__}")
     try:
-        return msgpack.unpackb(b, raw=False, use_list=True, strict_map_key=True)
+        return _unpackb(b)
     except Exception:
         # msgpack reports bad input through a handful of unrelated exception types.
         raise InvalidRequest(f"malformed {what}") from None
 
 
-def decode(b: bytes) -> Obj:
-    """Inverse of :func:`encode`; InvalidRequest("malformed record: …") on anything else."""
+def decode(b: bytes, *, canonical: bool = False) -> Obj:
+    """Inverse of :func:`encode`; InvalidRequest("malformed record: …") on anything else.
+
+    With ``canonical``, also refuse a record whose nodes or siblings are not in the order
+    :func:`encode` writes them: such bytes may be stored as they came, and a stored record's
+    hash must be its version's :func:`digest`."""
     # Every replica read goes through here, so the checks are inlined (``type(x) is int``
     # also rejects bools) rather than spread over helpers.
     d = _unpack(b, "record")
+    # The common shape first: one writer in the vector, one sibling (the same checks as the
+    # general path below, without its loops).
+    if type(d) is list and len(d) == 4 and d[0] == _FORMAT and type(d[0]) is int:
+        nodes, counters, flat = d[1], d[2], d[3]
+        if type(nodes) is list and len(nodes) == 1 and type(counters) is list and len(counters) == 1 and type(flat) is list and len(flat) == 4:
+            n, c = nodes[0], counters[0]
+            idx, counter, ts, value = flat
+            if (
+                type(n) is str
+                and 0 < len(n) <= MAX_NODE_NAME_CHARS
+                and type(c) is int
+                and 0 < c < MAX_COUNTER
+                and idx == 0
+                and type(idx) is int
+                and type(counter) is int
+                and 0 < counter <= c
+                and type(ts) is int
+                and (value is None or type(value) is bytes)
+            ):
+                return Obj((_tnew(Sibling, (_tnew(Dot, (n, counter)), value, ts)),), {n: c})
     if type(d) is not list or len(d) != 4 or type(d[0]) is not int or d[0] != _FORMAT:
         raise InvalidRequest("malformed record: unknown layout")
     _, nodes, counters, flat = d
@@ -390,7 +413,13 @@ def decode(b: bytes) -> Obj:
         # Duplicates first: sorting equal dots would go on to compare None with bytes.
         if len({s.dot for s in sibs}) != len(sibs):
             raise InvalidRequest("malformed record: duplicate dot")
-        sibs.sort()
+        if canonical:
+            if any(sibs[i].dot > sibs[i + 1].dot for i in range(len(sibs) - 1)) or nodes != sorted(nodes):
+                raise InvalidRequest("malformed record: not in canonical order")
+        else:
+            sibs.sort()
+    elif canonical and len(nodes) > 1 and nodes != sorted(nodes):
+        raise InvalidRequest("malformed record: not in canonical order")
     return Obj(tuple(sibs), vv)
 
 

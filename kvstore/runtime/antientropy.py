@@ -241,7 +241,7 @@ class AntiEntropy:
         """The tree of ``p`` holds every key (its builder pass is done)."""
         return p not in self._building
 
-    def _on_change(self, p: int, key: bytes, old: Obj | None, new: Obj | None) -> None:
+    def _on_change(self, p: int, key: bytes, old: bytes | None, rec: bytes | None, new: Obj | None) -> None:
         st = self._settle.get(p)
         if st is not None:
             if self.clock() > st.until:
@@ -252,8 +252,8 @@ class AntiEntropy:
                 st.applied.add(key)
         self._tree(p).update(
             key,
-            None if old is None else vclock.digest(old),
-            None if new is None else vclock.digest(new),
+            None if old is None else vclock.record_digest(old),
+            None if rec is None else vclock.record_digest(rec),
         )
         if new is not None and vclock.is_deleted(new):
             self._tombs[(p, key)] = _newest_ts(new)
@@ -355,7 +355,7 @@ class AntiEntropy:
             b = bucket_of(key)
             if b in want:
                 try:
-                    out[b][key] = vclock.digest(vclock.decode(rec))
+                    out[b][key] = vclock.record_digest(rec)
                 except InvalidRequest:
                     continue
         return out

@@ -54,6 +54,8 @@ class ClusterView:
         self.n = n
         self.ring: Ring | None = None
         self.next: Ring | None = None
+        self._replicated: frozenset[int] = frozenset()
+        self._replicated_for: tuple[Ring | None, Ring | None] = (None, None)
         self.addrs: dict[str, str] = {name: addr}
         # Liveness sources; any that says "down" wins (the RPC client's fail-fast state, SWIM).
         self.down_checks = tuple(down_checks)
@@ -117,7 +119,10 @@ class ClusterView:
         addr = self.addrs.get(node)
         if addr is None:
             return False
-        return not any(check(node, addr) for check in self.down_checks)
+        for check in self.down_checks:  # noqa: SIM110  (no generator: asked for every target of every request)
+            if check(node, addr):
+                return False
+        return True
 
     def by_preference(self, nodes: tuple[str, ...] | list[str]) -> list[str]:
         """Live nodes first, healthier first, keeping the given order among equals."""
@@ -137,12 +142,17 @@ class ClusterView:
     def replicates(self, p: int) -> bool:
         """This node is a replica of ``p`` in the ring or in a pending change: the only
         partitions it may store, serve or merge into (anything else it holds is stale)."""
-        ring = self.ring
-        if ring is None or not 0 <= p < ring.partitions:
+        ring, nxt = self.ring, self.next
+        if ring is None:
             return False
-        if self.name in ring.preference_list(p, self.n):
-            return True
-        return self.next is not None and self.name in self.next.preference_list(p, self.n)
+        # Asked for every replica op: the answer is kept per (ring, pending change).
+        if ring is not self._replicated_for[0] or nxt is not self._replicated_for[1]:
+            mine = {q for q in range(ring.partitions) if self.name in ring.preference_list(q, self.n)}
+            if nxt is not None:
+                mine |= {q for q in range(nxt.partitions) if self.name in nxt.preference_list(q, self.n)}
+            self._replicated = frozenset(mine)
+            self._replicated_for = (ring, nxt)
+        return p in self._replicated
 
     def extra_write_targets(self, p: int) -> tuple[str, ...]:
         """During a ring change: the new replicas of ``p`` that are not yet old ones."""

@@ -3,7 +3,7 @@
 The decisions (who to ask, stand-ins, hints, when a request is done, who needs repair) are
 the pure request machines of kvstore.core.request; this module only carries out their
 effects: local reads and writes through the Replica, calls to peers through the RPC client,
-one deadline timer per request on the event loop.
+and one deadline sweep for all requests (no timer per request).
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ from kvstore.core import vclock
 from kvstore.core.request import GET, ReadRequest, Ready, Repair, WriteRequest
 from kvstore.core.ring import Ring, partition_of
 from kvstore.core.vclock import Obj
-from kvstore.errors import KVError, StorageError, Unavailable
+from kvstore.errors import KVError, Unavailable
 from kvstore.retry import RetryPolicy
 from kvstore.runtime.cluster import ClusterView
+from kvstore.runtime.deadlines import Deadlines
+from kvstore.runtime.outbox import Outbox, reason_of
 from kvstore.runtime.replica import KeepHint, Replica
 from kvstore.runtime.rpc import RpcClient
-from storage.errors import StorageError as StorageFailure
 
 log = logging.getLogger("kvstore.coordinator")
 
@@ -36,10 +37,8 @@ log = logging.getLogger("kvstore.coordinator")
 FORWARD_RETRY = RetryPolicy(retry_unavailable=False)
 
 
-def _consume(f: asyncio.Future[Any]) -> None:
-    """Fire-and-forget RPCs: read the outcome so a failure is not reported as unretrieved."""
-    if not f.cancelled():
-        f.exception()
+def _ignore(reason: str | None, result: Any) -> None:
+    """The outcome of a call nobody waits for (best-effort writes, read repairs)."""
 
 
 @dataclass(slots=True)
@@ -74,6 +73,10 @@ class Coordinator:
         self._background: set[asyncio.Task[None]] = set()
         # Sloppy quorum's hints (None: hinted handoff off, and no stand-ins either).
         self.keep_hint = keep_hint
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Every replica call of a loop turn goes out as one frame per peer.
+        self.outbox = Outbox(rpc, view.addr_of)
+        self.deadlines: Deadlines[_Drive] = Deadlines(self._running_loop)
 
     def handlers(self) -> dict[str, Callable[..., Any]]:
         """The public data API and its forwarded forms (handle-or-forward)."""
@@ -85,6 +88,14 @@ class Coordinator:
             m.FWD_PUT: lambda key, value, ctx=None, opts=None: self.put(key, value, ctx, opts, forwarded=True),
             m.FWD_DELETE: lambda key, ctx=None, opts=None: self.delete(key, ctx, opts, forwarded=True),
         }
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        # asyncio.get_running_loop() makes a getpid() system call each time: a node's
+        # coordinator lives on one loop, so it is asked once.
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     # ------------------------------------------------------------------ routing
     def _ring(self) -> Ring:
@@ -183,7 +194,7 @@ class Coordinator:
         # could be stored but never replicated.
         if (warning := m.check_record(key, new, len(record), self.limits)) is not None:
             log.warning("%s", warning)
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         hinting = self.keep_hint is not None
         machine = WriteRequest(
             self.name, new, record,
@@ -203,9 +214,11 @@ class Coordinator:
         return drive.result
 
     def _read(self, p: int, pref: tuple[str, ...], key: bytes, opts: m.Options) -> asyncio.Future[dict[str, Any]]:
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
+        local_rec = self.replica.read_raw(p, key)
+        local = None if local_rec is None else vclock.decode(local_rec)
         machine = ReadRequest(
-            self.name, self.replica.read(p, key),
+            self.name, local,
             preference=pref,
             is_up=self.view.is_up,
             r=opts.quorum or self.s.r,
@@ -215,6 +228,8 @@ class Coordinator:
             lww=self.lww,
         )
         drive = _Drive(self, machine, p, key, loop)
+        if local_rec is not None:
+            drive.known = (local_rec, local)
         drive.run(machine.start())
         return drive.result
 
@@ -233,29 +248,18 @@ class Coordinator:
         task.add_done_callback(self._background.discard)
 
     async def close(self) -> None:
+        self.deadlines.close()
         for t in list(self._background):
             t.cancel()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
 
 
-def _reason(f: asyncio.Future[Any]) -> str | None:
-    """None if the call succeeded, else the reason the quorum records."""
-    if f.cancelled():
-        return "cancelled"
-    err = f.exception()
-    if err is None:
-        return None
-    if isinstance(err, StorageFailure | StorageError):
-        return f"storage: {err}"  # the path and the cause (disk full, read-only …)
-    return err.code if isinstance(err, KVError) else type(err).__name__
-
-
 class _Drive:
     """Carries out one request machine's effects on the event loop: replica calls through the
-    RPC client, the local write, hints, read repairs, the one deadline timer, the reply."""
+    RPC client, the local write, hints, read repairs, the deadline, the reply."""
 
-    __slots__ = ("c", "key", "loop", "machine", "p", "result", "timer")
+    __slots__ = ("c", "deadline", "key", "known", "loop", "machine", "p", "result")
 
     def __init__(
         self, c: Coordinator, machine: WriteRequest | ReadRequest, p: int, key: bytes, loop: asyncio.AbstractEventLoop
@@ -266,23 +270,27 @@ class _Drive:
         self.key = key
         self.loop = loop
         self.result: asyncio.Future[dict[str, Any]] = loop.create_future()
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline: float | None = None  # when the machine wants its next tick
+        # A read's local record and its version: replicas in sync answer with the same bytes,
+        # which then need no decoding.
+        self.known: tuple[bytes, Obj | None] | None = None
 
     def run(self, ready: Ready) -> None:
         c = self.c
+        outbox = c.outbox
         for s in ready.sends:
-            params: list[Any] = [self.p, self.key] if s.op == GET else [self.p, self.key, s.record, s.hint_for]
-            try:
-                f = c.rpc.request(c.view.addr_of(s.node), m.REPLICA_GET if s.op == GET else m.REPLICA_PUT, params, s.timeout_s)
-            except KVError as e:
-                f = self.loop.create_future()
-                f.set_exception(e)
-            f.add_done_callback(functools.partial(self._answered, s.tag) if s.counted else _consume)
+            answer = functools.partial(self._answered, s.tag) if s.counted else _ignore
+            if s.op == GET:
+                outbox.get(s.node, self.p, self.key, s.timeout_s, answer)
+            else:
+                assert s.record is not None
+                outbox.put(s.node, self.p, self.key, s.record, s.hint_for, s.timeout_s, answer)
         if ready.local_write is not None:
             tag, obj = ready.local_write
             # Applied to the local table right here, before any other request can read the
             # key; acknowledged once durable.
-            c.replica.write_new(self.p, self.key, obj).add_done_callback(functools.partial(self._answered, tag))
+            record = self.machine.record  # type: ignore[union-attr]  # only a write has a local_write
+            c.replica.write_new(self.p, self.key, obj, record).add_done_callback(functools.partial(self._stored, tag))
         for h in ready.hints:
             c._spawn(c._keep_hint(h.primary, self.p, self.key, h.obj))
         for rep in ready.repairs:
@@ -294,18 +302,24 @@ class _Drive:
                 self.result.set_exception(ready.reply.error)
             else:
                 self.result.set_result(ready.reply.result)  # type: ignore[arg-type]
-        if self.timer is not None and (ready.deadline is None or ready.deadline != self.timer.when()):
-            self.timer.cancel()
-            self.timer = None
-        if ready.deadline is not None and self.timer is None:
-            self.timer = self.loop.call_at(ready.deadline, self._tick)
+        deadline = ready.deadline
+        if deadline != self.deadline:
+            if self.deadline is not None:
+                c.deadlines.discard(self.deadline, self)
+            if deadline is not None:
+                c.deadlines.add(deadline, self)
+            self.deadline = deadline
 
-    def _tick(self) -> None:
-        self.timer = None
-        self.run(self.machine.tick(self.loop.time()))
+    def tick(self, now: float) -> None:
+        """Called by the sweep once ``now`` is past the deadline it was registered for."""
+        if self.deadline is not None and now >= self.deadline:
+            self.deadline = None
+            self.run(self.machine.tick(now))
 
-    def _answered(self, tag: int, f: asyncio.Future[Any]) -> None:
-        reason = _reason(f)
+    def _stored(self, tag: int, f: asyncio.Future[Any]) -> None:
+        self._answered(tag, "cancelled" if f.cancelled() else reason_of(f.exception()), None)
+
+    def _answered(self, tag: int, reason: str | None, rec: Any) -> None:
         machine = self.machine
         if isinstance(machine, WriteRequest):
             self.run(machine.acked(tag) if reason is None else machine.failed(tag, reason))
@@ -314,9 +328,14 @@ class _Drive:
         if reason is not None:
             self.run(machine.failed(tag, reason, now))
             return
-        rec = f.result()
+        known = self.known
         try:
-            obj = None if rec is None else vclock.decode(m.as_bytes(rec, "record"))
+            if rec is None:
+                obj = None
+            elif known is not None and rec == known[0]:
+                obj = known[1]
+            else:
+                obj = vclock.decode(m.as_bytes(rec, "record"))
         except KVError as e:
             self.run(machine.failed(tag, e.code, now))
         else:
@@ -327,12 +346,4 @@ class _Drive:
         if rep.node == c.name:
             c._spawn(c.replica.merge_in(self.p, self.key, rep.obj))  # type: ignore[arg-type]
             return
-        try:
-            f = c.rpc.request(
-                c.view.addr_of(rep.node), m.REPLICA_PUT, [self.p, self.key, vclock.encode(rep.obj), None],
-                c.s.request_timeout_s,
-            )
-        except KVError as e:
-            log.debug("read repair of %r on %s failed: %s", self.key, rep.node, e)
-            return
-        f.add_done_callback(_consume)
+        c.outbox.put(rep.node, self.p, self.key, vclock.encode(rep.obj), None, c.s.request_timeout_s, _ignore)

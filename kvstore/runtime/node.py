@@ -25,6 +25,7 @@ from kvstore.errors import InvalidRequest, KVError, StorageError, Unavailable
 from kvstore.runtime.antientropy import AntiEntropy
 from kvstore.runtime.cluster import ClusterView
 from kvstore.runtime.coordinator import Coordinator
+from kvstore.runtime.datatypes import Datatypes
 from kvstore.runtime.gossip import Gossip, push_pull_via
 from kvstore.runtime.gossip import rpc_handlers as gossip_handlers
 from kvstore.runtime.handoff import STATUS, Handoff
@@ -164,6 +165,7 @@ class Node:
             {
                 **self._handlers(),
                 **self.coord.handlers(),
+                **Datatypes(self.coord).handlers(),
                 **ReplicaServer(replica, self.view, self.hints.store).handlers(),
                 **self.hints.handlers(),
                 **self.handoff.handlers(),

@@ -9,6 +9,7 @@ handoff or anti-entropy).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -19,15 +20,16 @@ import msgpack
 from kvstore.core import messages as m
 from kvstore.core import vclock
 from kvstore.core.vclock import Obj
-from kvstore.errors import DotConflict, InvalidRequest, NotOwner
+from kvstore.errors import DotConflict, InternalError, InvalidRequest, NotOwner, to_wire
 from kvstore.runtime.cluster import ClusterView
 from storage.engine import Engine
 
 # Keeps a hint: (target, partition, key, version).
 KeepHint = Callable[[str, int, bytes, Obj], Awaitable[None]]
 
-# Called after each stored change: (partition, key, old, new) — Merkle trees hook in here.
-ChangeHook = Callable[[int, bytes, Obj | None, Obj | None], None]
+# Called after each stored change: (partition, key, old record, new record, new version),
+# records as stored (None: absent) — Merkle trees hook in here and hash the records.
+ChangeHook = Callable[[int, bytes, bytes | None, bytes | None, Obj | None], None]
 
 log = logging.getLogger("kvstore.replica")
 
@@ -106,11 +108,13 @@ class Replica:
     def read_raw(self, partition: int, key: bytes) -> bytes | None:
         return self.engine.get(partition, key)
 
-    def apply(self, partition: int, key: bytes, incoming: Obj) -> asyncio.Future[None] | None:
-        """Merge ``incoming`` into the local version now (visible to the next read at once);
-        the returned future completes when the merge is durable, None if nothing changed.
-        A replica acknowledges only after that future."""
-        return self._merge(partition, key, incoming)[1]
+    def apply(
+        self, partition: int, key: bytes, incoming: Obj, record: bytes | None = None
+    ) -> asyncio.Future[None] | None:
+        """Merge ``incoming`` (``record``: its encoding, if at hand) into the local version
+        now (visible to the next read at once); the returned future completes when the
+        merge is durable, None if nothing changed. A replica acknowledges only after it."""
+        return self._merge(partition, key, incoming, record)[1]
 
     async def merge_in(self, partition: int, key: bytes, incoming: Obj) -> Obj:
         """``apply`` for coroutines: returns the merged version once it is durable."""
@@ -119,8 +123,11 @@ class Replica:
             await durable
         return merged
 
-    def _merge(self, partition: int, key: bytes, incoming: Obj) -> tuple[Obj, asyncio.Future[None] | None]:
-        local = self.read(partition, key)
+    def _merge(
+        self, partition: int, key: bytes, incoming: Obj, incoming_rec: bytes | None = None
+    ) -> tuple[Obj, asyncio.Future[None] | None]:
+        old_rec = self.engine.get(partition, key)
+        local = None if old_rec is None else vclock.decode(old_rec)
         try:
             merged = vclock.sync(local, incoming)
         except DotConflict as e:
@@ -130,9 +137,12 @@ class Replica:
             merged = vclock.lww(merged)
         if merged == local:
             return merged, None
-        return merged, self._store(partition, key, local, merged)
+        # The incoming record is stored as it came when it is the merge (the usual case: a
+        # write that descends the local version), else the merge is encoded once.
+        rec = incoming_rec if incoming_rec is not None and merged == incoming else vclock.encode(merged)
+        return merged, self._store(partition, key, old_rec, merged, rec)
 
-    def write_new(self, partition: int, key: bytes, obj: Obj) -> asyncio.Future[None]:
+    def write_new(self, partition: int, key: bytes, obj: Obj, record: bytes) -> asyncio.Future[None]:
         """Store a version this node just coordinated (already merged with the local one).
 
         Not a coroutine on purpose: the write is applied to the table *now*, so the next
@@ -140,10 +150,14 @@ class Replica:
         task let two concurrent puts both start from the old version and mint the same dot,
         and one of the two siblings was lost.) The future completes once it is durable.
         """
-        return self._store(partition, key, self.read(partition, key), obj)
+        return self._store(partition, key, self.engine.get(partition, key), obj, record)
 
-    def _store(self, partition: int, key: bytes, old: Obj | None, new: Obj) -> asyncio.Future[None]:
-        durable = self.engine.put(partition, key, vclock.encode(new))
+    def _store(
+        self, partition: int, key: bytes, old_rec: bytes | None, new: Obj, record: bytes
+    ) -> asyncio.Future[None]:
+        """``record`` is ``encode(new)``: every stored record is that canonical encoding,
+        which is what makes a record's hash its version's digest."""
+        durable = self.engine.put(partition, key, record)
         hooks = self.hooks
 
         def after(f: asyncio.Future[None]) -> None:
@@ -159,7 +173,7 @@ class Replica:
                 return
             # Hooks (Merkle trees) follow what is durable: a failed write changed nothing.
             for hook in hooks:
-                hook(partition, key, old, new)
+                hook(partition, key, old_rec, record, new)
 
         durable.add_done_callback(after)
         return durable
@@ -167,12 +181,12 @@ class Replica:
     async def forget(self, partition: int, key: bytes, expected_digest: int) -> bool:
         """Remove a collected tombstone, but only if the local version is still exactly the
         one that was checked (a write that raced the collection must survive)."""
-        local = self.read(partition, key)
-        if local is None or vclock.digest(local) != expected_digest or not vclock.is_deleted(local):
+        rec = self.engine.get(partition, key)
+        if rec is None or vclock.record_digest(rec) != expected_digest or not vclock.is_deleted(vclock.decode(rec)):
             return False
         await self.engine.delete(partition, key)
         for hook in self.hooks:
-            hook(partition, key, local, None)
+            hook(partition, key, rec, None, None)
         return True
 
 
@@ -187,7 +201,12 @@ class ReplicaServer:
         self.keep_hint = keep_hint
 
     def handlers(self) -> dict[str, Callable[..., Any]]:
-        return {m.REPLICA_GET: self.get, m.REPLICA_PUT: self.put, m.REPLICA_PUT_BATCH: self.put_batch}
+        return {
+            m.REPLICA_GET: self.get,
+            m.REPLICA_PUT: self.put,
+            m.REPLICA_MANY: self.many,
+            m.REPLICA_PUT_BATCH: self.put_batch,
+        }
 
     def _owned(self, p: Any) -> int:
         part = m.check_partition(p)
@@ -207,11 +226,61 @@ class ReplicaServer:
         so the hot path needs no task). With ``hint_for`` it is kept as a hint instead."""
         part = m.check_partition(p)
         k = m.as_bytes(key, "key")
-        obj = vclock.decode(m.as_bytes(record, "record"))
+        rec = m.as_bytes(record, "record")
+        obj = vclock.decode(rec, canonical=True)
         if hint_for is not None and self.keep_hint is not None:
             return self.keep_hint(m.as_str(hint_for, "hint_for"), part, k, obj)
-        durable = self.replica.apply(self._owned(part), k, obj)
+        durable = self.replica.apply(self._owned(part), k, obj, rec)
         return True if durable is None else durable
+
+    def many(self, ops: Any) -> Any:
+        """One peer's replica ops of one loop turn (kvstore.core.messages.REPLICA_MANY), each
+        with its own outcome: one refused op (not owner, malformed) fails only itself. Ops are
+        applied in order, so a get after a put of the same key sees it. The reply goes once
+        every put in it is durable (they share the turn's storage batch)."""
+        if type(ops) is not list or len(ops) > m.MAX_MANY_OPS:
+            raise InvalidRequest(f"replica.many takes a list of at most {m.MAX_MANY_OPS} ops")
+        out: list[Any] = []
+        waiting: list[tuple[int, asyncio.Future[Any]]] = []
+        get, put = self.get, self.put
+        for op in ops:
+            try:
+                if type(op) is not list or not op:
+                    raise InvalidRequest("replica.many ops are [0, p, key] or [1, p, key, record, hint_for]")
+                kind = op[0]
+                if kind == m.MANY_PUT and len(op) == 5:
+                    r = put(op[1], op[2], op[3], op[4])
+                elif kind == m.MANY_GET and len(op) == 3:
+                    r = get(op[1], op[2])
+                else:
+                    raise InvalidRequest("replica.many ops are [0, p, key] or [1, p, key, record, hint_for]")
+            except Exception as e:
+                out.append([1, to_wire(e)])
+                continue
+            if isinstance(r, asyncio.Future) or asyncio.iscoroutine(r):
+                waiting.append((len(out), asyncio.ensure_future(r)))
+                out.append(None)
+            else:
+                out.append([0, r])
+        if not waiting:
+            return out
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        left = [len(waiting)]
+
+        def settle(i: int, f: asyncio.Future[Any]) -> None:
+            if f.cancelled():
+                out[i] = [1, to_wire(InternalError("replica.many: op cancelled"))]
+            elif (e := f.exception()) is not None:
+                out[i] = [1, to_wire(e)]
+            else:
+                out[i] = [0, f.result()]
+            left[0] -= 1
+            if not left[0] and not done.done():
+                done.set_result(out)
+
+        for i, f in waiting:
+            f.add_done_callback(functools.partial(settle, i))
+        return done
 
     async def put_batch(self, items: Any) -> int:
         """Hints delivered by a peer: merge each, acknowledge once all are persisted."""

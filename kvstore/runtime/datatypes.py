@@ -1,0 +1,137 @@
+"""The data path of convergent data types (kvstore.core.crdt): ``dt.update`` and ``dt.fetch``.
+
+An update is coordinated by a replica of the key, like a put (a node outside the preference
+list forwards it there, through the coordinator's own forwarding). The coordinator reads its
+local record, merges the states of all its siblings, applies the operation as its replica's
+actor (``name~epoch``, so a dot is never minted twice: a fresh epoch after any possible loss
+of local state, and dots drawn above the node-wide counter), and writes the new state through
+the coordinator's write machine with the local record's clock as context, so the write
+supersedes exactly the siblings it merged.
+
+Two coordinators updating at once leave two siblings (each superseding what it read): a
+fetch merges them, and the next update at either one merges them into one state again. Read
+repair, hints and anti-entropy move records by vector clock and keep siblings, which is all a
+state-based CRDT needs: whichever siblings a replica ends up with, their merge contains every
+acknowledged update.
+
+The type of a key comes from the request (``_datatype_for``); with buckets it comes from the
+bucket's ``datatype`` property instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from kvstore.core import crdt, vclock
+from kvstore.core import messages as m
+from kvstore.core.crdt import State
+from kvstore.core.vclock import Obj
+from kvstore.errors import InvalidRequest, TooLarge, Unavailable
+from kvstore.runtime.coordinator import Coordinator
+
+__all__ = ["Datatypes"]
+
+
+def _datatype_for(key: bytes, requested: Any) -> str:
+    """The data type of ``key``. Until buckets declare one, the request names it."""
+    if requested is None:
+        raise InvalidRequest("say which data type the key holds: counter, set, map or register")
+    t = m.as_str(requested, "type")
+    if t not in crdt.TOP_TYPES:
+        raise InvalidRequest(f"unknown data type {t!r}; one of {', '.join(crdt.TOP_TYPES)}")
+    return t
+
+
+def _local_state(obj: Obj | None) -> State | None:
+    return None if obj is None else crdt.from_siblings(s.value for s in obj.siblings if s.value is not None)
+
+
+class Datatypes:
+    """``dt.update`` / ``dt.fetch`` on one node, on top of its Coordinator."""
+
+    def __init__(self, coord: Coordinator) -> None:
+        self.coord = coord
+
+    def handlers(self) -> dict[str, Callable[..., Any]]:
+        return {
+            m.DT_UPDATE: lambda key, type_, op, ctx=None, opts=None: self.update(key, type_, op, ctx, opts),
+            m.FWD_DT_UPDATE: lambda key, type_, op, ctx=None, opts=None: self.update(
+                key, type_, op, ctx, opts, forwarded=True
+            ),
+            m.DT_FETCH: lambda key, type_=None, opts=None: self.fetch(key, type_, opts),
+        }
+
+    def _check_mode(self) -> None:
+        if self.coord.lww:
+            # lww keeps one sibling of concurrent writes: concurrent updates would be lost.
+            raise InvalidRequest("data types need conflict = siblings (this cluster runs lww)")
+
+    def update(
+        self, raw_key: Any, raw_type: Any, raw_op: Any, raw_ctx: Any, raw_opts: Any, *, forwarded: bool = False
+    ) -> Awaitable[dict[str, Any]]:
+        """Apply one operation; the reply (once W replicas hold the new state) carries the
+        coordinator's value after it and the data type's context."""
+        self._check_mode()
+        c = self.coord
+        key = m.check_key(raw_key, c.limits)
+        type_ = _datatype_for(key, raw_type)
+        op = crdt.parse_op(type_, raw_op)
+        raw_context = m.check_context(raw_ctx)
+        ctx = vclock.decode_context(raw_context) if raw_context else None
+        opts = m.parse_options(raw_opts, "w", c.limits)
+        ring, p, pref = c._locate(key)
+        if c.name not in pref:
+            if forwarded:
+                raise Unavailable("forwarded update reached a node outside the preference list", required=1)
+            # Not idempotent: an increment sent twice counts twice.
+            return c._forward(m.FWD_DT_UPDATE, pref, [key, type_, raw_op, raw_context, m.options_to_wire(opts, "w")], False)
+        replica = c.replica
+        # From here to the local write nothing yields: no other request can slip in between
+        # the read and the write, so the write's context covers all the local siblings.
+        local = replica.read(p, key)
+        new = crdt.apply(
+            _local_state(local), op, actor=replica.actor, floor=replica.counter, ts=c.wall_ms(), ctx=ctx
+        )
+        # The node-wide counter goes past every dot just minted: the next update of any key
+        # (and the version vector's own dot, minted next) draws above them.
+        replica.counter = max(replica.counter, new.clock.get(replica.actor, 0))
+        body = crdt.encode(new)
+        if len(body) > c.limits.max_value_bytes:
+            raise TooLarge(
+                f"the {type_} would be {len(body)} bytes, over the limit of {c.limits.max_value_bytes} (max_value_bytes)"
+            )
+        written = c._coordinate_write(ring, p, pref, key, body, vclock.context_of(local), opts)
+        reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        done = {"type": type_, "value": crdt.value(new), "context": vclock.encode_context(crdt.context(new))}
+
+        def finish(f: asyncio.Future[dict[str, Any]]) -> None:
+            # A Future chained by callback: the hot path spends no task per update.
+            if reply.done():
+                return
+            if f.cancelled():
+                reply.cancel()
+            elif (e := f.exception()) is not None:
+                reply.set_exception(e)
+            else:
+                reply.set_result(done)
+
+        written.add_done_callback(finish)
+        return reply
+
+    async def fetch(self, raw_key: Any, raw_type: Any, raw_opts: Any) -> dict[str, Any]:
+        """A quorum read (forwarded like a get) whose siblings are merged into one value."""
+        key = m.check_key(raw_key, self.coord.limits)
+        want = None if raw_type is None else _datatype_for(key, raw_type)
+        got = await self.coord.get(key, raw_opts)
+        merged = crdt.from_siblings(m.as_bytes(v) for v in got["values"])
+        if merged is not None and want is not None and merged.type != want:
+            raise InvalidRequest(f"the key holds a {merged.type}, not a {want}")
+        type_ = merged.type if merged is not None else want
+        return {
+            "type": type_,
+            "found": merged is not None,
+            "value": crdt.value(merged, type_),
+            "context": vclock.encode_context(crdt.context(merged)),
+        }

@@ -1,0 +1,163 @@
+"""The coordinator's replica calls of one loop turn, one frame per peer.
+
+Every request machine's sends of a turn (kvstore.core.request lists them in its Ready) are
+queued here and go out at the end of the turn as one ``replica.many`` call per peer and
+timeout, answered by one reply listing each op's outcome. Under pipelined load that turns
+hundreds of calls a turn, each with its own frame, message id, future and deadline entry
+on both ends, into a handful: the per-call cost the replicas and the coordinator pay for
+the same writes. Each op still has its own outcome (the replica applies them one by one),
+and a call that fails fails every op in it with the same reason, as separate calls would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from kvstore.core import messages as m
+from kvstore.errors import KVError, ProtocolError, StorageError, UnknownMethod, from_wire
+from kvstore.runtime.rpc import RpcClient
+from storage.errors import StorageError as StorageFailure
+
+# (reason, result): reason None on success, else what the quorum records.
+Answer = Callable[[str | None, Any], None]
+
+# Past these an open batch is sent and a new one started: well inside max_frame_bytes and
+# the frame element limit, and small enough that one slow op does not hold many others.
+MAX_BATCH_OPS = 512
+MAX_BATCH_BYTES = 1024 * 1024
+
+
+def reason_of(err: BaseException | None) -> str | None:
+    """None if the call succeeded, else the reason the quorum records."""
+    if err is None:
+        return None
+    if isinstance(err, StorageFailure | StorageError):
+        return f"storage: {err}"  # the path and the cause (disk full, read-only …)
+    return err.code if isinstance(err, KVError) else type(err).__name__
+
+
+class _Batch:
+    __slots__ = ("addr", "answers", "bytes", "ops", "timeout_s")
+
+    def __init__(self, addr: str, timeout_s: float) -> None:
+        self.addr = addr
+        self.timeout_s = timeout_s
+        self.ops: list[list[Any]] = []
+        self.answers: list[Answer] = []
+        self.bytes = 0
+
+
+class Outbox:
+    def __init__(self, rpc: RpcClient, addr_of: Callable[[str], str]) -> None:
+        self.rpc = rpc
+        self.addr_of = addr_of
+        self._open: dict[tuple[str, float], _Batch] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.calls = 0  # replica.many calls sent
+        self.ops = 0  # ops carried by them
+        # Peers that answered replica.many with unknown_method (a node of an older version,
+        # during a rolling upgrade): they get one call per op, as before.
+        self._single: set[str] = set()
+
+    def put(self, node: str, p: int, key: bytes, record: bytes, hint_for: str | None, timeout_s: float, answer: Answer) -> None:
+        self._add(node, timeout_s, [m.MANY_PUT, p, key, record, hint_for], len(key) + len(record), answer)
+
+    def get(self, node: str, p: int, key: bytes, timeout_s: float, answer: Answer) -> None:
+        self._add(node, timeout_s, [m.MANY_GET, p, key], len(key), answer)
+
+    def _add(self, node: str, timeout_s: float, op: list[Any], size: int, answer: Answer) -> None:
+        k = (node, timeout_s)
+        b = self._open.get(k)
+        if b is None:
+            try:
+                addr = self.addr_of(node)
+            except KVError as e:
+                answer(reason_of(e), None)
+                return
+            if not self._open:
+                loop = self._loop
+                if loop is None or loop.is_closed():
+                    loop = self._loop = asyncio.get_running_loop()
+                loop.call_soon(self.flush)
+            b = self._open[k] = _Batch(addr, timeout_s)
+        b.ops.append(op)
+        b.answers.append(answer)
+        b.bytes += size
+        if len(b.ops) >= MAX_BATCH_OPS or b.bytes >= MAX_BATCH_BYTES:
+            del self._open[k]
+            self._send(b)
+
+    def flush(self) -> None:
+        """Send every open batch (called once at the end of the turn that opened the first)."""
+        batches = list(self._open.values())
+        self._open.clear()
+        for b in batches:
+            self._send(b)
+
+    def _send(self, b: _Batch) -> None:
+        if b.addr in self._single:
+            self._send_singly(b)
+            return
+        self.calls += 1
+        self.ops += len(b.ops)
+        try:
+            f = self.rpc.request(b.addr, m.REPLICA_MANY, [b.ops], b.timeout_s)
+        except KVError as e:
+            reason = reason_of(e)
+            for answer in b.answers:
+                answer(reason, None)
+            return
+
+        def done(f: asyncio.Future[Any]) -> None:
+            if not f.cancelled() and isinstance(f.exception(), UnknownMethod):
+                self._single.add(b.addr)
+                self._send_singly(b)
+            else:
+                _deliver(b.answers, f)
+
+        f.add_done_callback(done)
+
+    def _send_singly(self, b: _Batch) -> None:
+        for op, answer in zip(b.ops, b.answers, strict=True):
+            method = m.REPLICA_PUT if op[0] == m.MANY_PUT else m.REPLICA_GET
+            try:
+                f = self.rpc.request(b.addr, method, op[1:], b.timeout_s)
+            except KVError as e:
+                answer(reason_of(e), None)
+                continue
+            f.add_done_callback(functools.partial(_deliver_one, answer))
+
+
+def _deliver_one(answer: Answer, f: asyncio.Future[Any]) -> None:
+    if f.cancelled():
+        answer("cancelled", None)
+    elif (err := f.exception()) is not None:
+        answer(reason_of(err), None)
+    else:
+        answer(None, f.result())
+
+
+def _deliver(answers: list[Answer], f: asyncio.Future[Any]) -> None:
+    if f.cancelled():
+        for answer in answers:
+            answer("cancelled", None)
+        return
+    err = f.exception()
+    results = None if err is not None else f.result()
+    if err is None and (type(results) is not list or len(results) != len(answers)):
+        err = ProtocolError(f"replica.many: {len(answers)} ops answered with {type(results).__name__}")
+    if err is not None or results is None:
+        reason = reason_of(err)
+        for answer in answers:
+            answer(reason, None)
+        return
+    for answer, r in zip(answers, results, strict=True):
+        if type(r) is list and len(r) == 2 and r[0] == 0:
+            answer(None, r[1])
+        elif type(r) is list and len(r) == 2:
+            answer(reason_of(from_wire(r[1])), None)
+        else:
+            answer("protocol", None)

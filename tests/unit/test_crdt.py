@@ -1,0 +1,161 @@
+"""kvstore.core.crdt: operations, plain values, the checks on operations and on states read
+from peers, deferred removes, the bounds."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from kvstore.core import crdt
+from kvstore.errors import InvalidRequest, TooLarge
+
+
+def op(t: str, raw: object) -> crdt.Op:
+    return crdt.parse_op(t, raw)
+
+
+def test_counter_increments_and_decrements_per_actor() -> None:
+    s = crdt.apply(None, op("counter", {"incr": 5}), actor="a~1")
+    s = crdt.apply(s, op("counter", {"incr": -2}), actor="a~1")
+    t = crdt.apply(None, op("counter", {"incr": 10}), actor="b~1")
+    m = crdt.merge(s, t)
+    assert crdt.value(m) == 13
+    assert len(m.store) == 2  # one entry per actor, however many updates
+
+
+def test_dots_are_drawn_above_the_floor() -> None:
+    s = crdt.apply(None, op("set", {"add": ["x", "y"]}), actor="a~1", floor=41)
+    assert sorted(c for d in s.store.values() for (_, c) in d) == [42, 43]
+    assert s.clock == {"a~1": 43}
+
+
+def test_register_last_write_wins_and_a_set_beats_what_it_saw() -> None:
+    s = crdt.apply(None, op("register", {"set": "old"}), actor="a~1", ts=1000)
+    # a coordinator whose clock is behind still wins over what it read
+    s2 = crdt.apply(s, op("register", {"set": "new"}), actor="b~1", ts=10)
+    assert crdt.value(s2) == b"new"
+    late = crdt.apply(None, op("register", {"set": "concurrent"}), actor="c~1", ts=5000)
+    assert crdt.value(crdt.merge(s2, late)) == b"concurrent"
+
+
+def test_set_remove_with_a_context_waits_for_adds_not_seen_yet() -> None:
+    at_a = crdt.apply(None, op("set", {"add": ["x"]}), actor="a~1")
+    read = crdt.context(at_a)
+    # the remove is coordinated by b, which has not seen a's add
+    at_b = crdt.apply(None, op("set", {"remove": ["x"]}), actor="b~1", ctx=read)
+    assert at_b.deferred == {(b"x",): read}
+    merged = crdt.merge(at_b, at_a)
+    assert crdt.value(merged) == []
+    assert merged.deferred == {}  # applied, and forgotten once its dots were seen
+    # an add a did after that read survives the remove
+    again = crdt.apply(at_a, op("set", {"add": ["x"]}), actor="a~1")
+    assert crdt.value(crdt.merge(at_b, again)) == [b"x"]
+
+
+def test_map_plain_value_and_nested_maps() -> None:
+    s = crdt.apply(None, op("map", {"update": [
+        ["n", "counter", {"incr": 2}],
+        ["s", "set", {"add": ["b", "a"]}],
+        ["r", "register", {"set": "v"}],
+        ["f", "flag", {"enable": True}],
+        ["inner", "map", {"update": [["deep", "counter", {"incr": 1}]]}],
+    ]}), actor="a~1")
+    assert crdt.value(s) == {
+        "f_flag": True, "inner_map": {"deep_counter": 1}, "n_counter": 2, "r_register": b"v", "s_set": [b"a", b"b"],
+    }
+    s = crdt.apply(s, op("map", {"remove": [["s", "set"]], "update": [["f", "flag", {"enable": False}]]}), actor="a~1")
+    assert set(crdt.value(s)) == {"inner_map", "n_counter", "r_register"}
+
+
+def test_empty_values_of_each_type() -> None:
+    assert crdt.value(None, "counter") == 0
+    assert crdt.value(None, "set") == []
+    assert crdt.value(None, "register") is None
+    assert crdt.value(None, "map") == {}
+
+
+@pytest.mark.parametrize(
+    ("t", "raw", "why"),
+    [
+        ("counter", {"incr": "1"}, "integer"),
+        ("counter", {"incr": True}, "integer"),
+        ("counter", {"incr": 2**60}, "integer"),
+        ("counter", {"add": ["x"]}, "takes"),
+        ("counter", {}, "takes"),
+        ("set", {"add": ["x"], "remove": ["x"]}, "same member"),
+        ("set", {"add": [1]}, "bytes or str"),
+        ("set", {"add": ["m"] * (crdt.MAX_OPS + 1)}, "limit"),
+        ("register", {"set": 5}, "bytes or str"),
+        ("flag", {"enable": True}, "unknown data type"),  # flags live in maps only
+        ("map", {"update": [["f", "counter"]]}, "name, type, operation"),
+        ("map", {"update": [["", "counter", {"incr": 1}]]}, "field name"),
+        ("map", {"update": [["f", "counter", {"incr": 1}]], "remove": [["f", "counter"]]}, "once"),
+        ("map", {"remove": [["f", "nope"]]}, "name, type"),
+        ("nope", {"incr": 1}, "unknown data type"),
+        ("counter", [1], "must be a map"),
+    ],
+)
+def test_bad_operations_are_refused(t: str, raw: object, why: str) -> None:
+    with pytest.raises(InvalidRequest, match=why):
+        crdt.parse_op(t, raw)
+
+
+def test_maps_nest_only_so_deep() -> None:
+    raw: dict[str, object] = {"update": [["c", "counter", {"incr": 1}]]}
+    for _ in range(crdt.MAX_DEPTH):
+        raw = {"update": [["m", "map", raw]]}
+    with pytest.raises(InvalidRequest, match="nest"):
+        crdt.parse_op("map", raw)
+
+
+def test_a_counter_op_on_a_set_is_refused() -> None:
+    s = crdt.apply(None, op("set", {"add": ["x"]}), actor="a~1")
+    with pytest.raises(InvalidRequest, match="holds a set"):
+        crdt.apply(s, op("counter", {"incr": 1}), actor="a~1")
+    with pytest.raises(InvalidRequest):
+        crdt.merge(s, crdt.apply(None, op("counter", {"incr": 1}), actor="a~1"))
+
+
+def test_too_many_deferred_removes_are_refused() -> None:
+    s = None
+    for i in range(crdt.MAX_DEFERRED):
+        s = crdt.apply(s, op("set", {"remove": [f"m{i}"]}), actor="b~1", ctx={"a~1": 5})
+    with pytest.raises(TooLarge):
+        crdt.apply(s, op("set", {"remove": ["one-more"]}), actor="b~1", ctx={"a~1": 5})
+
+
+def _body(s: crdt.State) -> list[object]:
+    return msgpack.unpackb(crdt.encode(s)[len(crdt.MAGIC):], raw=False)  # type: ignore[no-any-return]
+
+
+def _enc(body: list[object]) -> bytes:
+    return crdt.MAGIC + msgpack.packb(body, use_bin_type=True)
+
+
+def test_decode_refuses_what_encode_never_makes() -> None:
+    good = crdt.apply(None, op("set", {"add": ["x"]}), actor="a~1")
+    body = _body(good)
+    assert crdt.decode(_enc(body)) == good
+    bad = [
+        b"plain value",
+        crdt.MAGIC + b"\xc1",
+        _enc([2, *body[1:]]),                       # unknown version
+        _enc([body[0], 4, *body[2:]]),              # a bare flag
+        _enc([*body[:3], [0], *body[4:]]),          # context below the dot it holds
+        _enc([*body[:4], [b"x", [5, 1, None]], body[5]]),  # actor index out of range
+        _enc([*body[:4], [b"x", []], body[5]]),     # an empty member
+        _enc([*body[:2], ["b~1", "a~1"], [1, 1], *body[4:]]),  # unsorted actor table
+        _enc([*body[:5], [[[], []]]]),              # a deferred remove without a path
+    ]
+    for b in bad:
+        with pytest.raises(InvalidRequest, match="malformed data type state"):
+            crdt.decode(b)
+    assert not crdt.is_state(b"\x00kvd")
+
+
+def test_an_update_past_the_actor_bound_is_refused() -> None:
+    s = crdt.State("counter", {(f"n{i}~1", 1): (1, 0) for i in range(crdt.MAX_ACTORS)},
+                   {f"n{i}~1": 1 for i in range(crdt.MAX_ACTORS)}, {})
+    assert crdt.value(crdt.apply(s, op("counter", {"incr": 1}), actor="n0~1")) == crdt.MAX_ACTORS + 1
+    with pytest.raises(TooLarge, match="actors"):
+        crdt.apply(s, op("counter", {"incr": 1}), actor="new~1")
