@@ -17,6 +17,7 @@ from cli.options import after_options, json_option, nodes_of
 from cli.remote import call_once
 from kvstore.config import LOCAL_TIMINGS, node_flags
 from kvstore.core import messages as m
+from kvstore.core.zones import parse_zones
 from kvstore.errors import KVError
 from kvstore.testing.processes import die_with_parent
 
@@ -69,12 +70,19 @@ def cluster() -> None:
 @click.option("--log-dir", default=None, type=click.Path(file_okay=False), help="Each node logs to LOG_DIR/NAME.log [default: DATA_DIR/logs]; '-' logs to this terminal.")
 @click.option("--set", "extra", multiple=True, metavar="FLAG=VALUE", help="Pass a setting to every node, e.g. --set fsync=always.")
 @click.option("--http-port", default=None, type=click.IntRange(0, 65535), help="First node's metrics/dashboard HTTP port (on 127.0.0.1); the others follow. 0: none. [default: a free port for each]")
-def up(count: int, host: str, port: int, data_dir: str, n_replicas: int | None, ready_timeout: float, log_dir: str | None, extra: tuple[str, ...], http_port: int | None) -> None:
+@click.option("--zones", "zone_list", default=None, metavar="A,B,C", help="Put the nodes in these zones, round-robin (n1 in A, n2 in B, ...).")
+def up(count: int, host: str, port: int, data_dir: str, n_replicas: int | None, ready_timeout: float, log_dir: str | None, extra: tuple[str, ...], http_port: int | None, zone_list: str | None) -> None:
     """Start COUNT nodes on HOST:PORT, PORT+1, ... and stay in the foreground.
 
     Prints a line per node, then `ready`. Ctrl-C or SIGTERM stops every node gracefully.
     Starting again with the same --data-dir brings every key back.
     """
+    zones: tuple[str, ...] = ()
+    if zone_list is not None:
+        try:
+            zones = parse_zones(zone_list)
+        except ValueError as e:
+            out.fail(f"--zones: {e}", out.EXIT_USAGE)
     n = n_replicas or min(3, count)
     r = w = min(2, n) if n > 1 else 1
     base = Path(data_dir)
@@ -127,6 +135,8 @@ def up(count: int, host: str, port: int, data_dir: str, n_replicas: int | None, 
         web = _http_port(http_port, i)
         if web:
             cmd += ["--http-port", str(web)]
+        if zones:
+            cmd += ["--zone", zones[i % len(zones)]]
         for kv in extra:
             k, sep, v = kv.partition("=")
             if not sep:
@@ -140,7 +150,8 @@ def up(count: int, host: str, port: int, data_dir: str, n_replicas: int | None, 
         where = f"  log {Path(log_dir) / (name + '.log')}" if log_dir else ""
         if web:
             where += f"  dashboard http://127.0.0.1:{web}/"
-        click.echo(f"{name}  {addr}  data {base / name}  pid {p.pid}{where}")
+        zone = f"  zone {zones[i % len(zones)]}" if zones else ""
+        click.echo(f"{name}  {addr}{zone}  data {base / name}  pid {p.pid}{where}")
 
     deadline = time.monotonic() + ready_timeout
     waiting = {name: addr for name, addr, _ in procs}
@@ -255,9 +266,11 @@ def render_status(snap: dict[str, Any]) -> Any:
     transfers: dict[str, dict[str, Any] | None] = snap["transfers"]
     nxt = next((h["version"] for h in transfers.values() if h and h.get("pending")), None)
     pending = f"  ring change to v{nxt} running" if nxt is not None or first.get("pending") else ""
-    t = Table(title=f"ring v{first['ring_version']}  N={first['n']} R={first['r']} W={first['w']}  (as seen by {first['node']}){pending}")
+    zones = first.get("zones") or []
+    spread = f"  zones {','.join(zones)}" if len(zones) > 1 else ""
+    t = Table(title=f"ring v{first['ring_version']}  N={first['n']} R={first['r']} W={first['w']}{spread}  (as seen by {first['node']}){pending}")
     right = ("inc", "health", "partitions", "keys")
-    for col in ("node", "address", "state", "inc", "health", "damping", "partitions", "keys", "hints pending", "transfer"):
+    for col in ("node", "address", "zone", "state", "inc", "health", "damping", "partitions", "keys", "hints pending", "transfer"):
         t.add_column(col, justify="right" if col in right else "left", no_wrap=col == "transfer")
     for mem in first["members"]:
         st = per_node.get(mem["name"])
@@ -279,7 +292,7 @@ def render_status(snap: dict[str, Any]) -> Any:
             by_target = st.get("hints") or {}
             hints_cell = ", ".join(f"{k}: {v}" for k, v in sorted(by_target.items())) or "0"
         t.add_row(
-            mem["name"], mem["addr"], state, str(mem.get("incarnation", "-")),
+            mem["name"], mem["addr"], str(mem.get("zone", "-")), state, str(mem.get("incarnation", "-")),
             "-" if health is None else str(health), damping or "-", parts,
             str(st["keys"]) if st else "-", hints_cell, _transfer_cell(transfers.get(mem["name"])),
         )
@@ -364,7 +377,8 @@ def join(ctx: click.Context, new_node: str) -> None:
         out.fail(f"cannot reach the new node: {e}", out.exit_code_for(e))
     via, _ = _first_reachable(ctx)
     try:
-        doc = asyncio.run(call_once(via, m.JOIN, [info["node"], info["addr"]], timeout))
+        # The new node's own zone (a node that predates zones says none: the default).
+        doc = asyncio.run(call_once(via, m.JOIN, [info["node"], info["addr"], 0, info.get("zone")], timeout))
     except KVError as e:
         out.fail_for(e)
     nxt = doc.get("next")

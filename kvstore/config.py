@@ -28,6 +28,7 @@ from typing import Any
 
 from kvstore.core.membership.config import swim_setting
 from kvstore.core.messages import Limits
+from kvstore.core.zones import DEFAULT_ZONE, zone_problem
 from kvstore.errors import ConfigError
 from storage.fsync import FSYNC_POLICIES
 
@@ -84,6 +85,12 @@ class Settings:
     data_dir: str = _s("./kvdata/node", "Directory of this node's LevelDB.")
     seeds: tuple[str, ...] = _s((), "HOST:PORT of nodes to join through.")
     auto_join: bool = _s(True, "Ask the seeds to add this node to the ring on start.")
+    zone: str = _s(
+        DEFAULT_ZONE,
+        "Failure domain of this node (rack, room, availability zone): 1 to 64 ASCII letters, "
+        "digits and . - _. Preference lists span as many zones as N allows; nodes left at the "
+        "default all share one zone.",
+    )
 
     # --- replication
     n_replicas: int = _s(3, "N: replicas of each key.")
@@ -275,6 +282,9 @@ class Settings:
                 "delivered after the tombstone that superseded it was collected brings the deleted "
                 "value back (lower hint_max_age_s or raise tombstone_grace_s)"
             )
+        why = zone_problem(self.zone)
+        if why is not None:
+            problems.append(why)
         try:
             check_node_name(self.name)
         except ConfigError as e:

@@ -5,9 +5,18 @@ equal ranges; a key's partition is the top log2(Q) bits of ``xxh3_64(key)``, so 
 ``p`` covers one contiguous slice of the hash space and a change of ownership moves whole
 partitions, never individual keys.
 
-A :class:`Ring` is an immutable value (owners, version, checksum). :func:`claim` computes
-the next ring from the members and the previous ring; it is deterministic, so every node
-that applies the same membership change arrives at the same ring and checksum.
+A :class:`Ring` is an immutable value (owners, zones, version, checksum). :func:`claim`
+computes the next ring from the members, their zones and the previous ring; it is
+deterministic, so every node that applies the same membership change arrives at the same
+ring and checksum.
+
+Zones (kvstore/core/zones.py): the ring records each member's zone. A preference list is the
+clockwise walk of distinct nodes put in "distinct zones first" order, so it spans
+min(N, zones) zones whatever the owners look like; the claim also spaces zones along the
+ring, so that in the common case that order is just the next N owners and every node
+carries its share of replicas. A ring whose members all share one zone places exactly
+as a ring without zones (and without a zone table its checksum and wire form are the same
+as ever).
 """
 
 from __future__ import annotations
@@ -18,9 +27,17 @@ from typing import Any
 
 import xxhash
 
+from kvstore.core.zones import DEFAULT_ZONE, spread, zone_problem
 from kvstore.errors import ConfigError, InvalidRequest
 
-__all__ = ["TARGET_N", "Ring", "claim", "crowded_partitions", "partition_of"]
+__all__ = [
+    "TARGET_N",
+    "Ring",
+    "claim",
+    "crowded_partitions",
+    "partition_of",
+    "zone_crowded_partitions",
+]
 
 # Riak's target_n_val: claim tries to keep this many consecutive partitions on distinct
 # nodes, so a preference list of N <= TARGET_N is just the next N partitions' owners.
@@ -39,11 +56,15 @@ def partition_of(key: bytes, q: int) -> int:
     return _hash64(key) >> (65 - q.bit_length())
 
 
-def _checksum(partitions: int, owners: tuple[str, ...]) -> int:
+def _checksum(
+    partitions: int, owners: tuple[str, ...], zones: tuple[tuple[str, str], ...] = ()
+) -> int:
     # Length-prefixed so that no choice of node names can make two owner lists collide
     # by concatenation; the version is deliberately left out (same owners, same checksum).
+    # The zone table follows the Q owners (so it cannot be confused with one), and only when
+    # there is one: a ring without zones keeps the checksum it always had.
     parts = [partitions.to_bytes(4, "big")]
-    for o in owners:
+    for o in (*owners, *(x for pair in zones for x in pair)):
         b = o.encode()
         parts.append(len(b).to_bytes(4, "big"))
         parts.append(b)
@@ -57,10 +78,15 @@ class Ring:
     partitions: int
     owners: tuple[str, ...]
     version: int
+    # (member, zone) pairs, sorted, for members outside DEFAULT_ZONE only; normalized on
+    # construction (a mapping is accepted too), so equal placements compare equal.
+    zones: tuple[tuple[str, str], ...] = ()
     checksum: int = field(init=False)
     # Derived, lazily filled caches; excluded from eq/hash/repr so they never leak into
     # identity. Preference lists are asked for on every request, hence the memo.
     _members: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _zone: dict[str, str] = field(init=False, repr=False, compare=False)
+    _zoned: bool = field(init=False, repr=False, compare=False)
     _shift: int = field(init=False, repr=False, compare=False)
     _walks: dict[int, tuple[str, ...]] = field(
         init=False, repr=False, compare=False, default_factory=dict
@@ -88,8 +114,17 @@ class Ring:
         v = self.version
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise InvalidRequest(f"ring: version must be a non-negative int, got {v!r}")
-        object.__setattr__(self, "checksum", _checksum(q, owners))
-        object.__setattr__(self, "_members", tuple(sorted(set(owners))))
+        members = tuple(sorted(set(owners)))
+        zones = _zone_table(self.zones, members)
+        object.__setattr__(self, "zones", zones)
+        object.__setattr__(self, "checksum", _checksum(q, owners, zones))
+        object.__setattr__(self, "_members", members)
+        object.__setattr__(self, "_zone", dict(zones))
+        # Placement looks at zones only when there are two or more: one zone for everyone
+        # (named or not) places exactly as no zones.
+        object.__setattr__(
+            self, "_zoned", len({self._zone.get(m, DEFAULT_ZONE) for m in members}) > 1
+        )
         object.__setattr__(self, "_shift", 65 - q.bit_length())
 
     # ------------------------------------------------------------------ queries
@@ -98,6 +133,20 @@ class Ring:
     def members(self) -> tuple[str, ...]:
         """Distinct owners, sorted. A node that owns no partition is not a member."""
         return self._members
+
+    def zone_of(self, node: str) -> str:
+        """The zone this ring places ``node`` in (DEFAULT_ZONE for one it has none for)."""
+        return self._zone.get(node, DEFAULT_ZONE)
+
+    @property
+    def zone_map(self) -> dict[str, str]:
+        """Every member's zone (a fresh dict)."""
+        return {m: self.zone_of(m) for m in self._members}
+
+    @property
+    def zone_names(self) -> tuple[str, ...]:
+        """Distinct zones of the members, sorted."""
+        return tuple(sorted({self.zone_of(m) for m in self._members}))
 
     def partition_of(self, key: bytes) -> int:
         """Partition of ``key`` in this ring."""
@@ -108,7 +157,8 @@ class Ring:
         return [p for p, o in enumerate(self.owners) if o == node]
 
     def _walk(self, partition: int) -> tuple[str, ...]:
-        """Every member once, in clockwise order of first appearance from ``partition``."""
+        """Every member once, in clockwise order of first appearance from ``partition``,
+        then (with more than one zone) in distinct-zones-first order (zones.spread)."""
         w = self._walks.get(partition)
         if w is None:
             if not 0 <= partition < self.partitions:
@@ -124,11 +174,15 @@ class Ring:
                 if len(seen) == want:
                     break
             w = tuple(seen)
+            if self._zoned:
+                w = spread(w, self.zone_of)
             self._walks[partition] = w
         return w
 
     def preference_list(self, partition: int, n: int) -> tuple[str, ...]:
-        """Owners of ``partition``, ``partition+1``, … on distinct nodes, up to ``n`` of them.
+        """Owners of ``partition``, ``partition+1``, … on distinct nodes, up to ``n`` of them;
+        with zones, the first node of each zone met on that walk comes before any second
+        node of a zone, so the list spans min(n, zones) zones.
 
         Shorter than ``n`` only when the ring has fewer than ``n`` members.
         """
@@ -140,7 +194,8 @@ class Ring:
         return pl
 
     def fallbacks(self, partition: int, n: int) -> tuple[str, ...]:
-        """Members after the preference list, clockwise: where a sloppy quorum goes next."""
+        """Members after the preference list, clockwise (zones round-robin, as the
+        preference list): where a sloppy quorum goes next."""
         key = (partition, n)
         fb = self._falls.get(key)
         if fb is None:
@@ -161,13 +216,18 @@ class Ring:
     def to_wire(self) -> dict[str, Any]:
         """msgpack-friendly form; owners go as indices into a node table (names repeat Q times)."""
         index = {m: i for i, m in enumerate(self._members)}
-        return {
+        doc: dict[str, Any] = {
             "partitions": self.partitions,
             "version": self.version,
             "nodes": list(self._members),
             "owners": [index[o] for o in self.owners],
             "checksum": self.checksum,
         }
+        if self.zones:
+            # One zone per entry of the node table; left out when there are no zones, so a
+            # ring without them reads the same to a node that predates zones.
+            doc["zones"] = [self.zone_of(m) for m in self._members]
+        return doc
 
     @classmethod
     def from_wire(cls, d: Any) -> Ring:
@@ -195,10 +255,37 @@ class Ring:
             if not 0 <= idx < len(nodes):
                 raise InvalidRequest(f"ring: owner index {idx} outside the node table")
             owners.append(nodes[idx])
-        ring = cls(q, tuple(owners), version)
+        zones: list[tuple[str, str]] = []
+        zones_raw = fields_.get("zones")
+        if zones_raw is not None:
+            if not isinstance(zones_raw, list | tuple) or len(zones_raw) != len(nodes):
+                raise InvalidRequest("ring: zones must be a list with one zone per node")
+            zones = [(n, _text(z, "zone")) for n, z in zip(nodes, zones_raw, strict=True)]
+        ring = cls(q, tuple(owners), version, tuple(zones))
         if ring.checksum != checksum:
             raise InvalidRequest("ring: checksum mismatch")
         return ring
+
+
+def _zone_table(raw: Any, members: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """Normalize a zone table: pairs (or a mapping) -> sorted pairs of members outside
+    DEFAULT_ZONE (entries for non-members are dropped: they place nothing)."""
+    items = raw.items() if isinstance(raw, Mapping) else raw
+    if not isinstance(items, Iterable) or isinstance(items, str | bytes):
+        raise InvalidRequest("ring: zones must be (node, zone) pairs")
+    table: dict[str, str] = {}
+    for pair in items:
+        if not isinstance(pair, tuple | list) or len(pair) != 2:
+            raise InvalidRequest(f"ring: zone entry {pair!r} is not a (node, zone) pair")
+        node, zone = pair
+        why = zone_problem(zone)
+        if why is not None:
+            raise InvalidRequest(f"ring: {why}")
+        if not isinstance(node, str):
+            raise InvalidRequest(f"ring: zone entry for {node!r}: node is not a string")
+        table[node] = zone
+    member_set = set(members)
+    return tuple(sorted((n, z) for n, z in table.items() if n in member_set and z != DEFAULT_ZONE))
 
 
 def _text(v: Any, what: str) -> str:
@@ -227,8 +314,12 @@ def claim(
     prev: Ring | None = None,
     *,
     target_n: int = TARGET_N,
+    zones: Mapping[str, str] | None = None,
 ) -> Ring:
     """The ring for ``members``, moving as few partitions of ``prev`` as balance allows.
+
+    ``zones`` gives members' zones; a member not in it keeps the zone ``prev`` has for it,
+    else DEFAULT_ZONE (so a join passes the joiner's zone, a leave passes nothing).
 
     Priorities, in order:
 
@@ -236,11 +327,16 @@ def claim(
     2. Minimal movement: a partition changes owner only if its owner left or holds more
        than its new share; the ⌈Q/S⌉ shares go to the members that held most before. So
        moves == Σ max(0, new_count - old_count), and a leave moves only the leaver's.
-    3. Spacing: any ``target_n`` consecutive partitions on distinct nodes where 1 and 2
-       allow, so preference lists are the next N owners. Not always possible (e.g. S = 3
-       needs 3 | Q), hence best effort: greedy fill, then owner swaps that cost no moves.
+    3. Spacing: any ``target_n`` consecutive partitions on distinct nodes, and any
+       min(target_n, Z) consecutive ones in distinct zones (Z zones), where 1 and 2 allow,
+       so preference lists are the next N owners and replicas are spread evenly. Not always
+       possible (e.g. S = 3 needs 3 | Q; zones of unequal size), hence best effort: greedy
+       fill, then owner swaps that cost no moves. Node spacing comes before zone spacing;
+       zones never cost balance or movement. (Preference lists span min(N, Z) zones
+       whatever the spacing: see Ring.preference_list.)
 
-    Deterministic: depends only on the set of members, Q and ``prev``'s owners.
+    Deterministic: depends only on the set of members, their zones, Q and ``prev``'s owners
+    and zones.
     """
     nodes = sorted(set(members))
     if not nodes:
@@ -255,10 +351,18 @@ def claim(
             f"claim: the ring has {prev.partitions} partitions; Q is fixed for a cluster's"
             f" life and cannot become {partitions}"
         )
+    zone_of = {n: prev.zone_of(n) if prev is not None else DEFAULT_ZONE for n in nodes}
+    for n, z in (zones or {}).items():
+        why = zone_problem(z)
+        if why is not None:
+            raise ConfigError(f"claim: {n}: {why}")
+        if n in zone_of:
+            zone_of[n] = z
     q = partitions
     s = len(nodes)
     # Window within which owners should differ; never wider than the ring or the member set.
     w = max(1, min(target_n, s, q))
+    sp = _Spacing(w, q, zone_of, target_n)
 
     prev_owners: tuple[str, ...] | None = prev.owners if prev is not None else None
     old_count = dict.fromkeys(nodes, 0)
@@ -282,14 +386,14 @@ def claim(
         if surplus <= 0:
             continue
         mine = [p for p, o in enumerate(owners) if o == n]
-        mine.sort(key=lambda p: (-_crowding(owners, p, n, w, q), p))
+        mine.sort(key=lambda p: (-sp.cost(owners, p, n), p))
         # First pass spreads the freed slots out (a newcomer taking two adjacent ones
         # would crowd itself); the second takes whatever is still needed.
-        for spread in (True, False):
+        for spread_out in (True, False):
             for p in mine:
                 if surplus == 0:
                     break
-                if owners[p] is None or (spread and _near_free(owners, p, w, q)):
+                if owners[p] is None or (spread_out and _near_free(owners, p, w, q)):
                     continue
                 owners[p] = None
                 surplus -= 1
@@ -302,43 +406,82 @@ def claim(
         candidates = [n for n in nodes if deficit[n] > 0]
         owner = min(
             candidates,
-            key=lambda n: (_crowding(owners, p, n, w, q), -deficit[n], n),
+            key=lambda n: (sp.cost(owners, p, n), -deficit[n], n),
         )
         owners[p] = owner
         deficit[owner] -= 1
 
     final: list[str] = [o for o in owners if o is not None]
     assert len(final) == q
-    _improve_spacing(final, prev_owners, w, q)
-    return Ring(q, tuple(final), prev.version + 1 if prev is not None else 1)
+    _improve_spacing(final, prev_owners, sp)
+    return Ring(
+        q,
+        tuple(final),
+        prev.version + 1 if prev is not None else 1,
+        tuple(zone_of.items()),
+    )
+
+
+class _Spacing:
+    """How badly a node would sit at a partition: the claim's spacing cost.
+
+    ``cost = weight * same-node neighbours within w - 1 + same-zone neighbours within
+    wz - 1`` (either side), with wz = min(target_n, zones, Q). The weight exceeds the most
+    the zone term can reach, so node spacing always comes first. With fewer than two zones
+    wz is 1, the zone term is 0 and the cost is the plain node crowding: a claim without
+    zones makes exactly the decisions it always made.
+    """
+
+    __slots__ = ("q", "w", "weight", "wz", "zone_of")
+
+    def __init__(self, w: int, q: int, zone_of: Mapping[str, str], target_n: int) -> None:
+        self.w = w
+        self.q = q
+        self.zone_of = zone_of
+        self.wz = max(1, min(target_n, len(set(zone_of.values())), q))
+        # wz <= w always (zones <= members), so the node window bounds every interaction.
+        # Times 4: a swap compares sums of two costs, whose zone terms can differ by 4(wz - 1).
+        self.weight = 4 * self.wz if self.wz > 1 else 1
+
+    def cost(self, owners: Sequence[str | None], p: int, node: str) -> int:
+        q = self.q
+        c = 0
+        for d in range(1, self.w):
+            if owners[(p + d) % q] == node:
+                c += 1
+            if owners[(p - d) % q] == node:
+                c += 1
+        if self.wz < 2:
+            return c
+        c *= self.weight
+        zone_of = self.zone_of
+        zone = zone_of[node]
+        for d in range(1, self.wz):
+            a = owners[(p + d) % q]
+            if a is not None and zone_of[a] == zone:
+                c += 1
+            b = owners[(p - d) % q]
+            if b is not None and zone_of[b] == zone:
+                c += 1
+        return c
 
 
 def _near_free(owners: Sequence[str | None], p: int, w: int, q: int) -> bool:
     return any(owners[(p + d) % q] is None or owners[(p - d) % q] is None for d in range(1, w))
 
 
-def _crowding(owners: Sequence[str | None], p: int, node: str, w: int, q: int) -> int:
-    """How many partitions within ``w - 1`` of ``p`` (either side) are owned by ``node``."""
-    c = 0
-    for d in range(1, w):
-        if owners[(p + d) % q] == node:
-            c += 1
-        if owners[(p - d) % q] == node:
-            c += 1
-    return c
-
-
-def _improve_spacing(
-    owners: list[str], prev: tuple[str, ...] | None, w: int, q: int
-) -> None:
-    """Swap owners of two partitions when it removes crowding without adding a move.
+def _improve_spacing(owners: list[str], prev: tuple[str, ...] | None, sp: _Spacing) -> None:
+    """Swap owners of two partitions when it lowers the spacing cost without adding a move.
 
     A swap keeps every member's count (balance holds); it is taken only if the number of
     partitions whose owner differs from ``prev`` does not grow, and only if it strictly
-    lowers the number of same-owner pairs closer than ``w``, so this terminates.
+    lowers the total spacing cost (same-owner pairs closer than ``w``, then same-zone pairs
+    closer than ``wz``), a non-negative integer, so this terminates.
     """
+    w, q = sp.w, sp.q
     if w < 2:
         return
+    cost = sp.cost
 
     def moved(p: int) -> bool:
         return prev is None or prev[p] != owners[p]
@@ -348,7 +491,7 @@ def _improve_spacing(
         improved = False
         for i in range(q):
             oi = owners[i]
-            ci = _crowding(owners, i, oi, w, q)
+            ci = cost(owners, i, oi)
             if ci == 0:
                 continue
             i_moved = moved(i)
@@ -367,9 +510,9 @@ def _improve_spacing(
                         continue
                 if (i - j) % q < w or (j - i) % q < w:
                     # Overlapping windows: count the pairs exactly before and after.
-                    before = _crowding(owners, i, oi, w, q) + _crowding(owners, j, oj, w, q)
+                    before = cost(owners, i, oi) + cost(owners, j, oj)
                     owners[i], owners[j] = oj, oi
-                    after = _crowding(owners, i, oj, w, q) + _crowding(owners, j, oi, w, q)
+                    after = cost(owners, i, oj) + cost(owners, j, oi)
                     if after < before:
                         improved = True
                         break
@@ -377,10 +520,10 @@ def _improve_spacing(
                     continue
                 cij = crowd_here.get(oj)
                 if cij is None:
-                    cij = crowd_here[oj] = _crowding(owners, i, oj, w, q)
+                    cij = crowd_here[oj] = cost(owners, i, oj)
                 if cij >= ci:
                     continue
-                if cij + _crowding(owners, j, oi, w, q) < ci + _crowding(owners, j, oj, w, q):
+                if cij + cost(owners, j, oi) < ci + cost(owners, j, oj):
                     owners[i], owners[j] = oj, oi
                     improved = True
                     break
@@ -392,3 +535,12 @@ def crowded_partitions(ring: Ring, n: int = TARGET_N) -> int:
     w = min(n, len(ring.members), q)
     o = ring.owners
     return sum(1 for p in range(q) if len({o[(p + d) % q] for d in range(w)}) < w)
+
+
+def zone_crowded_partitions(ring: Ring, n: int = TARGET_N) -> int:
+    """Partitions whose next min(``n``, zones) owners (itself included) are not all in
+    distinct zones: where a preference list must reach past the next N owners."""
+    q = ring.partitions
+    w = min(n, len(ring.zone_names), q)
+    o = ring.owners
+    return sum(1 for p in range(q) if len({ring.zone_of(o[(p + d) % q]) for d in range(w)}) < w)

@@ -20,6 +20,7 @@ from kvstore.config import Settings, parse_addr
 from kvstore.core import messages as m
 from kvstore.core.membership import MemberEvent, SwimConfig, route_rank
 from kvstore.core.ring import Ring, claim
+from kvstore.core.zones import DEFAULT_ZONE, zone_problem
 from kvstore.errors import InvalidRequest, KVError, StorageError, Unavailable
 from kvstore.runtime import batch
 from kvstore.runtime.antientropy import AntiEntropy
@@ -180,7 +181,7 @@ class Node:
             )
         self.gossip = Gossip(
             swim_config, self.name, self.addr, self.s.listen, random.Random(),
-            push_pull_via(self.rpc), self._on_member, meta={"ring": self.view.version},
+            push_pull_via(self.rpc), self._on_member, meta=self._gossip_meta(),
             keyring=keyring,
         )
         self.server = RpcServer(
@@ -213,7 +214,7 @@ class Node:
         known = [a for n, a in self.view.addrs.items() if n != self.name]
         await self.gossip.join(dict.fromkeys([*seeds, *known]))
         if not had_view and not seeds:
-            self.view.ring = claim([self.name], self.s.partitions)
+            self.view.ring = claim([self.name], self.s.partitions, zones={self.name: self.s.zone})
             await self.view.save()
             log.info("started a new cluster: ring v%d with this node alone", self.view.ring.version)
         elif seeds and self.s.auto_join and self.name not in self.view.members():
@@ -248,7 +249,7 @@ class Node:
             ringless = 0
             for seed in seeds:
                 try:
-                    doc = await self.rpc.call(seed, m.JOIN, [self.name, self.addr], 5.0)
+                    doc = await self.rpc.call(seed, m.JOIN, [self.name, self.addr, 0, self.s.zone], 5.0)
                 except KVError as e:
                     if isinstance(e, Unavailable) and e.extra.get("reason") == NO_RING:
                         ringless += 1
@@ -259,7 +260,7 @@ class Node:
                 log.info("joined the cluster through %s", seed)
                 return
             if ringless == len(seeds) and self.addr == min([self.addr, *seeds]):
-                self.view.ring = claim([self.name], self.s.partitions)
+                self.view.ring = claim([self.name], self.s.partitions, zones={self.name: self.s.zone})
                 await self.view.save()
                 log.info("no seed has a ring yet and this node has the lowest address: founding the cluster")
                 return
@@ -345,7 +346,7 @@ class Node:
         }
 
     def _ping(self) -> dict[str, Any]:
-        return {"node": self.name, "addr": self.addr, "version": __version__, "boot": self.boot_id}
+        return {"node": self.name, "addr": self.addr, "version": __version__, "boot": self.boot_id, "zone": self.s.zone}
 
     def _stop_request(self) -> dict[str, Any]:
         """Admin: stop gracefully (announce, drain, snapshot, exit 0). Answers first."""
@@ -384,10 +385,13 @@ class Node:
             "ring_version": self.view.version,
             "ring_checksum": self.view.checksum,
             "pending": self.view.next is not None,
+            "zone": self.s.zone,
+            "zones": list(ring.zone_names) if ring else [],
             "members": [
                 {
                     "name": n,
                     "addr": a,
+                    "zone": self._zone_of(n),
                     "up": self.view.is_up(n),
                     **self._swim_fields(n),
                     "partitions": len(ring.owned_by(n)) if ring else 0,
@@ -423,7 +427,7 @@ class Node:
     async def _ring_update(self, doc: Any) -> bool:
         return await self._accept_view(doc)
 
-    async def _change(self, members: list[str], what: str) -> dict[str, Any]:
+    async def _change(self, members: list[str], what: str, zones: dict[str, str] | None = None) -> dict[str, Any]:
         """Start a ring change to ``members`` (caller holds the join lock)."""
         assert self.view is not None and self.view.ring is not None
         if self.view.next is not None:
@@ -432,7 +436,7 @@ class Node:
                 "(kv cluster transfers shows it)", required=1,
             )
         ring = self.view.ring
-        nxt = claim(members, ring.partitions, ring)
+        nxt = claim(members, ring.partitions, ring, zones=zones)
         self.view.accept(ring, nxt, {})
         log.info("%s: ring change v%d -> v%d started", what, ring.version, nxt.version)
         await self.view.save()
@@ -450,22 +454,30 @@ class Node:
         live = [n for n in ring.members if self.view.is_up(n)]
         return live[0] if live else None
 
-    async def _via_claimant(self, method: str, params: list[Any], hops: Any) -> dict[str, Any] | None:
+    async def _via_claimant(
+        self, method: str, params: list[Any], hops: Any, tail: tuple[Any, ...] = ()
+    ) -> dict[str, Any] | None:
         claimant = self._claimant()
         if claimant is None or claimant == self.name or hops:
             return None
-        doc = await self.rpc.call(self.view.addr_of(claimant), method, [*params, 1], 10.0)  # type: ignore[union-attr]
+        doc = await self.rpc.call(self.view.addr_of(claimant), method, [*params, 1, *tail], 10.0)  # type: ignore[union-attr]
         await self._accept_view(doc)
         return doc  # type: ignore[no-any-return]
 
-    async def _join(self, name: Any, addr: Any, hops: Any = 0) -> dict[str, Any]:
-        """Add a node to the ring (or update its address) and tell every member."""
+    async def _join(self, name: Any, addr: Any, hops: Any = 0, zone: Any = None) -> dict[str, Any]:
+        """Add a node to the ring (or update its address) and tell every member.
+
+        ``zone`` is the joiner's zone (older callers send none: then gossip's word on it,
+        else the default). A member that asks again with another zone than the ring has
+        for it gets a ring change that moves it to that zone (a restart with a new --zone).
+        """
         assert self.view is not None
         node = m.as_str(name, "name")
         where = m.as_str(addr, "addr")
         parse_addr(where)
-        if self.view.ring is not None and node not in self.view.members():
-            forwarded = await self._via_claimant(m.JOIN, [node, where], hops)
+        z = self._joiner_zone(node, zone)
+        if self.view.ring is not None and (node not in self.view.members() or self._zone_moves(node, z)):
+            forwarded = await self._via_claimant(m.JOIN, [node, where], hops, (z,))
             if forwarded is not None:
                 return forwarded
         async with self._join_lock:
@@ -473,10 +485,55 @@ class Node:
                 raise Unavailable("this node has not joined a ring yet", required=1, reason=NO_RING)
             self.view.addrs[node] = where
             if node in self.view.members():
+                if self._zone_moves(node, z) and node in self.view.ring.members:
+                    assert z is not None
+                    return await self._change(
+                        list(self.view.ring.members), f"{node} moves to zone {z}", {node: z}
+                    )
                 await self.view.save()
                 await self._broadcast_view()
                 return self.view.to_wire()
-            return await self._change([*self.view.ring.members, node], f"{node} ({where}) joins")
+            return await self._change(
+                [*self.view.ring.members, node], f"{node} ({where}) joins in zone {z or DEFAULT_ZONE}",
+                {node: z} if z is not None else None,
+            )
+
+    # ------------------------------------------------------------------ zones
+    def _gossip_meta(self) -> dict[str, Any]:
+        """What this node publishes through gossip: its ring version and its zone."""
+        assert self.view is not None
+        return {"ring": self.view.version, "zone": self.s.zone}
+
+    def _zone_of(self, node: str) -> str:
+        """``node``'s zone as the ring (or the pending ring, for a joiner) places it."""
+        assert self.view is not None
+        if self.view.next is not None and node in self.view.next.members:
+            return self.view.next.zone_of(node)
+        if self.view.ring is not None:
+            return self.view.ring.zone_of(node)
+        return DEFAULT_ZONE
+
+    def _joiner_zone(self, node: str, zone: Any) -> str | None:
+        """The zone a join asks for: the request's, else what the node gossips, else None."""
+        if zone is None and self.gossip is not None and self._gossip_on:
+            info = self.gossip.member(node)
+            zone = info.meta.get("zone") if info is not None else None
+        if zone is None:
+            return None
+        z = m.as_str(zone, "zone")
+        why = zone_problem(z)
+        if why is not None:
+            raise InvalidRequest(why)
+        return z
+
+    def _zone_moves(self, node: str, zone: str | None) -> bool:
+        """A member's join that asks for another zone than the committed ring gives it."""
+        assert self.view is not None
+        ring = self.view.ring
+        return (
+            zone is not None and ring is not None and self.view.next is None
+            and node in ring.members and ring.zone_of(node) != zone
+        )
 
     async def _leave(self, name: Any, hops: Any = 0) -> dict[str, Any]:
         assert self.view is not None
@@ -553,7 +610,7 @@ class Node:
         if self.view.ring is not None:
             self.obs.on_ring(self.view.ring.version, self.view.next.version if self.view.next else None)
         if self.gossip is not None and self._gossip_on:
-            self.gossip.set_meta({"ring": self.view.version})
+            self.gossip.set_meta(self._gossip_meta())
         if self.handoff is not None:
             self.handoff.wake()
         if self.view.next is None:
@@ -568,6 +625,7 @@ class Node:
         loop = asyncio.get_running_loop()
         next_pull = 0.0
         next_gossip_join = 0.0
+        next_zone_check = 0.0
         while True:
             await asyncio.sleep(0.5)
             try:
@@ -594,6 +652,9 @@ class Node:
                     if self.aae is not None:
                         self.aae.prune()
                 ring = self.view.ring
+                if ring is not None and now >= next_zone_check:
+                    next_zone_check = now + 5.0
+                    await self._fix_zone()
                 if ring is not None and self.view.next is None:
                     if self.name in ring.members:
                         if not self._was_member:
@@ -610,6 +671,24 @@ class Node:
                         await self._join_through([self.view.addrs[n] for n in ring.members if n in self.view.addrs])
             except KVError as e:
                 log.info("maintenance: %s", e)
+
+    async def _fix_zone(self) -> None:
+        """A member restarted with another --zone than the ring has for it: ask the
+        claimant for the ring change that moves it (the claim moves no partition for it;
+        preference lists change, and handoff moves what they now place elsewhere)."""
+        assert self.view is not None
+        if not self._zone_moves(self.name, self.s.zone):
+            return
+        claimant = self._claimant()
+        if claimant is None:
+            return
+        log.info("this node's zone is %s, the ring has %s: asking for the move",
+                 self.s.zone, self.view.ring.zone_of(self.name) if self.view.ring else "?")
+        if claimant == self.name:
+            await self._join(self.name, self.addr, 1, self.s.zone)
+        else:
+            doc = await self.rpc.call(self.view.addr_of(claimant), m.JOIN, [self.name, self.addr, 0, self.s.zone], 10.0)
+            await self._accept_view(doc)
 
     async def _try_commit(self) -> None:
         """The lowest-named live member commits a pending change once every member reports
@@ -633,7 +712,7 @@ class Node:
         async with self._join_lock:
             if self.view.next is not nxt:
                 return
-            committed = Ring(nxt.partitions, nxt.owners, nxt.version + 1)
+            committed = Ring(nxt.partitions, nxt.owners, nxt.version + 1, nxt.zones)
             self.view.accept(committed, None, {})
             await self.view.save()
             log.info("ring change committed: v%d", committed.version)
