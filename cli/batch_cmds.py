@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from cli import output as out
-from cli.main import bucket_option, run_client
-from cli.options import connection_options, json_option
+from cli.options import bucket_option, connection_options, json_option
+from cli.session import run_client
 from kvstore.errors import KVError
 
 if TYPE_CHECKING:

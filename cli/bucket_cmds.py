@@ -70,7 +70,7 @@ def bucket() -> None:
 
 
 def _admin(ctx: click.Context, method: str, *params: Any) -> Any:
-    from cli.main import run_client
+    from cli.session import run_client
 
     async def go(kv: AsyncClient) -> Any:
         last: KVError | None = None

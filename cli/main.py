@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from cli import output as out
 from cli.lazy import LazyGroup
-from cli.options import after_options, connection_options, json_option
+from cli.options import after_options, bucket_option, connection_options, json_option
+from cli.session import run_client
 from kvstore.errors import KVError
 
 if TYPE_CHECKING:
@@ -53,25 +53,6 @@ DATATYPE_COMMANDS = ("incr", "add", "remove", "register", "map", "fetch")
 PUT = "put"
 DELETE = "delete"
 GET_MARKED = "get.marked"
-
-
-def run_client(ctx: click.Context, fn: Callable[[AsyncClient], Awaitable[T]]) -> T:
-    """Run one client operation with a one-line error on failure, never a traceback."""
-    import asyncio
-
-    from kvstore.client import AsyncClient
-
-    nodes: str = ctx.obj["nodes"]
-    timeout: float = ctx.obj["timeout"]
-
-    async def go() -> T:
-        async with AsyncClient(nodes, timeout_s=timeout) as c:
-            return await fn(c)
-
-    try:
-        return asyncio.run(go())
-    except KVError as e:
-        out.fail_for(e)
 
 
 def call_node(ctx: click.Context, method: str, params: list[Any], *, idempotent: bool) -> Any:
@@ -144,13 +125,6 @@ def cli(
     ctx.obj["nodes"] = nodes
     ctx.obj["timeout"] = timeout
     ctx.obj["json"] = as_json
-
-
-def bucket_option(f: Any) -> Any:
-    return click.option(
-        "--bucket", "-b", default=None,
-        help="Bucket of the key(s) (default: BUCKET/KEY names one when BUCKET exists, else the default bucket).",
-    )(f)
 
 
 def _plain(key: str, bucket: str | None, *conditions: Any) -> bool:

@@ -69,3 +69,10 @@ def json_option(help: str) -> Callable[[F], F]:
 
 def nodes_of(ctx: click.Context) -> list[str]:
     return [a.strip() for a in str(ctx.obj["nodes"]).split(",") if a.strip()]
+
+
+def bucket_option(f: Any) -> Any:
+    return click.option(
+        "--bucket", "-b", default=None,
+        help="Bucket of the key(s) (default: BUCKET/KEY names one when BUCKET exists, else the default bucket).",
+    )(f)

@@ -14,18 +14,18 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from kvstore.config import Settings
 from kvstore.core import messages as m
 from kvstore.core import vclock
+from kvstore.core.bucket import BucketProps
 from kvstore.core.request import GET, ReadRequest, Ready, Repair, WriteRequest
 from kvstore.core.ring import Ring, partition_of
 from kvstore.core.vclock import Obj
-from kvstore.errors import KVError, Unavailable
+from kvstore.errors import InvalidRequest, KVError, Unavailable
 from kvstore.retry import RetryPolicy
 from kvstore.runtime.cluster import ClusterView
-from kvstore.runtime.datamodel import BucketLookup, DataModel
 from kvstore.runtime.deadlines import Deadlines
 from kvstore.runtime.outbox import Outbox, reason_of
 from kvstore.runtime.replica import KeepHint, Replica
@@ -40,6 +40,19 @@ FORWARD_RETRY = RetryPolicy(retry_unavailable=False)
 
 def _ignore(reason: str | None, result: Any) -> None:
     """The outcome of a call nobody waits for (best-effort writes, read repairs)."""
+
+
+class DataPath(Protocol):
+    """Requests whose options name a bucket, a condition or a TTL (kvstore.runtime.datamodel,
+    given by the node): the plain path never looks."""
+
+    def lookup(self, bucket: str | None) -> BucketProps: ...
+
+    def get(self, key: bytes, opts: m.DataOptions, forwarded: bool) -> Awaitable[dict[str, Any]]: ...
+
+    def write(
+        self, key: bytes, value: bytes | None, raw_ctx: Any, opts: m.DataOptions, fwd: str, forwarded: bool
+    ) -> Awaitable[dict[str, Any]]: ...
 
 
 @dataclass(slots=True)
@@ -61,7 +74,7 @@ class Coordinator:
         *,
         keep_hint: KeepHint | None = None,
         wall_ms: Callable[[], int] | None = None,
-        buckets: BucketLookup | None = None,
+        data_path: Callable[[Coordinator], DataPath] | None = None,
     ) -> None:
         self.s = settings
         self.view = view
@@ -77,7 +90,7 @@ class Coordinator:
         self.keep_hint = keep_hint
         # Buckets, conditional writes and TTL (kvstore.runtime.datamodel): requests whose
         # options name any of them go there; the plain path below never looks.
-        self.datamodel = DataModel(self, buckets)
+        self.datamodel = None if data_path is None else data_path(self)
         self._loop: asyncio.AbstractEventLoop | None = None
         # Every replica call of a loop turn goes out as one frame per peer.
         self.outbox = Outbox(rpc, view.addr_of)
@@ -93,6 +106,11 @@ class Coordinator:
             m.FWD_PUT: lambda key, value, ctx=None, opts=None: self.put(key, value, ctx, opts, forwarded=True),
             m.FWD_DELETE: lambda key, ctx=None, opts=None: self.delete(key, ctx, opts, forwarded=True),
         }
+
+    def _data_path(self) -> DataPath:
+        if self.datamodel is None:
+            raise InvalidRequest("this node serves no buckets, conditions or TTLs")
+        return self.datamodel
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         # asyncio.get_running_loop() makes a getpid() system call each time: a node's
@@ -140,7 +158,7 @@ class Coordinator:
         key = m.check_key(raw_key, self.limits)
         opts = m.parse_options(raw_opts, "r", self.limits)
         if isinstance(opts, m.DataOptions):
-            return self.datamodel.get(key, opts, forwarded)
+            return self._data_path().get(key, opts, forwarded)
         _, p, pref = self._locate(key)
         if self.name not in pref:
             if forwarded:
@@ -166,7 +184,7 @@ class Coordinator:
     ) -> Awaitable[dict[str, Any]]:
         opts = m.parse_options(raw_opts, "w", self.limits)
         if isinstance(opts, m.DataOptions):
-            return self.datamodel.write(key, value, raw_ctx, opts, fwd, forwarded)
+            return self._data_path().write(key, value, raw_ctx, opts, fwd, forwarded)
         ctx = vclock.decode_context(m.check_context(raw_ctx))
         ring, p, pref = self._locate(key)
         if self.name not in pref:

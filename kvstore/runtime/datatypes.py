@@ -79,7 +79,7 @@ class Datatypes:
         c = self.coord
         key = m.check_key(raw_key, c.limits)
         opts = m.parse_options(raw_opts, "w", c.limits)
-        props = c.datamodel.lookup(opts.bucket) if isinstance(opts, m.DataOptions) else None
+        props = c._data_path().lookup(opts.bucket) if isinstance(opts, m.DataOptions) else None
         if props is None:
             self._check_mode()
             type_ = _datatype_for(key, raw_type)
@@ -146,7 +146,7 @@ class Datatypes:
         if want is None:
             opts = m.parse_options(raw_opts, "r", self.coord.limits)
             if isinstance(opts, m.DataOptions):
-                declared = self.coord.datamodel.lookup(opts.bucket).datatype
+                declared = self.coord._data_path().lookup(opts.bucket).datatype
                 want = None if declared == "none" else declared
         got = await self.coord.get(key, raw_opts)
         merged = crdt.from_siblings(m.as_bytes(v) for v in got["values"])

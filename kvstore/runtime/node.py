@@ -27,6 +27,7 @@ from kvstore.runtime.antientropy import AntiEntropy
 from kvstore.runtime.buckets import BucketRegistry
 from kvstore.runtime.cluster import ClusterView
 from kvstore.runtime.coordinator import Coordinator
+from kvstore.runtime.datamodel import DataModel
 from kvstore.runtime.datatypes import Datatypes
 from kvstore.runtime.expiry import Expiry
 from kvstore.runtime.gossip import Gossip, push_pull_via
@@ -169,7 +170,9 @@ class Node:
         self.buckets = BucketRegistry(self.s, self.view, self.engine, self.rpc)
         self.buckets.load()
         replica.bucket_lww = self.buckets.lww_of
-        self.coord = Coordinator(self.s, self.view, replica, self.rpc, keep_hint=self.hints.store, buckets=self.buckets.props)
+        self.coord = Coordinator(self.s, self.view, replica, self.rpc, keep_hint=self.hints.store,
+            data_path=lambda c: DataModel(c, self.buckets.props),
+        )
         self.expiry = Expiry(self.s, self.view, replica, self.coord, self.buckets.props)
         log.info("ttl: %d expiring keys indexed", self.expiry.start())
         keyring = self.security.keyring
