@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from jepsen_lite.history import Event, Op, Window, fault_windows, is_final, pair_ops
@@ -359,22 +359,41 @@ def check_deletes(ops: Sequence[Op]) -> dict[str, Any]:
                 recovered.append({"key": key, "value": a.value})
             elif a.type == "fail" and present:
                 revived.append({"key": key, "value": a.value})
-    all_adds = [a for v in adds.values() for a in v]
     all_deletes = [d for v in deletes.values() for d in v]
+    out = _adds_report(
+        adds, adds.keys() | deletes.keys(), undecided,
+        lost=lost, resurrected=resurrected, resurrected_keys=resurrected_keys,
+        recovered=recovered, unexpected=unexpected, revived=revived,
+    )
+    out.update({
+        "deletes_acknowledged": sum(1 for d in all_deletes if d.type == "ok"),
+        "deletes_indeterminate": sum(1 for d in all_deletes if d.type == "info"),
+        "deletes_failed": sum(1 for d in all_deletes if d.type == "fail"),
+        "reads_ok": sum(len(v) for v in reads.values()),
+        "reads_of_deleted": reads_of_deleted,
+    })
+    return out
+
+
+def _adds_report(
+    adds: Mapping[Any, Sequence[Op]], keys: Any, undecided: Any, *, lost: list[dict[str, Any]],
+    resurrected: list[dict[str, Any]], resurrected_keys: Any, recovered: list[dict[str, Any]],
+    unexpected: list[dict[str, Any]], revived: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """What the checkers of adds with removals (deletes, set removes) report alike: the
+    verdict, the adds' outcomes and every kind of anomaly, counted and listed (capped)."""
+    all_adds = [a for v in adds.values() for a in v]
     acked = sum(1 for a in all_adds if a.type == "ok")
     anomalies = len(lost) + len(resurrected) + len(unexpected) + len(revived)
     return {
         "valid": _verdict(decided=not undecided, anomalies=anomalies, acked=acked),
         "final_read": not undecided,
-        "keys": len(adds.keys() | deletes.keys()),
+        "keys": len(keys),
         "undecided_keys": _capped(k for k in undecided),
         "attempted_count": len(all_adds),
         "acknowledged_count": acked,
         "failed_count": sum(1 for a in all_adds if a.type == "fail"),
         "indeterminate_count": sum(1 for a in all_adds if a.type == "info"),
-        "deletes_acknowledged": sum(1 for d in all_deletes if d.type == "ok"),
-        "deletes_indeterminate": sum(1 for d in all_deletes if d.type == "info"),
-        "deletes_failed": sum(1 for d in all_deletes if d.type == "fail"),
         "lost_count": len(lost),
         "resurrected_count": len(resurrected),
         "resurrected_keys": _capped(resurrected_keys),
@@ -382,8 +401,6 @@ def check_deletes(ops: Sequence[Op]) -> dict[str, Any]:
         "unexpected_count": len(unexpected),
         "revived_count": len(revived),
         "lost_fraction": (len(lost) / acked) if acked else 0.0,
-        "reads_ok": sum(len(v) for v in reads.values()),
-        "reads_of_deleted": reads_of_deleted,
         "lost": lost[:_LIST_CAP],
         "resurrected": resurrected[:_LIST_CAP],
         "recovered": recovered[:_LIST_CAP],
@@ -507,34 +524,15 @@ def check_sets(ops: Sequence[Op]) -> dict[str, Any]:
                 recovered.append({"key": key, "value": a.value})
             elif a.type == "fail" and present:
                 revived.append({"key": key, "value": a.value})
-    all_adds = [a for v in adds.values() for a in v]
     all_removes = [r for v in removes.values() for r in v]
-    acked = sum(1 for a in all_adds if a.type == "ok")
-    anomalies = len(lost) + len(resurrected) + len(unexpected) + len(revived)
-    return {
-        "valid": _verdict(decided=not undecided, anomalies=anomalies, acked=acked),
-        "final_read": not undecided,
-        "keys": len(adds.keys() | removes.keys()),
-        "undecided_keys": _capped(k for k in undecided),
-        "attempted_count": len(all_adds),
-        "acknowledged_count": acked,
-        "failed_count": sum(1 for a in all_adds if a.type == "fail"),
-        "indeterminate_count": sum(1 for a in all_adds if a.type == "info"),
-        "removes_acknowledged": sum(1 for r in all_removes if r.type == "ok"),
-        "removes_indeterminate": sum(1 for r in all_removes if r.type == "info"),
-        "lost_count": len(lost),
-        "resurrected_count": len(resurrected),
-        "resurrected_keys": _capped({r["key"] for r in resurrected}),
-        "recovered_count": len(recovered),
-        "unexpected_count": len(unexpected),
-        "revived_count": len(revived),
-        "lost_fraction": (len(lost) / acked) if acked else 0.0,
-        "lost": lost[:_LIST_CAP],
-        "resurrected": resurrected[:_LIST_CAP],
-        "recovered": recovered[:_LIST_CAP],
-        "unexpected": unexpected[:_LIST_CAP],
-        "revived": revived[:_LIST_CAP],
-    }
+    out = _adds_report(
+        adds, adds.keys() | removes.keys(), undecided,
+        lost=lost, resurrected=resurrected, resurrected_keys={r["key"] for r in resurrected},
+        recovered=recovered, unexpected=unexpected, revived=revived,
+    )
+    out["removes_acknowledged"] = sum(1 for r in all_removes if r.type == "ok")
+    out["removes_indeterminate"] = sum(1 for r in all_removes if r.type == "info")
+    return out
 
 
 def _rate(counts: dict[str, int]) -> dict[str, Any]:
