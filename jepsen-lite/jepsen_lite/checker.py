@@ -153,17 +153,22 @@ def _coverage(roots: Iterable[Any], observed: dict[Any, set[Any]]) -> set[Any]:
     return seen
 
 
-def check_register(ops: Sequence[Op]) -> dict[str, Any]:
-    """Per-key causal registers: lost/recovered/unexpected writes and stale-read statistics."""
-    writes: dict[str | None, list[Op]] = defaultdict(list)
-    reads: dict[str | None, list[Op]] = defaultdict(list)
+def _by_key(ops: Sequence[Op], *fs: str) -> tuple[dict[str | None, list[Op]], ...]:
+    """The workload's ops (not the final reads) grouped by key, one mapping per operation
+    name in ``fs``, in that order; reads only when they succeeded."""
+    groups: dict[str, dict[str | None, list[Op]]] = {f: defaultdict(list) for f in fs}
     for op in ops:
         if is_final(op.process):
             continue
-        if op.f == "write":
-            writes[op.key].append(op)
-        elif op.f == "read" and op.type == "ok":
-            reads[op.key].append(op)
+        g = groups.get(op.f)
+        if g is not None and (op.f != "read" or op.type == "ok"):
+            g[op.key].append(op)
+    return tuple(groups[f] for f in fs)
+
+
+def check_register(ops: Sequence[Op]) -> dict[str, Any]:
+    """Per-key causal registers: lost/recovered/unexpected writes and stale-read statistics."""
+    writes, reads = _by_key(ops, "write", "read")
     finals = _final_reads(ops)
     lost: list[dict[str, Any]] = []
     recovered: list[dict[str, Any]] = []
@@ -296,18 +301,7 @@ def check_independent(ops: Sequence[Op]) -> dict[str, Any]:
 
 def check_deletes(ops: Sequence[Op]) -> dict[str, Any]:
     """Adds must survive unless a delete observed them; acked-deleted values must stay gone."""
-    adds: dict[str | None, list[Op]] = defaultdict(list)
-    deletes: dict[str | None, list[Op]] = defaultdict(list)
-    reads: dict[str | None, list[Op]] = defaultdict(list)
-    for op in ops:
-        if is_final(op.process):
-            continue
-        if op.f == "add":
-            adds[op.key].append(op)
-        elif op.f == "delete":
-            deletes[op.key].append(op)
-        elif op.f == "read" and op.type == "ok":
-            reads[op.key].append(op)
+    adds, deletes, reads = _by_key(ops, "add", "delete", "read")
     finals = _final_reads(ops)
     lost: list[dict[str, Any]] = []
     resurrected: list[dict[str, Any]] = []
@@ -421,15 +415,7 @@ def _final_scalars(ops: Sequence[Op]) -> dict[str | None, Any]:
 def check_counters(ops: Sequence[Op]) -> dict[str, Any]:
     """Counters: the final value within the acknowledged increments and those plus the
     indeterminate ones; reads never above what was invoked before they ended."""
-    incrs: dict[str | None, list[Op]] = defaultdict(list)
-    reads: dict[str | None, list[Op]] = defaultdict(list)
-    for op in ops:
-        if is_final(op.process):
-            continue
-        if op.f == "incr":
-            incrs[op.key].append(op)
-        elif op.f == "read" and op.type == "ok":
-            reads[op.key].append(op)
+    incrs, reads = _by_key(ops, "incr", "read")
     finals = _final_scalars(ops)
     keys_out: list[dict[str, Any]] = []
     lost: list[dict[str, Any]] = []
@@ -488,15 +474,7 @@ def check_counters(ops: Sequence[Op]) -> dict[str, Any]:
 
 def check_sets(ops: Sequence[Op]) -> dict[str, Any]:
     """Sets: acked adds present unless a remove of them may have happened; acked removes stick."""
-    adds: dict[str | None, list[Op]] = defaultdict(list)
-    removes: dict[str | None, list[Op]] = defaultdict(list)
-    for op in ops:
-        if is_final(op.process):
-            continue
-        if op.f == "add":
-            adds[op.key].append(op)
-        elif op.f == "remove":
-            removes[op.key].append(op)
+    adds, removes = _by_key(ops, "add", "remove")
     finals = _final_reads(ops)
     lost: list[dict[str, Any]] = []
     resurrected: list[dict[str, Any]] = []
