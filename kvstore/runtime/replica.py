@@ -260,14 +260,24 @@ class ReplicaServer:
     def put(self, p: Any, key: Any, record: Any, hint_for: Any = None) -> Any:
         """Merge a version sent by a coordinator; the reply goes once it is durable (a Future,
         so the hot path needs no task). With ``hint_for`` it is kept as a hint instead."""
+        part, k, rec, obj, hint = self._incoming(p, key, record, hint_for)
+        if hint is not None:
+            assert self.keep_hint is not None
+            return self.keep_hint(hint, part, k, obj)
+        durable = self.replica.apply(self._owned(part), k, obj, rec)
+        return True if durable is None else durable
+
+    def _incoming(
+        self, p: Any, key: Any, record: Any, hint_for: Any
+    ) -> tuple[int, bytes, bytes, Obj, str | None]:
+        """A replica put's parameters checked: partition, key, record and its version, and
+        the primary to keep it for as a hint (None: merge it here)."""
         part = m.check_partition(p)
         k = m.as_bytes(key, "key")
         rec = m.as_bytes(record, "record")
         obj = vclock.decode(rec, canonical=True)
-        if hint_for is not None and self.keep_hint is not None:
-            return self.keep_hint(m.as_str(hint_for, "hint_for"), part, k, obj)
-        durable = self.replica.apply(self._owned(part), k, obj, rec)
-        return True if durable is None else durable
+        hint = m.as_str(hint_for, "hint_for") if hint_for is not None and self.keep_hint is not None else None
+        return part, k, rec, obj, hint
 
     def many(self, ops: Any) -> Any:
         """One peer's replica ops of one loop turn (kvstore.core.messages.REPLICA_MANY), each
@@ -322,13 +332,10 @@ class _Many:
                     continue
                 if kind != m.MANY_PUT or len(op) != 5:
                     raise InvalidRequest(_BAD_OP)
-                _, p, key, record, hint_for = op
-                part = m.check_partition(p)
-                k = m.as_bytes(key, "key")
-                rec = m.as_bytes(record, "record")
-                obj = vclock.decode(rec, canonical=True)
-                if hint_for is not None and server.keep_hint is not None:
-                    kept = asyncio.ensure_future(server.keep_hint(m.as_str(hint_for, "hint_for"), part, k, obj))
+                part, k, rec, obj, hint = server._incoming(op[1], op[2], op[3], op[4])
+                if hint is not None:
+                    assert server.keep_hint is not None
+                    kept = asyncio.ensure_future(server.keep_hint(hint, part, k, obj))
                     self.left += 1
                     kept.add_done_callback(functools.partial(self._kept, i))
                     continue
