@@ -115,12 +115,13 @@ class MerkleTree:
         if old_digest == new_digest:
             return
         b = _hash64(key) % self.leaves
-        leaves = self._levels[self.depth]
+        leaves = self._levels[-1]
         v = leaves[b]
+        # Positional seeds: xxhash's keyword parsing costs as much as the hash of a short key.
         if old_digest is not None:
-            v -= _hash64(key, seed=old_digest)
+            v -= _hash64(key, old_digest)
         if new_digest is not None:
-            v += _hash64(key, seed=new_digest)
+            v += _hash64(key, new_digest)
         leaves[b] = v & _MASK64
         self._dirty.add(b // self.fanout)
 

@@ -248,7 +248,7 @@ _DEFAULT_OPTIONS = Options()  # immutable: shared by every request without optio
 
 def parse_options(raw: Any, kind: str, limits: Limits) -> Options:
     """``kind`` is "r" or "w": which quorum override this request may carry."""
-    if raw is None:
+    if raw is None or (type(raw) is dict and not raw):
         return _DEFAULT_OPTIONS
     if not isinstance(raw, dict):
         raise InvalidRequest(f"options must be a map, got {type(raw).__name__}")

@@ -11,7 +11,6 @@ simulated network of kvstore.testing.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from enum import Enum
 from typing import NamedTuple
 
@@ -85,30 +84,39 @@ def next_stand_in(
     return None
 
 
-@dataclass(slots=True)
 class _Quorum:
     """What reads and writes share: ``need`` successes out of the targets, counting only
     primaries when ``strict``; done as soon as that is reached, unavailable as soon as it no
     longer can be, or at the deadline. Once decided, the status never changes.
 
     The tallies are kept as events arrive (every request decides on each of its events, so
-    recounting the targets each time was a visible share of a put's cost)."""
+    recounting the targets each time was a visible share of a put's cost). Plain slotted
+    classes with written-out ``__init__``: every request builds one, and a dataclass's
+    generated init with default factories cost a visible share too."""
 
-    targets: tuple[Target, ...]
-    need: int
-    deadline: float
-    strict: bool = False
-    failed: dict[str, str] = field(default_factory=dict)
-    status: Status = Status.PENDING
-    # node -> counts towards ``need``, for every target.
-    _counted: dict[str, bool] = field(default_factory=dict)
-    _got: int = 0  # counted targets that succeeded
-    _open: int = 0  # counted targets that have neither succeeded nor failed
-    _unanswered: int = 0  # targets (counted or not) that have neither succeeded nor failed
+    __slots__ = ("_counted", "_got", "_open", "_unanswered", "deadline", "failed", "need", "status", "strict", "targets")
 
-    def __post_init__(self) -> None:
-        for t in self.targets:
-            self._add(t)
+    def __init__(self, targets: tuple[Target, ...], need: int, deadline: float, strict: bool = False) -> None:
+        self.targets = targets
+        self.need = need
+        self.deadline = deadline
+        self.strict = strict
+        self.failed: dict[str, str] = {}
+        self.status = Status.PENDING
+        # node -> counts towards ``need``, for every target.
+        self._counted: dict[str, bool] = {}
+        self._got = 0  # counted targets that succeeded
+        # Targets (counted or not) that have neither succeeded nor failed, and the counted
+        # ones among them (what ``_add`` does for each, in one loop).
+        self._unanswered = len(targets)
+        n_open = 0
+        counted = self._counted
+        for t in targets:
+            c = not (strict and t.hint_for is not None)
+            counted[t.node] = c
+            if c:
+                n_open += 1
+        self._open = n_open
 
     def _add(self, t: Target) -> None:
         counts = not (self.strict and t.hint_for is not None)
@@ -173,12 +181,15 @@ class _Quorum:
         return msg
 
 
-@dataclass(slots=True)
 class WriteQuorum(_Quorum):
     """A put or delete: done after W acknowledgements (``need``). ``strict`` (Riak's pw):
     only acknowledgements from primaries count."""
 
-    acked: set[str] = field(default_factory=set)
+    __slots__ = ("acked",)
+
+    def __init__(self, targets: tuple[Target, ...], need: int, deadline: float, strict: bool = False) -> None:
+        self.acked: set[str] = set()
+        _Quorum.__init__(self, targets, need, deadline, strict)
 
     def _succeeded(self, node: str) -> bool:
         return node in self.acked
@@ -188,10 +199,23 @@ class WriteQuorum(_Quorum):
         return self.successes
 
     def on_ack(self, node: str) -> Status:
-        if node not in self.failed and node not in self.acked:
-            self.acked.add(node)
-            self._count_success(node)
-        return self._decide()
+        # _count_success and _decide inlined: once per replica of every write.
+        acked = self.acked
+        if node not in acked and node not in self.failed:
+            acked.add(node)
+            counts = self._counted.get(node)
+            if counts is not None:
+                self._unanswered -= 1
+                if counts:
+                    self._got += 1
+                    self._open -= 1
+        status = self.status
+        if status is Status.PENDING:
+            if self._got >= self.need:
+                status = self.status = Status.OK
+            elif self._got + self._open < self.need:
+                status = self.status = Status.UNAVAILABLE
+        return status
 
     def add_stand_in(self, t: Target) -> None:
         """Sloppy quorum: a fallback now carries a failed primary's write (with a hint).
@@ -204,14 +228,17 @@ class WriteQuorum(_Quorum):
         return self._explain("acknowledged the write")
 
 
-@dataclass(slots=True)
 class ReadQuorum(_Quorum):
     """A get: done after R replies (``need``), with their merge; keeps listening for the rest
     so that replicas found stale can be repaired once every target has answered (or the
     deadline passed)."""
 
-    replies: dict[str, Obj | None] = field(default_factory=dict)
-    merged: Obj | None = None
+    __slots__ = ("merged", "replies")
+
+    def __init__(self, targets: tuple[Target, ...], need: int, deadline: float, strict: bool = False) -> None:
+        self.replies: dict[str, Obj | None] = {}
+        self.merged: Obj | None = None
+        _Quorum.__init__(self, targets, need, deadline, strict)
 
     def _succeeded(self, node: str) -> bool:
         return node in self.replies

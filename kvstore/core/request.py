@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from kvstore.core import quorum, vclock
@@ -77,14 +76,25 @@ class Reply(NamedTuple):
     error: KVError | None = None
 
 
-@dataclass(slots=True)
 class Ready:
-    sends: list[Send] = field(default_factory=list)
-    local_write: tuple[int, Obj] | None = None  # (tag, version)
-    hints: list[KeepHint] = field(default_factory=list)
-    repairs: list[Repair] = field(default_factory=list)
-    reply: Reply | None = None
-    deadline: float | None = None
+    """One event's effects (see the module doc). A plain slotted class: every event of every
+    request builds one, and a dataclass's init with default factories costs twice as much."""
+
+    __slots__ = ("deadline", "hints", "local_write", "repairs", "reply", "sends")
+
+    def __init__(self) -> None:
+        self.sends: list[Send] = []
+        self.local_write: tuple[int, Obj] | None = None  # (tag, version)
+        self.hints: list[KeepHint] = []
+        self.repairs: list[Repair] = []
+        self.reply: Reply | None = None
+        self.deadline: float | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"Ready(sends={self.sends!r}, local_write={self.local_write!r}, hints={self.hints!r}, "
+            f"repairs={self.repairs!r}, reply={self.reply!r}, deadline={self.deadline!r})"
+        )
 
 
 class WriteRequest:
@@ -96,6 +106,11 @@ class WriteRequest:
     next fallback, or, with none left, by a hint kept here, even after the reply went out
     (the write must still reach that primary).
     """
+
+    __slots__ = (
+        "_by_tag", "_plan", "_replied", "_tags", "_tried", "extra_targets", "fallbacks", "hinting", "is_up",
+        "name", "new", "primary_timeout_s", "quorum", "record", "sloppy", "timeout_s", "w",
+    )
 
     def __init__(
         self,
@@ -144,13 +159,19 @@ class WriteRequest:
             # before anything is stored anywhere.
             self._settle(Status.UNAVAILABLE, ready)
             return ready
+        name, by_tag, tags, sends = self.name, self._by_tag, self._tags, ready.sends
         for t in self._plan.targets:
-            if t.node == self.name:
-                tag = next(self._tags)
-                self._by_tag[tag] = t
+            if t.node == name:
+                tag = next(tags)
+                by_tag[tag] = t
                 ready.local_write = (tag, self.new)
+            elif t.hint_for is None:
+                # _send inlined for the usual target, a primary.
+                tag = next(tags)
+                by_tag[tag] = t
+                sends.append(Send(tag, t.node, PUT, self.primary_timeout_s, self.record, None))
             else:
-                ready.sends.append(self._send(t))
+                sends.append(self._send(t))
         for primary in self._plan.uncovered:
             self._cover(primary, ready)
         # During a ring change the partition's new replicas get every write too (best effort,
@@ -172,10 +193,12 @@ class WriteRequest:
     def acked(self, tag: int) -> Ready:
         ready = Ready()
         t = self._by_tag.pop(tag, None)
-        if t is not None:
-            self._settle(self.quorum.on_ack(t.node), ready)
+        q = self.quorum
+        status = q.status if t is None else q.on_ack(t.node)
+        if status is Status.PENDING:
+            ready.deadline = q.deadline  # _settle's first case, inlined: most acks end here
         else:
-            self._settle(self.quorum.status, ready)
+            self._settle(status, ready)
         return ready
 
     def failed(self, tag: int, reason: str) -> Ready:
@@ -237,6 +260,8 @@ class ReadRequest:
     """A get: R replies (the coordinator's own copy, ``local``, among them when it is a
     replica), their merge as the answer; once every replica answered, or at the deadline,
     the ones found stale are repaired with the merge."""
+
+    __slots__ = ("_by_tag", "_plan", "_repaired", "_replied", "_tags", "local", "lww", "name", "now_ms", "quorum", "r", "timeout_s")
 
     def __init__(
         self,

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, NamedTuple, overload
 
 import msgpack
@@ -97,15 +96,29 @@ class Sibling(NamedTuple):
     expires: int = 0
 
 
-@dataclass(frozen=True, slots=True)
 class Obj:
-    """A key's versioned state: siblings sorted by dot, and the vector covering them all."""
+    """A key's versioned state: siblings sorted by dot, and the vector covering them all.
 
-    siblings: tuple[Sibling, ...]
-    vv: VV
+    Immutable by convention (nothing assigns to a built one). A plain slotted class rather
+    than a frozen dataclass: every read, write and merge builds a few, and a frozen
+    dataclass's init (``object.__setattr__`` per field) costs several times as much."""
+
+    __slots__ = ("siblings", "vv")
+
+    def __init__(self, siblings: tuple[Sibling, ...], vv: VV) -> None:
+        self.siblings = siblings
+        self.vv = vv
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not Obj:
+            return NotImplemented
+        return self.siblings == other.siblings and self.vv == other.vv  # type: ignore[attr-defined]
 
     def __hash__(self) -> int:
         return hash((self.siblings, tuple(sorted(self.vv.items()))))
+
+    def __repr__(self) -> str:
+        return f"Obj(siblings={self.siblings!r}, vv={self.vv!r})"
 
 
 # ---------------------------------------------------------------------- operations
@@ -136,7 +149,7 @@ def update(
             if c > vv.get(n, 0):
                 vv[n] = c
     vv[node] = counter
-    keep.append(Sibling(Dot(node, counter), value, ts))
+    keep.append(_tnew(Sibling, (_tnew(Dot, (node, counter)), value, ts, 0)))
     if len(keep) > 1:
         keep.sort()
     return Obj(tuple(keep), vv)
@@ -348,14 +361,21 @@ def encode(obj: Obj) -> bytes:
     an expiring sibling has a fifth element, ``[expires, ...]`` (one per sibling, 0: never);
     records without one are byte for byte what they were before TTL existed.
     """
-    nodes = sorted(obj.vv)
+    vv, sibs = obj.vv, obj.siblings
+    if len(vv) == 1 and len(sibs) == 1:
+        # The usual record: one writer, one sibling (the same bytes as the general path).
+        s = sibs[0]
+        ((n, c),) = vv.items()
+        if not s.expires and s.dot.node == n:
+            return _pack([_FORMAT, [n], [c], [0, s.dot.counter, s.ts, s.value]])
+    nodes = sorted(vv)
     index = {n: i for i, n in enumerate(nodes)}
     flat: list[Any] = []
     expiring = False
     # Sorted here too (versions are built sorted; this keeps the encoding canonical for any
     # Obj), so equal states always encode to equal bytes.
-    sibs = obj.siblings if len(obj.siblings) < 2 else sorted(obj.siblings)
-    for s in sibs:
+    ordered = sibs if len(sibs) < 2 else sorted(sibs)
+    for s in ordered:
         flat.append(index[s.dot.node])
         flat.append(s.dot.counter)
         flat.append(s.ts)
@@ -363,9 +383,9 @@ def encode(obj: Obj) -> bytes:
         if s.expires:
             expiring = True
     if expiring:
-        exp = [s.expires for s in sibs]
-        return _pack([_FORMAT, nodes, [obj.vv[n] for n in nodes], flat, exp])
-    return _pack([_FORMAT, nodes, [obj.vv[n] for n in nodes], flat])
+        exp = [s.expires for s in ordered]
+        return _pack([_FORMAT, nodes, [vv[n] for n in nodes], flat, exp])
+    return _pack([_FORMAT, nodes, [vv[n] for n in nodes], flat])
 
 
 def has_expiry(rec: bytes) -> bool:

@@ -143,6 +143,11 @@ class Replica:
         on_done: OnDurable | None = None,
     ) -> tuple[Obj, asyncio.Future[None] | None]:
         old_rec = self.engine.get(partition, key)
+        if old_rec is not None and old_rec == incoming_rec:
+            # The same canonical bytes: the same version, nothing to merge (a resend).
+            if on_done is not None:
+                on_done(None)
+            return incoming, None
         local = None if old_rec is None else vclock.decode(old_rec)
         try:
             merged = vclock.sync(local, incoming)
@@ -175,6 +180,13 @@ class Replica:
         is durable.
         """
         return self._store(partition, key, self.engine.get(partition, key), obj, record, on_done)
+
+    def store_over(
+        self, partition: int, key: bytes, old_rec: bytes | None, obj: Obj, record: bytes, on_done: OnDurable
+    ) -> None:
+        """``write_new`` for a caller that read the key's record (``old_rec``) in the same
+        call, with nothing awaited since: the coordinator's write path reads it once."""
+        self._store(partition, key, old_rec, obj, record, on_done)
 
     def _store(
         self, partition: int, key: bytes, old_rec: bytes | None, new: Obj, record: bytes,

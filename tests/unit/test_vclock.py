@@ -255,3 +255,20 @@ def test_the_counter_floor_keeps_a_blind_write_after_collection_out_of_an_old_to
     v2 = vc.update(None, {}, b"v2", "n1~e", 3, floor)
     assert vc.values(vc.sync(tomb, v2)) == [b"v2"]
     assert vc.values(vc.sync(v2, tomb)) == [b"v2"]
+
+
+def test_encode_one_writer_one_sibling_is_the_documented_layout() -> None:
+    # encode's short path for the usual record must write the same bytes as the layout.
+    obj = Obj((Sibling(Dot("~a", 3), b"v", 7),), {"~a": 3})
+    assert vc.encode(obj) == msgpack.packb([1, ["~a"], [3], [0, 3, 7, b"v"]], use_bin_type=True)
+    assert vc.decode(vc.encode(obj), canonical=True) == obj
+
+
+def test_encode_is_canonical_for_siblings_out_of_order() -> None:
+    a, b = Sibling(Dot("~a", 1), b"x", 1), Sibling(Dot("~a", 2), b"y", 2)
+    vv = {"~a": 2}
+    assert vc.encode(Obj((b, a), vv)) == vc.encode(Obj((a, b), vv))
+    assert vc.decode(vc.encode(Obj((b, a), vv)), canonical=True) == Obj((a, b), vv)
+    # With expiries too: each expiry follows its own sibling.
+    ea, eb = a._replace(expires=10), b._replace(expires=20)
+    assert vc.decode(vc.encode(Obj((eb, ea), vv))) == Obj((ea, eb), vv)
