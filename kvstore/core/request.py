@@ -108,8 +108,8 @@ class WriteRequest:
     """
 
     __slots__ = (
-        "_by_tag", "_plan", "_replied", "_tags", "_tried", "extra_targets", "fallbacks", "hinting", "is_up",
-        "name", "new", "primary_timeout_s", "quorum", "record", "sloppy", "timeout_s", "w",
+        "_by_tag", "_plan", "_tags", "_tried", "extra_targets", "fallbacks", "hinting", "is_up",
+        "name", "new", "primary_timeout_s", "quorum", "record", "settled", "sloppy", "timeout_s", "w",
     )
 
     def __init__(
@@ -149,7 +149,10 @@ class WriteRequest:
         self._tried = [t.node for t in self._plan.targets]
         self._tags = itertools.count(1)
         self._by_tag: dict[int, quorum.Target | None] = {}  # None: not counted
-        self._replied = False
+        # Replied: from now on an acknowledgement changes nothing (a failure still may, since
+        # the failed replica's copy must be covered by a stand-in or a hint). An attribute,
+        # not a property: the driver asks on every acknowledgement.
+        self.settled = False
 
     # ------------------------------------------------------------------ events
     def start(self) -> Ready:
@@ -183,12 +186,6 @@ class WriteRequest:
                 ready.sends.append(Send(tag, extra, PUT, self.timeout_s, self.record, None, counted=False))
         self._settle(self.quorum.decide(), ready)
         return ready
-
-    @property
-    def settled(self) -> bool:
-        """Replied: from now on an acknowledgement changes nothing (a failure still may,
-        since the failed replica's copy must be covered by a stand-in or a hint)."""
-        return self._replied
 
     def acked(self, tag: int) -> Ready:
         ready = Ready()
@@ -246,9 +243,9 @@ class WriteRequest:
         if status is Status.PENDING:
             ready.deadline = self.quorum.deadline
             return
-        if self._replied:
+        if self.settled:
             return
-        self._replied = True
+        self.settled = True
         if status is Status.OK:
             ready.reply = Reply({"context": vclock.encode_context(self.new.vv)})
         else:

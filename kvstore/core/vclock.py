@@ -462,6 +462,10 @@ def decode(b: bytes, *, canonical: bool = False) -> Obj:
         vv[n] = c
     sibs: list[Sibling] = []
     n_nodes = len(nodes)
+    # Dots strictly ascending (what encode writes) means sorted and free of duplicates, so
+    # the checks below are needed only for records that are not.
+    ascending = True
+    prev: Dot | None = None
     for i in range(0, len(flat), 4):
         idx, counter, ts, value = flat[i : i + 4]
         if type(idx) is not int or not 0 <= idx < n_nodes:
@@ -471,8 +475,15 @@ def decode(b: bytes, *, canonical: bool = False) -> Obj:
             raise InvalidRequest("malformed record: dot not covered by its vector")
         if type(ts) is not int or not (value is None or type(value) is bytes):
             raise InvalidRequest("malformed record: bad sibling")
-        sibs.append(_tnew(Sibling, (_tnew(Dot, (node, counter)), value, ts, 0)))
-    if len(sibs) > 1:
+        dot = _tnew(Dot, (node, counter))
+        if prev is not None and not prev < dot:
+            ascending = False
+        prev = dot
+        sibs.append(_tnew(Sibling, (dot, value, ts, 0)))
+    if ascending:
+        if canonical and len(nodes) > 1 and nodes != sorted(nodes):
+            raise InvalidRequest("malformed record: not in canonical order")
+    elif len(sibs) > 1:
         # Duplicates first: sorting equal dots would go on to compare None with bytes.
         if len({s.dot for s in sibs}) != len(sibs):
             raise InvalidRequest("malformed record: duplicate dot")

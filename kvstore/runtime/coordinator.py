@@ -20,7 +20,7 @@ from kvstore.config import Settings
 from kvstore.core import messages as m
 from kvstore.core import vclock
 from kvstore.core.bucket import BucketProps
-from kvstore.core.request import GET, ReadRequest, Ready, Repair, WriteRequest
+from kvstore.core.request import GET, ReadRequest, Ready, Repair, Reply, WriteRequest
 from kvstore.core.ring import Ring, partition_of
 from kvstore.core.vclock import Obj
 from kvstore.errors import InvalidRequest, KVError, Unavailable
@@ -30,6 +30,8 @@ from kvstore.runtime.deadlines import Deadlines
 from kvstore.runtime.outbox import Outbox, reason_of
 from kvstore.runtime.replica import KeepHint, Replica
 from kvstore.runtime.rpc import RpcClient
+from kvstore.runtime.rpc.later import LATER, replies_later
+from kvstore.runtime.rpc.later import Reply as RpcReply
 
 log = logging.getLogger("kvstore.coordinator")
 
@@ -154,8 +156,12 @@ class Coordinator:
 
     # ------------------------------------------------------------------ public API
     # Each returns a Future (the local path: callbacks only, no task per request) or, when
-    # the request must be forwarded, a coroutine; the RPC server takes either.
-    def get(self, raw_key: Any, raw_opts: Any = None, *, forwarded: bool = False) -> Awaitable[dict[str, Any]]:
+    # the request must be forwarded, a coroutine; the RPC server takes either. Given a
+    # ``reply`` callback (the RPC server's, kvstore.runtime.rpc.later), the local path
+    # answers through it instead of a future and returns LATER, or the answer itself when
+    # it is known at once.
+    @replies_later
+    def get(self, raw_key: Any, raw_opts: Any = None, *, forwarded: bool = False, reply: RpcReply | None = None) -> Any:
         key = m.check_key(raw_key, self.limits)
         opts = m.parse_options(raw_opts, "r", self.limits)
         if isinstance(opts, m.DataOptions):
@@ -166,23 +172,31 @@ class Coordinator:
                 raise Unavailable("forwarded get reached a node outside the preference list", required=1)
             return self._forward(m.FWD_GET, pref, [key, m.options_to_wire(opts, "r")], True)
         self.counters.gets += 1
-        return self._read(p, pref, key, opts)
+        drive = self._begin_read(p, pref, key, opts)
+        return drive.answer(reply) if reply is not None else drive.future()
 
+    @replies_later
     def put(
-        self, raw_key: Any, raw_value: Any, raw_ctx: Any = None, raw_opts: Any = None, *, forwarded: bool = False
-    ) -> Awaitable[dict[str, Any]]:
+        self, raw_key: Any, raw_value: Any, raw_ctx: Any = None, raw_opts: Any = None, *, forwarded: bool = False,
+        reply: RpcReply | None = None,
+    ) -> Any:
         key = m.check_key(raw_key, self.limits)
         value = m.check_value(raw_value, self.limits)
-        return self._write(key, value, raw_ctx, raw_opts, m.FWD_PUT, forwarded)
+        return self._write(key, value, raw_ctx, raw_opts, m.FWD_PUT, forwarded, reply)
 
-    def delete(self, raw_key: Any, raw_ctx: Any = None, raw_opts: Any = None, *, forwarded: bool = False) -> Awaitable[dict[str, Any]]:
+    @replies_later
+    def delete(
+        self, raw_key: Any, raw_ctx: Any = None, raw_opts: Any = None, *, forwarded: bool = False,
+        reply: RpcReply | None = None,
+    ) -> Any:
         key = m.check_key(raw_key, self.limits)
-        return self._write(key, None, raw_ctx, raw_opts, m.FWD_DELETE, forwarded)
+        return self._write(key, None, raw_ctx, raw_opts, m.FWD_DELETE, forwarded, reply)
 
     # ------------------------------------------------------------------ internals
     def _write(
-        self, key: bytes, value: bytes | None, raw_ctx: Any, raw_opts: Any, fwd: str, forwarded: bool
-    ) -> Awaitable[dict[str, Any]]:
+        self, key: bytes, value: bytes | None, raw_ctx: Any, raw_opts: Any, fwd: str, forwarded: bool,
+        reply: RpcReply | None = None,
+    ) -> Any:
         opts = m.parse_options(raw_opts, "w", self.limits)
         if isinstance(opts, m.DataOptions):
             return self._data_path().write(key, value, raw_ctx, opts, fwd, forwarded)
@@ -199,7 +213,8 @@ class Coordinator:
             # A delete without a context deletes what a read finds (as Riak does): a tombstone
             # that covers nothing would only sit beside the value as one more sibling.
             return self._delete_what_is_read(ring, p, pref, key, opts)
-        return self._coordinate_write(ring, p, pref, key, value, ctx, opts)
+        drive = self._begin_write(ring, p, pref, key, value, ctx, opts)
+        return drive.answer(reply) if reply is not None else drive.future()
 
     async def _delete_what_is_read(
         self, ring: Ring, p: int, pref: tuple[str, ...], key: bytes, opts: m.Options
@@ -216,6 +231,12 @@ class Coordinator:
     ) -> asyncio.Future[dict[str, Any]]:
         """The keyword arguments are a bucket's (kvstore.runtime.datamodel); by default the
         cluster's settings. ``ttl_ms`` > 0 makes the new value expire that long from now."""
+        return self._begin_write(ring, p, pref, key, value, ctx, opts, w=w, lww=lww, limits=limits, ttl_ms=ttl_ms).future()
+
+    def _begin_write(
+        self, ring: Ring, p: int, pref: tuple[str, ...], key: bytes, value: bytes | None, ctx: vclock.VV, opts: m.Options,
+        *, w: int | None = None, lww: bool | None = None, limits: m.Limits | None = None, ttl_ms: int = 0,
+    ) -> _Drive:
         local_rec = self.replica.read_raw(p, key)
         local = None if local_rec is None else vclock.decode(local_rec)
         now_ms = self.wall_ms()
@@ -247,12 +268,17 @@ class Coordinator:
         drive = _Drive(self, machine, p, key, loop)
         drive.known = (local_rec, local)
         drive.run(machine.start())
-        return drive.result
+        return drive
 
     def _read(
         self, p: int, pref: tuple[str, ...], key: bytes, opts: m.Options, *, r: int | None = None, lww: bool | None = None
     ) -> asyncio.Future[dict[str, Any]]:
         """``r`` and ``lww`` are a bucket's (kvstore.runtime.datamodel); by default the cluster's."""
+        return self._begin_read(p, pref, key, opts, r=r, lww=lww).future()
+
+    def _begin_read(
+        self, p: int, pref: tuple[str, ...], key: bytes, opts: m.Options, *, r: int | None = None, lww: bool | None = None
+    ) -> _Drive:
         loop = self._running_loop()
         local_rec = self.replica.read_raw(p, key)
         local = None if local_rec is None else vclock.decode(local_rec)
@@ -271,7 +297,7 @@ class Coordinator:
         if local_rec is not None:
             drive.known = (local_rec, local)
         drive.run(machine.start())
-        return drive.result
+        return drive
 
     async def _keep_hint(self, primary: str, p: int, key: bytes, obj: Obj) -> None:
         assert self.keep_hint is not None
@@ -300,11 +326,19 @@ def _dot_of(new: Obj, actor: str) -> vclock.Dot:
     return vclock.Dot(actor, new.vv[actor])
 
 
+def _settle_future(fut: asyncio.Future[dict[str, Any]], result: Any, exc: BaseException | None) -> None:
+    if not fut.done():
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+
+
 class _Drive:
     """Carries out one request machine's effects on the event loop: replica calls through the
     RPC client, the local write, hints, read repairs, the deadline, the reply."""
 
-    __slots__ = ("c", "deadline", "key", "known", "loop", "machine", "p", "result")
+    __slots__ = ("c", "deadline", "early", "key", "known", "loop", "machine", "p", "replied", "sink")
 
     def __init__(
         self, c: Coordinator, machine: WriteRequest | ReadRequest, p: int, key: bytes, loop: asyncio.AbstractEventLoop
@@ -314,7 +348,11 @@ class _Drive:
         self.p = p
         self.key = key
         self.loop = loop
-        self.result: asyncio.Future[dict[str, Any]] = loop.create_future()
+        # Where the answer goes (``answer`` sets it); until then a reply given by the machine
+        # waits in ``early`` (a request answered within its first step).
+        self.sink: RpcReply | None = None
+        self.early: Reply | None = None  # the machine's Reply
+        self.replied = False
         self.deadline: float | None = None  # when the machine wants its next tick
         # The local record and its version when the request started. A read: replicas in
         # sync answer with the same bytes, which then need no decoding. A write: what its
@@ -346,12 +384,14 @@ class _Drive:
         for rep in ready.repairs:
             c.counters.read_repairs += 1
             self._repair(rep)
-        if ready.reply is not None and not self.result.done():
+        if ready.reply is not None and not self.replied:
+            self.replied = True
             if ready.reply.error is not None:
                 c.counters.unavailable += 1
-                self.result.set_exception(ready.reply.error)
+            if self.sink is None:
+                self.early = ready.reply
             else:
-                self.result.set_result(ready.reply.result)  # type: ignore[arg-type]
+                self.sink(ready.reply.result, ready.reply.error)
         deadline = ready.deadline
         if deadline != self.deadline:
             if self.deadline is not None:
@@ -359,6 +399,29 @@ class _Drive:
             if deadline is not None:
                 c.deadlines.add(deadline, self)
             self.deadline = deadline
+
+    def answer(self, reply: RpcReply) -> Any:
+        """After the first step, the answer goes to ``reply``: returns the answer itself if
+        it is known already (raised if an error), else LATER."""
+        early = self.early
+        if early is None:
+            self.sink = reply
+            return LATER
+        if early.error is not None:
+            raise early.error
+        return early.result
+
+    def future(self) -> asyncio.Future[dict[str, Any]]:
+        """After the first step: a Future of the answer."""
+        early = self.early
+        fut: asyncio.Future[dict[str, Any]] = self.loop.create_future()
+        if early is None:
+            self.sink = functools.partial(_settle_future, fut)
+        elif early.error is not None:
+            fut.set_exception(early.error)
+        else:
+            fut.set_result(early.result)  # type: ignore[arg-type]
+        return fut
 
     def tick(self, now: float) -> None:
         """Called by the sweep once ``now`` is past the deadline it was registered for."""
@@ -376,13 +439,14 @@ class _Drive:
 
     def _answered(self, tag: int, reason: str | None, rec: Any) -> None:
         machine = self.machine
-        if isinstance(machine, WriteRequest):
+        if type(machine) is WriteRequest:
             if reason is None:
                 if not machine.settled:  # a late acknowledgement changes nothing
                     self.run(machine.acked(tag))
             else:
                 self.run(machine.failed(tag, reason))
             return
+        assert isinstance(machine, ReadRequest)
         now = self.loop.time()
         if reason is not None:
             self.run(machine.failed(tag, reason, now))

@@ -42,9 +42,17 @@ def test_a_joining_node_killed_mid_transfer_resumes_and_completes(tmp_path: Path
         moved_before = _handoff(c, "n4")["keys_moved"]  # type: ignore[index]
         c.kill("n4")
         c.start("n4")
-        st = _handoff(c, "n4")
-        # Resumed from its persisted cursors, not from the start.
-        assert st is not None and st["keys_moved"] >= moved_before
+
+        def transfer_reported() -> dict[str, Any] | None:
+            # Right after a start the pending change may not have its transfer yet (needed
+            # -1): that is "not loaded yet", not "started over".
+            st = _handoff(c, "n4")
+            return st if st is not None and (st["needed"] >= 0 or not st["pending"]) else None
+
+        st = wait_until(transfer_reported, 60, 0.05, "n4 to report its resumed transfer")
+        if st["pending"]:
+            # Resumed from its persisted cursors, not from the start.
+            assert st["keys_moved"] >= moved_before
         c.wait_ring(4, timeout=180)
         doc = c.client("n1").call(c.nodes["n1"].addr, "cluster.ring")
         ring = Ring.from_wire(doc["ring"])

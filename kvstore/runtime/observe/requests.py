@@ -2,7 +2,8 @@
 
 Wrapping (rather than counting inside the coordinator) keeps the request machinery free of
 metrics code. A wrapped handler costs two ``perf_counter`` calls, one done-callback on the
-reply's future and a few integer adds; replica handlers only count.
+reply's future (or a wrapped reply callback, kvstore.runtime.rpc.later) and a few integer
+adds; replica handlers only count.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from kvstore.core import messages as m
 from kvstore.errors import KVError
 from kvstore.runtime.observe.histogram import LATENCY_BOUNDS_S, SIBLING_BOUNDS, Histogram
+from kvstore.runtime.rpc.later import LATER, Reply
 
 # The client-facing operations and the RPC methods that carry them (a forwarded request is
 # counted again where it is coordinated, under the same op).
@@ -103,12 +105,25 @@ class RequestStats:
             done(t0, r)
             return r
 
-        @functools.wraps(fn)
-        def call(*args: Any) -> Any:
+        def timed_reply(reply: Reply, t0: float, result: Any, exc: BaseException | None) -> None:
+            if exc is not None:
+                hist.observe(clock() - t0)
+                failed(exc)
+            else:
+                done(t0, result)
+            reply(result, exc)
+
+        @functools.wraps(fn)  # keeps fn's replies_later mark
+        def call(*args: Any, reply: Reply | None = None) -> Any:
             stats.requests += 1
             t0 = clock()
             try:
-                r = fn(*args)
+                if reply is None:
+                    r = fn(*args)
+                else:
+                    r = fn(*args, reply=functools.partial(timed_reply, reply, t0))
+                    if r is LATER:
+                        return r
             except Exception as e:
                 hist.observe(clock() - t0)
                 failed(e)

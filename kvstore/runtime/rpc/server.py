@@ -27,6 +27,7 @@ from kvstore.runtime.rpc.conn import (
     _Flusher,
     _log_refusal,
 )
+from kvstore.runtime.rpc.later import LATER, takes_reply
 from kvstore.runtime.rpc.wire import (
     _DEFAULTS,
     BYE,
@@ -57,6 +58,7 @@ class _ServerConn(_Conn):
         "_inflight",
         "_key_index",
         "_last_in",
+        "_later",
         "_nonce",
         "_opened_at",
         "_pack",
@@ -72,6 +74,7 @@ class _ServerConn(_Conn):
         super().__init__(server._flusher, PREAUTH_LIMITS if secured else server._limits)
         self._server = server
         self._handlers = server._handlers
+        self._later = server._later
         self._pack = server._pack
         self._inflight = 0
         self._eof = False
@@ -230,6 +233,7 @@ class _ServerConn(_Conn):
         out: list[bytes] = []
         append = out.append
         handlers = self._handlers
+        later = self._later
         pack = self._pack
         coroutine = _CoroutineType
         future = asyncio.Future
@@ -244,7 +248,14 @@ class _ServerConn(_Conn):
                     break
                 if kind == 0 and h is not None and type(params) is list and type(msgid) is int:
                     try:
-                        r = h(*params)
+                        if method in later:
+                            r = h(*params, reply=functools.partial(self._reply_later, msgid, method))
+                            if r is LATER:
+                                self._server._later_pending += 1
+                                self._hold()
+                                continue
+                        else:
+                            r = h(*params)
                     except Exception as e:
                         append(self._server._error_reply(msgid, method, e, True))
                         continue
@@ -354,13 +365,30 @@ class _ServerConn(_Conn):
         self._watch(msgid, method, self._server._loop.create_task(coro))
 
     def _watch(self, msgid: int | None, method: str, fut: asyncio.Future[Any]) -> None:
-        server = self._server
-        server._running.add(fut)
+        self._server._running.add(fut)
         fut.add_done_callback(functools.partial(self._settle, msgid, method))
+        self._hold()
+
+    def _hold(self) -> None:
+        """One more request of this connection is being handled (replied later)."""
         self._inflight += 1
-        if self._inflight >= server.max_inflight and not self._paused_inflight:
+        if self._inflight >= self._server.max_inflight and not self._paused_inflight:
             self._paused_inflight = True
             self._set_reading()
+
+    def _reply_later(self, msgid: int, method: str, result: Any, exc: BaseException | None) -> None:
+        """The reply callback given to a handler marked ``replies_later``."""
+        server = self._server
+        server._later_pending -= 1
+        if exc is not None:
+            data = server._error_reply(msgid, method, exc, False)
+        else:
+            try:
+                data = server._pack([1, msgid, None, result])
+            except Exception as pe:
+                data = server._unpackable(msgid, method, pe)
+        self._queue(data)
+        self._release()
 
     def _settle(self, msgid: int | None, method: str, fut: asyncio.Future[Any]) -> None:
         """A handler's task or future finished: queue its reply (flushed once per turn)."""
@@ -386,14 +414,18 @@ class _ServerConn(_Conn):
                     data = server._unpackable(msgid, method, pe)
             self._queue(data)
         finally:
-            self._inflight -= 1
-            if self._eof and not self._inflight and not self._closed:
-                self._flush_out()
-                self._closed = True
-                self._transport.close()
-            elif self._paused_inflight and self._inflight <= server.max_inflight // 2:
-                self._paused_inflight = False
-                self._set_reading()
+            self._release()
+
+    def _release(self) -> None:
+        """A request held by ``_hold`` was answered."""
+        self._inflight -= 1
+        if self._eof and not self._inflight and not self._closed:
+            self._flush_out()
+            self._closed = True
+            self._transport.close()
+        elif self._paused_inflight and self._inflight <= self._server.max_inflight // 2:
+            self._paused_inflight = False
+            self._set_reading()
 
 
 class RpcServer:
@@ -428,6 +460,9 @@ class RpcServer:
         if min(idle_timeout_s, frame_timeout_s, auth_timeout_s) <= 0:
             raise ValueError("RpcServer timeouts must be positive")
         self._handlers: dict[str, Handler] = dict(handlers)
+        # Methods whose handler takes a reply callback (kvstore.runtime.rpc.later).
+        self._later: frozenset[str] = frozenset(k for k, h in self._handlers.items() if takes_reply(h))
+        self._later_pending = 0  # their requests not answered yet
         self.max_frame_bytes = max_frame_bytes
         self.max_inflight = max_inflight
         self.max_reply_buffer_bytes = max_reply_buffer_bytes
@@ -530,8 +565,8 @@ class RpcServer:
 
     @property
     def running_handlers(self) -> int:
-        """Handler tasks and futures not settled yet."""
-        return len(self._running)
+        """Handler tasks and futures not settled yet, and requests waiting on a reply callback."""
+        return len(self._running) + self._later_pending
 
     async def drain(self, *, grace_s: float = 3.0, quiet_s: float = 0.2) -> None:
         """Stop gracefully: stop listening, tell every client to go elsewhere (a ``goaway``
@@ -552,7 +587,7 @@ class RpcServer:
             await asyncio.sleep(0.01)
             if self._chunks_in != seen:
                 seen, quiet_since = self._chunks_in, loop.time()
-            elif not self._running and loop.time() - quiet_since >= quiet_s:
+            elif not self._running and not self._later_pending and loop.time() - quiet_since >= quiet_s:
                 break
         await self.close(grace_s=max(0.1, deadline - loop.time()))
 
@@ -569,6 +604,12 @@ class RpcServer:
             t.cancel()
         if running:
             await asyncio.wait(running, timeout=grace_s)
+        # Requests answered through a reply callback cannot be cancelled: give them the
+        # same grace to answer (their coordinator's deadline bounds them anyway).
+        if self._later_pending and self._loop is not None:
+            until = self._loop.time() + grace_s
+            while self._later_pending and self._loop.time() < until:
+                await asyncio.sleep(0.005)
         for c in list(self._conns):
             c._flush_out()
             c._closed = True

@@ -1,0 +1,52 @@
+"""Handlers that answer through a reply callback instead of a future.
+
+A request that waits on other nodes (a quorum write, a read of R replicas) is answered from
+a storage or peer callback, many loop turns after its handler returned. A future costs a
+done-callback per listener, and each of those is one more pass through the loop's queue; a
+handler marked with :func:`replies_later` is given the reply callback itself instead:
+
+    @replies_later
+    def put(self, key, value, ctx=None, opts=None, *, reply=None):
+        ...
+        return LATER          # reply(result, None) or reply(None, error) comes later
+
+The server passes ``reply`` (a :data:`Reply`) only to marked handlers; a marked handler may
+still return a value, a future or a coroutine (when it cannot use the callback), and is
+called without ``reply`` by everybody else (then it must not return LATER). The callback is
+called exactly once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
+
+__all__ = ["LATER", "Reply", "replies_later", "takes_reply"]
+
+Reply = Callable[[Any, BaseException | None], None]
+
+
+class _Later:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "LATER"
+
+
+LATER: Final = _Later()
+"""What a marked handler returns when it will call ``reply``."""
+
+_MARK = "kv_replies_later"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def replies_later(fn: F) -> F:
+    """Mark ``fn`` as taking a ``reply=`` keyword (see the module doc). Wrappers made with
+    ``functools.wraps`` keep the mark, since it copies the function's ``__dict__``."""
+    setattr(fn, _MARK, True)
+    return fn
+
+
+def takes_reply(fn: Callable[..., Any]) -> bool:
+    return bool(getattr(fn, _MARK, False))
