@@ -5,9 +5,10 @@ progress bar, and print keys/s and the total time (issue 13: 1M keys in under a 
     python benchmarks/bulk_load.py --node 127.0.0.1:7000    # into a running cluster (`make run`)
     python benchmarks/bulk_load.py --keys 200000 --json     # one JSON line on stdout
 
-``--concurrency`` puts are in flight at once (asyncio tasks on kvstore.client.AsyncClient, which
-pipelines them over its pooled connections); the client routes each key to a node of its
-preference list, so the load is spread over all nodes with no forwarding hop. Keys are
+``--concurrency`` puts are in flight at once, ``--batch`` keys per ``put_many`` call (asyncio
+tasks on kvstore.client.AsyncClient, which pipelines the calls over its pooled connections);
+the client groups each batch by the first node of each key's preference list, so the load is
+spread over all nodes with no forwarding hop, and every key is still its own quorum write. Keys are
 ``bulk:NNNNNNNNNNN`` (16 bytes), values ``--value-bytes`` (100). A put that fails is counted
 and not retried; ``--verify`` reads back that many keys at random afterwards. The load stops
 after ``--max-secs`` whatever is left (every loop here is bounded in count and time).
@@ -60,17 +61,31 @@ async def load(nodes: list[str], a: argparse.Namespace) -> dict[str, Any]:
 
     async with AsyncClient(nodes, timeout_s=a.timeout) as kv:
 
+        def failed(e: KVError) -> None:
+            st["errors"] += 1
+            if not first_error:
+                first_error.append(f"{type(e).__name__}: {e}")
+
         async def worker() -> None:
             while st["next"] < a.keys and time.perf_counter() < deadline:
                 i = st["next"]
-                st["next"] = i + 1
+                n = min(a.batch, a.keys - i)
+                st["next"] = i + n
                 try:
-                    await kv.put(KEY_FMT % i, value)
-                    st["done"] += 1
+                    if n == 1:
+                        await kv.put(KEY_FMT % i, value)
+                        st["done"] += 1
+                        continue
+                    # put_many: one call per coordinator for the whole batch, each item
+                    # its own request there (its own quorum and outcome).
+                    for r in await kv.put_many([(KEY_FMT % j, value) for j in range(i, i + n)]):
+                        if isinstance(r, KVError):
+                            failed(r)
+                        else:
+                            st["done"] += 1
                 except KVError as e:
-                    st["errors"] += 1
-                    if not first_error:
-                        first_error.append(f"{type(e).__name__}: {e}")
+                    for _ in range(n):
+                        failed(e)
 
         console = Console(stderr=True)
         columns = (TextColumn("loading"), BarColumn(), MofNCompleteColumn(),
@@ -78,7 +93,8 @@ async def load(nodes: list[str], a: argparse.Namespace) -> dict[str, Any]:
         # Not a terminal (a pipe, a log file): a plain line every few seconds instead of the bar.
         with Progress(*columns, console=console, refresh_per_second=5, disable=not console.is_terminal) as bar:
             task = bar.add_task("load", total=a.keys, rate=0.0)
-            workers = [asyncio.ensure_future(worker()) for _ in range(min(a.concurrency, a.keys))]
+            n_workers = max(1, min(a.concurrency // a.batch, -(-a.keys // a.batch)))
+            workers = [asyncio.ensure_future(worker()) for _ in range(n_workers)]
             said = t0
             while not all(w.done() for w in workers):
                 await asyncio.wait(workers, timeout=0.2)
@@ -102,7 +118,7 @@ async def load(nodes: list[str], a: argparse.Namespace) -> dict[str, Any]:
         "secs": round(secs, 2), "keys_per_s": round(st["done"] / secs) if secs else 0,
         # Near 100: this one client process, not the cluster, is what limits the rate.
         "client_cpu_pct": round(100 * cpu / secs, 1) if secs else None,
-        "concurrency": a.concurrency, "value_bytes": a.value_bytes, "nodes": nodes,
+        "concurrency": a.concurrency, "batch": a.batch, "value_bytes": a.value_bytes, "nodes": nodes,
         "verified": len(sample), "verified_found": found, "stopped_by_max_secs": st["next"] < a.keys,
     }  # fmt: skip
     if a.keys >= TARGET_KEYS:
@@ -115,12 +131,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--node", default="", help="HOST:PORT,... of a running cluster (default: start 3 nodes)")
     ap.add_argument("--keys", type=int, default=TARGET_KEYS)
     ap.add_argument("--value-bytes", type=int, default=100)
-    ap.add_argument("--concurrency", type=int, default=512, help="puts in flight")
+    ap.add_argument("--concurrency", type=int, default=512, help="puts in flight (batch x calls in flight)")
+    ap.add_argument("--batch", type=int, default=64, help="keys per put_many call (1: one put per key)")
     ap.add_argument("--timeout", type=float, default=10.0, help="per-put timeout, seconds")
     ap.add_argument("--max-secs", type=float, default=900.0, help="stop loading after this long")
     ap.add_argument("--verify", type=int, default=200, help="keys read back afterwards")
     ap.add_argument("--json", action="store_true", help="one JSON line on stdout")
     a = ap.parse_args(argv)
+    if a.batch < 1 or a.concurrency < 1:
+        ap.error("--batch and --concurrency must be at least 1")
     root: Path | None = None
     cluster = None
     try:

@@ -290,12 +290,15 @@ class ReadRequest:
 
     def start(self) -> Ready:
         ready = Ready()
+        name, asks_self = self.name, False
         for t in self._plan.targets:
-            if t.node != self.name:
+            if t.node != name:
                 tag = next(self._tags)
                 self._by_tag[tag] = t.node
                 ready.sends.append(Send(tag, t.node, GET, self.timeout_s))
-        if any(t.node == self.name for t in self._plan.targets):
+            else:
+                asks_self = True
+        if asks_self:
             self._settle(self.quorum.on_reply(self.name, self.local), ready, None)
         else:
             self._settle(self.quorum.decide(), ready, None)
@@ -335,7 +338,7 @@ class ReadRequest:
                     ready.reply = Reply(
                         {
                             "values": vclock.values_at(shown, self.now_ms),
-                            "context": vclock.encode_context(vclock.context_of(merged)),
+                            "context": vclock.encode_context(merged.vv),  # context_of(merged), no copy
                         }
                     )
             else:

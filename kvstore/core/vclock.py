@@ -299,6 +299,8 @@ def is_stale(replica: Obj | None, merged: Obj | None) -> bool:
         return False
     if replica is None:
         return True
+    if replica is merged:
+        return False
     return sync(replica, merged) != replica
 
 
@@ -516,6 +518,9 @@ def encode_context(vv: VV) -> bytes:
     """Opaque bytes of a causal context for clients; empty context -> b""."""
     if not vv:
         return b""
+    if len(vv) == 1:  # one writer: the usual context, without sorting
+        ((n, c),) = vv.items()
+        return _pack([_FORMAT, n, c])
     return _pack([_FORMAT, *_flatten(vv)])
 
 
