@@ -174,6 +174,13 @@ def sync(a: Obj | None, b: Obj | None) -> Obj | None:
         return b
     if b is None or a is b or a == b:
         return a
+    if _descends(b, a):
+        return b
+    return _sync_general(a, b)
+
+
+def _sync_general(a: Obj, b: Obj) -> Obj:
+    """:func:`sync` of two states without its shortcuts."""
     avv, bvv = a.vv, b.vv
     bdots = {s.dot: s for s in b.siblings}
     out: dict[Dot, Sibling] = {}
@@ -191,6 +198,32 @@ def sync(a: Obj | None, b: Obj | None) -> Obj | None:
         if c > vv.get(n, 0):
             vv[n] = c
     return Obj(tuple(sorted(out.values())), vv)
+
+
+def _descends(b: Obj, a: Obj) -> bool:
+    """Whether ``sync(a, b)`` is ``b`` (the usual merge at a replica: a write that saw the
+    local version), decided without building the merge. Raises DotConflict as sync does.
+
+    With ``a.vv <= b.vv`` every sibling of ``a`` is covered by ``b``'s vector, so the merge
+    keeps of ``a`` only what ``b`` carries too; it then keeps all of ``b`` unless ``b`` holds
+    a dot that ``a`` saw and dropped (one ``a``'s vector covers and ``a`` lacks)."""
+    avv, bvv = a.vv, b.vv
+    for n, c in avv.items():
+        if c > bvv.get(n, 0):
+            return False
+    asibs = a.siblings
+    for s in b.siblings:
+        d = s.dot
+        if d.counter > avv.get(d.node, 0):
+            continue  # new to a: kept
+        for o in asibs:
+            if o.dot == d:
+                if o != s:
+                    _pick(o, s)
+                break
+        else:
+            return False  # a dropped it: the merge drops it too, and is not b
+    return True
 
 
 def _pick(x: Sibling, y: Sibling) -> Sibling:

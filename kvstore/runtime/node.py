@@ -203,6 +203,7 @@ class Node:
                 **MarkedGet(self.coord, self.rpc).handlers(),
             }),
             **self.security.server_options(self.s),
+            after_chunk=self._send_replica_calls,
         )
         host, port = parse_addr(self.s.listen)
         await self.server.start(host, port)
@@ -321,6 +322,15 @@ class Node:
         log.info("node %s stopped", self.name)
 
     # ------------------------------------------------------------------ handlers
+    def _send_replica_calls(self) -> None:
+        """After each chunk of client requests (RpcServer ``after_chunk``): send the replica
+        calls they made now rather than at the end of the loop turn. Otherwise the replicas
+        idle while this node reads every connection's chunk, and this node idles while they
+        work: the two run in lockstep (measured: 3-node puts at 4x64, +20-25%)."""
+        if self.coord is not None:
+            self.coord.outbox.flush()
+        self.rpc.flush()
+
     def _handlers(self) -> dict[str, Any]:
         """This node's own methods: identity, admin and cluster membership."""
         return {

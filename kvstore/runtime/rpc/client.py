@@ -308,6 +308,11 @@ class RpcClient:
                 fut.exception()  # settled as we were cancelled: nobody else will look
             raise
 
+    def flush(self) -> None:
+        """Write the requests queued so far now instead of at the end of the loop turn."""
+        if self._flusher is not None:
+            self._flusher.flush()
+
     def request(
         self, addr: str, method: str, params: Sequence[Any], timeout: float
     ) -> asyncio.Future[Any]:

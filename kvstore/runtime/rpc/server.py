@@ -8,7 +8,7 @@ import functools
 import socket
 import ssl
 from asyncio import isfuture
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from kvstore.errors import (
@@ -290,6 +290,9 @@ class _ServerConn(_Conn):
             return
         if out and not self._closed:
             self._transport.write(out[0] if len(out) == 1 else b"".join(out))
+        after = self._server._after_chunk
+        if after is not None:
+            after()
 
     def _other(self, msg: Any, out: list[bytes]) -> bool:
         """Every message the fast path did not take. False: the connection was closed."""
@@ -437,6 +440,11 @@ class RpcServer:
     nodes, see :meth:`RpcClient.request`). Any exception becomes an error reply
     (:func:`kvstore.errors.to_wire`); a ``TypeError`` raised by the call itself (wrong number
     of params) is ``invalid_request``. Notifications run the handler and send nothing.
+    A handler marked ``replies_later`` is given a reply callback (kvstore.runtime.rpc.later).
+
+    ``after_chunk`` is called after the requests of each chunk read from a connection were
+    handled: a node sends the replica calls they made right then (see Node), so its peers
+    start on them while it reads the next connection's chunk.
     """
 
     def __init__(
@@ -454,6 +462,7 @@ class RpcServer:
         auth_timeout_s: float = _DEFAULTS.auth_timeout_s,
         keyring: Keyring | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        after_chunk: Callable[[], None] | None = None,
     ) -> None:
         if min(max_frame_bytes, max_inflight, max_reply_buffer_bytes, max_connections) < 1:
             raise ValueError("RpcServer limits must be positive")
@@ -463,6 +472,7 @@ class RpcServer:
         # Methods whose handler takes a reply callback (kvstore.runtime.rpc.later).
         self._later: frozenset[str] = frozenset(k for k, h in self._handlers.items() if takes_reply(h))
         self._later_pending = 0  # their requests not answered yet
+        self._after_chunk = after_chunk
         self.max_frame_bytes = max_frame_bytes
         self.max_inflight = max_inflight
         self.max_reply_buffer_bytes = max_reply_buffer_bytes
