@@ -62,6 +62,11 @@ class Outbox:
         # during a rolling upgrade): they get one call per op, as before.
         self._single: set[str] = set()
 
+    @property
+    def queued(self) -> int:
+        """Ops waiting in open batches (sent at the end of the turn or by :meth:`flush`)."""
+        return sum(len(b.ops) for b in self._open.values())
+
     def put(self, node: str, p: int, key: bytes, record: bytes, hint_for: str | None, timeout_s: float, answer: Answer) -> None:
         self._add(node, timeout_s, [m.MANY_PUT, p, key, record, hint_for], len(key) + len(record), answer)
 
@@ -96,6 +101,9 @@ class Outbox:
         self._open.clear()
         for b in batches:
             self._send(b)
+        if batches:
+            # Written now, not one more loop turn later by the client's own flush.
+            self.rpc.flush()
 
     def _send(self, b: _Batch) -> None:
         if b.addr in self._single:

@@ -22,6 +22,8 @@ from kvstore.core import vclock
 from kvstore.core.vclock import Obj
 from kvstore.errors import DotConflict, InternalError, InvalidRequest, NotOwner, to_wire
 from kvstore.runtime.cluster import ClusterView
+from kvstore.runtime.rpc.later import LATER, replies_later
+from kvstore.runtime.rpc.later import Reply as RpcReply
 from storage.engine import Engine, OnDurable
 
 # Keeps a hint: (target, partition, key, version).
@@ -291,14 +293,15 @@ class ReplicaServer:
         hint = m.as_str(hint_for, "hint_for") if hint_for is not None and self.keep_hint is not None else None
         return part, k, rec, obj, hint
 
-    def many(self, ops: Any) -> Any:
+    @replies_later
+    def many(self, ops: Any, *, reply: RpcReply | None = None) -> Any:
         """One peer's replica ops of one loop turn (kvstore.core.messages.REPLICA_MANY), each
         with its own outcome: one refused op (not owner, malformed) fails only itself. Ops are
         applied in order, so a get after a put of the same key sees it. The reply goes once
         every put in it is durable (they share the turn's storage batch)."""
         if type(ops) is not list or len(ops) > m.MAX_MANY_OPS:
             raise InvalidRequest(f"replica.many takes a list of at most {m.MAX_MANY_OPS} ops")
-        return _Many(self, ops).run()
+        return _Many(self, ops, reply).run()
 
     async def put_batch(self, items: Any) -> int:
         """Hints delivered by a peer: merge each, acknowledge once all are persisted."""
@@ -322,12 +325,15 @@ class _Many:
     """One replica.many call: the outcome of each op, and the reply once all are known.
     Merges report through the storage engine's callbacks (no future per op)."""
 
-    __slots__ = ("done", "left", "out", "server")
+    __slots__ = ("done", "left", "out", "reply", "server")
 
-    def __init__(self, server: ReplicaServer, ops: list[Any]) -> None:
+    def __init__(self, server: ReplicaServer, ops: list[Any], reply: RpcReply | None) -> None:
         self.server = server
         self.out: list[Any] = ops  # each op's slot is overwritten by its outcome, in place
         self.left = 1  # ops still to hear from, plus one until every op has been started
+        # Where the answer goes once every op is known: the RPC server's reply callback, or
+        # (a caller without one) a future.
+        self.reply = reply
         self.done: asyncio.Future[Any] | None = None
 
     def run(self) -> Any:
@@ -364,6 +370,8 @@ class _Many:
         self.left -= 1
         if not self.left:
             return out
+        if self.reply is not None:
+            return LATER
         self.done = asyncio.get_running_loop().create_future()
         return self.done
 
@@ -382,5 +390,10 @@ class _Many:
 
     def _one_less(self) -> None:
         self.left -= 1
-        if not self.left and self.done is not None and not self.done.done():
+        if self.left:
+            return
+        if self.reply is not None:
+            reply, self.reply = self.reply, None
+            reply(self.out, None)
+        elif self.done is not None and not self.done.done():
             self.done.set_result(self.out)

@@ -159,13 +159,13 @@ class RequestStats:
         the replica.get or replica.put it stands for."""
         counts = self.replica
 
-        @functools.wraps(fn)
-        def call(ops: Any) -> Any:
+        @functools.wraps(fn)  # keeps fn's replies_later mark
+        def call(ops: Any, *, reply: Reply | None = None) -> Any:
             if type(ops) is list:
                 puts = sum(1 for op in ops if type(op) is list and op and op[0] == m.MANY_PUT)
                 counts["put"] += puts
                 counts["get"] += len(ops) - puts
-            return fn(ops)
+            return fn(ops) if reply is None else fn(ops, reply=reply)
 
         return call
 
