@@ -148,7 +148,7 @@ class Node:
         except RawStorageError as e:
             raise StorageError(str(e), path=getattr(e, "path", None)) from None
         log.info("store %s: %s", self.s.data_dir, self.engine.load_stats)
-        self.engine.on_batch = self.obs.storage.on_batch
+        self.engine.on_batch = self._batch_written
         if (raw_s := self.engine.meta_get(SNAPSHOT_WRITE_KEY)) is not None:
             self.obs.snapshot_write_s = float(raw_s)
         self.view = ClusterView(
@@ -326,6 +326,13 @@ class Node:
         log.info("node %s stopped", self.name)
 
     # ------------------------------------------------------------------ handlers
+    def _batch_written(self, ops: int, synced: bool, secs: float) -> None:
+        """A storage batch was written and its waiters told (Engine.on_batch): the replies it
+        released go out now rather than one loop turn later."""
+        self.obs.storage.on_batch(ops, synced, secs)
+        if self.server is not None:
+            self.server.flush()
+
     def _send_replica_calls(self) -> None:
         """After each chunk of client requests (RpcServer ``after_chunk``): send the replica
         calls they made now rather than at the end of the loop turn. Otherwise the replicas
