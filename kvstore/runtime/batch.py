@@ -11,11 +11,14 @@ is one ``{"ok": result}`` or ``{"error": {code, message}}`` per item, in order.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from kvstore.core import messages as m
 from kvstore.errors import InvalidRequest, to_wire
+from kvstore.runtime.rpc.later import LATER, replies_later
+from kvstore.runtime.rpc.later import Reply as RpcReply
 
 if TYPE_CHECKING:
     from kvstore.runtime.coordinator import Coordinator
@@ -34,42 +37,92 @@ def _items(raw: Any, width: tuple[int, ...], what: str) -> list[list[Any]]:
     return raw
 
 
-async def _run(starts: list[Callable[[], Awaitable[dict[str, Any]]]]) -> list[dict[str, Any]]:
-    futs: list[asyncio.Future[Any]] = []
-    for start in starts:
+class _Gather:
+    """The items of one batch: each one's outcome in its slot, the answer once all are in.
+    Items answer through reply callbacks (kvstore.runtime.rpc.later), so a batch of N costs
+    no future, task or loop turn per item; an item the coordinator hands back as a future
+    or coroutine (forwarded, or a data-model request) is awaited as such."""
+
+    __slots__ = ("done", "left", "out", "reply")
+
+    def __init__(self, n: int, reply: RpcReply | None) -> None:
+        self.out: list[dict[str, Any] | None] = [None] * n
+        self.left = n + 1  # items not answered, plus one until every item has been started
+        self.reply = reply
+        self.done: asyncio.Future[list[dict[str, Any] | None]] | None = None
+
+    def start(self, i: int, request: Callable[..., Any], *args: Any) -> None:
+        """Item ``i`` is ``request(*args, reply=…)`` (the coordinator's get, put or delete)."""
         try:
-            futs.append(asyncio.ensure_future(start()))
+            r = request(*args, reply=functools.partial(self._answered, i))
         except Exception as e:  # a request refused before it started (bad key, unknown bucket)
-            f = asyncio.get_running_loop().create_future()
-            f.set_exception(e)
-            futs.append(f)
-    done = await asyncio.gather(*futs, return_exceptions=True)
-    return [{"error": to_wire(r)} if isinstance(r, BaseException) else {"ok": r} for r in done]
+            self._answered(i, None, e)
+            return
+        if r is LATER:
+            return
+        if isinstance(r, Awaitable):
+            fut = asyncio.ensure_future(r)
+            fut.add_done_callback(functools.partial(self._awaited, i))
+            return
+        self._answered(i, r, None)
+
+    def _awaited(self, i: int, fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled():
+            self._answered(i, None, asyncio.CancelledError())
+        else:
+            e = fut.exception()
+            self._answered(i, None if e is not None else fut.result(), e)
+
+    def _answered(self, i: int, result: Any, exc: BaseException | None) -> None:
+        self.out[i] = {"error": to_wire(exc)} if exc is not None else {"ok": result}
+        self.one_less()
+
+    def one_less(self) -> None:
+        self.left -= 1
+        if self.left:
+            return
+        if self.reply is not None:
+            reply, self.reply = self.reply, None
+            reply(self.out, None)
+        elif self.done is not None and not self.done.done():
+            self.done.set_result(self.out)
+
+    def answer(self) -> Any:
+        """After every item was started: the answer, LATER, or a future of it."""
+        self.one_less()
+        if not self.left:
+            return self.out
+        if self.reply is not None:
+            return LATER
+        self.done = asyncio.get_running_loop().create_future()
+        return self.done
 
 
 def handlers(c: Coordinator) -> dict[str, Callable[..., Any]]:
-    async def get_many(items: Any) -> list[dict[str, Any]]:
+    @replies_later
+    def get_many(items: Any, *, reply: RpcReply | None = None) -> Any:
         """``[[key, opts], ...]`` -> one result of ``get`` per item."""
         its = _items(items, (1, 2), m.GET_MANY)
+        g = _Gather(len(its), reply)
+        for i, it in enumerate(its):
+            key, opts = it[0], (it[1] if len(it) > 1 else None)
+            g.start(i, c.get, key, opts)
+        return g.answer()
 
-        def one(it: list[Any]) -> Callable[[], Awaitable[dict[str, Any]]]:
-            return lambda: c.get(it[0], it[1] if len(it) > 1 else None)
-
-        return await _run([one(it) for it in its])
-
-    async def put_many(items: Any) -> list[dict[str, Any]]:
+    @replies_later
+    def put_many(items: Any, *, reply: RpcReply | None = None) -> Any:
         """``[[key, value, context, opts], ...]`` -> one result of ``put`` per item (a None
         value is a delete)."""
         its = _items(items, (2, 3, 4), m.PUT_MANY)
-
-        def one(it: list[Any]) -> Callable[[], Awaitable[dict[str, Any]]]:
+        g = _Gather(len(its), reply)
+        for i, it in enumerate(its):
             key, value = it[0], it[1]
             ctx = it[2] if len(it) > 2 else None
             opts = it[3] if len(it) > 3 else None
             if value is None:
-                return lambda: c.delete(key, ctx, opts)
-            return lambda: c.put(key, value, ctx, opts)
-
-        return await _run([one(it) for it in its])
+                g.start(i, c.delete, key, ctx, opts)
+            else:
+                g.start(i, c.put, key, value, ctx, opts)
+        return g.answer()
 
     return {m.GET_MANY: get_many, m.PUT_MANY: put_many}
