@@ -57,8 +57,18 @@ def plan(
     Dynamo's rule: a primary that is down is not asked at all (its write goes to a stand-in);
     one whose state is unknown is asked. ``is_up`` answers for each node.
     """
-    targets: list[Target] = []
     down = [p for p in preference if not is_up(p)]
+    if not down:
+        # The usual case: every primary is up. Its plan depends on the preference list
+        # alone, so it is built once per list (a bounded cache: lists change with the ring).
+        key = tuple(preference)
+        cached = _ALL_UP.get(key)
+        if cached is None:
+            if len(_ALL_UP) >= _ALL_UP_MAX:
+                _ALL_UP.clear()
+            cached = _ALL_UP[key] = Plan(tuple(Target(p) for p in key))
+        return cached
+    targets: list[Target] = []
     for p in preference:
         if p not in down:
             targets.append(Target(p))
@@ -72,6 +82,10 @@ def plan(
             else:
                 targets.append(Target(stand_in, hint_for=p))
     return Plan(tuple(targets), tuple(uncovered))
+
+
+_ALL_UP: dict[tuple[str, ...], Plan] = {}
+_ALL_UP_MAX = 4096
 
 
 def next_stand_in(

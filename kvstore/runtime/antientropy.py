@@ -50,7 +50,7 @@ from kvstore.config import Settings
 from kvstore.core import merkle, vclock
 from kvstore.core import messages as m
 from kvstore.core.merkle import MerkleTree
-from kvstore.core.vclock import Obj
+from kvstore.core.vclock import Obj, record_digest
 from kvstore.errors import InvalidRequest, KVError
 from kvstore.runtime.cluster import ClusterView
 from kvstore.runtime.replica import Replica
@@ -252,10 +252,11 @@ class AntiEntropy:
                 return
             else:
                 st.applied.add(key)
-        self._tree(p).update(
+        t = self._trees.get(p)
+        (t if t is not None else self._tree(p)).update(
             key,
-            None if old is None else vclock.record_digest(old),
-            None if rec is None else vclock.record_digest(rec),
+            None if old is None else record_digest(old),
+            None if rec is None else record_digest(rec),
         )
         if new is not None and vclock.is_deleted(new):
             self._tombs[(p, key)] = _newest_ts(new)
