@@ -52,6 +52,10 @@ def _table() -> list[tuple[int, int, int]]:
 
 
 _T = _table()
+# The table's columns, each indexed by the first byte (one lookup per header in the scan).
+_KINDS = bytes(t[0] for t in _T)
+_HLENS = bytes(t[1] for t in _T)
+_ARGS = [t[2] for t in _T]
 
 
 class FrameLimits:
@@ -92,9 +96,11 @@ class FrameScanner:
         return bool(self._used or self._tail)
 
     def feed(self, data: bytes) -> str | None:
-        # The hot path of every connection: locals only, the end of a value handled inline,
-        # and the byte limit checked where a frame ends, at a str/bin header (which says how
-        # long its body is) and at the end of the chunk, which is before the unpacker sees it.
+        # The hot path of every connection: locals only, one table lookup per header, the end
+        # of a value handled inline, and the byte limit checked where a frame ends, at a
+        # str/bin header (which says how long its body is) and at the end of the chunk,
+        # which is before the unpacker sees it. The bytes of the current frame are not
+        # counted header by header: they are ``base + pos`` (``base`` moves when a frame ends).
         lim = self._limits
         max_bytes = lim.max_bytes
         carried = len(self._tail)
@@ -105,7 +111,7 @@ class FrameScanner:
         n = len(data)
         last_end = 0
         pos = 0
-        used = self._used
+        base = self._used
         elems = self._elems
         stack = self._stack
         frames = self.frames
@@ -113,82 +119,93 @@ class FrameScanner:
         if skip:
             if skip > n:
                 self._skip = skip - n
-                self._used = used + n
+                self._used = base + n
                 return None
             pos = skip
-            used += skip
             self._skip = 0
             while stack:
-                stack[-1] -= 1
-                if stack[-1]:
+                c = stack[-1] - 1
+                if c:
+                    stack[-1] = c
                     break
                 stack.pop()
             else:
-                if used > max_bytes:
-                    return self._refuse(self._too_big(used), last_end, carried)
+                if base + pos > max_bytes:
+                    return self._refuse(self._too_big(base + pos), last_end, carried)
                 frames += 1
-                used = elems = 0
+                base = -pos
+                elems = 0
                 last_end = pos
-        table = _T
+        kinds, hlens, args = _KINDS, _HLENS, _ARGS
+        scalar, raw, bad, a_map = _SCALAR, _RAW, _BAD, _MAP
         while pos < n:
             b = data[pos]
-            if b < 0x80 or b >= 0xE0 or b == 0xC0 or b == 0xC2 or b == 0xC3:
+            if b < 0x80 or b == 0xC0:  # positive fixint, nil: no header to read
                 pos += 1
-                used += 1
-            else:
-                kind, hlen, arg = table[b]
-                end = pos + 1 + hlen
+            elif (kind := kinds[b]) == scalar:
+                end = pos + 1 + hlens[b]
                 if end > n:
-                    # The header is cut: keep its bytes for the next chunk.
-                    self._tail = data[pos:]
-                    used += n - pos
+                    self._tail = data[pos:]  # the header is cut: kept for the next chunk
                     break
-                if kind == _SCALAR:
-                    used += end - pos
-                    pos = end
-                elif kind == _RAW:
-                    # arg < 0: the length is in the header; an ext's type byte adds one.
-                    length = arg if arg >= 0 else int.from_bytes(data[pos + 1 : end], "big") - arg - 1
-                    used += end - pos
-                    if used + length > max_bytes:
-                        return self._refuse(self._too_big(used + length), last_end, carried)
-                    avail = n - end
-                    if length > avail:
-                        self._skip = length - avail
-                        used += avail
-                        break
-                    used += length
-                    pos = end + length
-                elif kind == _BAD:
-                    return self._refuse(f"not msgpack (byte 0x{b:02x})", last_end, carried)
+                pos = end
+            elif kind == raw:
+                end = pos + 1 + hlens[b]
+                if end > n:
+                    self._tail = data[pos:]
+                    break
+                arg = args[b]
+                # arg < 0: the length is in the header; an ext's type byte adds one. A
+                # one-byte length (bin 8, str 8: keys and short values) is read as it is.
+                if arg >= 0:
+                    length = arg
+                elif end == pos + 2:
+                    length = data[pos + 1] - arg - 1
                 else:
-                    count = arg if arg >= 0 else int.from_bytes(data[pos + 1 : end], "big")
-                    if kind == _MAP:
-                        count *= 2
-                    used += end - pos
-                    pos = end
-                    if count:
-                        elems += count
-                        if elems > lim.max_elements:
-                            why = f"frame has over max_frame_elements ({lim.max_elements}) elements"
-                            return self._refuse(why, last_end, carried)
-                        stack.append(count)
-                        if len(stack) > lim.max_depth:
-                            why = f"frame nested deeper than max_frame_depth ({lim.max_depth})"
-                            return self._refuse(why, last_end, carried)
-                        continue
+                    length = int.from_bytes(data[pos + 1 : end], "big") - arg - 1
+                stop = end + length
+                if base + stop > max_bytes:
+                    return self._refuse(self._too_big(base + stop), last_end, carried)
+                if stop > n:
+                    self._skip = stop - n
+                    break
+                pos = stop
+            elif kind == bad:
+                return self._refuse(f"not msgpack (byte 0x{b:02x})", last_end, carried)
+            else:
+                end = pos + 1 + hlens[b]
+                if end > n:
+                    self._tail = data[pos:]
+                    break
+                arg = args[b]
+                count = arg if arg >= 0 else int.from_bytes(data[pos + 1 : end], "big")
+                if kind == a_map:
+                    count *= 2
+                pos = end
+                if count:
+                    elems += count
+                    if elems > lim.max_elements:
+                        why = f"frame has over max_frame_elements ({lim.max_elements}) elements"
+                        return self._refuse(why, last_end, carried)
+                    stack.append(count)
+                    if len(stack) > lim.max_depth:
+                        why = f"frame nested deeper than max_frame_depth ({lim.max_depth})"
+                        return self._refuse(why, last_end, carried)
+                    continue
             # A value ended: it may end its array/map, and so on up to the frame.
             while stack:
-                stack[-1] -= 1
-                if stack[-1]:
+                c = stack[-1] - 1
+                if c:
+                    stack[-1] = c
                     break
                 stack.pop()
             else:
-                if used > max_bytes:
-                    return self._refuse(self._too_big(used), last_end, carried)
+                if base + pos > max_bytes:
+                    return self._refuse(self._too_big(base + pos), last_end, carried)
                 frames += 1
-                used = elems = 0
+                base = -pos
+                elems = 0
                 last_end = pos
+        used = base + n
         self._used = used
         self._elems = elems
         self.frames = frames
