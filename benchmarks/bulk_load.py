@@ -133,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--value-bytes", type=int, default=100)
     ap.add_argument("--concurrency", type=int, default=512, help="puts in flight (batch x calls in flight)")
     ap.add_argument("--batch", type=int, default=64, help="keys per put_many call (1: one put per key)")
+    ap.add_argument(
+        "--fsync", choices=("always", "everysec", "no"), default="everysec",
+        help="fsync policy of the nodes this starts (default: the node's own default)",
+    )
     ap.add_argument("--timeout", type=float, default=10.0, help="per-put timeout, seconds")
     ap.add_argument("--max-secs", type=float, default=900.0, help="stop loading after this long")
     ap.add_argument("--verify", type=int, default=200, help="keys read back afterwards")
@@ -150,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 
             root = Path(tempfile.mkdtemp(prefix="kv-bulk-"))
             print("bulk_load: starting a 3-node cluster (N3 R2 W2) in", root, file=sys.stderr)
-            cluster = LocalCluster(root, nodes=3)
+            cluster = LocalCluster(root, nodes=3, extra=["--fsync", a.fsync])
             cluster.start_all()
             nodes = cluster.addrs()
         res = run(load(nodes, a), loop="auto")
