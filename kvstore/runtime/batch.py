@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from kvstore.core import messages as m
 from kvstore.errors import InvalidRequest, to_wire
-from kvstore.runtime.rpc.later import LATER, replies_later
+from kvstore.runtime.rpc.later import LATER, Gathered, replies_later
 from kvstore.runtime.rpc.later import Reply as RpcReply
 
 if TYPE_CHECKING:
@@ -37,19 +37,16 @@ def _items(raw: Any, width: tuple[int, ...], what: str) -> list[list[Any]]:
     return raw
 
 
-class _Gather:
+class _Gather(Gathered):
     """The items of one batch: each one's outcome in its slot, the answer once all are in.
     Items answer through reply callbacks (kvstore.runtime.rpc.later), so a batch of N costs
     no future, task or loop turn per item; an item the coordinator hands back as a future
     or coroutine (forwarded, or a data-model request) is awaited as such."""
 
-    __slots__ = ("done", "left", "out", "reply")
+    __slots__ = ()
 
     def __init__(self, n: int, reply: RpcReply | None) -> None:
-        self.out: list[dict[str, Any] | None] = [None] * n
-        self.left = n + 1  # items not answered, plus one until every item has been started
-        self.reply = reply
-        self.done: asyncio.Future[list[dict[str, Any] | None]] | None = None
+        super().__init__([None] * n, reply, pending=n)
 
     def start(self, i: int, request: Callable[..., Any], *args: Any) -> None:
         """Item ``i`` is ``request(*args, reply=…)`` (the coordinator's get, put or delete)."""
@@ -76,26 +73,6 @@ class _Gather:
     def _answered(self, i: int, result: Any, exc: BaseException | None) -> None:
         self.out[i] = {"error": to_wire(exc)} if exc is not None else {"ok": result}
         self.one_less()
-
-    def one_less(self) -> None:
-        self.left -= 1
-        if self.left:
-            return
-        if self.reply is not None:
-            reply, self.reply = self.reply, None
-            reply(self.out, None)
-        elif self.done is not None and not self.done.done():
-            self.done.set_result(self.out)
-
-    def answer(self) -> Any:
-        """After every item was started: the answer, LATER, or a future of it."""
-        self.one_less()
-        if not self.left:
-            return self.out
-        if self.reply is not None:
-            return LATER
-        self.done = asyncio.get_running_loop().create_future()
-        return self.done
 
 
 def handlers(c: Coordinator) -> dict[str, Callable[..., Any]]:

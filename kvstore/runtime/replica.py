@@ -22,7 +22,7 @@ from kvstore.core import vclock
 from kvstore.core.vclock import Obj
 from kvstore.errors import DotConflict, InternalError, InvalidRequest, NotOwner, to_wire
 from kvstore.runtime.cluster import ClusterView
-from kvstore.runtime.rpc.later import LATER, replies_later
+from kvstore.runtime.rpc.later import Gathered, replies_later
 from kvstore.runtime.rpc.later import Reply as RpcReply
 from storage.engine import Engine, OnDurable
 
@@ -321,20 +321,16 @@ class ReplicaServer:
 _BAD_OP = "replica.many ops are [0, p, key] or [1, p, key, record, hint_for]"
 
 
-class _Many:
+class _Many(Gathered):
     """One replica.many call: the outcome of each op, and the reply once all are known.
-    Merges report through the storage engine's callbacks (no future per op)."""
+    Merges report through the storage engine's callbacks (no future per op). Each op's slot
+    of ``out`` (the ops list itself) is overwritten by its outcome, in place."""
 
-    __slots__ = ("done", "left", "out", "reply", "server")
+    __slots__ = ("server",)
 
     def __init__(self, server: ReplicaServer, ops: list[Any], reply: RpcReply | None) -> None:
+        super().__init__(ops, reply)
         self.server = server
-        self.out: list[Any] = ops  # each op's slot is overwritten by its outcome, in place
-        self.left = 1  # ops still to hear from, plus one until every op has been started
-        # Where the answer goes once every op is known: the RPC server's reply callback, or
-        # (a caller without one) a future.
-        self.reply = reply
-        self.done: asyncio.Future[Any] | None = None
 
     def run(self) -> Any:
         server = self.server
@@ -367,17 +363,11 @@ class _Many:
                     raise
             except Exception as e:
                 out[i] = [1, to_wire(e)]
-        self.left -= 1
-        if not self.left:
-            return out
-        if self.reply is not None:
-            return LATER
-        self.done = asyncio.get_running_loop().create_future()
-        return self.done
+        return self.answer()
 
     def _stored(self, i: int, exc: BaseException | None) -> None:
         self.out[i] = [0, True] if exc is None else [1, to_wire(exc)]
-        self._one_less()
+        self.one_less()
 
     def _kept(self, i: int, f: asyncio.Future[Any]) -> None:
         if f.cancelled():
@@ -386,14 +376,5 @@ class _Many:
             self.out[i] = [1, to_wire(e)]
         else:
             self.out[i] = [0, f.result()]
-        self._one_less()
+        self.one_less()
 
-    def _one_less(self) -> None:
-        self.left -= 1
-        if self.left:
-            return
-        if self.reply is not None:
-            reply, self.reply = self.reply, None
-            reply(self.out, None)
-        elif self.done is not None and not self.done.done():
-            self.done.set_result(self.out)

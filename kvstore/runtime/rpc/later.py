@@ -18,10 +18,11 @@ called exactly once.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
-__all__ = ["LATER", "Reply", "replies_later", "takes_reply"]
+__all__ = ["LATER", "Gathered", "Reply", "replies_later", "takes_reply"]
 
 Reply = Callable[[Any, BaseException | None], None]
 
@@ -50,3 +51,40 @@ def replies_later(fn: F) -> F:
 
 def takes_reply(fn: Callable[..., Any]) -> bool:
     return bool(getattr(fn, _MARK, False))
+
+
+class Gathered:
+    """An answer made of slots that are filled one by one (``replica.many``'s ops, a batch's
+    items): given to a reply callback, or a future, once every slot is in. ``left`` counts
+    the slots still to come plus one until the caller has started them all (:meth:`answer`),
+    so a slot answered at once cannot finish the whole early."""
+
+    __slots__ = ("done", "left", "out", "reply")
+
+    def __init__(self, out: list[Any], reply: Reply | None, pending: int = 0) -> None:
+        self.out = out
+        self.left = pending + 1
+        self.reply = reply
+        self.done: asyncio.Future[list[Any]] | None = None
+
+    def one_less(self) -> None:
+        """One slot is in."""
+        self.left -= 1
+        if self.left:
+            return
+        if self.reply is not None:
+            reply, self.reply = self.reply, None
+            reply(self.out, None)
+        elif self.done is not None and not self.done.done():
+            self.done.set_result(self.out)
+
+    def answer(self) -> Any:
+        """After every slot was started: the answer itself if all are in, else LATER (the
+        reply callback gets it) or, without one, a future of it."""
+        self.one_less()
+        if not self.left:
+            return self.out
+        if self.reply is not None:
+            return LATER
+        self.done = asyncio.get_running_loop().create_future()
+        return self.done
