@@ -39,6 +39,7 @@ from kvstore.runtime.rpc import (
     new_event_loop,
     was_sent,
 )
+from kvstore.runtime.rpc.later import LATER, Reply, replies_later
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
@@ -335,6 +336,38 @@ def test_handlers_may_return_a_future(arun: Any) -> None:
             with pytest.raises(InternalError, match="cancelled"):
                 await c.call(addr, "cancelled", [], WAIT_S)
             await wait_until(lambda: server.running_handlers == 0, "handlers to settle")
+
+    arun(body)
+
+
+def test_handlers_may_answer_through_a_reply_callback(arun: Any) -> None:
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+
+        @replies_later
+        def later(x: int, *, reply: Reply | None = None) -> Any:
+            if x % 3 == 0:
+                return x * 2  # known at once: returned, the callback is not used
+            assert reply is not None
+            if x % 3 == 1:
+                loop.call_soon(reply, x * 2, None)
+            else:
+                loop.call_soon(reply, None, Unavailable("2 needed", answered=1, required=2))
+            return LATER
+
+        async with serving({"later": later}) as server, client() as c:
+            addr = f"127.0.0.1:{server.port}"
+            got = await asyncio.gather(
+                *(c.call(addr, "later", [i], WAIT_S) for i in range(60)), return_exceptions=True
+            )
+            for i, r in enumerate(got):
+                if i % 3 == 2:
+                    assert isinstance(r, Unavailable) and r.answered == 1
+                else:
+                    assert r == i * 2
+            # Every request held for a callback was released exactly once.
+            await wait_until(lambda: server.running_handlers == 0, "callbacks to answer")
+            assert server.running_handlers == 0
 
     arun(body)
 

@@ -80,8 +80,9 @@ class Gathered:
 
     def answer(self) -> Any:
         """After every slot was started: the answer itself if all are in, else LATER (the
-        reply callback gets it) or, without one, a future of it."""
-        self.one_less()
+        reply callback gets it) or, without one, a future of it. Never calls the callback
+        itself: an answer known here is returned, and the server sends it as it is."""
+        self.left -= 1
         if not self.left:
             return self.out
         if self.reply is not None:
