@@ -372,6 +372,25 @@ def test_handlers_may_answer_through_a_reply_callback(arun: Any) -> None:
     arun(body)
 
 
+def test_after_chunk_runs_after_the_requests_of_each_chunk(arun: Any) -> None:
+    async def body() -> None:
+        handled: list[int] = []
+        seen_at_hook: list[int] = []
+
+        def put(x: int) -> int:
+            handled.append(x)
+            return x
+
+        async with serving({"put": put}, after_chunk=lambda: seen_at_hook.append(len(handled))) as server, client() as c:
+            addr = f"127.0.0.1:{server.port}"
+            assert await asyncio.gather(*(c.call(addr, "put", [i], WAIT_S) for i in range(40))) == list(range(40))
+            # Called once per chunk read, after that chunk's requests were handled.
+            assert seen_at_hook and seen_at_hook[-1] == 40
+            assert seen_at_hook == sorted(seen_at_hook) and len(seen_at_hook) <= 40
+
+    arun(body)
+
+
 def test_request_returns_a_future(arun: Any) -> None:
     async def body() -> None:
         async with serving(kv_handlers()) as a, serving(kv_handlers()) as b, client() as c:
