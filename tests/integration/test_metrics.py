@@ -9,7 +9,6 @@ import math
 import re
 import signal
 import threading
-import time
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -163,15 +162,20 @@ def test_every_documented_metric_is_exposed_and_moves(tmp_path: Path) -> None:
             # Paused nodes are suspected and, when they resume, refute. With both peers paused,
             # n1's probes fail with no relay answering: its Lifeguard score climbs (and each
             # refutation raises the refuter's) for a moment; let the recorder see it.
+            # The pause lasts until the recorder has seen a score move (a fixed second was
+            # sometimes too short on a loaded machine for n1 to probe and the recorder to look).
             for n in ("n2", "n3"):
                 c.nodes[n].proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
-            time.sleep(1.0)
-            for n in ("n2", "n3"):
-                c.nodes[n].proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
             try:
-                wait_until(lambda: "kvstore_swim_health_score" in rec.moved, 20, 0.2, "a Lifeguard score to rise")
+                wait_until(lambda: "kvstore_swim_health_score" in rec.moved, 10, 0.1, "a Lifeguard score to rise")
             except TimeoutError:
                 pass  # reported below with everything else that did not move
+            finally:
+                for n in ("n2", "n3"):
+                    c.nodes[n].proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+            wait_until(lambda: c.status("n1") is not None and all(
+                mm["state"] == "alive" for mm in c.status("n1")["members"] if mm["name"] in ("n2", "n3")  # type: ignore[index]
+            ), 60, 0.1, "n2 and n3 to be alive again at n1")
             # A graceful restart: snapshot written, then loaded.
             live.pop("n2")
             c.stop("n2")
