@@ -120,17 +120,10 @@ class _Quorum:
         # node -> counts towards ``need``, for every target.
         self._counted: dict[str, bool] = {}
         self._got = 0  # counted targets that succeeded
-        # Targets (counted or not) that have neither succeeded nor failed, and the counted
-        # ones among them (what ``_add`` does for each, in one loop).
-        self._unanswered = len(targets)
-        n_open = 0
-        counted = self._counted
+        self._open = 0  # counted targets that have neither succeeded nor failed
+        self._unanswered = 0  # targets (counted or not) that have neither succeeded nor failed
         for t in targets:
-            c = not (strict and t.hint_for is not None)
-            counted[t.node] = c
-            if c:
-                n_open += 1
-        self._open = n_open
+            self._add(t)
 
     def _add(self, t: Target) -> None:
         counts = not (self.strict and t.hint_for is not None)
@@ -213,23 +206,10 @@ class WriteQuorum(_Quorum):
         return self.successes
 
     def on_ack(self, node: str) -> Status:
-        # _count_success and _decide inlined: once per replica of every write.
-        acked = self.acked
-        if node not in acked and node not in self.failed:
-            acked.add(node)
-            counts = self._counted.get(node)
-            if counts is not None:
-                self._unanswered -= 1
-                if counts:
-                    self._got += 1
-                    self._open -= 1
-        status = self.status
-        if status is Status.PENDING:
-            if self._got >= self.need:
-                status = self.status = Status.OK
-            elif self._got + self._open < self.need:
-                status = self.status = Status.UNAVAILABLE
-        return status
+        if node not in self.failed and node not in self.acked:
+            self.acked.add(node)
+            self._count_success(node)
+        return self._decide()
 
     def add_stand_in(self, t: Target) -> None:
         """Sloppy quorum: a fallback now carries a failed primary's write (with a hint).

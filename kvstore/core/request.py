@@ -162,19 +162,13 @@ class WriteRequest:
             # before anything is stored anywhere.
             self._settle(Status.UNAVAILABLE, ready)
             return ready
-        name, by_tag, tags, sends = self.name, self._by_tag, self._tags, ready.sends
         for t in self._plan.targets:
-            if t.node == name:
-                tag = next(tags)
-                by_tag[tag] = t
+            if t.node == self.name:
+                tag = next(self._tags)
+                self._by_tag[tag] = t
                 ready.local_write = (tag, self.new)
-            elif t.hint_for is None:
-                # _send inlined for the usual target, a primary.
-                tag = next(tags)
-                by_tag[tag] = t
-                sends.append(Send(tag, t.node, PUT, self.primary_timeout_s, self.record, None))
             else:
-                sends.append(self._send(t))
+                ready.sends.append(self._send(t))
         for primary in self._plan.uncovered:
             self._cover(primary, ready)
         # During a ring change the partition's new replicas get every write too (best effort,
@@ -190,12 +184,7 @@ class WriteRequest:
     def acked(self, tag: int) -> Ready:
         ready = Ready()
         t = self._by_tag.pop(tag, None)
-        q = self.quorum
-        status = q.status if t is None else q.on_ack(t.node)
-        if status is Status.PENDING:
-            ready.deadline = q.deadline  # _settle's first case, inlined: most acks end here
-        else:
-            self._settle(status, ready)
+        self._settle(self.quorum.status if t is None else self.quorum.on_ack(t.node), ready)
         return ready
 
     def failed(self, tag: int, reason: str) -> Ready:

@@ -515,18 +515,13 @@ def decode(b: bytes, *, canonical: bool = False) -> Obj:
             ascending = False
         prev = dot
         sibs.append(_tnew(Sibling, (dot, value, ts, 0)))
-    if ascending:
-        if canonical and len(nodes) > 1 and nodes != sorted(nodes):
-            raise InvalidRequest("malformed record: not in canonical order")
-    elif len(sibs) > 1:
+    if not ascending:
         # Duplicates first: sorting equal dots would go on to compare None with bytes.
         if len({s.dot for s in sibs}) != len(sibs):
             raise InvalidRequest("malformed record: duplicate dot")
         if canonical:
-            if any(sibs[i].dot > sibs[i + 1].dot for i in range(len(sibs) - 1)) or nodes != sorted(nodes):
-                raise InvalidRequest("malformed record: not in canonical order")
-        else:
-            sibs.sort()
+            raise InvalidRequest("malformed record: not in canonical order")
+        sibs.sort()
     elif canonical and len(nodes) > 1 and nodes != sorted(nodes):
         raise InvalidRequest("malformed record: not in canonical order")
     return Obj(tuple(sibs), vv)

@@ -374,11 +374,8 @@ class _Drive:
             # Applied to the local table right here, before any other request can read the
             # key; acknowledged once durable.
             record = self.machine.record  # type: ignore[union-attr]  # only a write has a local_write
-            known = self.known
-            if known is None:
-                c.replica.write_new(self.p, self.key, obj, record, functools.partial(self._stored, tag))
-            else:
-                c.replica.store_over(self.p, self.key, known[0], obj, record, functools.partial(self._stored, tag))
+            assert self.known is not None  # set by _begin_write, with the record it replaces
+            c.replica.write_new(self.p, self.key, self.known[0], obj, record, functools.partial(self._stored, tag))
         for h in ready.hints:
             c._spawn(c._keep_hint(h.primary, self.p, self.key, h.obj))
         for rep in ready.repairs:
@@ -431,11 +428,7 @@ class _Drive:
 
     def _stored(self, tag: int, exc: BaseException | None) -> None:
         """The local write of a write request is durable (or failed)."""
-        machine: WriteRequest = self.machine  # type: ignore[assignment]  # only writes store
-        if exc is not None:
-            self.run(machine.failed(tag, reason_of(exc) or "storage"))
-        elif not machine.settled:  # a late acknowledgement changes nothing
-            self.run(machine.acked(tag))
+        self._answered(tag, reason_of(exc), None)
 
     def _answered(self, tag: int, reason: str | None, rec: Any) -> None:
         machine = self.machine

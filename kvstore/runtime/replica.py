@@ -171,23 +171,17 @@ class Replica:
         return merged, self._store(partition, key, old_rec, merged, rec, on_done)
 
     def write_new(
-        self, partition: int, key: bytes, obj: Obj, record: bytes, on_done: OnDurable | None = None
-    ) -> asyncio.Future[None] | None:
+        self, partition: int, key: bytes, old_rec: bytes | None, obj: Obj, record: bytes, on_done: OnDurable
+    ) -> None:
         """Store a version this node just coordinated (already merged with the local one).
+        ``old_rec`` is the key's record the caller read in the same call, nothing awaited
+        since (the write path reads it once).
 
         Not a coroutine on purpose: the write is applied to the table *now*, so the next
         request for the key, even in the same loop turn, builds on it. (Deferring it to a
         task let two concurrent puts both start from the old version and mint the same dot,
-        and one of the two siblings was lost.) The future (or ``on_done``) completes once it
-        is durable.
+        and one of the two siblings was lost.) ``on_done`` is called once it is durable.
         """
-        return self._store(partition, key, self.engine.get(partition, key), obj, record, on_done)
-
-    def store_over(
-        self, partition: int, key: bytes, old_rec: bytes | None, obj: Obj, record: bytes, on_done: OnDurable
-    ) -> None:
-        """``write_new`` for a caller that read the key's record (``old_rec``) in the same
-        call, with nothing awaited since: the coordinator's write path reads it once."""
         self._store(partition, key, old_rec, obj, record, on_done)
 
     def _store(
