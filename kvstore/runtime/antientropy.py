@@ -252,8 +252,7 @@ class AntiEntropy:
                 return
             else:
                 st.applied.add(key)
-        t = self._trees.get(p)
-        (t if t is not None else self._tree(p)).update(
+        self._tree(p).update(
             key,
             None if old is None else record_digest(old),
             None if rec is None else record_digest(rec),

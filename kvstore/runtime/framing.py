@@ -142,55 +142,49 @@ class FrameScanner:
             b = data[pos]
             if b < 0x80 or b == 0xC0:  # positive fixint, nil: no header to read
                 pos += 1
-            elif (kind := kinds[b]) == scalar:
+            else:
+                kind = kinds[b]
+                if kind == bad:
+                    return self._refuse(f"not msgpack (byte 0x{b:02x})", last_end, carried)
                 end = pos + 1 + hlens[b]
                 if end > n:
                     self._tail = data[pos:]  # the header is cut: kept for the next chunk
                     break
-                pos = end
-            elif kind == raw:
-                end = pos + 1 + hlens[b]
-                if end > n:
-                    self._tail = data[pos:]
-                    break
-                arg = args[b]
-                # arg < 0: the length is in the header; an ext's type byte adds one. A
-                # one-byte length (bin 8, str 8: keys and short values) is read as it is.
-                if arg >= 0:
-                    length = arg
-                elif end == pos + 2:
-                    length = data[pos + 1] - arg - 1
+                if kind == scalar:
+                    pos = end
+                elif kind == raw:
+                    arg = args[b]
+                    # arg < 0: the length is in the header; an ext's type byte adds one. A
+                    # one-byte length (bin 8, str 8: keys and short values) is read as it is.
+                    if arg >= 0:
+                        length = arg
+                    elif end == pos + 2:
+                        length = data[pos + 1] - arg - 1
+                    else:
+                        length = int.from_bytes(data[pos + 1 : end], "big") - arg - 1
+                    stop = end + length
+                    if base + stop > max_bytes:
+                        return self._refuse(self._too_big(base + stop), last_end, carried)
+                    if stop > n:
+                        self._skip = stop - n
+                        break
+                    pos = stop
                 else:
-                    length = int.from_bytes(data[pos + 1 : end], "big") - arg - 1
-                stop = end + length
-                if base + stop > max_bytes:
-                    return self._refuse(self._too_big(base + stop), last_end, carried)
-                if stop > n:
-                    self._skip = stop - n
-                    break
-                pos = stop
-            elif kind == bad:
-                return self._refuse(f"not msgpack (byte 0x{b:02x})", last_end, carried)
-            else:
-                end = pos + 1 + hlens[b]
-                if end > n:
-                    self._tail = data[pos:]
-                    break
-                arg = args[b]
-                count = arg if arg >= 0 else int.from_bytes(data[pos + 1 : end], "big")
-                if kind == a_map:
-                    count *= 2
-                pos = end
-                if count:
-                    elems += count
-                    if elems > lim.max_elements:
-                        why = f"frame has over max_frame_elements ({lim.max_elements}) elements"
-                        return self._refuse(why, last_end, carried)
-                    stack.append(count)
-                    if len(stack) > lim.max_depth:
-                        why = f"frame nested deeper than max_frame_depth ({lim.max_depth})"
-                        return self._refuse(why, last_end, carried)
-                    continue
+                    arg = args[b]
+                    count = arg if arg >= 0 else int.from_bytes(data[pos + 1 : end], "big")
+                    if kind == a_map:
+                        count *= 2
+                    pos = end
+                    if count:
+                        elems += count
+                        if elems > lim.max_elements:
+                            why = f"frame has over max_frame_elements ({lim.max_elements}) elements"
+                            return self._refuse(why, last_end, carried)
+                        stack.append(count)
+                        if len(stack) > lim.max_depth:
+                            why = f"frame nested deeper than max_frame_depth ({lim.max_depth})"
+                            return self._refuse(why, last_end, carried)
+                        continue
             # A value ended: it may end its array/map, and so on up to the frame.
             while stack:
                 c = stack[-1] - 1

@@ -69,7 +69,8 @@ class RequestStats:
         siblings = self.siblings if op == "get" else None
         clock = time.perf_counter
 
-        def failed(e: BaseException) -> None:
+        def failed(t0: float, e: BaseException) -> None:
+            hist.observe(clock() - t0)
             if isinstance(e, KVError):
                 stats.error(e.code)
             elif isinstance(e, asyncio.CancelledError):
@@ -90,8 +91,7 @@ class RequestStats:
             try:
                 r = f.result()
             except BaseException as e:
-                hist.observe(clock() - t0)
-                failed(e)
+                failed(t0, e)
                 return
             done(t0, r)
 
@@ -99,16 +99,14 @@ class RequestStats:
             try:
                 r = await aw
             except BaseException as e:
-                hist.observe(clock() - t0)
-                failed(e)
+                failed(t0, e)
                 raise
             done(t0, r)
             return r
 
         def timed_reply(reply: Reply, t0: float, result: Any, exc: BaseException | None) -> None:
             if exc is not None:
-                hist.observe(clock() - t0)
-                failed(exc)
+                failed(t0, exc)
             else:
                 done(t0, result)
             reply(result, exc)
@@ -125,8 +123,7 @@ class RequestStats:
                     if r is LATER:
                         return r
             except Exception as e:
-                hist.observe(clock() - t0)
-                failed(e)
+                failed(t0, e)
                 raise
             if type(r) is dict:  # answered at once (a local read): the usual case first
                 done(t0, r)

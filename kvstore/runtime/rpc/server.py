@@ -381,8 +381,13 @@ class _ServerConn(_Conn):
 
     def _reply_later(self, msgid: int, method: str, result: Any, exc: BaseException | None) -> None:
         """The reply callback given to a handler marked ``replies_later``."""
+        self._server._later_pending -= 1
+        self._queue_reply(msgid, method, result, exc)
+        self._release()
+
+    def _queue_reply(self, msgid: int, method: str, result: Any, exc: BaseException | None) -> None:
+        """Queue the reply to ``msgid`` (flushed once per turn): ``result``, or ``exc``."""
         server = self._server
-        server._later_pending -= 1
         if exc is not None:
             data = server._error_reply(msgid, method, exc, False)
         else:
@@ -391,7 +396,6 @@ class _ServerConn(_Conn):
             except Exception as pe:
                 data = server._unpackable(msgid, method, pe)
         self._queue(data)
-        self._release()
 
     def _settle(self, msgid: int | None, method: str, fut: asyncio.Future[Any]) -> None:
         """A handler's task or future finished: queue its reply (flushed once per turn)."""
@@ -408,14 +412,7 @@ class _ServerConn(_Conn):
                 if e is not None:
                     _log_handler_error(method, e)
                 return
-            if e is not None:
-                data = server._error_reply(msgid, method, e, False)
-            else:
-                try:
-                    data = server._pack([1, msgid, None, fut.result()])
-                except Exception as pe:
-                    data = server._unpackable(msgid, method, pe)
-            self._queue(data)
+            self._queue_reply(msgid, method, None if e is not None else fut.result(), e)
         finally:
             self._release()
 
