@@ -32,6 +32,7 @@ import struct
 import sys
 from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import cast
 
 import xxhash
 
@@ -144,11 +145,13 @@ class MerkleTree:
         self._refresh()
         return self._levels[0][0]
 
-    def level_hashes(self, level: int, indices: Iterable[int]) -> list[int]:
+    # Peer input arrives here as it was decoded: the parameters are ``object`` so that a bool
+    # or a str is refused by the checks below, compiled (mypyc) or not.
+    def level_hashes(self, level: object, indices: Iterable[object]) -> list[int]:
         """Hashes of the nodes ``indices`` at ``level`` (0 = root, depth = leaves)."""
-        self._check_level(level)
+        lv = self._check_level(level)
         self._refresh()
-        row = self._levels[level]
+        row = self._levels[lv]
         out = []
         for i in indices:
             if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(row):
@@ -158,13 +161,12 @@ class MerkleTree:
 
     def children(self, level: int, index: int) -> range:
         """Indices at ``level + 1`` of the children of node ``index`` at ``level``."""
-        self._check_level(level)
-        if level == self.depth:
+        if self._check_level(level) == self.depth:
             return range(0)
         return range(index * self.fanout, (index + 1) * self.fanout)
 
     def differing_children(
-        self, level: int, indices: Sequence[int], theirs: Sequence[int]
+        self, level: object, indices: Sequence[object], theirs: Sequence[object]
     ) -> list[int]:
         """Given the peer's hashes of ``indices`` at ``level``, what to compare next.
 
@@ -176,15 +178,17 @@ class MerkleTree:
                 f"merkle: {len(theirs)} hashes for {len(indices)} nodes at level {level}"
             )
         mine = self.level_hashes(level, indices)
-        differ = [i for i, a, b in zip(indices, mine, theirs, strict=True) if a != b]
+        # level_hashes has checked every index.
+        differ = [cast(int, i) for i, a, b in zip(indices, mine, theirs, strict=True) if a != b]
         if level == self.depth:
             return differ
         f = self.fanout
         return [c for i in differ for c in range(i * f, (i + 1) * f)]
 
-    def _check_level(self, level: int) -> None:
+    def _check_level(self, level: object) -> int:
         if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= self.depth:
             raise InvalidRequest(f"merkle: level {level!r} outside 0..{self.depth}")
+        return level
 
     # ------------------------------------------------------------------ identity
 

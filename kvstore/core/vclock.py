@@ -442,7 +442,7 @@ def _unpack(b: Any, what: str) -> Any:
         raise InvalidRequest(f"malformed {what}") from None
 
 
-def decode(b: bytes, *, canonical: bool = False) -> Obj:
+def decode(b: object, *, canonical: bool = False) -> Obj:
     """Inverse of :func:`encode`; InvalidRequest("malformed record: …") on anything else.
 
     With ``canonical``, also refuse a record whose nodes or siblings are not in the order
@@ -560,7 +560,7 @@ def _flatten(vv: VV) -> list[Any]:
     return flat
 
 
-def decode_context(b: bytes) -> dict[str, int]:
+def decode_context(b: object) -> dict[str, int]:
     """Inverse of :func:`encode_context`; b"" is the empty context.
 
     Anything else that does not parse raises InvalidRequest("malformed context").

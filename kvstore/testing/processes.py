@@ -168,7 +168,7 @@ class LocalCluster:
 
         wait_until(ok, timeout, what=f"{name} to serve")
 
-    def wait_ring(self, members: int, timeout: float = 30.0) -> None:
+    def wait_ring(self, members: int, timeout: float = 60.0) -> None:
         def ok() -> bool:
             for name, node in self.nodes.items():
                 if not node.running:

@@ -38,19 +38,25 @@ LATER: Final = _Later()
 """What a marked handler returns when it will call ``reply``."""
 
 _MARK = "kv_replies_later"
+# Compiled (mypyc) methods take no attributes: those are known by their qualified name
+# ("Coordinator.put"), which their bound methods and ``functools.wraps`` wrappers carry too.
+_MARKED_METHODS: set[str] = set()
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def replies_later(fn: F) -> F:
     """Mark ``fn`` as taking a ``reply=`` keyword (see the module doc). Wrappers made with
-    ``functools.wraps`` keep the mark, since it copies the function's ``__dict__``."""
-    setattr(fn, _MARK, True)
+    ``functools.wraps`` keep the mark."""
+    try:
+        setattr(fn, _MARK, True)
+    except AttributeError:
+        _MARKED_METHODS.add(fn.__qualname__)
     return fn
 
 
 def takes_reply(fn: Callable[..., Any]) -> bool:
-    return bool(getattr(fn, _MARK, False))
+    return bool(getattr(fn, _MARK, False)) or getattr(fn, "__qualname__", None) in _MARKED_METHODS
 
 
 class Gathered:

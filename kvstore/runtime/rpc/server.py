@@ -7,7 +7,7 @@ import asyncio
 import functools
 import socket
 import ssl
-from asyncio import isfuture
+from asyncio import iscoroutine, isfuture
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
@@ -273,6 +273,8 @@ class _ServerConn(_Conn):
                     except Exception as e:
                         if isfuture(r):  # a Task or another future-like
                             self._watch(msgid, method, r)
+                        elif iscoroutine(r):  # a compiled (mypyc) coroutine has a type of its own
+                            self._spawn(msgid, method, r)
                         else:
                             append(self._server._unpackable(msgid, method, e))
                         continue
@@ -313,7 +315,7 @@ class _ServerConn(_Conn):
             except Exception as e:
                 _log_handler_error(method, e)
                 return True
-            if type(r) is _CoroutineType:
+            if type(r) is _CoroutineType or iscoroutine(r):
                 self._spawn(None, method, r)
             elif isfuture(r):
                 self._watch(None, method, r)
@@ -347,7 +349,7 @@ class _ServerConn(_Conn):
         except Exception as e:
             out.append(server._error_reply(msgid, method, e, True))
             return True
-        if type(r) is _CoroutineType:
+        if type(r) is _CoroutineType or iscoroutine(r):
             self._spawn(msgid, method, r)
         elif isfuture(r):
             self._watch(msgid, method, r)
@@ -553,17 +555,21 @@ class RpcServer:
 
     @property
     def port(self) -> int:
-        if self._server is None or not self._server.sockets:
-            raise RuntimeError("server not started")
-        return int(self._server.sockets[0].getsockname()[1])
+        return int(self._socket().getsockname()[1])
 
     @property
     def addr(self) -> str:
         """``host:port`` of the first listening socket."""
-        if self._server is None or not self._server.sockets:
-            raise RuntimeError("server not started")
-        host = self._server.sockets[0].getsockname()[0]
+        host = self._socket().getsockname()[0]
         return f"{host}:{self.port}"
+
+    def _socket(self) -> Any:
+        # Through getattr: uvloop's servers hold a list where asyncio's typing says a tuple,
+        # and a compiled module (mypyc) checks the declared type.
+        sockets = getattr(self._server, "sockets", None)
+        if not sockets:
+            raise RuntimeError("server not started")
+        return sockets[0]
 
     @property
     def connections(self) -> int:

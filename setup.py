@@ -1,0 +1,72 @@
+"""Build hook: the request path's modules compiled with mypyc when this machine can, pure
+Python when it cannot.
+
+Everything else about the package is in pyproject.toml, including the list of compiled
+modules (``[tool.kvstore] compiled``). Each compiled module is an *optional* extension: on a
+machine without a C compiler (or with ``KVSTORE_PURE=1`` set) the build warns and installs
+the same modules as plain Python, which behave identically and are only slower.
+
+An editable install (``make setup``) builds the extensions in place, next to their sources;
+``python setup.py build_ext --inplace`` rebuilds them after an edit (``make setup`` does it
+when a compiled module's source is newer).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from setuptools import setup
+
+HERE = Path(__file__).resolve().parent
+PACKAGES = ("kvstore", "storage")
+
+
+def compiled_modules() -> list[str]:
+    with open(HERE / "pyproject.toml", "rb") as f:
+        return list(tomllib.load(f)["tool"]["kvstore"]["compiled"])
+
+
+def remove_stale(keep: list[str]) -> None:
+    """Delete in-tree compiled modules this build does not make (a module taken off the list,
+    or all of them for a pure build): Python would import one before its edited source."""
+    stems = {str(Path(m).with_suffix("")) for m in keep}
+    for pkg in PACKAGES:
+        for so in (HERE / pkg).rglob("*.so"):
+            stem = str(so.relative_to(HERE)).split(".", 1)[0]
+            if stem not in stems and so.with_name(so.name.split(".", 1)[0] + ".py").exists():
+                so.unlink()
+                print(f"kvstore: removed stale {so.relative_to(HERE)}", file=sys.stderr)
+
+
+def extensions() -> list[Any]:
+    if os.environ.get("KVSTORE_PURE", "") not in ("", "0"):
+        print("kvstore: KVSTORE_PURE is set: installing pure Python", file=sys.stderr)
+        remove_stale([])
+        return []
+    try:
+        from mypyc.build import mypycify
+    except ImportError as e:  # setup.py run by hand without the build requirements
+        print(f"kvstore: mypyc not importable ({e}): installing pure Python", file=sys.stderr)
+        return []
+    modules = compiled_modules()
+    remove_stale(modules)
+    # The build environment has none of the runtime dependencies, so their types are Any
+    # here: `make typecheck` checks the types; this only has to compile.
+    flags = ["--ignore-missing-imports", "--no-warn-return-any", "--no-warn-unused-ignores"]
+    # A fixed name for the shared library of the compiled modules: an editable install maps
+    # the top-level names it saw when it was made, so a name that changed with the module list
+    # (mypyc's default, a hash of it) would not be found after a rebuild.
+    exts = mypycify(
+        [*flags, *modules], opt_level="3", debug_level="0", group_name="kvstore_compiled"
+    )
+    for ext in exts:
+        # Without a compiler the build warns and goes on: the .py files are installed anyway.
+        ext.optional = True
+    return list(exts)
+
+
+setup(ext_modules=extensions())
