@@ -55,14 +55,23 @@ def extensions() -> list[Any]:
     modules = compiled_modules()
     remove_stale(modules)
     # The build environment has none of the runtime dependencies, so their types are Any
-    # here: `make typecheck` checks the types; this only has to compile.
-    flags = ["--ignore-missing-imports", "--no-warn-return-any", "--no-warn-unused-ignores"]
+    # here: `make typecheck` checks the types (strict); this only has to compile.
+    flags = [
+        "--ignore-missing-imports", "--no-warn-return-any", "--no-warn-unused-ignores",
+        "--allow-subclassing-any", "--allow-untyped-calls", "--allow-untyped-decorators",
+    ]  # fmt: skip
     # A fixed name for the shared library of the compiled modules: an editable install maps
     # the top-level names it saw when it was made, so a name that changed with the module list
     # (mypyc's default, a hash of it) would not be found after a rebuild.
-    exts = mypycify(
-        [*flags, *modules], opt_level="3", debug_level="0", group_name="kvstore_compiled"
-    )
+    try:
+        exts = mypycify(
+            [*flags, *modules], opt_level="3", debug_level="0", group_name="kvstore_compiled"
+        )
+    except (Exception, SystemExit) as e:  # mypy reports what it cannot compile by exiting
+        # The package must install anyway; tests/integration/test_build.py fails a build with
+        # a compiler that came out pure, so this does not go unnoticed.
+        print(f"kvstore: mypyc failed ({e!r}): installing pure Python", file=sys.stderr)
+        return []
     for ext in exts:
         # Without a compiler the build warns and goes on: the .py files are installed anyway.
         ext.optional = True

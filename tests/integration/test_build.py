@@ -40,6 +40,20 @@ def test_compiled_modules_are_listed_sources() -> None:
         assert (ROOT / m).is_file(), m
 
 
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="no C compiler: the install is pure Python")
+@pytest.mark.skipif(
+    os.environ.get("KVSTORE_PURE", "") not in ("", "0"), reason="KVSTORE_PURE is set"
+)
+def test_with_a_c_compiler_the_request_path_is_compiled() -> None:
+    """setup.py falls back to pure Python rather than fail an install: on a machine that can
+    compile, that fallback is a fault to see here, not a slowdown to find in a benchmark."""
+    import importlib
+
+    for m in _compiled():
+        mod = importlib.import_module(m.removesuffix(".py").replace("/", "."))
+        assert not str(mod.__file__).endswith(".py"), f"{m} was installed as pure Python"
+
+
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git to list the sources")
 def test_without_a_c_compiler_the_build_falls_back_to_pure_python(tmp_path: Path) -> None:
     pytest.importorskip("mypyc.build", reason="mypyc (mypy) is a dev dependency")
