@@ -500,9 +500,14 @@ def decode(b: object, *, canonical: bool = False) -> Obj:
     # Dots strictly ascending (what encode writes) means sorted and free of duplicates, so
     # the checks below are needed only for records that are not.
     ascending = True
-    prev: Dot | None = None
+    prev_node = ""
+    prev_counter = 0
     for i in range(0, len(flat), 4):
-        idx, counter, ts, value = flat[i : i + 4]
+        # Indexed, not a slice of four: no list made per sibling.
+        idx = flat[i]
+        counter = flat[i + 1]
+        ts = flat[i + 2]
+        value = flat[i + 3]
         if type(idx) is not int or not 0 <= idx < n_nodes:
             raise InvalidRequest("malformed record: bad node index")
         node = nodes[idx]
@@ -510,11 +515,12 @@ def decode(b: object, *, canonical: bool = False) -> Obj:
             raise InvalidRequest("malformed record: dot not covered by its vector")
         if type(ts) is not int or not (value is None or type(value) is bytes):
             raise InvalidRequest("malformed record: bad sibling")
-        dot = _tnew(Dot, (node, counter))
-        if prev is not None and not prev < dot:
+        # Dots ascend when (node, counter) pairs do; compared as a str and an int, not as tuples.
+        if node < prev_node or (node == prev_node and counter <= prev_counter):
             ascending = False
-        prev = dot
-        sibs.append(_tnew(Sibling, (dot, value, ts, 0)))
+        prev_node = node
+        prev_counter = counter
+        sibs.append(_tnew(Sibling, (_tnew(Dot, (node, counter)), value, ts, 0)))
     if not ascending:
         # Duplicates first: sorting equal dots would go on to compare None with bytes.
         if len({s.dot for s in sibs}) != len(sibs):
