@@ -39,7 +39,7 @@ def remove_stale(keep: list[str]) -> None:
             stem = str(so.relative_to(HERE)).split(".", 1)[0]
             if stem not in stems and so.with_name(so.name.split(".", 1)[0] + ".py").exists():
                 so.unlink()
-                print(f"kvstore: removed stale {so.relative_to(HERE)}", file=sys.stderr)
+                print(f"kvstore: removed the compiled {so.relative_to(HERE)}", file=sys.stderr)
 
 
 def extensions() -> list[Any]:

@@ -35,5 +35,5 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         raise pytest.UsageError(
             f"compiled modules older than their sources: {', '.join(stale)}; "
             "rebuild them (make setup, or .venv/bin/python setup.py build_ext --inplace) "
-            "or install pure Python (KVSTORE_PURE=1 make setup)"
+            "or remove them (KVSTORE_PURE=1 .venv/bin/python setup.py build_ext --inplace)"
         )
