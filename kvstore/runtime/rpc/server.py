@@ -315,7 +315,7 @@ class _ServerConn(_Conn):
             except Exception as e:
                 _log_handler_error(method, e)
                 return True
-            if type(r) is _CoroutineType or iscoroutine(r):
+            if iscoroutine(r):  # also a compiled (mypyc) coroutine, which has a type of its own
                 self._spawn(None, method, r)
             elif isfuture(r):
                 self._watch(None, method, r)
@@ -349,7 +349,7 @@ class _ServerConn(_Conn):
         except Exception as e:
             out.append(server._error_reply(msgid, method, e, True))
             return True
-        if type(r) is _CoroutineType or iscoroutine(r):
+        if iscoroutine(r):  # also a compiled (mypyc) coroutine, which has a type of its own
             self._spawn(msgid, method, r)
         elif isfuture(r):
             self._watch(msgid, method, r)
