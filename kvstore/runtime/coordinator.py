@@ -21,7 +21,7 @@ from kvstore.core import messages as m
 from kvstore.core import vclock
 from kvstore.core.bucket import BucketProps
 from kvstore.core.request import GET, ReadRequest, Ready, Repair, Reply, WriteRequest
-from kvstore.core.ring import Ring, partition_of
+from kvstore.core.ring import Ring
 from kvstore.core.vclock import Obj
 from kvstore.errors import InvalidRequest, KVError, Unavailable
 from kvstore.retry import RetryPolicy
@@ -132,8 +132,8 @@ class Coordinator:
 
     def _locate(self, key: bytes) -> tuple[Ring, int, tuple[str, ...]]:
         ring = self._ring()
-        p = partition_of(key, ring.partitions)
-        return ring, p, self.view.read_preference(p)
+        p, pref = self.view.locate(ring, key)
+        return ring, p, pref
 
     async def _forward(self, method: str, pref: tuple[str, ...], params: list[Any], idempotent: bool) -> dict[str, Any]:
         """Send the request to a preference-list node. A call that could not be sent is tried
@@ -255,7 +255,7 @@ class Coordinator:
         machine = WriteRequest(
             self.name, new, record,
             preference=pref,
-            fallbacks=ring.fallbacks(p, self.s.n_replicas),
+            fallbacks=self.view.fallbacks(ring, p),
             is_up=self.view.is_up,
             w=opts.quorum or w or self.s.w,
             timeout_s=opts.timeout_s or self.s.request_timeout_s,
