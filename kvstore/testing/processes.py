@@ -40,17 +40,30 @@ def die_with_parent() -> None:
         pass
 
 
+# Ports free_port has handed out in this process. A port stays free until its node binds it,
+# and a cluster picks all its ports before starting any node: without this, two nodes of one
+# cluster could be given the same port (it happened: one failed with "address already in use").
+_HANDED_OUT: set[int] = set()
+_HANDED_OUT_MAX = 8192  # past this many, start over: the oldest are long bound or closed
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port free for both TCP and UDP (nodes gossip on UDP at their TCP port)."""
+    """A port free for both TCP and UDP (nodes gossip on UDP at their TCP port), and not one
+    this process was given before."""
+    if len(_HANDED_OUT) >= _HANDED_OUT_MAX:
+        _HANDED_OUT.clear()
     for _ in range(100):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
             t.bind((host, 0))
             port = t.getsockname()[1]
+            if port in _HANDED_OUT:
+                continue
             try:
                 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
                     u.bind((host, port))
             except OSError:
                 continue
+            _HANDED_OUT.add(port)
             return int(port)
     raise RuntimeError("no free port")
 
