@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgpack
-import xxhash
 
 from kvstore.core.ring import Ring, partition_of
 from kvstore.errors import InvalidRequest
@@ -26,9 +25,6 @@ from storage.engine import Engine
 log = logging.getLogger("kvstore.cluster")
 
 META_KEY = b"cluster.view"
-
-
-_hash64 = xxhash.xxh3_64_intdigest
 
 
 def _mix(ring_checksum: int, next_checksum: int) -> int:
@@ -65,7 +61,6 @@ class ClusterView:
         self._placed_for: Ring | None = None
         self._prefs: list[tuple[str, ...]] = []
         self._falls: list[tuple[str, ...]] = []
-        self._shift = 64
         self.addrs: dict[str, str] = {name: addr}
         # Liveness sources; any that says "down" wins (the RPC client's fail-fast state, SWIM).
         self.down_checks = tuple(down_checks)
@@ -145,36 +140,35 @@ class ClusterView:
             names |= set(self.next.members)
         return tuple(sorted(names))
 
-    def _placed(self, ring: Ring) -> list[tuple[str, ...]]:
+    def _place(self, ring: Ring) -> None:
         if ring is not self._placed_for:
             n, q = self.n, ring.partitions
             self._prefs = [ring.preference_list(p, n) for p in range(q)]
             self._falls = [ring.fallbacks(p, n) for p in range(q)]
-            self._shift = 65 - q.bit_length()
             self._placed_for = ring
-        return self._prefs
 
     def read_preference(self, p: int) -> tuple[str, ...]:
         ring = self.ring
         assert ring is not None
-        prefs = self._placed(ring)
-        if 0 <= p < len(prefs):
-            return prefs[p]
+        self._place(ring)
+        if 0 <= p < len(self._prefs):
+            return self._prefs[p]
         return ring.preference_list(p, self.n)  # raises: out of range
 
     def locate(self, ring: Ring, key: bytes) -> tuple[int, tuple[str, ...]]:
-        """``key``'s partition in ``ring`` (the current one) and its preference list."""
+        """``key``'s partition in ``ring`` and its preference list."""
+        p = partition_of(key, ring.partitions)
         if ring is not self.ring:
-            p = partition_of(key, ring.partitions)
             return p, ring.preference_list(p, self.n)
-        prefs = self._placed(ring)
-        p = _hash64(key) >> self._shift
-        return p, prefs[p]
+        self._place(ring)
+        return p, self._prefs[p]
 
     def fallbacks(self, ring: Ring, p: int) -> tuple[str, ...]:
         """Where a sloppy quorum for ``p`` goes after its preference list."""
-        if ring is self.ring and ring is self._placed_for and 0 <= p < len(self._falls):
-            return self._falls[p]
+        if ring is self.ring:
+            self._place(ring)
+            if 0 <= p < len(self._falls):
+                return self._falls[p]
         return ring.fallbacks(p, self.n)
 
     def replicates(self, p: int) -> bool:
