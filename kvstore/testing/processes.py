@@ -46,10 +46,68 @@ def die_with_parent() -> None:
 _HANDED_OUT: set[int] = set()
 _HANDED_OUT_MAX = 8192  # past this many, start over: the oldest are long bound or closed
 
+# Under pytest-xdist each worker takes ports from its own slice of the range below the
+# kernel's ephemeral ports, in order. A port the kernel picks for port 0 (or for any outgoing
+# connection) can be one a node of another worker's test had a moment ago, while that test's
+# other nodes still gossip with it and send it replica calls: the new node then hears a
+# foreign cluster of the same node names (CI saw a cluster that never converged). Ports no
+# one else hands out, never reused in a run, cannot be anyone's old address.
+SLICE_LOW = 10000
+_next_in_slice: int | None = None
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _worker_slice() -> range | None:
+    """This xdist worker's ports, or None outside xdist (or when the range is too small)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    # The worker itself, not a process it started (a benchmark, the kv CLI): those inherit the
+    # variable but not xdist, and take kernel-picked ports, which no slice holds.
+    if "xdist" not in sys.modules or not worker.startswith("gw") or not worker[2:].isdigit():
+        return None
+    index = int(worker[2:])
+    count = max(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1), index + 1)
+    width = (_ephemeral_low() - SLICE_LOW) // count
+    if width < 1000:
+        return None
+    return range(SLICE_LOW + index * width, SLICE_LOW + (index + 1) * width)
+
+
+def _bindable(host: str, port: int) -> bool:
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            t.bind((host, port))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind((host, port))
+    except OSError:
+        return False
+    return True
+
+
+def _from_slice(host: str, ports: range) -> int:
+    global _next_in_slice
+    if _next_in_slice is None or _next_in_slice not in ports:
+        _next_in_slice = ports.start
+    for _ in range(len(ports)):
+        port = _next_in_slice
+        _next_in_slice = port + 1 if port + 1 < ports.stop else ports.start
+        if _bindable(host, port):
+            return port
+    raise RuntimeError(f"no free port in {ports.start}-{ports.stop - 1}")
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port free for both TCP and UDP (nodes gossip on UDP at their TCP port), and not one
-    this process was given before."""
+    this process was given before (nor, under xdist, one another worker is given)."""
+    ports = _worker_slice()
+    if ports is not None:
+        return _from_slice(host, ports)
     if len(_HANDED_OUT) >= _HANDED_OUT_MAX:
         _HANDED_OUT.clear()
     for _ in range(100):
@@ -191,7 +249,25 @@ class LocalCluster:
                     return False
             return True
 
-        wait_until(ok, timeout, what=f"every node to see {members} members")
+        try:
+            wait_until(ok, timeout, what=f"every node to see {members} members")
+        except TimeoutError as e:
+            raise TimeoutError(f"{e}\n{self.describe()}") from None
+
+    def describe(self, log_lines: int = 40) -> str:
+        """What each node says of the ring, and its log's tail: for a wait that timed out on
+        a machine (CI's) where the logs are gone once the test's tmp dir is."""
+        out: list[str] = []
+        for name, node in self.nodes.items():
+            st = self.status(name) if node.running else None
+            if st is None:
+                seen = "not running" if not node.running else "no answer to status"
+            else:
+                names = [f"{mm['name']}{'' if mm['up'] else '(down)'}" for mm in st["members"]]
+                seen = f"ring v{st['ring_version']} pending={st['pending']} members={names}"
+            tail = node.log().splitlines()[-log_lines:]
+            out.append(f"--- {name} {node.addr}: {seen}\n" + "\n".join(tail))
+        return "\n".join(out)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         node = self.nodes[name]
