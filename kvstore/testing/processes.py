@@ -79,15 +79,22 @@ def _worker_slice() -> range | None:
     return range(SLICE_LOW + index * width, SLICE_LOW + (index + 1) * width)
 
 
-def _bindable(host: str, port: int) -> bool:
+def _udp_free(host: str, port: int) -> bool:
     try:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-            t.bind((host, port))
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
             u.bind((host, port))
     except OSError:
         return False
     return True
+
+
+def _bindable(host: str, port: int) -> bool:
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            t.bind((host, port))
+    except OSError:
+        return False
+    return _udp_free(host, port)
 
 
 def _from_slice(host: str, ports: range) -> int:
@@ -114,12 +121,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
             t.bind((host, 0))
             port = t.getsockname()[1]
-            if port in _HANDED_OUT:
-                continue
-            try:
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                    u.bind((host, port))
-            except OSError:
+            if port in _HANDED_OUT or not _udp_free(host, port):
                 continue
             _HANDED_OUT.add(port)
             return int(port)
