@@ -330,6 +330,12 @@ def watch(ctx: click.Context, interval: float, count: int | None) -> None:
     timeout = min(float(ctx.obj["timeout"]), max(interval, 1.0))
     last: Any = Text("waiting for the first answer ...")
     shown = 0
+    # Ctrl-C raises KeyboardInterrupt wherever it lands, as before Python 3.11. asyncio.run's
+    # own handler only cancels the look in progress, and 3.11's wait_for swallows a
+    # cancellation that meets a connect just finished: that look then returns normally and
+    # the watch went on (CI saw it ignore SIGINT for a minute). asyncio.run keeps a handler
+    # that is not the default one.
+    before = signal.signal(signal.SIGINT, _interrupt)
     try:
         with Live(last, console=out.console(), auto_refresh=False, transient=False) as live:
             while count is None or shown < count:
@@ -345,8 +351,14 @@ def watch(ctx: click.Context, interval: float, count: int | None) -> None:
                 time.sleep(max(0.0, interval - (time.monotonic() - t0)))
     except KeyboardInterrupt:
         pass
+    finally:
+        signal.signal(signal.SIGINT, before)
     if not sys.stdout.isatty():
         click.echo()  # rich leaves the last line open when the output is not a terminal
+
+
+def _interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _first_reachable(ctx: click.Context) -> tuple[str, dict[str, Any]]:
