@@ -268,7 +268,8 @@ def render_status(snap: dict[str, Any]) -> Any:
     pending = f"  ring change to v{nxt} running" if nxt is not None or first.get("pending") else ""
     zones = first.get("zones") or []
     spread = f"  zones {','.join(zones)}" if len(zones) > 1 else ""
-    t = Table(title=f"ring v{first['ring_version']}  N={first['n']} R={first['r']} W={first['w']}{spread}  (as seen by {first['node']}){pending}")
+    cluster = f"cluster {first['cluster']}  " if first.get("cluster") else ""
+    t = Table(title=f"{cluster}ring v{first['ring_version']}  N={first['n']} R={first['r']} W={first['w']}{spread}  (as seen by {first['node']}){pending}")
     right = ("inc", "health", "partitions", "keys")
     for col in ("node", "address", "zone", "state", "inc", "health", "damping", "partitions", "keys", "hints pending", "transfer"):
         t.add_column(col, justify="right" if col in right else "left", no_wrap=col == "transfer")

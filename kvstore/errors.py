@@ -5,7 +5,8 @@
     │   ├── TooLarge             code "too_large"     key, value or frame over its limit
     │   ├── UnknownMethod        code "unknown_method" no such RPC method
     │   ├── Conflict             code "conflict"      one value asked of a key that has siblings
-    │   └── UnknownBucket        code "unknown_bucket" a bucket that was never created
+    │   ├── UnknownBucket        code "unknown_bucket" a bucket that was never created
+    │   └── ForeignCluster       code "foreign_cluster" a view or join of another cluster (its id differs)
     ├── PreconditionFailed       code "precondition_failed" a conditional write whose condition
     │                                                 did not hold (``reason``: exists, modified)
     ├── ChangeRefused            code "change_refused" a bucket change that cannot be made live
@@ -42,6 +43,7 @@ __all__ = [
     "ConfigError",
     "Conflict",
     "DotConflict",
+    "ForeignCluster",
     "InternalError",
     "InvalidRequest",
     "KVError",
@@ -98,6 +100,14 @@ class UnknownBucket(InvalidRequest):
     """A request named a bucket that no node has heard of (``kv bucket create`` makes one)."""
 
     code = "unknown_bucket"
+
+
+class ForeignCluster(InvalidRequest):
+    """A ring view, or a join, that comes from another cluster than this node's: each cluster
+    has an id made when it is founded, and a node that belongs to one takes nothing of
+    another's (a reused address, a seed pointing at the wrong cluster). Nothing changed."""
+
+    code = "foreign_cluster"
 
 
 class PreconditionFailed(KVError):
@@ -199,6 +209,7 @@ _BY_CODE: dict[str, type[KVError]] = {
         UnknownMethod,
         Conflict,
         UnknownBucket,
+        ForeignCluster,
         PreconditionFailed,
         ChangeRefused,
         ProtocolError,

@@ -8,18 +8,23 @@ off (reads still follow ``ring``, writes go to both); once every transfer is don
 change is committed and ``next`` becomes ``ring``. The view is versioned by the highest
 ring version it holds, and persisted in the store's metadata so a restarted node comes back
 with it.
+
+Every cluster has an id, made by the node that founds it and taken by each node that joins.
+A view from a cluster of another id is refused whole (ring, pending ring and addresses): an
+address reused by a node of another cluster must not hand this one its members.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgpack
 
 from kvstore.core.ring import Ring, partition_of
-from kvstore.errors import InvalidRequest
+from kvstore.errors import ForeignCluster, InvalidRequest
 from storage.engine import Engine
 
 log = logging.getLogger("kvstore.cluster")
@@ -62,6 +67,9 @@ class ClusterView:
         self._prefs: list[tuple[str, ...]] = []
         self._falls: list[tuple[str, ...]] = []
         self.addrs: dict[str, str] = {name: addr}
+        # The cluster's id; "" until this node founds or joins one (or for a view saved
+        # before ids existed: such a view takes the first id a peer brings).
+        self.cluster = ""
         # Liveness sources; any that says "down" wins (the RPC client's fail-fast state, SWIM).
         self.down_checks = tuple(down_checks)
         # Called after every change of ring or pending change.
@@ -85,10 +93,12 @@ class ClusterView:
             "ring": self.ring.to_wire() if self.ring else None,
             "next": self.next.to_wire() if self.next else None,
             "addrs": dict(self.addrs),
+            "cluster": self.cluster,
         }
 
     @staticmethod
-    def parse(doc: Any) -> tuple[Ring | None, Ring | None, dict[str, str]]:
+    def parse(doc: Any) -> tuple[Ring | None, Ring | None, dict[str, str], str]:
+        """A view's ring, pending ring, addresses and cluster id ("" from a node that has none)."""
         if not isinstance(doc, dict):
             raise InvalidRequest("cluster view must be a map")
         d = {_str(k): v for k, v in doc.items()}
@@ -97,19 +107,26 @@ class ClusterView:
         addrs = d.get("addrs") or {}
         if not isinstance(addrs, dict):
             raise InvalidRequest("cluster view: addrs must be a map")
-        return ring, nxt, {_str(k): _str(v) for k, v in addrs.items()}
+        cluster = d.get("cluster") or ""
+        if not isinstance(cluster, (str, bytes)):
+            raise InvalidRequest("cluster view: cluster must be a string")
+        return ring, nxt, {_str(k): _str(v) for k, v in addrs.items()}, _str(cluster)
 
     def load(self) -> bool:
         raw = self.engine.meta_get(META_KEY)
         if raw is None:
             return False
-        self.ring, self.next, addrs = self.parse(msgpack.unpackb(raw, raw=False))
+        self.ring, self.next, addrs, self.cluster = self.parse(msgpack.unpackb(raw, raw=False))
         self.addrs.update(addrs)
         self.addrs[self.name] = self.addr
         return True
 
     async def save(self) -> None:
+        """Store the view durably (fsynced, whatever the fsync policy): a node that lost it in
+        a crash would come back as the founder of a cluster of its own, with an id its peers
+        refuse. Ring changes are rare, so the fsync costs the data path nothing."""
         await self.engine.meta_put(META_KEY, msgpack.packb(self.to_wire(), use_bin_type=True))
+        await self.engine.flush()
 
     # --- queries
     def addr_of(self, node: str) -> str:
@@ -194,17 +211,47 @@ class ClusterView:
         return tuple(x for x in self.next.preference_list(p, self.n) if x not in old)
 
     # --- updates
-    def accept(self, ring: Ring | None, nxt: Ring | None, addrs: dict[str, str]) -> bool:
-        """Take a view from a peer if it is newer; addresses are merged either way."""
+    def found(self, ring: Ring) -> None:
+        """Take ``ring`` as the first ring of a new cluster, under a new cluster id."""
+        self.ring, self.next = ring, None
+        self.cluster = secrets.token_hex(8)
+        log.info("founded cluster %s", self.cluster)
+        for cb in self.listeners:
+            cb()
+
+    def mint(self) -> bool:
+        """Give a cluster whose view predates cluster ids one (its claimant does, once)."""
+        if self.cluster or self.ring is None:
+            return False
+        self.cluster = secrets.token_hex(8)
+        log.info("this cluster had no id: it is now %s", self.cluster)
+        for cb in self.listeners:
+            cb()
+        return True
+
+    def accept(self, ring: Ring | None, nxt: Ring | None, addrs: dict[str, str], cluster: str = "") -> bool:
+        """Take a view from a peer if it is newer; addresses are merged either way. Returns
+        whether anything changed that is saved. A view of another cluster raises
+        ForeignCluster and changes nothing; the first id a node without one sees is its own."""
+        if cluster and self.cluster and cluster != self.cluster:
+            raise ForeignCluster(
+                f"{self.name} belongs to cluster {self.cluster}; refused a view of cluster {cluster}",
+                cluster=cluster,
+            )
+        adopted = bool(cluster) and not self.cluster
+        if adopted:
+            self.cluster = cluster
+            log.info("member of cluster %s", cluster)
         for node, a in addrs.items():
             if node != self.name:
                 self.addrs[node] = a
-        if ring is None:
-            return False
-        v = max(ring.version, nxt.version) if nxt else ring.version
-        c = _mix(ring.checksum, nxt.checksum if nxt else 0)
-        if v < self.version or (v == self.version and c <= self.checksum):
-            return False
+        newer = ring is not None and self._newer(ring, nxt)
+        if not newer:
+            if adopted:
+                for cb in self.listeners:
+                    cb()
+            return adopted
+        assert ring is not None
         self.ring, self.next = ring, nxt
         if nxt is None:
             log.info(
@@ -216,3 +263,8 @@ class ClusterView:
         for cb in self.listeners:
             cb()
         return True
+
+    def _newer(self, ring: Ring, nxt: Ring | None) -> bool:
+        v = max(ring.version, nxt.version) if nxt else ring.version
+        c = _mix(ring.checksum, nxt.checksum if nxt else 0)
+        return v > self.version or (v == self.version and c > self.checksum)

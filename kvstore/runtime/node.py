@@ -21,7 +21,7 @@ from kvstore.core import messages as m
 from kvstore.core.membership import MemberEvent, SwimConfig, route_rank
 from kvstore.core.ring import Ring, claim
 from kvstore.core.zones import DEFAULT_ZONE, zone_problem
-from kvstore.errors import InvalidRequest, KVError, StorageError, Unavailable
+from kvstore.errors import ForeignCluster, InvalidRequest, KVError, StorageError, Unavailable
 from kvstore.runtime import batch
 from kvstore.runtime.antientropy import AntiEntropy
 from kvstore.runtime.buckets import BucketRegistry
@@ -222,9 +222,10 @@ class Node:
         known = [a for n, a in self.view.addrs.items() if n != self.name]
         await self.gossip.join(dict.fromkeys([*seeds, *known]))
         if not had_view and not seeds:
-            self.view.ring = claim([self.name], self.s.partitions, zones={self.name: self.s.zone})
+            first = claim([self.name], self.s.partitions, zones={self.name: self.s.zone})
+            self.view.found(first)
             await self.view.save()
-            log.info("started a new cluster: ring v%d with this node alone", self.view.ring.version)
+            log.info("started a new cluster: ring v%d with this node alone", first.version)
         elif seeds and self.s.auto_join and self.name not in self.view.members():
             await self._join_through(seeds)
         elif seeds:
@@ -255,20 +256,25 @@ class Node:
         delay = 0.1
         while True:
             ringless = 0
+            # A node that belongs to a cluster says which, so a seed of another refuses it.
+            params = [self.name, self.addr, 0, self.s.zone, *([self.view.cluster] if self.view.cluster else [])]
             for seed in seeds:
                 try:
-                    doc = await self.rpc.call(seed, m.JOIN, [self.name, self.addr, 0, self.s.zone], 5.0)
+                    doc = await self.rpc.call(seed, m.JOIN, params, 5.0)
+                    await self._accept_view(doc)
+                except ForeignCluster as e:
+                    log.warning("seed %s is of another cluster: %s", seed, e)
+                    continue
                 except KVError as e:
                     if isinstance(e, Unavailable) and e.extra.get("reason") == NO_RING:
                         ringless += 1
                     else:
                         log.info("join through %s: %s", seed, e)
                     continue
-                await self._accept_view(doc)
-                log.info("joined the cluster through %s", seed)
+                log.info("joined the cluster through %s (cluster id %s)", seed, self.view.cluster or "none")
                 return
             if ringless == len(seeds) and self.addr == min([self.addr, *seeds]):
-                self.view.ring = claim([self.name], self.s.partitions, zones={self.name: self.s.zone})
+                self.view.found(claim([self.name], self.s.partitions, zones={self.name: self.s.zone}))
                 await self.view.save()
                 log.info("no seed has a ring yet and this node has the lowest address: founding the cluster")
                 return
@@ -409,6 +415,7 @@ class Node:
             "pid": os.getpid(),
             "ring_version": self.view.version,
             "ring_checksum": self.view.checksum,
+            "cluster": self.view.cluster,
             "pending": self.view.next is not None,
             "zone": self.s.zone,
             "zones": list(ring.zone_names) if ring else [],
@@ -443,8 +450,8 @@ class Node:
 
     async def _accept_view(self, doc: Any) -> bool:
         assert self.view is not None
-        ring, nxt, addrs = ClusterView.parse(doc)
-        changed = self.view.accept(ring, nxt, addrs)
+        ring, nxt, addrs, cluster = ClusterView.parse(doc)
+        changed = self.view.accept(ring, nxt, addrs, cluster)
         if changed:
             await self.view.save()
         return changed
@@ -489,7 +496,9 @@ class Node:
         await self._accept_view(doc)
         return doc  # type: ignore[no-any-return]
 
-    async def _join(self, name: Any, addr: Any, hops: Any = 0, zone: Any = None) -> dict[str, Any]:
+    async def _join(
+        self, name: Any, addr: Any, hops: Any = 0, zone: Any = None, cluster: Any = None
+    ) -> dict[str, Any]:
         """Add a node to the ring (or update its address) and tell every member.
 
         ``zone`` is the joiner's zone (older callers send none: then gossip's word on it,
@@ -500,6 +509,11 @@ class Node:
         node = m.as_str(name, "name")
         where = m.as_str(addr, "addr")
         parse_addr(where)
+        theirs = "" if cluster is None else m.as_str(cluster, "cluster")
+        if theirs and self.view.cluster and theirs != self.view.cluster:
+            raise ForeignCluster(
+                f"{node} belongs to cluster {theirs}; this is cluster {self.view.cluster}", cluster=theirs
+            )
         z = self._joiner_zone(node, zone)
         if self.view.ring is not None and (node not in self.view.members() or self._zone_moves(node, z)):
             forwarded = await self._via_claimant(m.JOIN, [node, where], hops, (z,))
@@ -525,9 +539,13 @@ class Node:
 
     # ------------------------------------------------------------------ zones
     def _gossip_meta(self) -> dict[str, Any]:
-        """What this node publishes through gossip: its ring version and its zone."""
+        """What this node publishes through gossip: its ring version, zone and cluster id."""
         assert self.view is not None
-        return {"ring": self.view.version, "zone": self.s.zone}
+        meta: dict[str, Any] = {"ring": self.view.version, "zone": self.s.zone}
+        if self.view.cluster:
+            # SWIM drops a member's news whose cluster is not its own (swim.py).
+            meta["cluster"] = self.view.cluster
+        return meta
 
     def _zone_of(self, node: str) -> str:
         """``node``'s zone as the ring (or the pending ring, for a joiner) places it."""
@@ -677,6 +695,9 @@ class Node:
                     if self.aae is not None:
                         self.aae.prune()
                 ring = self.view.ring
+                if ring is not None and self.view.next is None and self._claimant() == self.name and self.view.mint():
+                    await self.view.save()
+                    await self._broadcast_view()
                 if ring is not None and now >= next_zone_check:
                     next_zone_check = now + 5.0
                     await self._fix_zone()

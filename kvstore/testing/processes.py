@@ -182,8 +182,8 @@ class LocalCluster:
         for i in range(nodes):
             self.add(f"n{i + 1}")
 
-    def add(self, name: str) -> NodeProc:
-        addr = f"{self.host}:{free_port(self.host)}"
+    def add(self, name: str, port: int | None = None) -> NodeProc:
+        addr = f"{self.host}:{port or free_port(self.host)}"
         data = self.root / name
         seeds = [] if not self.nodes else ["--seed", next(iter(self.nodes.values())).addr]
         args = [

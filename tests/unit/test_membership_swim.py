@@ -645,3 +645,40 @@ def test_relay_attaches_its_suspicion_to_the_relayed_ping() -> None:
     fx = s.handle("b:1", Packet(PingReq(9, "c", "c:1", 0.4)), 1.0)
     ((_, _, updates),) = sent(fx, Ping)
     assert updates[0] == Suspect("c", 0, "a")
+
+
+# ---------------------------------------------------------------------------- cluster ids
+
+
+def test_news_of_a_member_of_another_cluster_is_dropped() -> None:
+    # An address reused by a node of another cluster must not splice the two memberships.
+    s = Swim(SwimConfig(), "a", "a:1", random.Random(1), 0.0, meta={"cluster": "c1"})
+    fx = gossip(s, Alive("x", "x:1", 1, {"cluster": "c2"}), Alive("j", "j:1", 1, {}))
+    assert s.member("x") is None
+    assert state(s, "j") is ALIVE  # no id yet: a joiner, welcome
+    assert {e.member.name for e in fx.events} == {"j"}
+    gossip(s, Alive("a", "a:9", 7, {"cluster": "c2"}))  # another cluster's "a": not us
+    assert s.incarnation == 0
+    remote = encode_state(
+        [
+            StateEntry("y", "y:1", ALIVE, 1, {"cluster": "c2"}, False),
+            StateEntry("j", "j:1", LEFT, 1, {"cluster": "c2"}, False),
+            StateEntry("k", "k:1", ALIVE, 1, {"cluster": "c1"}, False),
+        ]
+    )
+    s.merge_state(remote, 1.0)
+    assert s.member("y") is None and state(s, "j") is ALIVE and state(s, "k") is ALIVE
+    assert s.stats["foreign_dropped"] == 4
+
+
+def test_taking_a_cluster_id_forgets_members_of_another() -> None:
+    # A node hears gossip before it has an id (it is joining); once it has one, what it heard
+    # of another cluster goes, and a member of its own of the same name is news again.
+    s = Swim(SwimConfig(), "a", "a:1", random.Random(1), 0.0)
+    gossip(s, Alive("b", "b:old", 5, {"cluster": "c2"}), Alive("c", "c:1", 1, {"cluster": "c1"}))
+    s.set_meta({"cluster": "c1"}, 1.0)
+    assert s.member("b") is None and state(s, "c") is ALIVE
+    assert s.num_active() == 2
+    fx = gossip(s, Alive("b", "b:new", 1, {"cluster": "c1"}), now=2.0)
+    m = s.member("b")
+    assert m is not None and m.addr == "b:new" and [e.old_state for e in fx.events] == [None]

@@ -257,6 +257,8 @@ class Swim:
         entries = decode_state(data)
         now = self._clock(now)
         for e in entries:
+            if self._foreign(e.meta):
+                continue
             if e.state is ALIVE:
                 self._on_alive(Alive(e.name, e.addr, e.incarnation, e.meta, e.restarting), now)
             elif e.state is LEFT:
@@ -278,7 +280,10 @@ class Swim:
     def set_meta(self, meta: Mapping[str, MetaValue], now: float) -> Effects:
         """Publish new metadata (a new incarnation); raises InvalidRequest if it is unfit."""
         now = self._clock(now)
+        cluster = self._self.meta.get("cluster")
         self._self.meta = self._checked_meta(meta)
+        if self._self.meta.get("cluster") != cluster:
+            self._forget_foreign()
         self._self.incarnation += 1
         self._queue.push(self._alive_update())
         return self._flush()
@@ -520,7 +525,34 @@ class Swim:
         else:
             self._on_dead(u, now)
 
+    def _foreign(self, meta: Mapping[str, MetaValue]) -> bool:
+        """News of a member of another cluster: both carry a cluster id in their metadata and
+        the ids differ. Dropped, so that an address a node of another cluster reuses does not
+        splice the two memberships together (a member without an id is a joiner: welcome)."""
+        ours = self._self.meta.get("cluster")
+        theirs = meta.get("cluster")
+        if ours and theirs and ours != theirs:
+            self.stats["foreign_dropped"] += 1
+            return True
+        return False
+
+    def _forget_foreign(self) -> None:
+        """Having just taken a cluster id, forget the members heard of before that are of
+        another cluster (news a node takes in while it has no id yet)."""
+        for name, m in list(self._members.items()):
+            if m is self._self or not self._foreign(m.meta):
+                continue
+            del self._members[name]
+            if not m.state.gone:
+                self._active -= 1
+            if self._by_addr.get(m.addr) == name:
+                del self._by_addr[m.addr]
+            self._order.remove(name)
+            self._told.pop(name, None)
+
     def _on_alive(self, a: Alive, now: float) -> None:
+        if self._foreign(a.meta):
+            return
         if a.name == self.name:
             me = self._self
             if a.incarnation < me.incarnation:
