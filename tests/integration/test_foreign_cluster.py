@@ -28,6 +28,14 @@ def test_a_node_on_another_clusters_old_address_takes_and_gives_nothing(tmp_path
     with LocalCluster(tmp_path / "a", nodes=3, extra=BASE) as a:
         a.start_all()
         a.kill("n2")
+        # Once A's SWIM has declared n2 dead. Before that, n2 is suspect and still tried, and
+        # replica calls carry no cluster id: A's writes and reads to n2's address would reach
+        # whatever listens there (docs/design.md, the cluster id's limits; a stress run saw
+        # A read B's value that way).
+        wait_until(
+            lambda: all(m["state"] == "dead" for n in ("n1", "n3") for m in a.status(n)["members"] if m["name"] == "n2"),  # type: ignore[index]
+            60, what="A's n1 and n3 to declare n2 dead",
+        )  # fmt: skip
         reused = a.nodes["n2"].addr
         b = LocalCluster(tmp_path / "b", nodes=0, extra=BASE)
         b.add("n1", port=int(reused.rsplit(":", 1)[1]))
@@ -50,8 +58,10 @@ def test_a_node_on_another_clusters_old_address_takes_and_gives_nothing(tmp_path
                 return time.monotonic() > deadline
 
             wait_until(watched, WATCH_S + 30, 0.25, "both clusters to keep to themselves")
-            # Each cluster still serves its own data.
-            a.client("n1", "n3").put(b"k", b"a", w=2)
+            # Each cluster still serves its own data. A's client does not route by the ring: the
+            # ring names n2 at its old address, and a client call carries no cluster id either
+            # (a stress run saw a routing client send A's get to B's n1; docs/design.md).
+            a.client("n1", "n3", route=False).put(b"k", b"a", w=2)
             b.client().put(b"k", b"b", w=2)
-            assert set(a.client("n1", "n3").get(b"k", r=2).values) == {b"a"}
+            assert set(a.client("n1", "n3", route=False).get(b"k", r=2).values) == {b"a"}
             assert set(b.client().get(b"k", r=3).values) == {b"b"}

@@ -256,9 +256,13 @@ class Swim:
         """
         entries = decode_state(data)
         now = self._clock(now)
+        if any(self._foreign(e.meta) for e in entries):
+            # One entry of another cluster and the whole state is that cluster's: its members
+            # that have no id yet (joiners) would pass the entry check, and take the names
+            # and addresses of our own members' (a stress run saw cluster B's joining n2
+            # become cluster A's n2 that way).
+            return self._flush()
         for e in entries:
-            if self._foreign(e.meta):
-                continue
             if e.state is ALIVE:
                 self._on_alive(Alive(e.name, e.addr, e.incarnation, e.meta, e.restarting), now)
             elif e.state is LEFT:
