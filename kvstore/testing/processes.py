@@ -79,22 +79,17 @@ def _worker_slice() -> range | None:
     return range(SLICE_LOW + index * width, SLICE_LOW + (index + 1) * width)
 
 
-def _udp_free(host: str, port: int) -> bool:
+def _binds(host: str, port: int, kind: socket.SocketKind) -> bool:
     try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind((host, port))
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind((host, port))
     except OSError:
         return False
     return True
 
 
 def _bindable(host: str, port: int) -> bool:
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-            t.bind((host, port))
-    except OSError:
-        return False
-    return _udp_free(host, port)
+    return _binds(host, port, socket.SOCK_STREAM) and _binds(host, port, socket.SOCK_DGRAM)
 
 
 def _from_slice(host: str, ports: range) -> int:
@@ -121,7 +116,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
             t.bind((host, 0))
             port = t.getsockname()[1]
-            if port in _HANDED_OUT or not _udp_free(host, port):
+            if port in _HANDED_OUT or not _binds(host, port, socket.SOCK_DGRAM):
                 continue
             _HANDED_OUT.add(port)
             return int(port)
