@@ -215,7 +215,7 @@ class MerkleTree:
     @classmethod
     def from_bytes(cls, data: bytes) -> MerkleTree:
         """Inverse of :meth:`to_bytes`; InvalidRequest unless the bytes are an intact snapshot."""
-        if not isinstance(data, bytes | bytearray | memoryview):
+        if not isinstance(data, (bytes, bytearray, memoryview)):
             raise InvalidRequest("malformed merkle snapshot: expected bytes")
         data = bytes(data)
         if len(data) < _HEADER.size:

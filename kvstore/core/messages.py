@@ -118,7 +118,7 @@ def as_str(x: Any, what: str = "value") -> str:
     name round-trips); old msgpack clients send str where new ones send bin."""
     if type(x) is str:
         return x
-    if isinstance(x, bytes | bytearray | memoryview):
+    if isinstance(x, (bytes, bytearray, memoryview)):
         return bytes(x).decode("utf-8", "surrogateescape")
     if isinstance(x, str):
         return str(x)

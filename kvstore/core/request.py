@@ -27,7 +27,6 @@ of one loop turn are in the Ready lists, so a driver can batch them per peer.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -42,17 +41,32 @@ PUT = "put"
 GET = "get"
 
 
-class Send(NamedTuple):
+class Send:
     """Call ``node``'s replica: ``op`` is PUT (``record``, maybe as a hint for ``hint_for``)
-    or GET. ``tag`` identifies the call when its outcome is reported back."""
+    or GET. ``tag`` identifies the call when its outcome is reported back.
 
-    tag: int
-    node: str
-    op: str
-    timeout_s: float
-    record: bytes | None = None
-    hint_for: str | None = None
-    counted: bool = True
+    A plain slotted class, as Ready: every replica call builds one, and a NamedTuple's
+    generated ``__new__`` is an interpreted frame even when this module is compiled."""
+
+    __slots__ = ("counted", "hint_for", "node", "op", "record", "tag", "timeout_s")
+
+    def __init__(
+        self, tag: int, node: str, op: str, timeout_s: float, record: bytes | None = None,
+        hint_for: str | None = None, counted: bool = True,
+    ) -> None:
+        self.tag = tag
+        self.node = node
+        self.op = op
+        self.timeout_s = timeout_s
+        self.record = record
+        self.hint_for = hint_for
+        self.counted = counted
+
+    def __repr__(self) -> str:
+        return (
+            f"Send(tag={self.tag!r}, node={self.node!r}, op={self.op!r}, timeout_s={self.timeout_s!r}, "
+            f"record={self.record!r}, hint_for={self.hint_for!r}, counted={self.counted!r})"
+        )
 
 
 class KeepHint(NamedTuple):
@@ -69,11 +83,17 @@ class Repair(NamedTuple):
     obj: Obj
 
 
-class Reply(NamedTuple):
-    """The client's answer: ``result`` on success, else ``error``."""
+class Reply:
+    """The client's answer: ``result`` on success, else ``error``. Slotted, as Send."""
 
-    result: dict[str, Any] | None = None
-    error: KVError | None = None
+    __slots__ = ("error", "result")
+
+    def __init__(self, result: dict[str, Any] | None = None, error: KVError | None = None) -> None:
+        self.result = result
+        self.error = error
+
+    def __repr__(self) -> str:
+        return f"Reply(result={self.result!r}, error={self.error!r})"
 
 
 class Ready:
@@ -108,7 +128,7 @@ class WriteRequest:
     """
 
     __slots__ = (
-        "_by_tag", "_plan", "_tags", "_tried", "extra_targets", "fallbacks", "hinting", "is_up",
+        "_by_tag", "_last_tag", "_plan", "_tried", "extra_targets", "fallbacks", "hinting", "is_up",
         "name", "new", "primary_timeout_s", "quorum", "record", "settled", "sloppy", "timeout_s", "w",
     )
 
@@ -147,7 +167,7 @@ class WriteRequest:
         # Every node asked to carry the write (the quorum stops adding targets once it has
         # decided, but a stand-in found after that must still not be asked twice).
         self._tried = [t.node for t in self._plan.targets]
-        self._tags = itertools.count(1)
+        self._last_tag = 0  # tags count up from 1
         self._by_tag: dict[int, quorum.Target | None] = {}  # None: not counted
         # Replied: from now on an acknowledgement changes nothing (a failure still may, since
         # the failed replica's copy must be covered by a stand-in or a hint). An attribute,
@@ -164,7 +184,7 @@ class WriteRequest:
             return ready
         for t in self._plan.targets:
             if t.node == self.name:
-                tag = next(self._tags)
+                tag = self._last_tag = self._last_tag + 1
                 self._by_tag[tag] = t
                 ready.local_write = (tag, self.new)
             else:
@@ -175,7 +195,7 @@ class WriteRequest:
         # not counted towards W): the handoff stream plus these make them complete.
         for extra in self.extra_targets:
             if extra != self.name and extra not in self._tried and self.is_up(extra):
-                tag = next(self._tags)
+                tag = self._last_tag = self._last_tag + 1
                 self._by_tag[tag] = None
                 ready.sends.append(Send(tag, extra, PUT, self.timeout_s, self.record, None, counted=False))
         self._settle(self.quorum.decide(), ready)
@@ -211,7 +231,7 @@ class WriteRequest:
 
     # ------------------------------------------------------------------ decisions
     def _send(self, t: quorum.Target) -> Send:
-        tag = next(self._tags)
+        tag = self._last_tag = self._last_tag + 1
         self._by_tag[tag] = t
         timeout = self.primary_timeout_s if t.hint_for is None else self.timeout_s
         return Send(tag, t.node, PUT, timeout, self.record, t.hint_for)
@@ -247,7 +267,7 @@ class ReadRequest:
     replica), their merge as the answer; once every replica answered, or at the deadline,
     the ones found stale are repaired with the merge."""
 
-    __slots__ = ("_by_tag", "_plan", "_repaired", "_replied", "_tags", "local", "lww", "name", "now_ms", "quorum", "r", "timeout_s")
+    __slots__ = ("_by_tag", "_last_tag", "_plan", "_repaired", "_replied", "local", "lww", "name", "now_ms", "quorum", "r", "timeout_s")
 
     def __init__(
         self,
@@ -272,7 +292,7 @@ class ReadRequest:
         self.lww = lww
         self._plan = quorum.plan(preference, (), is_up, sloppy=False)
         self.quorum = ReadQuorum(self._plan.targets, r, now + timeout_s, strict=strict)
-        self._tags = itertools.count(1)
+        self._last_tag = 0  # tags count up from 1
         self._by_tag: dict[int, str] = {}
         self._replied = False
         self._repaired = False
@@ -282,7 +302,7 @@ class ReadRequest:
         name, asks_self = self.name, False
         for t in self._plan.targets:
             if t.node != name:
-                tag = next(self._tags)
+                tag = self._last_tag = self._last_tag + 1
                 self._by_tag[tag] = t.node
                 ready.sends.append(Send(tag, t.node, GET, self.timeout_s))
             else:

@@ -166,8 +166,12 @@ class LocalCluster:
         extra: list[str] | None = None,
         host: str = "127.0.0.1",
         secret_file: str | None = None,
+        wrap: dict[str, list[str]] | None = None,
     ) -> None:
         self.root = Path(root)
+        # Per node name, a command its process runs under (e.g. valgrind, for
+        # benchmarks/profile_node.py): the node's own command line follows it.
+        self.wrap = wrap or {}
         # For this harness's own clients; the nodes get theirs through ``extra`` flags.
         self.secret_file = secret_file
         self.host = host
@@ -195,7 +199,7 @@ class LocalCluster:
         assert not node.running, f"{name} is already running"
         logf = open(node.log_path, "ab")  # noqa: SIM115 - handed to the child
         node.proc = subprocess.Popen(
-            [sys.executable, "-m", "cli", "node", "start", *node.args],
+            [*self.wrap.get(name, []), sys.executable, "-m", "cli", "node", "start", *node.args],
             stdin=subprocess.DEVNULL,
             stdout=logf,
             stderr=logf,
