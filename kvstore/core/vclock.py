@@ -389,6 +389,13 @@ def record_summary(rec: bytes) -> tuple[int, int | None]:
 _pack: Final[Callable[[Any], bytes]] = msgspec.msgpack.Encoder().encode
 
 
+def _pack_stored(x: Any) -> bytes:
+    """``_pack`` for a record the table keeps: msgspec's bytes keep the spare room of its
+    growing buffer (a 132-byte record held 239 bytes, against msgpack's 173: the store's
+    memory per key went from 1.46x to 1.95x redis's), so the record is copied to its size."""
+    return memoryview(_pack(x)).tobytes()
+
+
 _unpack_raw: Callable[[bytes], Any] = functools.partial(msgpack.unpackb, raw=False, use_list=True)
 
 
@@ -406,7 +413,7 @@ def encode(obj: Obj) -> bytes:
         s = sibs[0]
         ((n, c),) = vv.items()
         if not s.expires and s.dot.node == n:
-            return _pack([_FORMAT, [n], [c], [0, s.dot.counter, s.ts, s.value]])
+            return _pack_stored([_FORMAT, [n], [c], [0, s.dot.counter, s.ts, s.value]])
     nodes = sorted(vv)
     index = {n: i for i, n in enumerate(nodes)}
     flat: list[Any] = []
@@ -423,8 +430,8 @@ def encode(obj: Obj) -> bytes:
             expiring = True
     if expiring:
         exp = [s.expires for s in ordered]
-        return _pack([_FORMAT, nodes, [vv[n] for n in nodes], flat, exp])
-    return _pack([_FORMAT, nodes, [vv[n] for n in nodes], flat])
+        return _pack_stored([_FORMAT, nodes, [vv[n] for n in nodes], flat, exp])
+    return _pack_stored([_FORMAT, nodes, [vv[n] for n in nodes], flat])
 
 
 def has_expiry(rec: bytes) -> bool:
