@@ -385,7 +385,8 @@ def record_summary(rec: bytes) -> tuple[int, int | None]:
 # record holds (ints, str, bytes, None, lists: each in its smallest form), for about a third
 # of the instructions (callgrind: ~1.6k against ~4.8k for a one-sibling record), and a record
 # is packed on every write (tests/unit/test_vclock_codec.py holds the two to the same bytes).
-# Its encode keeps no state between calls, so sharing it between threads is safe.
+# Records are packed on the event loop's thread only (the storage worker thread just writes
+# batches), so one encoder serves them all.
 _pack: Final[Callable[[Any], bytes]] = msgspec.msgpack.Encoder().encode
 
 
