@@ -22,7 +22,6 @@ issued). A node that lost its data must not coordinate under its old name.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterable
 from typing import Any, Final, NamedTuple, overload
 
@@ -359,7 +358,7 @@ def record_summary(rec: bytes) -> tuple[int, int | None]:
     after a restart spends its time on. Falls back to the full decode (and its checks) for
     anything that is not a canonical record."""
     try:
-        fmt, nodes, counters, flat = _unpack_raw(rec)
+        fmt, nodes, counters, flat = _unpackb(rec)
         if fmt != _FORMAT or len(nodes) != len(counters) or len(flat) % 4 or not flat:
             raise ValueError
         if nodes != sorted(nodes):
@@ -396,8 +395,6 @@ def _pack_stored(x: Any) -> bytes:
     memory per key went from 1.46x to 1.95x redis's), so the record is copied to its size."""
     return memoryview(_pack(x)).tobytes()
 
-
-_unpack_raw: Callable[[bytes], Any] = functools.partial(msgpack.unpackb, raw=False, use_list=True)
 
 
 def encode(obj: Obj) -> bytes:
