@@ -27,7 +27,7 @@ from kvstore.errors import InvalidRequest, KVError, Unavailable
 from kvstore.retry import RetryPolicy
 from kvstore.runtime.cluster import ClusterView
 from kvstore.runtime.deadlines import Deadlines
-from kvstore.runtime.outbox import Outbox, reason_of
+from kvstore.runtime.outbox import Answer, Outbox, reason_of
 from kvstore.runtime.replica import KeepHint, Replica
 from kvstore.runtime.rpc import RpcClient
 from kvstore.runtime.rpc.later import LATER, replies_later
@@ -363,7 +363,7 @@ class _Drive:
         c = self.c
         outbox = c.outbox
         for s in ready.sends:
-            answer = functools.partial(self._answered, s.tag) if s.counted else _ignore
+            answer: Answer = _Answer(self, s.tag) if s.counted else _ignore
             if s.op == GET:
                 outbox.get(s.node, self.p, self.key, s.timeout_s, answer)
             else:
@@ -375,7 +375,7 @@ class _Drive:
             # key; acknowledged once durable.
             record = self.machine.record  # type: ignore[union-attr]  # only a write has a local_write
             assert self.known is not None  # set by _begin_write, with the record it replaces
-            c.replica.write_new(self.p, self.key, self.known[0], obj, record, functools.partial(self._stored, tag))
+            c.replica.write_new(self.p, self.key, self.known[0], obj, record, _Stored(self, tag))
         for h in ready.hints:
             c._spawn(c._keep_hint(h.primary, self.p, self.key, h.obj))
         for rep in ready.repairs:
@@ -426,10 +426,6 @@ class _Drive:
             self.deadline = None
             self.run(self.machine.tick(now))
 
-    def _stored(self, tag: int, exc: BaseException | None) -> None:
-        """The local write of a write request is durable (or failed)."""
-        self._answered(tag, reason_of(exc), None)
-
     def _answered(self, tag: int, reason: str | None, rec: Any) -> None:
         machine = self.machine
         if type(machine) is WriteRequest:
@@ -463,3 +459,31 @@ class _Drive:
             c._spawn(c.replica.merge_in(self.p, self.key, rep.obj))  # type: ignore[arg-type]
             return
         c.outbox.put(rep.node, self.p, self.key, vclock.encode(rep.obj), None, c.s.request_timeout_s, _ignore)
+
+
+# Callables, not functools.partial of a bound method: compiled, a partial costs a bound
+# method, a partial object and two calls through Python's call protocol per replica call.
+class _Answer:
+    """One replica call's answer (an outbox Answer), for the request that sent it."""
+
+    __slots__ = ("drive", "tag")
+
+    def __init__(self, drive: _Drive, tag: int) -> None:
+        self.drive = drive
+        self.tag = tag
+
+    def __call__(self, reason: str | None, rec: Any) -> None:
+        self.drive._answered(self.tag, reason, rec)
+
+
+class _Stored:
+    """The local write of a write request is durable, or failed (the engine's OnDurable)."""
+
+    __slots__ = ("drive", "tag")
+
+    def __init__(self, drive: _Drive, tag: int) -> None:
+        self.drive = drive
+        self.tag = tag
+
+    def __call__(self, exc: BaseException | None) -> None:
+        self.drive._answered(self.tag, reason_of(exc), None)

@@ -54,7 +54,10 @@ class Outbox:
     def __init__(self, rpc: RpcClient, addr_of: Callable[[str], str]) -> None:
         self.rpc = rpc
         self.addr_of = addr_of
-        self._open: dict[tuple[str, float], _Batch] = {}
+        # One open batch per peer: a request with its own timeout to a peer whose batch has
+        # another one sends that batch early (rare), so the key is the node name alone (a
+        # (node, timeout) key cost a tuple hash and compare, float included, per op).
+        self._open: dict[str, _Batch] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self.calls = 0  # replica.many calls sent
         self.ops = 0  # ops carried by them
@@ -74,8 +77,11 @@ class Outbox:
         self._add(node, timeout_s, [m.MANY_GET, p, key], len(key), answer)
 
     def _add(self, node: str, timeout_s: float, op: list[Any], size: int, answer: Answer) -> None:
-        k = (node, timeout_s)
-        b = self._open.get(k)
+        b = self._open.get(node)
+        if b is not None and b.timeout_s != timeout_s:
+            del self._open[node]
+            self._send(b)
+            b = None
         if b is None:
             try:
                 addr = self.addr_of(node)
@@ -87,12 +93,12 @@ class Outbox:
                 if loop is None or loop.is_closed():
                     loop = self._loop = asyncio.get_running_loop()
                 loop.call_soon(self.flush)
-            b = self._open[k] = _Batch(addr, timeout_s)
+            b = self._open[node] = _Batch(addr, timeout_s)
         b.ops.append(op)
         b.answers.append(answer)
         b.bytes += size
         if len(b.ops) >= MAX_BATCH_OPS or b.bytes >= MAX_BATCH_BYTES:
-            del self._open[k]
+            del self._open[node]
             self._send(b)
 
     def flush(self) -> None:

@@ -104,13 +104,6 @@ class RequestStats:
             done(t0, r)
             return r
 
-        def timed_reply(reply: Reply, t0: float, result: Any, exc: BaseException | None) -> None:
-            if exc is not None:
-                failed(t0, exc)
-            else:
-                done(t0, result)
-            reply(result, exc)
-
         @functools.wraps(fn)  # keeps fn's replies_later mark
         def call(*args: Any, reply: Reply | None = None) -> Any:
             stats.requests += 1
@@ -119,7 +112,7 @@ class RequestStats:
                 if reply is None:
                     r = fn(*args)
                 else:
-                    r = fn(*args, reply=functools.partial(timed_reply, reply, t0))
+                    r = fn(*args, reply=_TimedReply(done, failed, reply, t0))
                     if r is LATER:
                         return r
             except Exception as e:
@@ -174,3 +167,26 @@ def _count_siblings(h: Histogram, reply: Any) -> None:
     values = reply.get("values") if isinstance(reply, dict) else None
     if isinstance(values, list):
         h.observe(len(values))
+
+
+class _TimedReply:
+    """A timed request's reply callback: records the latency, then replies. A callable, not
+    functools.partial of a closure: one object and one call less per request."""
+
+    __slots__ = ("done", "failed", "reply", "t0")
+
+    def __init__(
+        self, done: Callable[[float, Any], None], failed: Callable[[float, BaseException], None], reply: Reply,
+        t0: float,
+    ) -> None:
+        self.done = done
+        self.failed = failed
+        self.reply = reply
+        self.t0 = t0
+
+    def __call__(self, result: Any, exc: BaseException | None) -> None:
+        if exc is not None:
+            self.failed(self.t0, exc)
+        else:
+            self.done(self.t0, result)
+        self.reply(result, exc)

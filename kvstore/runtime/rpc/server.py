@@ -249,7 +249,7 @@ class _ServerConn(_Conn):
                 if kind == 0 and h is not None and type(params) is list and type(msgid) is int:
                     try:
                         if method in later:
-                            r = h(*params, reply=functools.partial(self._reply_later, msgid, method))
+                            r = h(*params, reply=_LaterReply(self, msgid, method))
                             if r is LATER:
                                 self._server._later_pending += 1
                                 self._hold()
@@ -381,8 +381,8 @@ class _ServerConn(_Conn):
             self._paused_inflight = True
             self._set_reading()
 
-    def _reply_later(self, msgid: int, method: str, result: Any, exc: BaseException | None) -> None:
-        """The reply callback given to a handler marked ``replies_later``."""
+    def reply_later(self, msgid: int, method: str, result: Any, exc: BaseException | None) -> None:
+        """What the reply callback given to a handler marked ``replies_later`` does."""
         self._server._later_pending -= 1
         self._queue_reply(msgid, method, result, exc)
         self._release()
@@ -428,6 +428,22 @@ class _ServerConn(_Conn):
         elif self._paused_inflight and self._inflight <= self._server.max_inflight // 2:
             self._paused_inflight = False
             self._set_reading()
+
+
+class _LaterReply:
+    """The reply callback given to a handler marked ``replies_later``. A callable, not
+    functools.partial of a bound method: compiled, that costs a bound method, a partial and
+    two calls through Python's call protocol per request."""
+
+    __slots__ = ("conn", "method", "msgid")
+
+    def __init__(self, conn: _ServerConn, msgid: int, method: str) -> None:
+        self.conn = conn
+        self.msgid = msgid
+        self.method = method
+
+    def __call__(self, result: Any, exc: BaseException | None) -> None:
+        self.conn.reply_later(self.msgid, self.method, result, exc)
 
 
 class RpcServer:
