@@ -32,7 +32,7 @@ import struct
 import sys
 from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import cast
+from typing import Final, cast
 
 import xxhash
 
@@ -48,18 +48,18 @@ __all__ = [
     "keys_in_buckets",
 ]
 
-DEFAULT_FANOUT = 32
-DEFAULT_DEPTH = 2
-MAX_LEAVES = 1 << 20
+DEFAULT_FANOUT: Final = 32
+DEFAULT_DEPTH: Final = 2
+MAX_LEAVES: Final = 1 << 20
 
-_hash64 = xxhash.xxh3_64_intdigest
-_MASK64 = (1 << 64) - 1
+_hash64: Final = xxhash.xxh3_64_intdigest
+_MASK64: Final = (1 << 64) - 1
 # Inner hashes are taken over little-endian bytes on every machine so that peers agree.
-_BIG_ENDIAN = sys.byteorder == "big"
+_BIG_ENDIAN: Final = sys.byteorder == "big"
 
-_MAGIC = b"KVMT"
-_LAYOUT = 1
-_HEADER = struct.Struct("<4sBHBQ")  # magic, layout, fanout, depth, checksum of the leaves
+_MAGIC: Final = b"KVMT"
+_LAYOUT: Final = 1
+_HEADER: Final = struct.Struct("<4sBHBQ")  # magic, layout, fanout, depth, checksum of the leaves
 
 
 def item_hash(key: bytes, digest: int) -> int:

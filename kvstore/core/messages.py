@@ -8,7 +8,7 @@ checked values: bytes keys within limits, sane R/W, a decoded causal context.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from kvstore.core.vclock import Obj
 from kvstore.errors import InvalidRequest, TooLarge
@@ -16,88 +16,88 @@ from kvstore.errors import InvalidRequest, TooLarge
 # Every RPC method name, defined here once.
 
 # Public API: what any msgpack-RPC client may call.
-GET = "get"
-PUT = "put"
-DELETE = "delete"
-PING = "ping"
-RING = "cluster.ring"
-RESTART = "node.restart"
-STOP = "node.stop"
-STATUS = "cluster.status"
+GET: Final = "get"
+PUT: Final = "put"
+DELETE: Final = "delete"
+PING: Final = "ping"
+RING: Final = "cluster.ring"
+RESTART: Final = "node.restart"
+STOP: Final = "node.stop"
+STATUS: Final = "cluster.status"
 
 # Coordinator-to-coordinator (handle-or-forward): same params as the public call.
-FWD_GET = "coord.get"
-FWD_PUT = "coord.put"
-FWD_DELETE = "coord.delete"
+FWD_GET: Final = "coord.get"
+FWD_PUT: Final = "coord.put"
+FWD_DELETE: Final = "coord.delete"
 
 # Convergent data types (kvstore.runtime.datatypes): an update coordinated by a replica of
 # the key (forwarded there like a put), and a read that merges the siblings' states.
-DT_UPDATE = "dt.update"
-DT_FETCH = "dt.fetch"
-FWD_DT_UPDATE = "coord.dt.update"
+DT_UPDATE: Final = "dt.update"
+DT_FETCH: Final = "dt.fetch"
+FWD_DT_UPDATE: Final = "coord.dt.update"
 
 # Coordinator-to-replica.
-REPLICA_GET = "replica.get"
-REPLICA_PUT = "replica.put"
+REPLICA_GET: Final = "replica.get"
+REPLICA_PUT: Final = "replica.put"
 
 # Coordinator-to-replica: every replica.get and replica.put of one loop turn for one peer,
 # in one frame: ``[[0, p, key] | [1, p, key, record, hint_for], ...]``; the reply lists each
 # op's outcome in order, ``[0, result]`` or ``[1, error]`` (error as kvstore.errors.to_wire).
-REPLICA_MANY = "replica.many"
-MANY_GET = 0
-MANY_PUT = 1
+REPLICA_MANY: Final = "replica.many"
+MANY_GET: Final = 0
+MANY_PUT: Final = 1
 # Most ops in one replica.many (a frame stays well inside the element and byte limits).
-MAX_MANY_OPS = 4096
+MAX_MANY_OPS: Final = 4096
 
 # Coordinator-to-replica: a batch of versions to merge (hint delivery).
-REPLICA_PUT_BATCH = "replica.put_batch"
+REPLICA_PUT_BATCH: Final = "replica.put_batch"
 
 # Cluster management.
-JOIN = "cluster.join"
-LEAVE = "cluster.leave"
-RING_UPDATE = "cluster.ring_update"
-HINTS = "cluster.hints"
+JOIN: Final = "cluster.join"
+LEAVE: Final = "cluster.leave"
+RING_UPDATE: Final = "cluster.ring_update"
+HINTS: Final = "cluster.hints"
 
 # Ownership handoff (kvstore.runtime.handoff).
-HANDOFF_FETCH = "handoff.fetch"
-HANDOFF_STATUS = "handoff.status"
+HANDOFF_FETCH: Final = "handoff.fetch"
+HANDOFF_STATUS: Final = "handoff.status"
 
 # Active anti-entropy (kvstore.runtime.antientropy).
-AAE_ROOT = "aae.root"
-AAE_ROOTS = "aae.roots"
-AAE_LEVEL = "aae.level"
-AAE_ENTRIES = "aae.entries"
-AAE_FORGET = "aae.forget"
-AAE_STATUS = "aae.status"
+AAE_ROOT: Final = "aae.root"
+AAE_ROOTS: Final = "aae.roots"
+AAE_LEVEL: Final = "aae.level"
+AAE_ENTRIES: Final = "aae.entries"
+AAE_FORGET: Final = "aae.forget"
+AAE_STATUS: Final = "aae.status"
 
 # A get whose reply also says whether a tombstone sibling stands beside the values
 # (kvstore.runtime.tombstones): same params as get, reply get's plus ``"tombstone": bool``.
-GET_MARKED = "get.marked"
+GET_MARKED: Final = "get.marked"
 
 # Key listing (kvstore.runtime.keylist): one page of a partition's live keys, in key order,
 # ``[partition, after_key | None, prefix, count]`` -> ``{"keys": [...], "next": key | None}``.
-KEYS_LIST = "keys.list"
+KEYS_LIST: Final = "keys.list"
 
 # Membership (kvstore.runtime.gossip): a full-state exchange over TCP.
-GOSSIP_PUSH_PULL = "gossip.push_pull"
+GOSSIP_PUSH_PULL: Final = "gossip.push_pull"
 
 # Buckets (kvstore.runtime.buckets): public admin calls, and the registry's exchange.
-BUCKET_CREATE = "bucket.create"
-BUCKET_SET = "bucket.set"
-BUCKET_SHOW = "bucket.show"
-BUCKET_LIST = "bucket.list"
-BUCKET_SYNC = "bucket.sync"  # node to node: [digest, doc or None] -> doc or None
-BUCKET_COUNT = "bucket.count"  # node to node: keys of a bucket stored here (an emptiness check)
+BUCKET_CREATE: Final = "bucket.create"
+BUCKET_SET: Final = "bucket.set"
+BUCKET_SHOW: Final = "bucket.show"
+BUCKET_LIST: Final = "bucket.list"
+BUCKET_SYNC: Final = "bucket.sync"  # node to node: [digest, doc or None] -> doc or None
+BUCKET_COUNT: Final = "bucket.count"  # node to node: keys of a bucket stored here (an emptiness check)
 
 # Batches (kvstore.runtime.batch): several gets or puts in one call to one coordinator.
-GET_MANY = "get_many"
-PUT_MANY = "put_many"
+GET_MANY: Final = "get_many"
+PUT_MANY: Final = "put_many"
 # Most items in one batch call: bounds the work one frame can start on a node.
-MAX_BATCH_ITEMS = 1000
+MAX_BATCH_ITEMS: Final = 1000
 
 # Storage keys of named buckets start with these bytes (kvstore.core.bucket); a key of the
 # default bucket may not, so the two key spaces never meet.
-RESERVED_KEY_PREFIX = b"\x00\xffkvb"
+RESERVED_KEY_PREFIX: Final = b"\x00\xffkvb"
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,7 +243,7 @@ def _opt_int(opts: dict[str, Any], name: str, lo: int, hi: int) -> int | None:
     return v
 
 
-_DEFAULT_OPTIONS = Options()  # immutable: shared by every request without options
+_DEFAULT_OPTIONS: Final = Options()  # immutable: shared by every request without options
 
 
 def parse_options(raw: Any, kind: str, limits: Limits) -> Options:
@@ -270,10 +270,10 @@ def parse_options(raw: Any, kind: str, limits: Limits) -> Options:
     return o
 
 
-_BASE_OPTIONS = frozenset({"r", "w", "strict", "timeout_ms"})
-_DATA_MODEL_OPTIONS = frozenset({"bucket", "if_none_match", "if_not_modified", "ttl_ms"})
-_KNOWN_OPTIONS = _BASE_OPTIONS | _DATA_MODEL_OPTIONS
-MAX_TTL_MS = 10 * 365 * 86400 * 1000
+_BASE_OPTIONS: Final = frozenset({"r", "w", "strict", "timeout_ms"})
+_DATA_MODEL_OPTIONS: Final = frozenset({"bucket", "if_none_match", "if_not_modified", "ttl_ms"})
+_KNOWN_OPTIONS: Final = _BASE_OPTIONS | _DATA_MODEL_OPTIONS
+MAX_TTL_MS: Final = 10 * 365 * 86400 * 1000
 
 
 def _data_model_options(o: Options, opts: dict[str, Any], kind: str) -> DataOptions:

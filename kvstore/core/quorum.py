@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from enum import Enum
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from kvstore.core import vclock
 from kvstore.core.vclock import Obj
@@ -84,8 +84,8 @@ def plan(
     return Plan(tuple(targets), tuple(uncovered))
 
 
-_ALL_UP: dict[tuple[str, ...], Plan] = {}
-_ALL_UP_MAX = 4096
+_ALL_UP: Final[dict[tuple[str, ...], Plan]] = {}
+_ALL_UP_MAX: Final = 4096
 
 
 def next_stand_in(

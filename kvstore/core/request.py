@@ -28,7 +28,7 @@ of one loop turn are in the Ready lists, so a driver can batch them per peer.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from kvstore.core import quorum, vclock
 from kvstore.core.quorum import ReadQuorum, Status, WriteQuorum
@@ -37,8 +37,8 @@ from kvstore.errors import KVError, Unavailable
 
 __all__ = ["KeepHint", "ReadRequest", "Ready", "Repair", "Reply", "Send", "WriteRequest"]
 
-PUT = "put"
-GET = "get"
+PUT: Final = "put"
+GET: Final = "get"
 
 
 class Send:

@@ -42,7 +42,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Final
 
 import msgpack
 
@@ -70,33 +70,33 @@ __all__ = [
     "TokenBucket",
 ]
 
-ROOT = m.AAE_ROOT
-ROOTS = m.AAE_ROOTS
-LEVEL = m.AAE_LEVEL
-ENTRIES = m.AAE_ENTRIES
-FORGET = m.AAE_FORGET
-STATUS = m.AAE_STATUS
+ROOT: Final = m.AAE_ROOT
+ROOTS: Final = m.AAE_ROOTS
+LEVEL: Final = m.AAE_LEVEL
+ENTRIES: Final = m.AAE_ENTRIES
+FORGET: Final = m.AAE_FORGET
+STATUS: Final = m.AAE_STATUS
 
 # The builder yields to the loop after this many keys, so client requests are not held up
 # for more than a few milliseconds while trees are built.
-BUILD_YIELD_KEYS = 2000
+BUILD_YIELD_KEYS: Final = 2000
 # Aim for about this many keys per aae.entries answer (well under max_frame_bytes).
-ENTRIES_TARGET_KEYS = 5000
+ENTRIES_TARGET_KEYS: Final = 5000
 # Keys repaired at once within one exchange (each costs one or two round trips).
-REPAIR_CONCURRENCY = 32
+REPAIR_CONCURRENCY: Final = 32
 # A leaf that disagrees with the store is checked again after this long, so that writes
 # stored but not yet hooked (a few ms of group commit) are not taken for a missed hook.
-RECHECK_DELAY_S = 0.25
+RECHECK_DELAY_S: Final = 0.25
 # Hooks of writes already contained in a rebuild's copy may arrive for a while after it;
 # within this window they are recognised and not counted twice.
-SETTLE_S = 30.0
+SETTLE_S: Final = 30.0
 # At most one rebuild per partition per this long (a partition whose keys are always in
 # flight must not rebuild in a loop).
-REBUILD_MIN_INTERVAL_S = 30.0
+REBUILD_MIN_INTERVAL_S: Final = 30.0
 # Tombstones checked for collection per tick (each costs N round trips).
-GC_CHECKS_PER_TICK = 500
+GC_CHECKS_PER_TICK: Final = 500
 
-EXPORT_LAYOUT = 1
+EXPORT_LAYOUT: Final = 1
 
 
 def _int_list(xs: Any, what: str) -> list[int]:

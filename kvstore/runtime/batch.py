@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from kvstore.core import messages as m
 from kvstore.errors import InvalidRequest, to_wire
@@ -23,7 +23,7 @@ from kvstore.runtime.rpc.later import Reply as RpcReply
 if TYPE_CHECKING:
     from kvstore.runtime.coordinator import Coordinator
 
-MAX_BATCH_ITEMS = m.MAX_BATCH_ITEMS
+MAX_BATCH_ITEMS: Final = m.MAX_BATCH_ITEMS
 
 
 def _items(raw: Any, width: tuple[int, ...], what: str) -> list[list[Any]]:

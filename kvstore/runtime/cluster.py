@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 import msgpack
 
@@ -29,7 +29,7 @@ from storage.engine import Engine
 
 log = logging.getLogger("kvstore.cluster")
 
-META_KEY = b"cluster.view"
+META_KEY: Final = b"cluster.view"
 
 
 def _mix(ring_checksum: int, next_checksum: int) -> int:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Callable
-from typing import Generic, Protocol, TypeVar
+from typing import Final, Generic, Protocol, TypeVar
 
-RESOLUTION_S = 0.01
+RESOLUTION_S: Final = 0.01
 
 
 class _Ticks(Protocol):

@@ -24,7 +24,7 @@ import heapq
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from kvstore.config import Settings
 from kvstore.core import bucket as b
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("kvstore.expiry")
 
 # A node that is not the one to tombstone a due key looks at it again after this long.
-RECHECK_MS = 10_000
+RECHECK_MS: Final = 10_000
 
 
 class Expiry:

@@ -16,6 +16,8 @@ refused when the header arrives, before any of the body does.
 
 from __future__ import annotations
 
+from typing import Final
+
 __all__ = ["FrameLimits", "FrameScanner"]
 
 # Per first byte: (kind, header bytes after the first, fixed payload or count).
@@ -51,11 +53,11 @@ def _table() -> list[tuple[int, int, int]]:
     return t
 
 
-_T = _table()
+_T: Final = _table()
 # The table's columns, each indexed by the first byte (one lookup per header in the scan).
-_KINDS = bytes(t[0] for t in _T)
-_HLENS = bytes(t[1] for t in _T)
-_ARGS = [t[2] for t in _T]
+_KINDS: Final = bytes(t[0] for t in _T)
+_HLENS: Final = bytes(t[1] for t in _T)
+_ARGS: Final = [t[2] for t in _T]
 
 
 class FrameLimits:

@@ -13,7 +13,7 @@ import os
 import random
 import secrets
 import time
-from typing import Any
+from typing import Any, Final
 
 from kvstore import __version__
 from kvstore.config import Settings, parse_addr
@@ -50,15 +50,15 @@ log = logging.getLogger("kvstore.node")
 
 # A chunk of client requests whose replica calls reach this many ops sends them at once
 # (see Node._send_replica_calls); fewer wait for the end of the loop turn.
-AFTER_CHUNK_MIN_OPS = 16
+AFTER_CHUNK_MIN_OPS: Final = 16
 
 # Error reason a node gives while it has no ring yet (see Node._join_through).
-NO_RING = "no_ring"
+NO_RING: Final = "no_ring"
 # Seconds the last graceful stop took to write its snapshot (read back by the next start).
-SNAPSHOT_WRITE_KEY = b"node.snapshot_write_s"
+SNAPSHOT_WRITE_KEY: Final = b"node.snapshot_write_s"
 # Set once this node has been a member of a committed ring: only such a node may conclude,
 # on finding itself outside the ring, that it was asked to leave.
-WAS_MEMBER_KEY = b"node.was_member"
+WAS_MEMBER_KEY: Final = b"node.was_member"
 
 
 def store_identity(data_dir: str) -> str:

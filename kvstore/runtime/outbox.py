@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from kvstore.core import messages as m
 from kvstore.errors import KVError, ProtocolError, StorageError, UnknownMethod, from_wire
@@ -26,8 +26,8 @@ Answer = Callable[[str | None, Any], None]
 
 # Past these an open batch is sent and a new one started: well inside max_frame_bytes and
 # the frame element limit, and small enough that one slow op does not hold many others.
-MAX_BATCH_OPS = 512
-MAX_BATCH_BYTES = 1024 * 1024
+MAX_BATCH_OPS: Final = 512
+MAX_BATCH_BYTES: Final = 1024 * 1024
 
 
 def reason_of(err: BaseException | None) -> str | None:

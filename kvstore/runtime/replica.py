@@ -13,7 +13,7 @@ import functools
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 import msgpack
 
@@ -37,7 +37,7 @@ log = logging.getLogger("kvstore.replica")
 
 
 # Written by a clean stop, deleted (durably) by the start that reads it: ``[actor, counter]``.
-CLEAN_STOP_KEY = b"replica.clean_stop"
+CLEAN_STOP_KEY: Final = b"replica.clean_stop"
 
 
 class Replica:
@@ -307,7 +307,7 @@ class ReplicaServer:
         return len(decoded)
 
 
-_BAD_OP = "replica.many ops are [0, p, key] or [1, p, key, record, hint_for]"
+_BAD_OP: Final = "replica.many ops are [0, p, key] or [1, p, key, record, hint_for]"
 
 
 class _Many(Gathered):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import types
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import msgpack
 
@@ -17,21 +17,21 @@ from kvstore.runtime.framing import FrameLimits
 
 log = logging.getLogger("kvstore.rpc")
 
-REQUEST = 0
-RESPONSE = 1
-NOTIFICATION = 2
+REQUEST: Final = 0
+RESPONSE: Final = 1
+NOTIFICATION: Final = 2
 
-_DEFAULTS = Settings()
-DEFAULT_MAX_FRAME_BYTES: int = _DEFAULTS.max_frame_bytes
+_DEFAULTS: Final = Settings()
+DEFAULT_MAX_FRAME_BYTES: Final[int] = _DEFAULTS.max_frame_bytes
 # Past this many running async handlers on one connection it stops being read, so a client
 # that pipelines without bound cannot pile up tasks without bound.
-DEFAULT_MAX_INFLIGHT = _DEFAULTS.max_inflight_per_conn
+DEFAULT_MAX_INFLIGHT: Final = _DEFAULTS.max_inflight_per_conn
 # Before a connection has proved the key it may send only the small auth.hello frame.
-PREAUTH_LIMITS = FrameLimits(max_bytes=1024, max_depth=2, max_elements=8)
+PREAUTH_LIMITS: Final = FrameLimits(max_bytes=1024, max_depth=2, max_elements=8)
 # The unpacker holds at most the partial frame plus one chunk read from the socket.
-_CHUNK_SLACK = 4 * 1024 * 1024
-_MSGID_MASK = 0xFFFFFFFF  # msgpack-RPC msgids are uint32
-_CoroutineType = types.CoroutineType
+_CHUNK_SLACK: Final = 4 * 1024 * 1024
+_MSGID_MASK: Final = 0xFFFFFFFF  # msgpack-RPC msgids are uint32
+_CoroutineType: Final = types.CoroutineType
 _T = TypeVar("_T")
 
 
@@ -39,17 +39,17 @@ _T = TypeVar("_T")
 
 
 # A server that is stopping sends this notification on every connection (see RpcServer.drain).
-GOAWAY = "goaway"
-GOAWAY_B = b"goaway"
+GOAWAY: Final = "goaway"
+GOAWAY_B: Final = b"goaway"
 # How long a client then treats that server as down before trying it again.
-GOAWAY_HOLD_S = 1.0
+GOAWAY_HOLD_S: Final = 1.0
 # How long a call waits for a reconnect to a peer that failed before (see _connect).
-RETRY_CONNECT_WAIT_S = 0.25
+RETRY_CONNECT_WAIT_S: Final = 0.25
 # A server closing an idle connection sends this first: the client stops using it (without
 # counting the server as down), so no new request races the close.
-BYE = "bye"
-BYE_B = b"bye"
-BYE_GRACE_S = 2.0
+BYE: Final = "bye"
+BYE_B: Final = b"bye"
+BYE_GRACE_S: Final = 2.0
 
 
 def _new_unpacker(max_frame_bytes: int) -> Any:
