@@ -897,9 +897,13 @@ class Engine:
 OnDurable = Callable[[BaseException | None], None]
 
 
+# A static, not ``asyncio.Future`` looked up on the module for every waiter.
+_Future: Final = asyncio.Future
+
+
 def _resolve(waiters: list[asyncio.Future[None] | OnDurable], err: BaseException | None) -> None:
     for w in waiters:
-        if isinstance(w, asyncio.Future):
+        if isinstance(w, _Future):
             if not w.done():
                 if err is None:
                     w.set_result(None)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from time import time_ns
 from typing import Any, Protocol
 
 from kvstore.config import Settings
@@ -85,7 +85,7 @@ class Coordinator:
         self.name = view.name
         self.limits = settings.limits
         self.lww = settings.conflict == "lww"
-        self.wall_ms = wall_ms or (lambda: time.time_ns() // 1_000_000)
+        self.wall_ms = wall_ms or _wall_ms
         self.counters = Counters()
         self._background: set[asyncio.Task[None]] = set()
         # Sloppy quorum's hints (None: hinted handoff off, and no stand-ins either).
@@ -97,6 +97,10 @@ class Coordinator:
         # Every replica call of a loop turn goes out as one frame per peer.
         self.outbox = Outbox(rpc, view.addr_of)
         self.deadlines: Deadlines[_Drive] = Deadlines(self._running_loop)
+        # Read on every request: plain attributes here, not a lookup on the (interpreted)
+        # Settings and a new bound method each time.
+        self._r, self._w, self._timeout_s = settings.r, settings.w, settings.request_timeout_s
+        self._is_up = view.is_up
 
     def handlers(self) -> dict[str, Callable[..., Any]]:
         """The public data API and its forwarded forms (handle-or-forward)."""
@@ -256,9 +260,9 @@ class Coordinator:
             self.name, new, record,
             preference=pref,
             fallbacks=self.view.fallbacks(ring, p),
-            is_up=self.view.is_up,
-            w=opts.quorum or w or self.s.w,
-            timeout_s=opts.timeout_s or self.s.request_timeout_s,
+            is_up=self._is_up,
+            w=opts.quorum or w or self._w,
+            timeout_s=opts.timeout_s or self._timeout_s,
             now=loop.time(),
             sloppy=hinting and not opts.strict,
             hinting=hinting,
@@ -285,9 +289,9 @@ class Coordinator:
         machine = ReadRequest(
             self.name, local,
             preference=pref,
-            is_up=self.view.is_up,
-            r=opts.quorum or r or self.s.r,
-            timeout_s=opts.timeout_s or self.s.request_timeout_s,
+            is_up=self._is_up,
+            r=opts.quorum or r or self._r,
+            timeout_s=opts.timeout_s or self._timeout_s,
             now=loop.time(),
             strict=opts.strict,
             lww=self.lww if lww is None else lww,
@@ -319,6 +323,10 @@ class Coordinator:
             t.cancel()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+
+
+def _wall_ms() -> int:
+    return time_ns() // 1_000_000
 
 
 def _dot_of(new: Obj, actor: str) -> vclock.Dot:
