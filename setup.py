@@ -34,12 +34,16 @@ def remove_stale(keep: list[str]) -> None:
     """Delete in-tree compiled modules this build does not make (a module taken off the list,
     or all of them for a pure build): Python would import one before its edited source."""
     stems = {str(Path(m).with_suffix("")) for m in keep}
-    for pkg in PACKAGES:
-        for so in (HERE / pkg).rglob("*.so"):
-            stem = str(so.relative_to(HERE)).split(".", 1)[0]
-            if stem not in stems and so.with_name(so.name.split(".", 1)[0] + ".py").exists():
-                so.unlink()
-                print(f"kvstore: removed the compiled {so.relative_to(HERE)}", file=sys.stderr)
+    # setuptools' build directory too: a wheel built later copies what it finds there, and a
+    # module compiled once and taken off the list since would come back with the wheel.
+    roots = [HERE, *(HERE / "build").glob("lib.*")]
+    for root in roots:
+        for pkg in PACKAGES:
+            for so in (root / pkg).rglob("*.so"):
+                stem = str(so.relative_to(root)).split(".", 1)[0]
+                if stem not in stems and (HERE / stem).with_suffix(".py").exists():
+                    so.unlink()
+                    print(f"kvstore: removed the compiled {so.relative_to(HERE)}", file=sys.stderr)
 
 
 def extensions() -> list[Any]:
