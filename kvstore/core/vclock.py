@@ -110,9 +110,11 @@ class Obj:
         self.vv = vv
 
     def __eq__(self, other: object) -> bool:
-        if other.__class__ is not Obj:
+        # isinstance, not a class check: it narrows ``other``, so compiled the two fields
+        # are read directly rather than by a generic attribute lookup (Obj has no subclasses).
+        if not isinstance(other, Obj):
             return NotImplemented
-        return self.siblings == other.siblings and self.vv == other.vv  # type: ignore[attr-defined]
+        return self.siblings == other.siblings and self.vv == other.vv
 
     def __hash__(self) -> int:
         return hash((self.siblings, tuple(sorted(self.vv.items()))))
@@ -443,10 +445,13 @@ def has_expiry(rec: bytes) -> bool:
 _unpackb: Final[Callable[[Any], Any]] = msgpack.unpackb
 
 
+# A static tuple: compiled, ``bytes | bytearray | memoryview`` is built anew at each use, and
+# ``bytearray`` and ``memoryview`` are looked up on the builtins module.
+_BUFFERS: Final = (bytes, bytearray, memoryview)
+
+
 def _unpack(b: Any, what: str) -> Any:
-    # A tuple, not ``bytes | bytearray | memoryview``: compiled, that union is built anew on
-    # every call.
-    if not isinstance(b, (bytes, bytearray, memoryview)):
+    if not isinstance(b, _BUFFERS):
         raise InvalidRequest(f"malformed {what}: expected bytes, got {type(b).__name__}")
     try:
         return _unpackb(b)
