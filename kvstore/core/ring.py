@@ -43,17 +43,26 @@ __all__ = [
 # nodes, so a preference list of N <= TARGET_N is just the next N partitions' owners.
 TARGET_N = 3
 
-_hash64 = xxhash.xxh3_64_intdigest
+# A key's partition is ``partition_hash(key) >> partition_shift(q)``: the top log2(q) bits
+# of its xxh3_64. Both halves are public so that compiled callers (the node's cluster view)
+# can hold the shift per ring and skip a call into this interpreted module per request.
+partition_hash = xxhash.xxh3_64_intdigest
+_hash64 = partition_hash
 
 
 def _is_pow2(q: int) -> bool:
     return q >= 1 and q & (q - 1) == 0
 
 
+def partition_shift(q: int) -> int:
+    """The shift of :func:`partition_of` for a ring of ``q`` partitions (a power of two, so
+    bit_length - 1 == log2(q); for q == 1 the shift is 64 and every key lands in 0)."""
+    return 65 - q.bit_length()
+
+
 def partition_of(key: bytes, q: int) -> int:
     """Partition of ``key`` in a ring of ``q`` partitions (top log2(q) bits of xxh3_64)."""
-    # q is a power of two, so bit_length - 1 == log2(q); for q == 1 the shift is 64 -> 0.
-    return _hash64(key) >> (65 - q.bit_length())
+    return _hash64(key) >> partition_shift(q)
 
 
 def _checksum(
@@ -125,7 +134,7 @@ class Ring:
         object.__setattr__(
             self, "_zoned", len({self._zone.get(m, DEFAULT_ZONE) for m in members}) > 1
         )
-        object.__setattr__(self, "_shift", 65 - q.bit_length())
+        object.__setattr__(self, "_shift", partition_shift(q))
 
     # ------------------------------------------------------------------ queries
 

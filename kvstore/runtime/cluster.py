@@ -23,9 +23,11 @@ from typing import Any, Final
 
 import msgpack
 
-from kvstore.core.ring import Ring, partition_of
+from kvstore.core.ring import Ring, partition_hash, partition_of, partition_shift
 from kvstore.errors import ForeignCluster, InvalidRequest
 from storage.engine import Engine
+
+_partition_hash: Final = partition_hash  # a static, not a globals lookup per request
 
 log = logging.getLogger("kvstore.cluster")
 
@@ -65,6 +67,7 @@ class ClusterView:
         # every request asks for it, and a list index is the cheapest lookup there is.
         self._placed_for: Ring | None = None
         self._prefs: list[tuple[str, ...]] = []
+        self._shift = 64  # partition_shift of the placed ring (kvstore.core.ring)
         self._falls: list[tuple[str, ...]] = []
         self.addrs: dict[str, str] = {name: addr}
         # The cluster's id; "" until this node founds or joins one (or for a view saved
@@ -162,6 +165,7 @@ class ClusterView:
             n, q = self.n, ring.partitions
             self._prefs = [ring.preference_list(p, n) for p in range(q)]
             self._falls = [ring.fallbacks(p, n) for p in range(q)]
+            self._shift = partition_shift(q)
             self._placed_for = ring
 
     def read_preference(self, p: int) -> tuple[str, ...]:
@@ -174,10 +178,12 @@ class ClusterView:
 
     def locate(self, ring: Ring, key: bytes) -> tuple[int, tuple[str, ...]]:
         """``key``'s partition in ``ring`` and its preference list."""
-        p = partition_of(key, ring.partitions)
         if ring is not self.ring:
+            p = partition_of(key, ring.partitions)
             return p, ring.preference_list(p, self.n)
         self._place(ring)
+        # partition_of with the placed ring's shift: no call into the interpreted ring module.
+        p = _partition_hash(key) >> self._shift
         return p, self._prefs[p]
 
     def fallbacks(self, ring: Ring, p: int) -> tuple[str, ...]:

@@ -153,7 +153,7 @@ class Node:
             self.obs.snapshot_write_s = float(raw_s)
         self.view = ClusterView(
             self.name, self.addr, self.engine, self.s.n_replicas,
-            down_checks=[lambda _n, addr: self.rpc.is_down(addr), self._gossip_says_down],
+            down_checks=[self._says_down],
             listeners=[self._on_view_change],
             rank=self._gossip_rank,
         )
@@ -619,11 +619,13 @@ class Node:
     def _spawn(self, coro: Any) -> None:
         self._tasks.append(asyncio.ensure_future(coro))
 
-    def _gossip_says_down(self, node: str, _addr: str) -> bool:
+    def _says_down(self, node: str, addr: str) -> bool:
         """SWIM's word on liveness: dead, left or about to restart means skip it; a suspect is
         still tried (it may well be alive). Kept up to date from membership events, since it
-        is asked several times per request."""
-        return node in self._swim_down
+        is asked several times per request. Then the RPC client's: ``addr`` failed its last
+        connect and its backoff runs. One check, not two: each is a call through Python's
+        call protocol, for every target of every request."""
+        return node in self._swim_down or self.rpc.is_down(addr)
 
     def _gossip_rank(self, node: str) -> int:
         """Flap dampening takes effect here: a damped member is used after healthy ones."""
