@@ -139,6 +139,41 @@ async def test_outbox_sends_a_turn_as_one_call_and_answers_each_op(tmp_path: Pat
         await eng.close()
 
 
+async def test_outbox_splits_a_peers_batch_where_the_timeout_changes(tmp_path: Path) -> None:
+    """A call carries one timeout: ops to one peer with another timeout go in a call of their
+    own (the open batch is sent first), and every op still gets its own answer."""
+    server, eng, view = await _replica_server(tmp_path)
+    rpc = RpcClient()
+    addr = f"127.0.0.1:{server.port}"
+    outbox = Outbox(rpc, lambda node: addr)
+    try:
+        k, p, _, _ = _owned_and_not(view)
+        rec = _record(b"v", 1)
+        got: dict[str, tuple[str | None, Any]] = {}
+        done = asyncio.Event()
+
+        def answer(name: str) -> Any:
+            def on(reason: str | None, result: Any) -> None:
+                got[name] = (reason, result)
+                if len(got) == 4:
+                    done.set()
+
+            return on
+
+        outbox.put("a", p, k, rec, None, 10.0, answer("put"))
+        outbox.get("a", p, k, 10.0, answer("get-10"))
+        outbox.get("a", p, k, 5.0, answer("get-5"))
+        outbox.get("a", p, k, 10.0, answer("get-10-again"))
+        await asyncio.wait_for(done.wait(), 30)
+        assert got["put"][0] is None
+        assert got["get-10"] == got["get-5"] == got["get-10-again"] == (None, rec)
+        assert outbox.calls == 3 and outbox.ops == 4
+    finally:
+        await rpc.close()
+        await server.close()
+        await eng.close()
+
+
 async def test_outbox_fails_every_op_of_a_call_that_cannot_be_made() -> None:
     rpc = RpcClient()
     outbox = Outbox(rpc, lambda node: "127.0.0.1:1")  # nothing listens on port 1
