@@ -47,7 +47,7 @@ TARGET_N = 3
 # of its xxh3_64. Both halves are public so that compiled callers (the node's cluster view)
 # can hold the shift per ring and skip a call into this interpreted module per request.
 partition_hash = xxhash.xxh3_64_intdigest
-_hash64 = partition_hash
+_hash64 = partition_hash  # the same hash, for the ring's checksum
 
 
 def _is_pow2(q: int) -> bool:
@@ -62,7 +62,7 @@ def partition_shift(q: int) -> int:
 
 def partition_of(key: bytes, q: int) -> int:
     """Partition of ``key`` in a ring of ``q`` partitions (top log2(q) bits of xxh3_64)."""
-    return _hash64(key) >> partition_shift(q)
+    return partition_hash(key) >> partition_shift(q)
 
 
 def _checksum(
@@ -159,7 +159,7 @@ class Ring:
 
     def partition_of(self, key: bytes) -> int:
         """Partition of ``key`` in this ring."""
-        return _hash64(key) >> self._shift
+        return partition_hash(key) >> self._shift
 
     def owned_by(self, node: str) -> list[int]:
         """Partitions whose primary owner is ``node``, ascending."""
@@ -214,7 +214,7 @@ class Ring:
 
     def key_preference_list(self, key: bytes, n: int) -> tuple[str, ...]:
         """Preference list of the partition holding ``key``."""
-        return self.preference_list(_hash64(key) >> self._shift, n)
+        return self.preference_list(partition_hash(key) >> self._shift, n)
 
     def replicas_of(self, node: str, n: int) -> set[int]:
         """Partitions whose preference list (of length ``n``) includes ``node``."""
