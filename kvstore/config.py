@@ -30,6 +30,7 @@ from kvstore.core.membership.config import swim_setting
 from kvstore.core.messages import Limits
 from kvstore.core.zones import DEFAULT_ZONE, zone_problem
 from kvstore.errors import ConfigError
+from storage.compression import COMPRESSIONS
 from storage.fsync import FSYNC_POLICIES
 
 CONFLICT_MODES = ("siblings", "lww")
@@ -116,6 +117,11 @@ class Settings:
 
     # --- storage
     fsync: str = _s("everysec", "LevelDB sync policy: always (each batch), everysec, no.")
+    storage_compression: str = _s(
+        "none",
+        "LevelDB block compression: none (CPU matters more than disk for a copy of an in-memory "
+        "table) or snappy (smaller files for values that compress). Either opens the other's files.",
+    )
     snapshot_dir: str = _s("/dev/shm", "Where graceful stops write the shared-memory snapshot.")
     handoff_batch_keys: int = _s(500, "Records per ownership-handoff fetch (bounded batches give back-pressure).")
     handoff_batch_bytes: int = _s(
@@ -238,6 +244,10 @@ class Settings:
             problems.append(f"partitions must be a power of two, got {q}")
         if self.fsync not in FSYNC_POLICIES:
             problems.append(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, got {self.fsync!r}")
+        if self.storage_compression not in COMPRESSIONS:
+            problems.append(
+                f"storage_compression must be one of {', '.join(COMPRESSIONS)}, got {self.storage_compression!r}"
+            )
         if self.log_format not in LOG_FORMATS:
             problems.append(f"log_format must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}")
         if not 0 <= self.http_port <= 65535:

@@ -1,6 +1,7 @@
 """The local store of one node: in-memory table, LevelDB durability, shared-memory snapshot.
 
-The names below load on first use, so ``storage.errors`` or ``storage.fsync`` can be
+The names below load on first use, so ``storage.errors``, ``storage.fsync`` or
+``storage.compression`` can be
 imported (by settings, by error handling) without loading plyvel and the engine.
 """
 
@@ -10,6 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from storage.compression import COMPRESSIONS
     from storage.engine import Engine, EngineStats, LoadStats
     from storage.errors import StorageError
     from storage.fsync import FSYNC_POLICIES
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
     )
 
 _HOMES = {
+    "COMPRESSIONS": "storage.compression",
     "FSYNC_POLICIES": "storage.fsync",
     "Engine": "storage.engine",
     "EngineStats": "storage.engine",
@@ -35,6 +38,7 @@ _HOMES = {
 }
 
 __all__ = [
+    "COMPRESSIONS",
     "FSYNC_POLICIES",
     "Engine",
     "EngineStats",

@@ -66,6 +66,7 @@ import plyvel
 from sortedcontainers import SortedDict
 
 from storage import snapshot
+from storage.compression import COMPRESSIONS
 from storage.errors import StorageError
 from storage.fsync import FSYNC_POLICIES
 
@@ -231,6 +232,7 @@ class Engine:
         path: str,
         *,
         fsync: str = "everysec",
+        compression: str = "none",
         create: bool = True,
         snapshot_dir: str | None = None,
         node_id: str | None = None,
@@ -242,11 +244,16 @@ class Engine:
         snapshot when every header field checks out against this LevelDB, else from LevelDB;
         ``load_stats.path`` and ``load_stats.reason`` say which and why.
 
+        ``compression`` is that of the LevelDB blocks written from now on (storage.compression
+        says why ``none`` is the default); blocks already written read back either way.
+
         ``lose_unsynced`` (default: ``KV_TEST_LOSE_UNSYNCED=1`` in the environment) turns on
         the test-only power-loss fault mode described in the module docstring.
         """
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, got {fsync!r}")
+        if compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
         path = os.path.abspath(path)
         t0 = time.perf_counter()
         if not create and not os.path.isdir(path):
@@ -259,6 +266,7 @@ class Engine:
                 path,
                 create_if_missing=create,
                 paranoid_checks=True,
+                compression=None if compression == "none" else compression,
             )
         except (plyvel.Error, OSError) as e:
             raise StorageError(f"storage: cannot open {path}: {_describe(e)}", path=path) from e

@@ -143,7 +143,8 @@ class Node:
         try:
             self.snapshot_id = f"{self.name}@{store_identity(self.s.data_dir)}"
             self.engine = Engine.open(
-                self.s.data_dir, fsync=self.s.fsync, snapshot_dir=self.s.snapshot_dir, node_id=self.snapshot_id
+                self.s.data_dir, fsync=self.s.fsync, compression=self.s.storage_compression,
+                snapshot_dir=self.s.snapshot_dir, node_id=self.snapshot_id,
             )
         except RawStorageError as e:
             raise StorageError(str(e), path=getattr(e, "path", None)) from None

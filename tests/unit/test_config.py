@@ -82,3 +82,10 @@ def test_an_empty_node_id_falls_back_to_the_advertised_address() -> None:
     assert s.name == "127.0.0.1:7100"
     with pytest.raises(ConfigError, match="node name"):
         load_settings(env={}, overrides={"advertise": "bad/host:7100"})
+
+
+def test_storage_compression_is_none_or_snappy() -> None:
+    assert Settings().storage_compression == "none"
+    assert load_settings(env={"KV_STORAGE_COMPRESSION": "snappy"}).storage_compression == "snappy"
+    with pytest.raises(ConfigError, match=r"storage_compression must be one of none, snappy, got 'zstd'"):
+        Settings(storage_compression="zstd")

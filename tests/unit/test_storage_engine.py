@@ -115,6 +115,36 @@ async def test_reopen_keeps_data_meta_and_position(db_path: str) -> None:
         await e.close()
 
 
+def _table_bytes(path: str) -> int:
+    return sum(f.stat().st_size for f in Path(path).glob("*.ldb"))
+
+
+async def test_compression_is_per_block_so_either_setting_opens_the_other(db_path: str) -> None:
+    # Past LevelDB's 4 MiB memtable, so each phase flushes tables under its own setting.
+    value = b"x" * 1000  # snappy makes ~50 bytes of it, none keeps all 1000
+    keys = 6000
+    e = Engine.open(db_path, fsync="no", compression="snappy")
+    await e.write_many([(1, b"s%05d" % i, value) for i in range(keys)])
+    await e.close()
+    snappy_bytes = _table_bytes(db_path)
+    assert 0 < snappy_bytes < keys * len(value) // 4
+
+    e = Engine.open(db_path, fsync="no")  # the default: none
+    assert e.count() == keys and e.get(1, b"s00042") == value  # snappy's blocks read back
+    await e.write_many([(2, b"n%05d" % i, value) for i in range(keys)])
+    await e.close()
+    assert _table_bytes(db_path) - snappy_bytes > keys * len(value) // 2  # stored as they are
+
+    e = Engine.open(db_path, compression="snappy")
+    try:
+        assert e.count() == 2 * keys
+        assert e.get(1, b"s05999") == value and e.get(2, b"n05999") == value
+    finally:
+        await e.close()
+    with pytest.raises(ValueError, match="compression must be one of none, snappy, got 'lz4'"):
+        Engine.open(db_path, compression="lz4")
+
+
 async def test_partitions_iterate_count_and_drop(db_path: str) -> None:
     e = Engine.open(db_path)
     await e.write_many(
