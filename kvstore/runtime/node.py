@@ -180,6 +180,15 @@ class Node:
         )
         self.expiry = Expiry(self.s, self.view, replica, self.coord, self.buckets.props)
         log.info("ttl: %d expiring keys indexed", self.expiry.start())
+        seeds = [s for s in self.s.seeds if s != self.addr]
+        if not had_view and not seeds:
+            # Founded before the server answers anyone: a joiner that heard "no ring yet" from
+            # this node would take it for a fellow founder-to-be and, with the lower address,
+            # found a second cluster beside this one.
+            first = claim([self.name], self.s.partitions, zones={self.name: self.s.zone})
+            self.view.found(first)
+            await self.view.save()
+            log.info("started a new cluster: ring v%d with this node alone", first.version)
         keyring = self.security.keyring
         swim_config = SwimConfig.from_settings(self.s)
         if keyring is not None:
@@ -218,16 +227,10 @@ class Node:
             log.info("metrics and dashboard on http://%s:%d/", self.s.http_host, self.http.port)
         await self.gossip.start()
         self._gossip_on = True
-        seeds = [s for s in self.s.seeds if s != self.addr]
         # Gossip with the seeds and every member we knew before a restart.
         known = [a for n, a in self.view.addrs.items() if n != self.name]
         await self.gossip.join(dict.fromkeys([*seeds, *known]))
-        if not had_view and not seeds:
-            first = claim([self.name], self.s.partitions, zones={self.name: self.s.zone})
-            self.view.found(first)
-            await self.view.save()
-            log.info("started a new cluster: ring v%d with this node alone", first.version)
-        elif seeds and self.s.auto_join and self.name not in self.view.members():
+        if seeds and self.s.auto_join and self.name not in self.view.members():
             await self._join_through(seeds)
         elif seeds:
             await self._pull_view(seeds)
