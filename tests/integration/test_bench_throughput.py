@@ -65,9 +65,10 @@ def test_tiny_run_has_every_field(tmp_path: Path) -> None:
     if HAVE_REDIS:
         assert mem["redis"]["keys"] == mem["kv1"]["keys"] and "ratio" in mem
 
-    ol = doc["open_loop"]
-    assert ol["system"] == "kv3" and ol["rate_per_s"] == pytest.approx(pts["kv3"]["ops_s"] / 2, rel=0.01)
-    assert ol["n"] > 0 and 0 < ol["p50_us"] <= ol["p99_us"] <= ol["p999_us"]
+    for key, system in (("open_loop", "kv3"), ("open_loop_ceiling", "ceiling")):
+        ol = doc[key]
+        assert ol["system"] == system and ol["rate_per_s"] == pytest.approx(pts[system]["ops_s"] / 2, rel=0.01)
+        assert ol["n"] > 0 and 0 < ol["p50_us"] <= ol["p99_us"] <= ol["p999_us"]
 
     (cal,) = doc["calibration"]  # put-4x64 on the reference, with load_client.py as well
     assert cal["shape"] == "put-4x64" and cal["load_client_ops_s"] > 0 and cal["kvstore_ops_s"] > 0
