@@ -1,8 +1,8 @@
 """The local store of one node: in-memory table, LevelDB durability, shared-memory snapshot.
 
 The names below load on first use, so ``storage.errors``, ``storage.fsync`` or
-``storage.compression`` can be
-imported (by settings, by error handling) without loading plyvel and the engine.
+``storage.compression`` can be imported (by settings, by error handling) without loading
+plyvel and the engine.
 """
 
 from __future__ import annotations
