@@ -208,6 +208,13 @@ def test_context_must_be_bytes() -> None:
         msgpack.packb([9, ["a"], [1], []]),
         msgpack.packb([1, ["a"], [0], []]),
         msgpack.packb({"x": 1}),
+        # Bools are ints to Python but never a counter, index or timestamp (multi-sibling path).
+        msgpack.packb([1, ["a", "b"], [2, 2], [0, True, 5, b"x", 1, 1, 5, b"y"]]),
+        msgpack.packb([1, ["a", "b"], [2, 2], [True, 1, 5, b"x", 1, 1, 5, b"y"]]),
+        msgpack.packb([1, ["a", "b"], [2, 2], [0, 1, False, b"x", 1, 1, 5, b"y"]]),
+        msgpack.packb([1, ["a", "b"], [True, 2], [0, 1, 5, b"x", 1, 1, 5, b"y"]]),
+        msgpack.packb([1, ["a", "b"], [1, 1], [0, 1, 5, b"x", 2, 1, 5, b"y"]]),
+        msgpack.packb([1, ["a", "b"], [1, 1], [0, 1, 5, b"x", 1, 2, 5, b"y"]]),
     ],
 )
 def test_corrupt_record_raises_clean_error(bad: bytes) -> None:
@@ -219,6 +226,17 @@ def test_decode_sorts_siblings() -> None:
     raw = msgpack.packb([1, ["a", "b"], [1, 1], [1, 1, 5, b"y", 0, 1, 5, b"x"]])
     o = vc.decode(raw)
     assert [s.dot for s in o.siblings] == [Dot("a", 1), Dot("b", 1)]
+
+
+def test_an_unsorted_node_table_is_read_but_not_canonical() -> None:
+    # Dots are ordered by node index only when the node table is sorted (as encode writes it).
+    raw = msgpack.packb([1, ["b", "a"], [1, 1], [0, 1, 5, b"x", 1, 1, 5, b"y"]])
+    o = vc.decode(raw)
+    assert [s.dot for s in o.siblings] == [Dot("a", 1), Dot("b", 1)]
+    assert o.vv == {"a": 1, "b": 1}
+    with pytest.raises(InvalidRequest, match="canonical"):
+        vc.decode(raw, canonical=True)
+    assert vc.decode(vc.encode(o), canonical=True) == o
 
 
 def test_new_dot_is_beyond_the_context_even_without_local_state() -> None:
