@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from enum import Enum
-from typing import Final, NamedTuple
+from typing import Final, final
 
 from kvstore.core import vclock
 from kvstore.core.vclock import Obj
@@ -25,19 +25,53 @@ class Status(Enum):
     UNAVAILABLE = "unavailable"
 
 
-class Target(NamedTuple):
+@final
+class Target:
     """One replica to ask. ``hint_for`` names the primary a fallback stands in for.
-    (A NamedTuple, as the other per-request values: a frozen dataclass costs several
-    times as much to build, and every request builds a few.)"""
 
-    node: str
-    hint_for: str | None = None
+    A plain slotted class (native under mypyc), compared and hashed by value: the request
+    machines read ``node`` and ``hint_for`` several times per request, and a compiled
+    NamedTuple's fields are read through the generic attribute protocol."""
+
+    __slots__ = ("hint_for", "node")
+
+    def __init__(self, node: str, hint_for: str | None = None) -> None:
+        self.node = node
+        self.hint_for = hint_for
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Target):
+            return NotImplemented
+        return self.node == other.node and self.hint_for == other.hint_for
+
+    def __hash__(self) -> int:
+        return hash((self.node, self.hint_for))
+
+    def __repr__(self) -> str:
+        return f"Target(node={self.node!r}, hint_for={self.hint_for!r})"
 
 
-class Plan(NamedTuple):
-    targets: tuple[Target, ...]
-    # Primaries that are down and got no stand-in (too few healthy nodes on the ring).
-    uncovered: tuple[str, ...] = ()
+@final
+class Plan:
+    """Who a request asks: ``targets``, and the primaries that are down and got no stand-in
+    (``uncovered``: too few healthy nodes on the ring). Slotted, as Target."""
+
+    __slots__ = ("targets", "uncovered")
+
+    def __init__(self, targets: tuple[Target, ...], uncovered: tuple[str, ...] = ()) -> None:
+        self.targets = targets
+        self.uncovered = uncovered
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Plan):
+            return NotImplemented
+        return self.targets == other.targets and self.uncovered == other.uncovered
+
+    def __hash__(self) -> int:
+        return hash((self.targets, self.uncovered))
+
+    def __repr__(self) -> str:
+        return f"Plan(targets={self.targets!r}, uncovered={self.uncovered!r})"
 
     @property
     def nodes(self) -> tuple[str, ...]:

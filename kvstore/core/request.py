@@ -105,8 +105,10 @@ class Ready:
     def __init__(self) -> None:
         self.sends: list[Send] = []
         self.local_write: tuple[int, Obj] | None = None  # (tag, version)
-        self.hints: list[KeepHint] = []
-        self.repairs: list[Repair] = []
+        # Tuples, grown only on the rare events that add to them: most Readys have neither,
+        # and two empty lists per Ready were a visible share of building one.
+        self.hints: tuple[KeepHint, ...] = ()
+        self.repairs: tuple[Repair, ...] = ()
         self.reply: Reply | None = None
         self.deadline: float | None = None
 
@@ -245,7 +247,7 @@ class WriteRequest:
             self.quorum.add_stand_in(t)
             ready.sends.append(self._send(t))
         elif self.hinting:
-            ready.hints.append(KeepHint(primary, self.new))
+            ready.hints += (KeepHint(primary, self.new),)
 
     def _settle(self, status: Status, ready: Ready) -> None:
         """Every event ends here: the reply once decided, and the deadline while it is not."""
@@ -356,6 +358,6 @@ class ReadRequest:
         if not self._repaired and status is Status.OK and (q.all_answered or past):
             # Every replica answered (or time is up): repair the ones found stale.
             self._repaired = True
-            ready.repairs.extend(Repair(node, obj) for node, obj in q.repairs())
+            ready.repairs += tuple(Repair(node, obj) for node, obj in q.repairs())
         done = status is Status.UNAVAILABLE or self._repaired or q.all_answered
         ready.deadline = None if done else q.deadline

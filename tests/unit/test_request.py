@@ -69,7 +69,7 @@ def test_a_failed_stand_in_is_covered_again_and_then_kept_here() -> None:
     r2 = m.failed(by_node(r)["d"], "unavailable")
     assert [(s.node, s.hint_for) for s in r2.sends] == [("e", "c")]
     r3 = m.failed(r2.sends[0].tag, "timeout")
-    assert r3.sends == [] and r3.hints == [KeepHint("c", NEW)]
+    assert r3.sends == [] and r3.hints == (KeepHint("c", NEW),)
 
 
 def test_covering_continues_after_the_reply() -> None:
@@ -85,13 +85,13 @@ def test_covering_continues_after_the_reply() -> None:
 
 def test_without_fallbacks_a_down_primary_gets_a_local_hint() -> None:
     r = write(is_up=up_except("c"), fallbacks=()).start()
-    assert r.hints == [KeepHint("c", NEW)]
+    assert r.hints == (KeepHint("c", NEW),)
     assert all(s.timeout_s == 1.0 for s in r.sends)  # nobody to fall back on: full time
 
 
 def test_strict_with_primaries_down_is_refused_before_anything_is_stored() -> None:
     r = write(is_up=up_except("b", "c"), strict=True, sloppy=False).start()
-    assert r.local_write is None and r.sends == [] and r.hints == []
+    assert r.local_write is None and r.sends == [] and r.hints == ()
     assert r.reply is not None and isinstance(r.reply.error, Unavailable)
 
 
@@ -128,7 +128,7 @@ def test_read_replies_after_r_and_repairs_the_stale_once_all_answered() -> None:
     tags = by_node(r)
     r1 = m.replied(tags["b"], old, 0.1)
     assert r1.reply is not None and r1.reply.result is not None and r1.reply.result["values"] == [b"new"]
-    assert r1.repairs == [] and r1.deadline == 1.0  # c has not answered yet
+    assert r1.repairs == () and r1.deadline == 1.0  # c has not answered yet
     r2 = m.replied(tags["c"], None, 0.2)
     assert sorted(r2.repairs, key=lambda x: x.node) == [Repair("b", newer), Repair("c", newer)]
     assert r2.deadline is None
@@ -139,7 +139,7 @@ def test_read_repairs_what_answered_at_the_deadline() -> None:
     r = m.start()
     m.replied(by_node(r)["b"], None, 0.1)
     late = m.tick(1.0)
-    assert late.repairs == [Repair("b", NEW)] and late.deadline is None
+    assert late.repairs == (Repair("b", NEW),) and late.deadline is None
 
 
 def test_read_unavailable_with_its_count() -> None:
@@ -172,7 +172,7 @@ def test_write_replies_once_and_every_primary_is_carried_or_hinted(down: set[str
     if first.local_write is None:
         # Too few live nodes to reach W at all: refused up front, stored nowhere.
         assert first.reply is not None and first.reply.error is not None
-        assert first.sends == [] and first.hints == []
+        assert first.sends == [] and first.hints == ()
         return
     readies = _drain(m, first, outcomes)
     if first.local_write is not None:
