@@ -34,8 +34,8 @@ from kvstore.runtime.rpc.wire import (
     GOAWAY_B,
     GOAWAY_HOLD_S,
     RETRY_CONNECT_WAIT_S,
-    _new_packer,
     log,
+    pack,
 )
 from kvstore.runtime.security import AUTH_CHALLENGE, AUTH_HELLO, Keyring
 
@@ -270,7 +270,6 @@ class RpcClient:
         self._rng = rng or random.Random()
         self._local_addr = (source_host, 0) if source_host else None
         self._peers: dict[str, _Peer] = {}
-        self._pack = _new_packer().pack
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._flusher: _Flusher | None = None
         self._deadlines: _Deadlines = None  # type: ignore[assignment]
@@ -324,7 +323,7 @@ class RpcClient:
         if conn is not None and not conn._closed:
             return self._send(conn, method, params, timeout)
         try:
-            data = self._pack([0, 0, method, params])
+            data = pack([0, 0, method, params])
         except Exception as e:
             raise InvalidRequest(
                 f"{method}: params cannot be sent: {type(e).__name__}: {e}"
@@ -350,7 +349,7 @@ class RpcClient:
     ) -> asyncio.Future[Any]:
         msgid = conn._next_id
         try:
-            data = self._pack([0, msgid, method, params])
+            data = pack([0, msgid, method, params])
         except Exception as e:
             raise InvalidRequest(
                 f"{method}: params cannot be sent: {type(e).__name__}: {e}"
@@ -376,7 +375,7 @@ class RpcClient:
         if self._closed:
             return
         try:
-            data = self._pack([2, method, params])
+            data = pack([2, method, params])
         except Exception as e:
             log.warning("notification %s to %s not sent: %s", method, addr, e)
             return

@@ -42,8 +42,8 @@ from kvstore.runtime.rpc.wire import (
     _CoroutineType,
     _log_handler_error,
     _method_name,
-    _new_packer,
     log,
+    pack,
 )
 from kvstore.runtime.security import AUTH_CHALLENGE, AUTH_HELLO, AUTH_VERSION, NONCE_BYTES, Keyring
 
@@ -61,7 +61,6 @@ class _ServerConn(_Conn):
         "_later",
         "_nonce",
         "_opened_at",
-        "_pack",
         "_paused_inflight",
         "_paused_reply",
         "_paused_write",
@@ -75,7 +74,6 @@ class _ServerConn(_Conn):
         self._server = server
         self._handlers = server._handlers
         self._later = server._later
-        self._pack = server._pack
         self._inflight = 0
         self._eof = False
         self._paused_write = False
@@ -106,7 +104,7 @@ class _ServerConn(_Conn):
         self._transport.set_write_buffer_limits(high=server.max_reply_buffer_bytes)
         if server._keyring is not None:
             self._nonce = Keyring.nonce()
-            self._transport.write(server._pack([2, AUTH_CHALLENGE, [self._nonce, AUTH_VERSION]]))
+            self._transport.write(pack([2, AUTH_CHALLENGE, [self._nonce, AUTH_VERSION]]))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
@@ -209,7 +207,7 @@ class _ServerConn(_Conn):
                 self._scan._limits = server._limits
                 server.stats["auth_ok"] += 1
                 self._transport.write(
-                    self._pack([1, msgid, None, {"mac": keyring.server_proof(proof, self._nonce, nonce_c)}])
+                    pack([1, msgid, None, {"mac": keyring.server_proof(proof, self._nonce, nonce_c)}])
                 )
                 self._nonce = b""  # one proof per challenge
                 return True
@@ -218,7 +216,7 @@ class _ServerConn(_Conn):
             reason = "requires the cluster key (give --secret-file or KV_SECRET_FILE)"
         server.stats["auth_failed"] += 1
         if msgid is not None:
-            self._out.append(self._pack([1, msgid, to_wire(AuthError(reason)), None]))
+            self._out.append(pack([1, msgid, to_wire(AuthError(reason)), None]))
         self._abandon(f"authentication failed: {reason}")
         return False
 
@@ -234,7 +232,6 @@ class _ServerConn(_Conn):
         append = out.append
         handlers = self._handlers
         later = self._later
-        pack = self._pack
         coroutine = _CoroutineType
         future = asyncio.Future
         try:
@@ -327,22 +324,22 @@ class _ServerConn(_Conn):
         msgid = msg[1]
         if kind != REQUEST:
             exc: KVError = ProtocolError(f"unknown message type {kind}")
-            out.append(server._pack([1, msgid, to_wire(exc), None]))
+            out.append(pack([1, msgid, to_wire(exc), None]))
             return True
         method = _method_name(msg[2])
         if method is None:
             exc = InvalidRequest(f"method name must be a string, got {type(msg[2]).__name__}")
-            out.append(server._pack([1, msgid, to_wire(exc), None]))
+            out.append(pack([1, msgid, to_wire(exc), None]))
             return True
         params = msg[3]
         if type(params) is not list:
             exc = InvalidRequest(f"{method}: params must be an array, got {type(params).__name__}")
-            out.append(server._pack([1, msgid, to_wire(exc), None]))
+            out.append(pack([1, msgid, to_wire(exc), None]))
             return True
         h = self._handlers.get(method)
         if h is None:
             exc = UnknownMethod(f"unknown method {method!r}")
-            out.append(server._pack([1, msgid, to_wire(exc), None]))
+            out.append(pack([1, msgid, to_wire(exc), None]))
             return True
         try:
             r = h(*params)
@@ -355,7 +352,7 @@ class _ServerConn(_Conn):
             self._watch(msgid, method, r)
         else:
             try:
-                out.append(server._pack([1, msgid, None, r]))
+                out.append(pack([1, msgid, None, r]))
             except Exception as e:
                 out.append(server._unpackable(msgid, method, e))
         return True
@@ -394,7 +391,7 @@ class _ServerConn(_Conn):
             data = server._error_reply(msgid, method, exc, False)
         else:
             try:
-                data = server._pack([1, msgid, None, result])
+                data = pack([1, msgid, None, result])
             except Exception as pe:
                 data = server._unpackable(msgid, method, pe)
         self._queue(data)
@@ -407,7 +404,7 @@ class _ServerConn(_Conn):
             if fut.cancelled():
                 if msgid is not None and not server._closing:
                     exc = InternalError(f"{method}: handler was cancelled")
-                    self._queue(server._pack([1, msgid, to_wire(exc), None]))
+                    self._queue(pack([1, msgid, to_wire(exc), None]))
                 return
             e = fut.exception()
             if msgid is None:
@@ -509,7 +506,6 @@ class RpcServer:
             "slow_closed": 0,
             "auth_timed_out": 0,
         }
-        self._pack = _new_packer().pack
         self._conns: set[_ServerConn] = set()
         self._running: set[asyncio.Future[Any]] = set()  # tasks and futures of handlers
         self._closing = False
@@ -565,7 +561,7 @@ class RpcServer:
                 # Told first, so the client opens a new connection for its next request
                 # instead of sending it on one about to close.
                 self.stats["idle_closed"] += 1
-                c._queue(self._pack([2, BYE, []]))
+                c._queue(pack([2, BYE, []]))
                 c._bye_at = now + BYE_GRACE_S
         self._sweeper = loop.call_later(self._sweep_every, self._sweep)
 
@@ -609,7 +605,7 @@ class RpcServer:
         its next requests to another node, so none is left with an unknown outcome."""
         if self._server is not None:
             self._server.close()
-        note = self._pack([2, GOAWAY, []])
+        note = pack([2, GOAWAY, []])
         for c in list(self._conns):
             c._queue(note)
         loop = self._loop
@@ -676,16 +672,16 @@ class RpcServer:
             _log_handler_error(method, e)
             err = to_wire(e)
         try:
-            data: bytes = self._pack([1, msgid, err, None])
+            data: bytes = pack([1, msgid, err, None])
         except Exception:
             err = {"code": InternalError.code, "message": f"{method}: unserialisable error"}
-            data = self._pack([1, msgid, err, None])
+            data = pack([1, msgid, err, None])
         return data
 
     def _unpackable(self, msgid: int, method: str, e: Exception) -> bytes:
         exc = InternalError(f"{method}: result cannot be sent: {type(e).__name__}: {e}")
         log.error("%s", exc)
-        data: bytes = self._pack([1, msgid, to_wire(exc), None])
+        data: bytes = pack([1, msgid, to_wire(exc), None])
         return data
 
 
