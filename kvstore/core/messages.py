@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from kvstore.core.vclock import Obj
+from kvstore.core.vclock import Obj, sibling_count
 from kvstore.errors import InvalidRequest, TooLarge
 
 # Every RPC method name, defined here once.
@@ -177,7 +177,7 @@ def check_record(key: bytes, obj: Obj, record_bytes: int, limits: Limits) -> str
     Bounding here, at the one place a version is minted, is what keeps every record small
     enough for replica.put, read repair, anti-entropy and hints to carry in one frame.
     """
-    n = len(obj.siblings)
+    n = sibling_count(obj)
     how = "; read the key and write back with its context to resolve the siblings"
     if n > limits.max_siblings:
         raise TooLarge(
