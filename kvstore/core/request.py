@@ -358,6 +358,8 @@ class ReadRequest:
         if not self._repaired and status is Status.OK and (q.all_answered or past):
             # Every replica answered (or time is up): repair the ones found stale.
             self._repaired = True
-            ready.repairs += tuple(Repair(node, obj) for node, obj in q.repairs())
+            stale = q.repairs()
+            if stale:
+                ready.repairs = tuple(Repair(node, obj) for node, obj in stale)
         done = status is Status.UNAVAILABLE or self._repaired or q.all_answered
         ready.deadline = None if done else q.deadline

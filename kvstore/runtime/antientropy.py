@@ -259,7 +259,7 @@ class AntiEntropy:
         )
         if new is not None and vclock.is_deleted(new):
             self._tombs[(p, key)] = _newest_ts(new)
-        else:
+        elif self._tombs:  # most of the time there are none: no key tuple to build
             self._tombs.pop((p, key), None)
 
     @staticmethod
