@@ -74,6 +74,40 @@ def test_update_of_a_read_version_is_update_of_its_built_siblings(
     assert vc.decode(vc.encode(from_read), canonical=True) == from_built
 
 
+def reference_update(obj: Obj | None, ctx: dict[str, int], value: bytes | None, node: str, ts: int, floor: int) -> Obj:
+    """update as it is defined: keep the siblings the context does not cover, add one whose
+    counter is above the vector's, the context's and the floor, sort by dot."""
+    ovv = {} if obj is None else obj.vv
+    counter = max(ovv.get(node, 0), ctx.get(node, 0), floor) + 1
+    keep = [] if obj is None else [s for s in obj.siblings if s.dot.counter > ctx.get(s.dot.node, 0)]
+    vv = dict(ovv)
+    for n, c in ctx.items():
+        if c > vv.get(n, 0):
+            vv[n] = c
+    vv[node] = counter
+    return Obj(tuple(sorted([*keep, Sibling(Dot(node, counter), value, ts)])), vv)
+
+
+@props
+@given(
+    st.none() | history_st,
+    st.dictionaries(st.sampled_from(NODES), st.integers(0, 9), max_size=3),
+    st.integers(0, len(NODES) - 1),
+    st.booleans(),
+    st.integers(0, 40),
+)
+def test_update_is_its_definition_for_every_kind_of_version(
+    history: list[tuple[int, bool, int | None]] | None, ctx: dict[str, int], n: int, tomb: bool, floor: int
+) -> None:
+    bases: list[Obj | None] = [None] if history is None else [read(versions(history)[-1]), built(versions(history)[-1])]
+    value = None if tomb else b"new"
+    for base in bases:
+        got = vc.update(base, ctx, value, NODES[n], 99, floor)
+        want = reference_update(base, ctx, value, NODES[n], 99, floor)
+        assert got == want
+        assert vc.encode(got) == vc.encode(built(want))
+
+
 @props
 @given(history_st, st.integers(0, 20), st.integers(0, 20))
 def test_sync_of_read_versions_is_sync_of_built_ones(history: list[tuple[int, bool, int | None]], i: int, j: int) -> None:
