@@ -783,7 +783,8 @@ class Engine:
         batch.done = True
         if batch.ops:
             self.batches_written += 1
-        self._position = max(self._position, batch.position)
+        if batch.position > self._position:
+            self._position = batch.position
         if batch.sync:
             self.syncs_written += 1
             self._synced_gen = max(self._synced_gen, batch.unsynced_gen)

@@ -58,6 +58,9 @@ class Outbox:
         # another one sends that batch early (rare), so the key is the node name alone (a
         # (node, timeout) key cost a tuple hash and compare, float included, per op).
         self._open: dict[str, _Batch] = {}
+        # Ops in the open batches, kept as they come and go: asked after every chunk of
+        # client requests (kvstore.runtime.node), often one request per chunk.
+        self._queued = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self.calls = 0  # replica.many calls sent
         self.ops = 0  # ops carried by them
@@ -68,7 +71,7 @@ class Outbox:
     @property
     def queued(self) -> int:
         """Ops waiting in open batches (sent at the end of the turn or by :meth:`flush`)."""
-        return sum(len(b.ops) for b in self._open.values())
+        return self._queued
 
     def put(self, node: str, p: int, key: bytes, record: bytes, hint_for: str | None, timeout_s: float, answer: Answer) -> None:
         self._add(node, timeout_s, [m.MANY_PUT, p, key, record, hint_for], len(key) + len(record), answer)
@@ -80,6 +83,7 @@ class Outbox:
         b = self._open.get(node)
         if b is not None and b.timeout_s != timeout_s:
             del self._open[node]
+            self._queued -= len(b.ops)
             self._send(b)
             b = None
         if b is None:
@@ -97,14 +101,17 @@ class Outbox:
         b.ops.append(op)
         b.answers.append(answer)
         b.bytes += size
+        self._queued += 1
         if len(b.ops) >= MAX_BATCH_OPS or b.bytes >= MAX_BATCH_BYTES:
             del self._open[node]
+            self._queued -= len(b.ops)
             self._send(b)
 
     def flush(self) -> None:
         """Send every open batch (called once at the end of the turn that opened the first)."""
         batches = list(self._open.values())
         self._open.clear()
+        self._queued = 0
         for b in batches:
             self._send(b)
         if batches:

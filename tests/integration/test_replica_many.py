@@ -162,8 +162,13 @@ async def test_outbox_splits_a_peers_batch_where_the_timeout_changes(tmp_path: P
 
         outbox.put("a", p, k, rec, None, 10.0, answer("put"))
         outbox.get("a", p, k, 10.0, answer("get-10"))
+        assert outbox.queued == 2
         outbox.get("a", p, k, 5.0, answer("get-5"))
+        assert outbox.queued == 1  # the first two went out with their own call
         outbox.get("a", p, k, 10.0, answer("get-10-again"))
+        assert outbox.queued == 1
+        outbox.flush()
+        assert outbox.queued == 0
         await asyncio.wait_for(done.wait(), 30)
         assert got["put"][0] is None
         assert got["get-10"] == got["get-5"] == got["get-10-again"] == (None, rec)
