@@ -37,6 +37,7 @@ __all__ = [
     "Obj",
     "Sibling",
     "concurrent",
+    "context_bytes",
     "context_of",
     "decode",
     "decode_context",
@@ -507,7 +508,7 @@ def values(obj: Obj | None) -> list[bytes]:
         return []
     flat = obj._flat
     if obj._sibs is None and flat is not None:
-        return [v for v in flat[3::4] if v is not None]
+        return _read_values(flat)
     return [s.value for s in obj.siblings if s.value is not None]
 
 
@@ -517,8 +518,17 @@ def values_at(obj: Obj | None, now_ms: int) -> list[bytes]:
         return []
     flat = obj._flat
     if obj._sibs is None and flat is not None:
-        return [v for v in flat[3::4] if v is not None]  # a record without expiries
+        return _read_values(flat)  # a record without expiries
     return [s.value for s in obj.siblings if s.value is not None and not 0 < s.expires <= now_ms]
+
+
+def _read_values(flat: list[Any]) -> list[bytes]:
+    out: list[bytes] = []
+    for i in range(3, len(flat), 4):
+        v = flat[i]
+        if v is not None:
+            out.append(v)
+    return out
 
 
 def with_expiry(obj: Obj, dot: Dot, expires_ms: int) -> Obj:
@@ -849,22 +859,29 @@ def _decode_expiring(d: list[Any], canonical: bool) -> Obj:
     by_dot = {Dot(nodes[flat[4 * i]], flat[4 * i + 1]): e for i, e in enumerate(exp)}
     return Obj(tuple(s._replace(expires=by_dot[s.dot]) for s in obj.siblings), obj.vv)
 
+def context_bytes(obj: Obj) -> bytes:
+    """``encode_context(obj.vv)``; for a version read from a record (or minted from one) its
+    node table is the vector's nodes already sorted, so nothing is sorted or copied."""
+    nodes = obj._nodes
+    if nodes is None:
+        return encode_context(obj.vv)
+    vv = obj.vv
+    flat: list[Any] = [_FORMAT]
+    for n in nodes:
+        flat.append(n)
+        flat.append(vv[n])
+    return _pack(flat)
+
+
 def encode_context(vv: VV) -> bytes:
     """Opaque bytes of a causal context for clients; empty context -> b""."""
     if not vv:
         return b""
-    if len(vv) == 1:  # one writer: the usual context, without sorting
-        ((n, c),) = vv.items()
-        return _pack([_FORMAT, n, c])
-    return _pack([_FORMAT, *_flatten(vv)])
-
-
-def _flatten(vv: VV) -> list[Any]:
-    flat: list[Any] = []
-    for n in sorted(vv):
+    flat: list[Any] = [_FORMAT]
+    for n in sorted(vv) if len(vv) > 1 else vv:
         flat.append(n)
         flat.append(vv[n])
-    return flat
+    return _pack(flat)
 
 
 def decode_context(b: object) -> dict[str, int]:

@@ -54,6 +54,8 @@ def test_a_read_version_answers_as_its_built_siblings(history: list[tuple[int, b
         assert vc.values_at(r, 10**15) == vc.values_at(b, 10**15)
         assert vc.is_deleted(r) == vc.is_deleted(b)
         assert vc.sibling_count(r) == len(b.siblings)
+        assert vc.context_bytes(r) == vc.context_bytes(b) == vc.encode_context(b.vv)
+        assert vc.decode_context(vc.context_bytes(r)) == b.vv
         assert vc.encode(r) == vc.encode(b)
         assert r.siblings == b.siblings
 
@@ -106,6 +108,7 @@ def test_update_is_its_definition_for_every_kind_of_version(
         want = reference_update(base, ctx, value, NODES[n], 99, floor)
         assert got == want
         assert vc.encode(got) == vc.encode(built(want))
+        assert vc.context_bytes(got) == vc.encode_context(want.vv)
 
 
 @props
