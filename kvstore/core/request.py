@@ -126,7 +126,7 @@ def _take(by_tag: dict[int, _T], tag: int) -> _T | None:
     """``by_tag.pop(tag, None)``: compiled, dict.pop with a default is a method call by name
     through Python's protocol (~400 instructions), for every replica answer."""
     v = by_tag.get(tag)
-    if v is not None:
+    if v is not None or tag in by_tag:  # a write's uncounted call maps to None
         del by_tag[tag]
     return v
 
