@@ -384,7 +384,9 @@ class _Drive:
             tag, obj = ready.local_write
             # Applied to the local table right here, before any other request can read the
             # key; acknowledged once durable.
-            record = self.machine.record  # type: ignore[union-attr]  # only a write has a local_write
+            machine = self.machine
+            assert type(machine) is WriteRequest  # only a write has a local_write
+            record = machine.record  # narrowed: read from the native class, not by name
             assert self.known is not None  # set by _begin_write, with the record it replaces
             c.replica.write_new(self.p, self.key, self.known[0], obj, record, _Stored(self, tag))
         for h in ready.hints:

@@ -90,9 +90,12 @@ class _ClientConn(_Conn):
         try:
             for msg in self._unp:
                 if type(msg) is list and len(msg) == 4 and msg[0] == 1:
-                    entry = pending.pop(msg[1], None)
+                    # get and del, not pop(k, None): compiled, that is a method call by name.
+                    msgid = msg[1]
+                    entry = pending.get(msgid)
                     if entry is None:
                         continue  # timed out or cancelled meanwhile
+                    del pending[msgid]
                     fut = entry[0]
                     entry[1].done_one()
                     if not fut.done():

@@ -9,7 +9,7 @@ import socket
 import ssl
 from asyncio import iscoroutine, isfuture
 from collections.abc import Callable, Coroutine, Mapping
-from typing import Any
+from typing import Any, Final
 
 from kvstore.errors import (
     AuthError,
@@ -46,6 +46,9 @@ from kvstore.runtime.rpc.wire import (
     pack,
 )
 from kvstore.runtime.security import AUTH_CHALLENGE, AUTH_HELLO, AUTH_VERSION, NONCE_BYTES, Keyring
+
+# A static, not ``asyncio.Future`` looked up on the module for every chunk read.
+_Future: Final = asyncio.Future
 
 
 class _ServerConn(_Conn):
@@ -233,7 +236,7 @@ class _ServerConn(_Conn):
         handlers = self._handlers
         later = self._later
         coroutine = _CoroutineType
-        future = asyncio.Future
+        future = _Future
         try:
             for msg in self._unp:
                 try:
