@@ -210,9 +210,7 @@ class Obj:
         if sibs is None:
             nodes, flat = self._nodes, self._flat
             assert nodes is not None and flat is not None
-            sibs = self._sibs = tuple(
-                [Sibling(Dot(nodes[flat[i]], flat[i + 1]), flat[i + 3], flat[i + 2]) for i in range(0, len(flat), 4)]
-            )
+            sibs = self._sibs = tuple(_build_siblings(nodes, flat))
         return sibs
 
     def __eq__(self, other: object) -> bool:
@@ -232,6 +230,11 @@ class Obj:
 
     def __repr__(self) -> str:
         return f"Obj(siblings={self.siblings!r}, vv={self.vv!r})"
+
+
+def _build_siblings(nodes: list[str], flat: list[Any]) -> list[Sibling]:
+    """The siblings of a record's checked fields, in the record's order."""
+    return [Sibling(Dot(nodes[flat[i]], flat[i + 1]), flat[i + 3], flat[i + 2]) for i in range(0, len(flat), 4)]
 
 
 def _read(vv: VV, nodes: list[str], flat: list[Any], rec: bytes | None) -> Obj:
@@ -259,7 +262,7 @@ def update(
     Counters of one actor are then unique across all keys, and the new version's vector
     covers only this actor's own earlier events, which all happened before it.
     """
-    if obj is None or (obj._sibs is None and obj._flat is not None):
+    if obj is None or obj._flat is not None:
         return _update_read(obj, context, value, node, ts, floor)
     # A version with its siblings built (one merged, or with expiries).
     ovv = obj.vv
@@ -301,10 +304,10 @@ def _update_read(obj: Obj | None, context: VV, value: bytes | None, node: str, t
             vv[n] = c
     vv[node] = counter
     nodes = sorted(vv) if len(vv) > 1 else [node]
-    flat: list[Any] = []
+    new: list[Any] = [nodes.index(node), counter, ts, value]
     if old_flat:
         index = {n: i for i, n in enumerate(nodes)}
-        mine = index[node]
+        flat: list[Any] = []
         placed = False
         for i in range(0, len(old_flat), 4):
             name: str = old_nodes[old_flat[i]]
@@ -314,32 +317,23 @@ def _update_read(obj: Obj | None, context: VV, value: bytes | None, node: str, t
             # Dots ascend; the new one is above every dot of its node (its counter is above
             # the vector's), so it goes before the first dot of a node that sorts after its own.
             if not placed and name > node:
-                flat.append(mine)
-                flat.append(counter)
-                flat.append(ts)
-                flat.append(value)
+                flat.extend(new)
                 placed = True
             flat.append(index[name])
             flat.append(c)
             flat.append(old_flat[i + 2])
             flat.append(old_flat[i + 3])
         if not placed:
-            flat.append(mine)
-            flat.append(counter)
-            flat.append(ts)
-            flat.append(value)
+            flat.extend(new)
     else:
-        flat.append(nodes.index(node))
-        flat.append(counter)
-        flat.append(ts)
-        flat.append(value)
+        flat = new
     return _read(vv, nodes, flat, _pack_stored([_FORMAT, nodes, [vv[n] for n in nodes], flat]))
 
 
 def sibling_count(obj: Obj) -> int:
     """``len(obj.siblings)``, without building them for a version read from a record."""
     flat = obj._flat
-    if obj._sibs is None and flat is not None:
+    if flat is not None:
         return len(flat) // 4
     return len(obj.siblings)
 
@@ -438,7 +432,7 @@ def _descends(b: Obj, a: Obj) -> bool:
     for n, c in avv.items():
         if c > bvv.get(n, 0):
             return False
-    if a._sibs is None and b._sibs is None:
+    if a._flat is not None and b._flat is not None:
         return _descends_read(b, a)
     asibs = a.siblings
     for s in b.siblings:
@@ -507,7 +501,7 @@ def values(obj: Obj | None) -> list[bytes]:
     if obj is None:
         return []
     flat = obj._flat
-    if obj._sibs is None and flat is not None:
+    if flat is not None:
         return _read_values(flat)
     return [s.value for s in obj.siblings if s.value is not None]
 
@@ -517,7 +511,7 @@ def values_at(obj: Obj | None, now_ms: int) -> list[bytes]:
     if obj is None:
         return []
     flat = obj._flat
-    if obj._sibs is None and flat is not None:
+    if flat is not None:
         return _read_values(flat)  # a record without expiries
     return [s.value for s in obj.siblings if s.value is not None and not 0 < s.expires <= now_ms]
 
@@ -550,7 +544,7 @@ def is_deleted(obj: Obj | None) -> bool:
     if obj is None:
         return False
     flat = obj._flat
-    if obj._sibs is None and flat is not None:
+    if flat is not None:
         for i in range(3, len(flat), 4):
             if flat[i] is not None:
                 return False
@@ -834,7 +828,7 @@ def decode(b: object, *, canonical: bool = False) -> Obj:
     if ascending:
         # In encode's order: the siblings are built when first asked for (Obj).
         return _read(vv, nodes, flat, b if type(b) is bytes else None)
-    sibs = [Sibling(Dot(nodes[flat[i]], flat[i + 1]), flat[i + 3], flat[i + 2]) for i in range(0, len(flat), 4)]
+    sibs = _build_siblings(nodes, flat)
     # Duplicates first: sorting equal dots would go on to compare None with bytes.
     if len({s.dot for s in sibs}) != len(sibs):
         raise InvalidRequest("malformed record: duplicate dot")
@@ -865,20 +859,20 @@ def context_bytes(obj: Obj) -> bytes:
     nodes = obj._nodes
     if nodes is None:
         return encode_context(obj.vv)
-    vv = obj.vv
-    flat: list[Any] = [_FORMAT]
-    for n in nodes:
-        flat.append(n)
-        flat.append(vv[n])
-    return _pack(flat)
+    return _pack_context(obj.vv, nodes)
 
 
 def encode_context(vv: VV) -> bytes:
     """Opaque bytes of a causal context for clients; empty context -> b""."""
+    return _pack_context(vv, sorted(vv) if len(vv) > 1 else vv)
+
+
+def _pack_context(vv: VV, ordered: Iterable[str]) -> bytes:
+    """The context ``vv`` with its nodes in ``ordered`` (sorted); b"" when empty."""
     if not vv:
         return b""
     flat: list[Any] = [_FORMAT]
-    for n in sorted(vv) if len(vv) > 1 else vv:
+    for n in ordered:
         flat.append(n)
         flat.append(vv[n])
     return _pack(flat)

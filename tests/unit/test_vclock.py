@@ -239,6 +239,13 @@ def test_an_unsorted_node_table_is_read_but_not_canonical() -> None:
     assert vc.decode(vc.encode(o), canonical=True) == o
 
 
+def test_a_record_without_writes_reads_with_the_empty_context() -> None:
+    # A read version's context comes from its node table: none at all must still be b"".
+    o = vc.decode(msgpack.packb([1, [], [], []]))
+    assert vc.context_bytes(o) == vc.encode_context(o.vv) == b""
+    assert vc.values(o) == [] and not vc.is_deleted(o)
+
+
 def test_new_dot_is_beyond_the_context_even_without_local_state() -> None:
     # A coordinator that lost its copy must not mint a dot the context already covers,
     # or the new value would look overwritten the moment it met the old one.
