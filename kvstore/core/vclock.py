@@ -71,6 +71,10 @@ MAX_CONTEXT_COUNTER: Final = 2**62
 MAX_COUNTER: Final = 2**63
 MAX_NODE_NAME_CHARS: Final = 255
 MAX_CONTEXT_ENTRIES: Final = 1024
+# The largest int a compiled (mypyc) module holds unboxed: both bounds above are past it, so
+# ``c < MAX_COUNTER`` goes through Python's generic comparison (~150 instructions) even for
+# a small ``c``. The checks compare with this first and fall back only for a larger ``c``.
+_SHORT_MAX: Final = 2**62 - 1
 
 _hash64: Final = xxhash.xxh3_64_intdigest
 # Dot and Sibling are plain slotted classes, not NamedTuples: compiled (mypyc) they are native
@@ -755,7 +759,8 @@ def decode(b: object, *, canonical: bool = False) -> Obj:
                 type(n) is str
                 and 0 < len(n) <= MAX_NODE_NAME_CHARS
                 and type(c) is int
-                and 0 < c < MAX_COUNTER
+                and c > 0
+                and (c <= _SHORT_MAX or c < MAX_COUNTER)
                 and idx == 0
                 and type(idx) is int
                 and type(counter) is int
@@ -794,7 +799,8 @@ def decode(b: object, *, canonical: bool = False) -> Obj:
             or not 0 < len(n) <= MAX_NODE_NAME_CHARS
             or not isinstance(c, int)
             or isinstance(c, bool)
-            or not 0 < c < MAX_COUNTER
+            or c <= 0
+            or not (c <= _SHORT_MAX or c < MAX_COUNTER)
             or n in vv
         ):
             raise InvalidRequest("malformed record: bad version vector")
@@ -901,7 +907,8 @@ def decode_context(b: object) -> dict[str, int]:
             type(n) is not str
             or not 0 < len(n) <= MAX_NODE_NAME_CHARS
             or type(c) is not int
-            or not 0 < c < MAX_CONTEXT_COUNTER
+            or c <= 0
+            or not (c <= _SHORT_MAX or c < MAX_CONTEXT_COUNTER)
             or n in vv
         ):
             raise InvalidRequest("malformed context")

@@ -78,11 +78,16 @@ class FrameScanner:
     """Feed it every chunk before the unpacker sees it; :meth:`feed` returns None while the
     stream keeps to the limits, or why it does not (and from then on the stream is dead)."""
 
-    __slots__ = ("_elems", "_limits", "_skip", "_stack", "_tail", "_used", "frames", "good_bytes")
+    __slots__ = ("_depth", "_elems", "_limits", "_outer", "_skip", "_tail", "_top", "_used", "frames", "good_bytes")
 
     def __init__(self, limits: FrameLimits) -> None:
         self._limits = limits
-        self._stack: list[int] = []  # elements still to come in each open array/map
+        # Elements still to come in the innermost open array/map (``_top``, a native int
+        # when compiled: counted down once per value) and in each one around it (``_outer``,
+        # touched only when a container opens or closes); ``_depth`` of them are open.
+        self._top = 0
+        self._outer: list[int] = []
+        self._depth = 0
         self._skip = 0  # body bytes of a str/bin/ext still to come
         self._used = 0  # bytes of the current frame so far
         self._elems = 0
@@ -115,7 +120,9 @@ class FrameScanner:
         pos = 0
         base = self._used
         elems = self._elems
-        stack = self._stack
+        top = self._top
+        depth = self._depth
+        outer = self._outer
         frames = self.frames
         skip = self._skip
         if skip:
@@ -125,12 +132,13 @@ class FrameScanner:
                 return None
             pos = skip
             self._skip = 0
-            while stack:
-                c = stack[-1] - 1
-                if c:
-                    stack[-1] = c
+            while depth:
+                top -= 1
+                if top:
                     break
-                stack.pop()
+                depth -= 1
+                if depth:
+                    top = outer.pop()
             else:
                 if base + pos > max_bytes:
                     return self._refuse(self._too_big(base + pos), last_end, carried)
@@ -182,18 +190,22 @@ class FrameScanner:
                         if elems > lim.max_elements:
                             why = f"frame has over max_frame_elements ({lim.max_elements}) elements"
                             return self._refuse(why, last_end, carried)
-                        stack.append(count)
-                        if len(stack) > lim.max_depth:
+                        if depth:
+                            outer.append(top)
+                        top = count
+                        depth += 1
+                        if depth > lim.max_depth:
                             why = f"frame nested deeper than max_frame_depth ({lim.max_depth})"
                             return self._refuse(why, last_end, carried)
                         continue
             # A value ended: it may end its array/map, and so on up to the frame.
-            while stack:
-                c = stack[-1] - 1
-                if c:
-                    stack[-1] = c
+            while depth:
+                top -= 1
+                if top:
                     break
-                stack.pop()
+                depth -= 1
+                if depth:
+                    top = outer.pop()
             else:
                 if base + pos > max_bytes:
                     return self._refuse(self._too_big(base + pos), last_end, carried)
@@ -203,6 +215,8 @@ class FrameScanner:
                 last_end = pos
         used = base + n
         self._used = used
+        self._top = top
+        self._depth = depth
         self._elems = elems
         self.frames = frames
         if used > max_bytes:

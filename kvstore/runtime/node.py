@@ -202,7 +202,7 @@ class Node:
             keyring=keyring,
         )
         self.server = RpcServer(
-            self.obs.requests.wrap({
+            {
                 **self._handlers(),
                 **self.coord.handlers(),
                 **batch.handlers(self.coord),
@@ -215,9 +215,10 @@ class Node:
                 **gossip_handlers(self.gossip),
                 **keylist_handlers(self.s, self.engine),
                 **MarkedGet(self.coord, self.rpc).handlers(),
-            }),
+            },
             **self.security.server_options(self.s),
             after_chunk=self._send_replica_calls,
+            observers=self.obs.requests.observers(),
         )
         host, port = parse_addr(self.s.listen)
         await self.server.start(host, port)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -13,14 +14,20 @@ import pytest
 from kvstore.config import load_settings, parse_module_levels
 from kvstore.core import messages as m
 from kvstore.core.membership import MemberEvent, MemberInfo, MemberState
-from kvstore.errors import ConfigError, TooLarge, Unavailable
+from kvstore.errors import ConfigError, InvalidRequest, TooLarge, Unavailable
 from kvstore.runtime.logformat import JsonFormatter, setup_logging
 from kvstore.runtime.observe.http import HttpServer, Response
 from kvstore.runtime.observe.requests import RequestStats
 from kvstore.runtime.observe.state import Observability, StorageStats
+from kvstore.runtime.rpc.client import RpcClient
+from kvstore.runtime.rpc.later import LATER, Reply, replies_later
+from kvstore.runtime.rpc.server import RpcServer
 
 
-async def test_wrapped_handlers_count_time_and_classify_every_reply_kind() -> None:
+async def test_request_stats_observe_every_reply_kind_through_a_real_server() -> None:
+    """The RPC server tells RequestStats' observers of each request: a sync reply, an error
+    raised at once, a future settled later, a coroutine that fails, a reply callback
+    (replies_later), a call with the wrong arguments, and replica calls (counted only)."""
     loop = asyncio.get_running_loop()
     pending: asyncio.Future[Any] = loop.create_future()
 
@@ -32,29 +39,55 @@ async def test_wrapped_handlers_count_time_and_classify_every_reply_kind() -> No
             raise TooLarge("too big")
         return pending
 
+    @replies_later
+    def delete(key: Any, ctx: Any = None, opts: Any = None, *, reply: Reply | None = None) -> Any:
+        assert reply is not None
+        loop.call_soon(reply, {"context": b""}, None)
+        return LATER
+
     rs = RequestStats()
-    h = rs.wrap({"get": lambda key, opts=None: {"values": [b"a", b"b"], "context": b""},
-                 "put": put, m.FWD_GET: forwarded, "replica.get": lambda p, k: None, "other": lambda: 1})
-    assert h["get"](b"k") == {"values": [b"a", b"b"], "context": b""}
-    with pytest.raises(TooLarge):
-        h["put"](b"k", b"toolong")
-    fut = h["put"](b"k", b"ok")
-    assert fut is pending
-    pending.set_result({"context": b""})
-    with pytest.raises(Unavailable):
-        await h[m.FWD_GET](b"k")
-    h["replica.get"](1, b"k")
-    assert h["other"]() == 1
-    await asyncio.sleep(0)  # the future's done-callback
-    get, put_s = rs.ops["get"], rs.ops["put"]
-    assert get.requests == 2 and get.errors == {"unavailable": 1} and get.latency.count == 2
+    handlers: dict[str, Callable[..., Any]] = {
+        "get": lambda key, opts=None: {"values": [b"a", b"b"], "context": b""},
+        "put": put, "delete": delete, m.FWD_GET: forwarded,
+        m.REPLICA_GET: lambda p, k: None, m.REPLICA_MANY: lambda ops: [None] * len(ops),
+        "other": lambda: 1,
+    }  # fmt: skip
+    server = RpcServer(handlers, observers=rs.observers())
+    await server.start("127.0.0.1", 0)
+    c = RpcClient()
+    addr = f"127.0.0.1:{server.port}"
+    try:
+        assert await c.call(addr, "get", [b"k"], 5) == {"values": [b"a", b"b"], "context": b""}
+        with pytest.raises(TooLarge):
+            await c.call(addr, "put", [b"k", b"toolong"], 5)
+        put_reply = asyncio.ensure_future(c.call(addr, "put", [b"k", b"ok"], 5))
+        await asyncio.sleep(0.05)
+        assert not put_reply.done()
+        pending.set_result({"context": b""})
+        assert await put_reply == {"context": b""}
+        with pytest.raises(Unavailable):
+            await c.call(addr, m.FWD_GET, [b"k"], 5)
+        assert await c.call(addr, "delete", [b"k"], 5) == {"context": b""}
+        assert await c.call(addr, m.REPLICA_GET, [1, b"k"], 5) is None
+        many = [[m.MANY_PUT, 1, b"k", b"r"], [m.MANY_PUT, 1, b"j", b"r"], [m.MANY_GET, 1, b"k"]]
+        assert await c.call(addr, m.REPLICA_MANY, [many], 5) == [None] * 3
+        assert await c.call(addr, "other", [], 5) == 1
+        # A call with the wrong arguments is answered invalid_request, and counted so.
+        with pytest.raises(InvalidRequest):
+            await c.call(addr, "get", [], 5)
+    finally:
+        await c.close()
+        await server.close()
+    get, put_s, delete_s = rs.ops["get"], rs.ops["put"], rs.ops["delete"]
+    assert get.requests == 3 and get.errors == {"unavailable": 1, "invalid_request": 1}
+    assert get.latency.count == 3 and get.latency.sum > 0
     assert put_s.requests == 2 and put_s.errors == {"too_large": 1} and put_s.latency.count == 2
+    # The put that waited on its future was timed to the reply, not to the handler's return.
+    assert put_s.latency.sum >= 0.05
+    assert delete_s.requests == 1 and delete_s.errors == {} and delete_s.latency.count == 1
     assert rs.siblings.count == 1 and rs.siblings.sum == 2
-    assert rs.replica["get"] == 1
-    # A call with the wrong arguments is what the RPC server answers invalid_request.
-    with pytest.raises(TypeError):
-        h["get"]()
-    assert get.errors["invalid_request"] == 1
+    assert rs.replica == {"get": 2, "put": 2, "put_batch": 0}
+    assert rs.total_requests() == 6
 
 
 def test_storage_stats_count_batches_and_only_synced_ones_as_fsyncs() -> None:

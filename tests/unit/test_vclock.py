@@ -184,6 +184,28 @@ def test_malformed_context(bad: bytes) -> None:
         vc.decode_context(bad)
 
 
+@pytest.mark.parametrize("c", [2**62 - 1, 2**62, 2**63 - 1])
+def test_record_counters_up_to_the_bound_decode_on_both_paths(c: int) -> None:
+    # Either side of the largest int a compiled module holds unboxed (2**62 - 1), where the
+    # bound checks change from a native compare to Python's: one writer, then two.
+    one = msgpack.packb([1, ["a"], [c], [0, c, 5, b"v"]])
+    assert vc.decode(one).vv == {"a": c}
+    two = msgpack.packb([1, ["a", "b"], [c, c], [0, c, 5, b"v", 1, c, 6, b"w"]])
+    assert vc.values(vc.decode(two)) == [b"v", b"w"]
+
+
+@pytest.mark.parametrize("c", [2**63, 2**64 - 1])
+def test_record_counters_past_the_bound_are_refused_on_both_paths(c: int) -> None:
+    with pytest.raises(InvalidRequest, match="malformed record"):
+        vc.decode(msgpack.packb([1, ["a"], [c], [0, 1, 5, b"v"]]))
+    with pytest.raises(InvalidRequest, match="malformed record"):
+        vc.decode(msgpack.packb([1, ["a", "b"], [c, 1], [0, 1, 5, b"v", 1, 1, 6, b"w"]]))
+
+
+def test_context_counter_just_under_its_bound_decodes() -> None:
+    assert vc.decode_context(msgpack.packb([1, "a", 2**62 - 1])) == {"a": 2**62 - 1}
+
+
 def test_context_must_be_bytes() -> None:
     with pytest.raises(InvalidRequest):
         vc.decode_context("abc")  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ import asyncio
 import functools
 import socket
 import ssl
+import time
 from asyncio import iscoroutine, isfuture
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Final
@@ -28,6 +29,7 @@ from kvstore.runtime.rpc.conn import (
     _log_refusal,
 )
 from kvstore.runtime.rpc.later import LATER, takes_reply
+from kvstore.runtime.rpc.observer import CallObserver
 from kvstore.runtime.rpc.wire import (
     _DEFAULTS,
     BYE,
@@ -47,8 +49,10 @@ from kvstore.runtime.rpc.wire import (
 )
 from kvstore.runtime.security import AUTH_CHALLENGE, AUTH_HELLO, AUTH_VERSION, NONCE_BYTES, Keyring
 
-# A static, not ``asyncio.Future`` looked up on the module for every chunk read.
+# Statics, not ``asyncio.Future`` and ``time.perf_counter`` looked up on their modules for
+# every chunk read.
 _Future: Final = asyncio.Future
+_perf_counter: Final = time.perf_counter
 
 
 class _ServerConn(_Conn):
@@ -63,6 +67,7 @@ class _ServerConn(_Conn):
         "_last_in",
         "_later",
         "_nonce",
+        "_observers",
         "_opened_at",
         "_paused_inflight",
         "_paused_reply",
@@ -77,6 +82,7 @@ class _ServerConn(_Conn):
         self._server = server
         self._handlers = server._handlers
         self._later = server._later
+        self._observers = server._observers
         self._inflight = 0
         self._eof = False
         self._paused_write = False
@@ -235,21 +241,29 @@ class _ServerConn(_Conn):
         append = out.append
         handlers = self._handlers
         later = self._later
+        observers = self._observers
         coroutine = _CoroutineType
         future = _Future
+        # Latency runs from when the chunk is read: a request behind others in it waited too.
+        t0 = _perf_counter()
         try:
             for msg in self._unp:
                 try:
                     kind, msgid, method, params = msg
                     h = handlers.get(method)  # TypeError when unhashable: _other replies
                 except (TypeError, ValueError):
-                    if self._other(msg, out):
+                    if self._other(msg, out, t0):
                         continue
                     break
                 if kind == 0 and h is not None and type(params) is list and type(msgid) is int:
+                    obs = observers.get(method) if observers else None
+                    if obs is not None:
+                        obs.arrived(params)
+                        if not obs.timed:
+                            obs = None
                     try:
                         if method in later:
-                            r = h(*params, reply=_LaterReply(self, msgid, method))
+                            r = h(*params, reply=_LaterReply(self, msgid, method, obs, t0))
                             if r is LATER:
                                 self._server._later_pending += 1
                                 self._hold()
@@ -257,33 +271,39 @@ class _ServerConn(_Conn):
                         else:
                             r = h(*params)
                     except Exception as e:
+                        if obs is not None:
+                            obs.answered(_perf_counter() - t0, None, e)
                         append(self._server._error_reply(msgid, method, e, True))
                         continue
                     rt = type(r)
                     if rt is coroutine:
-                        self._spawn(msgid, method, r)
+                        self._spawn(msgid, method, r, obs, t0)
                         continue
                     if rt is future:
                         if not r.done() or r.cancelled() or r.exception() is not None:
-                            self._watch(msgid, method, r)
+                            self._watch(msgid, method, r, obs, t0)
                             continue
                         r = r.result()  # settled already: reply inline like a sync handler
                     try:
                         data = pack([1, msgid, None, r])
                     except Exception as e:
                         if isfuture(r):  # a Task or another future-like
-                            self._watch(msgid, method, r)
+                            self._watch(msgid, method, r, obs, t0)
                         elif iscoroutine(r):  # a compiled (mypyc) coroutine has a type of its own
-                            self._spawn(msgid, method, r)
+                            self._spawn(msgid, method, r, obs, t0)
                         else:
+                            if obs is not None:
+                                obs.answered(_perf_counter() - t0, None, e)
                             append(self._server._unpackable(msgid, method, e))
                         continue
+                    if obs is not None:
+                        obs.answered(_perf_counter() - t0, r, None)
                     append(data)
                     budget -= len(data)
                     if budget <= 0:
                         self._reply_budget_spent()
                         break
-                elif not self._other(msg, out):
+                elif not self._other(msg, out, t0):
                     break
         except Exception as e:
             # Not msgpack, nested too deep, or a string/bin/array over the frame limit.
@@ -296,7 +316,7 @@ class _ServerConn(_Conn):
         if after is not None:
             after()
 
-    def _other(self, msg: Any, out: list[bytes]) -> bool:
+    def _other(self, msg: Any, out: list[bytes], t0: float) -> bool:
         """Every message the fast path did not take. False: the connection was closed."""
         server = self._server
         if type(msg) is not list or not msg or type(msg[0]) is not int:
@@ -310,6 +330,9 @@ class _ServerConn(_Conn):
             if h is None:
                 log.debug("notification for unknown method %r dropped", method)
                 return True
+            nobs = self._observers.get(method)
+            if nobs is not None:
+                nobs.arrived(params)
             try:
                 r = h(*params)
             except Exception as e:
@@ -344,20 +367,32 @@ class _ServerConn(_Conn):
             exc = UnknownMethod(f"unknown method {method!r}")
             out.append(pack([1, msgid, to_wire(exc), None]))
             return True
+        obs = self._observers.get(method)
+        if obs is not None:
+            obs.arrived(params)
+            if not obs.timed:
+                obs = None
         try:
             r = h(*params)
         except Exception as e:
+            if obs is not None:
+                obs.answered(_perf_counter() - t0, None, e)
             out.append(server._error_reply(msgid, method, e, True))
             return True
         if iscoroutine(r):  # also a compiled (mypyc) coroutine, which has a type of its own
-            self._spawn(msgid, method, r)
+            self._spawn(msgid, method, r, obs, t0)
         elif isfuture(r):
-            self._watch(msgid, method, r)
+            self._watch(msgid, method, r, obs, t0)
         else:
+            failed: Exception | None = None
             try:
-                out.append(pack([1, msgid, None, r]))
+                data = pack([1, msgid, None, r])
             except Exception as e:
-                out.append(server._unpackable(msgid, method, e))
+                data = server._unpackable(msgid, method, e)
+                r, failed = None, e
+            if obs is not None:
+                obs.answered(_perf_counter() - t0, r, failed)
+            out.append(data)
         return True
 
     def _refuse(self, out: list[bytes], reason: str) -> bool:
@@ -366,12 +401,19 @@ class _ServerConn(_Conn):
         self._abandon(reason)
         return False
 
-    def _spawn(self, msgid: int | None, method: str, coro: Coroutine[Any, Any, Any]) -> None:
-        self._watch(msgid, method, self._server._loop.create_task(coro))
+    def _spawn(
+        self, msgid: int | None, method: str, coro: Coroutine[Any, Any, Any], obs: CallObserver | None = None,
+        t0: float = 0.0,
+    ) -> None:
+        self._watch(msgid, method, self._server._loop.create_task(coro), obs, t0)
 
-    def _watch(self, msgid: int | None, method: str, fut: asyncio.Future[Any]) -> None:
+    def _watch(
+        self, msgid: int | None, method: str, fut: asyncio.Future[Any], obs: CallObserver | None = None,
+        t0: float = 0.0,
+    ) -> None:
+        """Reply when ``fut`` settles (``obs``: the request's timed observer, told then)."""
         self._server._running.add(fut)
-        fut.add_done_callback(functools.partial(self._settle, msgid, method))
+        fut.add_done_callback(functools.partial(self._settle, msgid, method, obs, t0))
         self._hold()
 
     def _hold(self) -> None:
@@ -399,11 +441,16 @@ class _ServerConn(_Conn):
                 data = server._unpackable(msgid, method, pe)
         self._queue(data)
 
-    def _settle(self, msgid: int | None, method: str, fut: asyncio.Future[Any]) -> None:
+    def _settle(
+        self, msgid: int | None, method: str, obs: CallObserver | None, t0: float, fut: asyncio.Future[Any]
+    ) -> None:
         """A handler's task or future finished: queue its reply (flushed once per turn)."""
         server = self._server
         server._running.discard(fut)
         try:
+            if obs is not None:
+                failed = asyncio.CancelledError() if fut.cancelled() else fut.exception()
+                obs.answered(_perf_counter() - t0, None if failed is not None else fut.result(), failed)
             if fut.cancelled():
                 if msgid is not None and not server._closing:
                     exc = InternalError(f"{method}: handler was cancelled")
@@ -435,14 +482,19 @@ class _LaterReply:
     functools.partial of a bound method: compiled, that costs a bound method, a partial and
     two calls through Python's call protocol per request."""
 
-    __slots__ = ("conn", "method", "msgid")
+    __slots__ = ("conn", "method", "msgid", "obs", "t0")
 
-    def __init__(self, conn: _ServerConn, msgid: int, method: str) -> None:
+    def __init__(self, conn: _ServerConn, msgid: int, method: str, obs: CallObserver | None, t0: float) -> None:
         self.conn = conn
         self.msgid = msgid
         self.method = method
+        self.obs = obs  # the method's timed observer, if any
+        self.t0 = t0
 
     def __call__(self, result: Any, exc: BaseException | None) -> None:
+        obs = self.obs
+        if obs is not None:
+            obs.answered(_perf_counter() - self.t0, result, exc)
         self.conn.reply_later(self.msgid, self.method, result, exc)
 
 
@@ -478,6 +530,7 @@ class RpcServer:
         keyring: Keyring | None = None,
         ssl_context: ssl.SSLContext | None = None,
         after_chunk: Callable[[], None] | None = None,
+        observers: Mapping[str, CallObserver] | None = None,
     ) -> None:
         if min(max_frame_bytes, max_inflight, max_reply_buffer_bytes, max_connections) < 1:
             raise ValueError("RpcServer limits must be positive")
@@ -487,6 +540,7 @@ class RpcServer:
         # Methods whose handler takes a reply callback (kvstore.runtime.rpc.later).
         self._later: frozenset[str] = frozenset(k for k, h in self._handlers.items() if takes_reply(h))
         self._later_pending = 0  # their requests not answered yet
+        self._observers: dict[str, CallObserver] = dict(observers or {})
         self._after_chunk = after_chunk
         self.max_frame_bytes = max_frame_bytes
         self.max_inflight = max_inflight
