@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kvstore.runtime.observe.histogram import LATENCY_BOUNDS_S, Histogram, diff, quantile
+from kvstore.runtime.observe.histogram import (
+    LATENCY_BOUNDS_S,
+    SIBLING_BOUNDS,
+    Histogram,
+    diff,
+    quantile,
+)
 
 values = st.lists(st.floats(min_value=0, max_value=30, allow_nan=False), max_size=300)
 
@@ -25,6 +32,24 @@ def test_counts_and_cumulative_agree_with_the_values(xs: list[float]) -> None:
         # Prometheus's le is inclusive: everything <= the bound is counted.
         assert n == sum(1 for x in xs if x <= float(le))
     assert [n for _, n in cum] == sorted(n for _, n in cum)
+
+
+@given(
+    st.sampled_from([LATENCY_BOUNDS_S, SIBLING_BOUNDS, (1.0,), (0.5, 2.0)]),
+    st.lists(st.floats(min_value=-1, max_value=200, allow_nan=False) | st.integers(-1, 200), max_size=50),
+    st.data(),
+)
+def test_each_value_lands_where_bisect_left_puts_it(
+    bounds: tuple[float, ...], xs: list[float], data: st.DataObject
+) -> None:
+    # The bounds themselves too: a value equal to a bound belongs to that bound's bucket.
+    xs = xs + data.draw(st.lists(st.sampled_from(bounds), max_size=10))
+    h = Histogram(bounds)
+    want = [0] * (len(bounds) + 1)
+    for x in xs:
+        h.observe(x)
+        want[bisect_left(h.bounds, x)] += 1
+    assert h.counts == want
 
 
 @given(values, st.floats(min_value=0.01, max_value=1.0))

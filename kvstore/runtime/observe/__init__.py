@@ -3,6 +3,6 @@ that reads them (and every module's own counters) at scrape time, the HTTP serve
 metrics and the dashboard, and the dashboard's JSON view of the cluster.
 
 The request path only ever increments plain integers and fixed-bucket histograms (a list of
-ints and one bisect): no locks and no prometheus_client objects per request. All the
+ints and one binary search): no locks and no prometheus_client objects per request. All the
 conversion to Prometheus families happens in :mod:`.collector`, once per scrape.
 """

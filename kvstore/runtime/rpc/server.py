@@ -261,13 +261,29 @@ class _ServerConn(_Conn):
                         obs.arrived(params)
                         if not obs.timed:
                             obs = None
+                    # Up to three params are passed spelled out: compiled, that is one
+                    # vectorcall, where ``*params`` builds a tuple (and ``reply=`` a dict)
+                    # that the callee takes apart again (~1.5k instructions a request).
+                    n = len(params)
                     try:
                         if method in later:
-                            r = h(*params, reply=_LaterReply(self, msgid, method, obs, t0))
+                            rep = _LaterReply(self, msgid, method, obs, t0)
+                            if n == 1:
+                                r = h(params[0], reply=rep)
+                            elif n == 2:
+                                r = h(params[0], params[1], reply=rep)
+                            elif n == 3:
+                                r = h(params[0], params[1], params[2], reply=rep)
+                            else:
+                                r = h(*params, reply=rep)
                             if r is LATER:
                                 self._server._later_pending += 1
                                 self._hold()
                                 continue
+                        elif n == 1:
+                            r = h(params[0])
+                        elif n == 2:
+                            r = h(params[0], params[1])
                         else:
                             r = h(*params)
                     except Exception as e:
