@@ -234,6 +234,9 @@ class Engine:
         # Told of each committed batch: (ops, synced, seconds from hand-over to commit).
         # Once per batch, never per write; the node's metrics hook in here.
         self.on_batch: Callable[[int, bool, float], None] | None = None
+        # Called before and after a committed batch's waiters are told (a node holds its
+        # server's replies meanwhile, so those the commit completes are written at once).
+        self.around_resolve: tuple[Callable[[], None], Callable[[], None]] | None = None
 
     # ------------------------------------------------------------------ open / load
 
@@ -794,7 +797,15 @@ class Engine:
         elif batch.ops:
             self._write_gen += 1
             self._arm_sync_timer()
-        _resolve(batch.waiters, None)
+        around = self.around_resolve
+        if around is None:
+            _resolve(batch.waiters, None)
+        else:
+            around[0]()
+            try:
+                _resolve(batch.waiters, None)
+            finally:
+                around[1]()
         if self.on_batch is not None:
             self.on_batch(len(batch.ops), batch.sync, _perf_counter() - batch.started)
 

@@ -222,6 +222,11 @@ class Node:
         )
         host, port = parse_addr(self.s.listen)
         await self.server.start(host, port)
+        # What a storage commit or a chunk of peer replies completes is answered in the
+        # same pass of the event loop (see _Flusher).
+        around = (self.server.hold_replies, self.server.release_replies)
+        self.engine.around_resolve = around
+        self.rpc.around_replies = around
         if self.s.http_port:
             self.http = HttpServer(routes(self))
             await self.http.start(self.s.http_host, self.s.http_port)

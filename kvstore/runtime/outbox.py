@@ -124,22 +124,21 @@ class Outbox:
             return
         self.calls += 1
         self.ops += len(b.ops)
+        def done(results: Any, err: BaseException | None) -> None:
+            if isinstance(err, UnknownMethod):
+                self._single.add(b.addr)
+                self._send_singly(b)
+            else:
+                _deliver(b.answers, results, err)
+
+        # A callback, not a future: the answers are used as the reply is read, not a loop
+        # turn later (kvstore.runtime.rpc.client.ReplySink).
         try:
-            f = self.rpc.request(b.addr, m.REPLICA_MANY, [b.ops], b.timeout_s)
+            self.rpc.request_cb(b.addr, m.REPLICA_MANY, [b.ops], b.timeout_s, done)
         except KVError as e:
             reason = reason_of(e)
             for answer in b.answers:
                 answer(reason, None)
-            return
-
-        def done(f: asyncio.Future[Any]) -> None:
-            if not f.cancelled() and isinstance(f.exception(), UnknownMethod):
-                self._single.add(b.addr)
-                self._send_singly(b)
-            else:
-                _deliver(b.answers, f)
-
-        f.add_done_callback(done)
 
     def _send_singly(self, b: _Batch) -> None:
         for op, answer in zip(b.ops, b.answers, strict=True):
@@ -161,13 +160,11 @@ def _deliver_one(answer: Answer, f: asyncio.Future[Any]) -> None:
         answer(None, f.result())
 
 
-def _deliver(answers: list[Answer], f: asyncio.Future[Any]) -> None:
-    if f.cancelled():
+def _deliver(answers: list[Answer], results: Any, err: BaseException | None) -> None:
+    if isinstance(err, asyncio.CancelledError):
         for answer in answers:
             answer("cancelled", None)
         return
-    err = f.exception()
-    results = None if err is not None else f.result()
     if err is None and (type(results) is not list or len(results) != len(answers)):
         err = ProtocolError(f"replica.many: {len(answers)} ops answered with {type(results).__name__}")
     if err is not None or results is None:

@@ -1062,3 +1062,96 @@ def test_as_bytes_and_as_str() -> None:
     with pytest.raises(InvalidRequest, match="node must be a string, got list"):
         as_str([], "node")
     assert issubclass(InvalidRequest, KVError)
+
+
+# --------------------------------------------------------------------------- reply callbacks
+
+
+def test_request_cb_answers_while_the_reply_is_read(arun: Any) -> None:
+    """A callback call gets its result, error, timeout or lost connection through the
+    callback, called from the reading of the reply (no pass of the loop in between), and
+    the first call to a peer not yet connected connects first."""
+
+    async def body() -> None:
+        release = asyncio.Event()
+
+        async def hang() -> str:
+            await release.wait()
+            return "late"
+
+        def boom() -> None:
+            raise Unavailable("1 of 2", answered=1, required=2)
+
+        got: list[tuple[Any, Any]] = []
+
+        def sink(result: Any, exc: BaseException | None) -> None:
+            got.append((result, exc))
+
+        async with serving({"echo": lambda x: x, "boom": boom, "hang": hang}) as server, client() as c:
+            addr = f"127.0.0.1:{server.port}"
+            c.request_cb(addr, "echo", ["first"], WAIT_S, sink)  # not connected yet
+            await wait_until(lambda: len(got) == 1, "the reply over a new connection")
+            assert got.pop() == ("first", None)
+            seen: list[int] = []
+            # How many replies had arrived when each chunk of replies was done being read.
+            c.around_replies = (lambda: None, lambda: seen.append(len(got)))
+            c.request_cb(addr, "echo", ["x"], WAIT_S, sink)
+            c.request_cb(addr, "boom", [], WAIT_S, sink)
+            await wait_until(lambda: len(got) == 2, "the two replies")
+            # Both were answered from inside the read, before it returned.
+            assert seen and seen[-1] == 2
+            c.around_replies = None
+            assert got[0] == ("x", None)
+            assert got[1][0] is None and isinstance(got[1][1], Unavailable)
+            got.clear()
+            c.request_cb(addr, "hang", [], 0.05, sink)
+            await wait_until(lambda: len(got) == 1, "the timeout")
+            assert got[0][0] is None and isinstance(got[0][1], Timeout)
+            got.clear()
+            release.set()
+            await wait_until(lambda: server.running_handlers == 0, "the late handler")
+            # A callback that raises is logged; the connection reads on.
+            c.request_cb(addr, "echo", ["a"], WAIT_S, lambda r, e: 1 / 0)
+            c.request_cb(addr, "echo", ["b"], WAIT_S, sink)
+            await wait_until(lambda: len(got) == 1, "the reply after a failing callback")
+            assert got.pop() == ("b", None)
+            # Encoding errors raise at once and never reach the callback.
+            with pytest.raises(InvalidRequest):
+                c.request_cb(addr, "echo", [object()], WAIT_S, sink)
+            c.request_cb(addr, "hang", [], WAIT_S, sink)
+            release.clear()
+        # The client closed with the call in flight: it fails, through the callback.
+        await wait_until(lambda: len(got) == 1, "the lost call")
+        assert got[0][0] is None and isinstance(got[0][1], Unreachable)
+
+    arun(body)
+
+
+def test_held_replies_are_written_at_release_without_a_loop_pass(arun: Any) -> None:
+    """Between hold_replies and release_replies a reply callback's reply is queued and no
+    flush is scheduled; release writes it. Engine commits and peer replies use this."""
+
+    async def body() -> None:
+        later: list[Reply] = []
+
+        @replies_later
+        def slow(*, reply: Reply | None = None) -> Any:
+            assert reply is not None
+            later.append(reply)
+            return LATER
+
+        async with serving({"slow": slow}) as server, client() as c:
+            addr = f"127.0.0.1:{server.port}"
+            call = asyncio.ensure_future(c.call(addr, "slow", [], WAIT_S))
+            await wait_until(lambda: len(later) == 1, "the handler")
+            (conn,) = server._conns
+            flusher = conn._flusher
+            server.hold_replies()
+            later[0]("done", None)
+            # Queued, and no write scheduled for a later pass of the loop.
+            assert conn._out and not flusher._scheduled
+            server.release_replies()
+            assert not conn._out and not conn._queued  # written by the release itself
+            assert await call == "done"
+
+    arun(body)

@@ -42,6 +42,29 @@ async def reopened(engine: Engine, **kw: object) -> Engine:
 # ---------------------------------------------------------------- basics
 
 
+async def test_around_resolve_brackets_the_waiters_of_each_commit(db_path: str) -> None:
+    e = Engine.open(db_path)
+    events: list[str] = []
+    e.around_resolve = (lambda: events.append("hold"), lambda: events.append("release"))
+    try:
+        e.put(1, b"a", b"1", lambda err: events.append(f"a {err}"))
+        e.put(1, b"b", b"2", lambda err: events.append(f"b {err}"))
+        await wait_until(lambda: "release" in events)
+        # One batch, one pair of calls around both of its waiters.
+        assert events == ["hold", "a None", "b None", "release"]
+        events.clear()
+
+        def fails(err: BaseException | None) -> None:
+            events.append("c")
+            raise RuntimeError("a waiter that fails")
+
+        e.put(1, b"c", b"3", fails)
+        await wait_until(lambda: "release" in events)
+        assert events == ["hold", "c", "release"]  # released even so
+    finally:
+        await e.close()
+
+
 async def test_round_trip(db_path: str) -> None:
     e = Engine.open(db_path)
     try:

@@ -4,9 +4,10 @@ connection in flight together, one deadline sweep per batch, fail-fast and recon
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from kvstore.config import parse_addr
@@ -52,8 +53,8 @@ class _ClientConn(_Conn):
         self._owner = owner
         self._addr = addr
         self._slot = slot
-        # msgid -> (future, its timeout batch, method name)
-        self._pending: dict[int, tuple[asyncio.Future[Any], _Batch, str]] = {}
+        # msgid -> (future or ReplySink, its timeout batch, method name)
+        self._pending: dict[int, tuple[Any, _Batch, str]] = {}
         self._next_id = 0
         # The msgids issued before this one (mod 2**32) have been handed to the transport.
         self._sent_mark = 0
@@ -86,6 +87,19 @@ class _ClientConn(_Conn):
                 fut.set_exception(Unreachable(message, sent=sent))
 
     def _drain(self) -> None:
+        around = self._owner.around_replies
+        if around is None:
+            self._read_replies()
+            return
+        # Replies this chunk completes are answered (its callers' replies written) when the
+        # chunk is done, not in another pass of the loop.
+        around[0]()
+        try:
+            self._read_replies()
+        finally:
+            around[1]()
+
+    def _read_replies(self) -> None:
         pending = self._pending
         try:
             for msg in self._unp:
@@ -165,6 +179,41 @@ class _Peer:
         self.auth_error = ""
 
 
+class ReplySink:
+    """What a pending call needs of a future, calling ``fn(result, None)`` or ``fn(None,
+    exc)`` at once when the reply (or the failure) comes (:meth:`RpcClient.request_cb`).
+
+    A future runs its callbacks in a later pass of the event loop: the reply to a replica
+    call then reaches the coordinator a loop turn after it was read, and the client's reply
+    one more turn later (each turn an epoll wait and the loop's own work, a large share of a
+    request at one in flight). Called here, the reply is used while its chunk is handled."""
+
+    __slots__ = ("_done", "fn")
+
+    def __init__(self, fn: Callable[[Any, BaseException | None], None]) -> None:
+        self.fn = fn
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, result: Any) -> None:
+        self._settle(result, None)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._settle(None, exc)
+
+    def _settle(self, result: Any, exc: BaseException | None) -> None:
+        if self._done:
+            return
+        self._done = True
+        try:
+            self.fn(result, exc)
+        except Exception:
+            # The reader of the connection must go on with the other replies.
+            log.exception("reply callback failed")
+
+
 class _Batch:
     """The calls of one loop turn with the same timeout: they share one timer."""
 
@@ -231,6 +280,15 @@ class _Deadlines:
         self._turn.clear()
 
 
+def _settle_from_future(fn: Callable[[Any, BaseException | None], None], f: asyncio.Future[Any]) -> None:
+    if f.cancelled():
+        fn(None, asyncio.CancelledError())
+    elif (e := f.exception()) is not None:
+        fn(None, e)
+    else:
+        fn(f.result(), None)
+
+
 def _consume(task: asyncio.Task[Any]) -> None:
     if not task.cancelled():
         task.exception()  # retrieved here so an unawaited failure is not logged as lost
@@ -263,6 +321,9 @@ class RpcClient:
         if conns_per_peer < 1:
             raise ValueError("conns_per_peer must be >= 1")
         self._limits = FrameLimits(max_frame_bytes, max_frame_depth, max_frame_elements)
+        # Called before and after each chunk of replies is read (a node holds its server's
+        # replies meanwhile: RpcServer.hold_replies, release_replies).
+        self.around_replies: tuple[Callable[[], None], Callable[[], None]] | None = None
         self._keyring = keyring
         self._ssl = ssl_context
         self._connect_timeout = connect_timeout_s
@@ -325,6 +386,12 @@ class RpcClient:
         peer, i, conn = self._next_slot(addr)
         if conn is not None and not conn._closed:
             return self._send(conn, method, params, timeout)
+        return self._request_slot(peer, i, addr, method, params, timeout)
+
+    def _request_slot(
+        self, peer: _Peer, i: int, addr: str, method: str, params: Sequence[Any], timeout: float
+    ) -> asyncio.Future[Any]:
+        """:meth:`request` on a slot with no open connection: connect first, in a task."""
         try:
             data = pack([0, 0, method, params])
         except Exception as e:
@@ -347,9 +414,33 @@ class RpcClient:
         task.add_done_callback(_consume)
         return task
 
+    def request_cb(
+        self, addr: str, method: str, params: Sequence[Any], timeout: float,
+        fn: Callable[[Any, BaseException | None], None],
+    ) -> None:
+        """:meth:`request` with a callback instead of a future: ``fn(result, None)`` or
+        ``fn(None, exc)``, called while the reply's chunk is read (see :class:`ReplySink`).
+        Encoding errors raise here, as from :meth:`request`; ``fn`` is never called then."""
+        peer, i, conn = self._next_slot(addr)
+        if conn is not None and not conn._closed:
+            self._queue_call(conn, method, params, timeout, ReplySink(fn))
+            return
+        # Not connected: the connect runs as a task, and the reply comes through its future.
+        self._request_slot(peer, i, addr, method, params, timeout).add_done_callback(
+            functools.partial(_settle_from_future, fn)
+        )
+
     def _send(
         self, conn: _ClientConn, method: str, params: Sequence[Any], timeout: float
     ) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        self._queue_call(conn, method, params, timeout, fut)
+        return fut
+
+    def _queue_call(
+        self, conn: _ClientConn, method: str, params: Sequence[Any], timeout: float, waiter: Any
+    ) -> None:
+        """Queue the call on ``conn``; ``waiter`` (a future or a ReplySink) gets its reply."""
         msgid = conn._next_id
         try:
             data = pack([0, msgid, method, params])
@@ -362,15 +453,13 @@ class RpcClient:
                 f"{method}: request of {len(data)} bytes exceeds max_frame_bytes ({self._max_frame})"
             )
         conn._next_id = (msgid + 1) & _MSGID_MASK
-        fut = self._loop.create_future()
         batch = self._deadlines.batch(timeout)
         batch.left += 1
         calls = batch.calls
         calls.append(conn)
         calls.append(msgid)
-        conn._pending[msgid] = (fut, batch, method)
+        conn._pending[msgid] = (waiter, batch, method)
         conn._queue(data)
-        return fut
 
     def notify(self, addr: str, method: str, params: Sequence[Any]) -> None:
         """Send a notification (no reply). Dropped silently when the peer is down or the

@@ -48,9 +48,14 @@ def run(main: Coroutine[Any, Any, _T], *, loop: str = "auto") -> _T:
 
 
 class _Flusher:
-    """Writes what connections queued during one loop turn, once, at the end of the turn."""
+    """Writes what connections queued during one loop turn, once, at the end of the turn.
 
-    __slots__ = ("_before", "_dirty", "_loop", "_scheduled")
+    Between :meth:`hold` and :meth:`release` nothing is scheduled: release writes what was
+    queued meanwhile at once. Around work that runs late in a turn (a storage commit, the
+    replies of peers) that saves a pass of the event loop, which at one request in flight
+    is an epoll wait and the loop's own work per request."""
+
+    __slots__ = ("_before", "_dirty", "_held", "_loop", "_scheduled")
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, before: Callable[[], None] | None = None
@@ -58,13 +63,22 @@ class _Flusher:
         self._loop = loop
         self._dirty: list[_Conn] = []
         self._scheduled = False
+        self._held = 0
         self._before = before
 
     def add(self, conn: _Conn) -> None:
         self._dirty.append(conn)
-        if not self._scheduled:
+        if not self._scheduled and not self._held:
             self._scheduled = True
             self._loop.call_soon(self.flush)
+
+    def hold(self) -> None:
+        self._held += 1
+
+    def release(self) -> None:
+        self._held -= 1
+        if not self._held and self._dirty:
+            self.flush()
 
     def flush(self) -> None:
         self._scheduled = False

@@ -610,6 +610,16 @@ class RpcServer:
         self._sweep_every = max(0.02, min(1.0, self.idle_timeout_s / 4, self.frame_timeout_s / 4, self.auth_timeout_s / 4))
         self._sweeper = self._loop.call_later(self._sweep_every, self._sweep)
 
+    def hold_replies(self) -> None:
+        """Queue replies without scheduling their write until :meth:`release_replies`."""
+        if self._flusher is not None:
+            self._flusher.hold()
+
+    def release_replies(self) -> None:
+        """Write what was queued since :meth:`hold_replies` now (see _Flusher)."""
+        if self._flusher is not None:
+            self._flusher.release()
+
     def _sweep(self) -> None:
         """Close what has overstayed: unauthenticated, slow or idle connections."""
         loop = self._loop
