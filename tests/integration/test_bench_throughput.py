@@ -82,6 +82,8 @@ def test_tiny_run_has_every_field(tmp_path: Path) -> None:
     assert doc["png"] == str(tmp_path / "plot.png")
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "put-4x64 → kv3" in err  # progress on stderr, stdout held only the JSON
+    # Each open-loop point runs right after its system's peak, on the store it was measured on.
+    assert err.index("put-4x64 → kv3") < err.index("open loop: kv3") < err.index("put-4x64 → reference")
 
 
 def test_table_with_shared_generator_and_no_redis(tmp_path: Path) -> None:
