@@ -1155,3 +1155,31 @@ def test_held_replies_are_written_at_release_without_a_loop_pass(arun: Any) -> N
             assert await call == "done"
 
     arun(body)
+
+
+def test_one_timer_serves_the_deadlines_of_every_turn(arun: Any) -> None:
+    """Calls answered in time never touch the timer: it is set once for the earliest
+    deadline, and a shorter timeout that comes later sets it earlier and still fires."""
+
+    async def body() -> None:
+        release = asyncio.Event()
+
+        async def hang() -> str:
+            await release.wait()
+            return "late"
+
+        async with serving({"echo": lambda x: x, "hang": hang}) as server, client() as c:
+            addr = f"127.0.0.1:{server.port}"
+            assert await c.call(addr, "echo", [0], WAIT_S) == 0
+            timer = c._deadlines._timer
+            assert timer is not None
+            for i in range(1, 30):  # each its own loop turn and batch
+                assert await c.call(addr, "echo", [i], WAIT_S) == i
+                assert c._deadlines._timer is timer
+            with pytest.raises(Timeout):
+                await c.call(addr, "hang", [], 0.05)
+            release.set()
+            await wait_until(lambda: server.running_handlers == 0, "the late handler")
+            assert await c.call(addr, "echo", ["after"], WAIT_S) == "after"
+
+    arun(body)
