@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import asyncio
 
-from kvstore.runtime.deadlines import RESOLUTION_S, Deadlines
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kvstore.runtime.deadlines import RESOLUTION_S, Deadlines, _bucket
+
+
+@given(st.floats(min_value=0, max_value=1e7, allow_nan=False) | st.integers(0, 10**7).map(lambda i: i / 100))
+def test_a_deadline_is_swept_not_before_it_and_at_most_one_resolution_late(deadline: float) -> None:
+    # The sweep compares bucket * RESOLUTION_S with the loop's time, so that product is what
+    # must not come before the deadline (bucket boundaries included).
+    end = _bucket(deadline) * RESOLUTION_S
+    assert deadline <= end <= deadline + RESOLUTION_S * 1.000001
 
 
 class Item:
