@@ -84,14 +84,19 @@ def plan(
     is_up: Callable[[str], bool],
     *,
     sloppy: bool = True,
+    me: str = "",
 ) -> Plan:
     """Who to ask for a key: every live primary, and (sloppy quorum) for each primary that is
     down the next live node beyond the preference list, carrying a hint for it.
 
     Dynamo's rule: a primary that is down is not asked at all (its write goes to a stand-in);
-    one whose state is unknown is asked. ``is_up`` answers for each node.
+    one whose state is unknown is asked. ``is_up`` answers for each node but ``me`` (the
+    coordinator, which is up since it is asking: one call through Python's protocol less).
     """
-    down = [p for p in preference if not is_up(p)]
+    down: list[str] = []
+    for p in preference:
+        if p != me and not is_up(p):
+            down.append(p)
     if not down:
         # The usual case: every primary is up. Its plan depends on the preference list
         # alone, so it is built once per list (a bounded cache: lists change with the ring).

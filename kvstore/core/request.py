@@ -173,7 +173,7 @@ class WriteRequest:
         self.sloppy = sloppy
         self.hinting = hinting
         self.extra_targets = tuple(extra_targets)
-        self._plan = quorum.plan(preference, self.fallbacks, is_up, sloppy=sloppy)
+        self._plan = quorum.plan(preference, self.fallbacks, is_up, sloppy=sloppy, me=name)
         self.quorum = WriteQuorum(self._plan.targets, w, now + timeout_s, strict=strict)
         # A primary gets part of the time, so that if it does not answer a stand-in can still
         # be asked before the deadline (Dynamo: "does not answer in time").
@@ -304,7 +304,7 @@ class ReadRequest:
         self.now_ms = now_ms
         self.timeout_s = timeout_s
         self.lww = lww
-        self._plan = quorum.plan(preference, (), is_up, sloppy=False)
+        self._plan = quorum.plan(preference, (), is_up, sloppy=False, me=name)
         self.quorum = ReadQuorum(self._plan.targets, r, now + timeout_s, strict=strict)
         self._last_tag = 0  # tags count up from 1
         self._by_tag: dict[int, str] = {}

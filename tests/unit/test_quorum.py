@@ -33,6 +33,18 @@ def test_plan_skips_down_fallbacks_and_reports_uncovered() -> None:
     assert p.uncovered == ("c",)
 
 
+def test_plan_does_not_ask_about_the_coordinator_itself() -> None:
+    asked: list[str] = []
+
+    def is_up(n: str) -> bool:
+        asked.append(n)
+        return n != "c"
+
+    p = quorum.plan(PREF, FALLBACKS, is_up, me=PREF[0])
+    assert PREF[0] not in asked and PREF[0] in [t.node for t in p.targets]
+    assert p == quorum.plan(PREF, FALLBACKS, lambda n: n != "c")
+
+
 def test_plan_strict_has_no_fallbacks() -> None:
     p = quorum.plan(PREF, FALLBACKS, lambda n: n != "b", sloppy=False)
     assert p.nodes == ("a", "c")
