@@ -1183,3 +1183,28 @@ def test_one_timer_serves_the_deadlines_of_every_turn(arun: Any) -> None:
             assert await c.call(addr, "echo", ["after"], WAIT_S) == "after"
 
     arun(body)
+
+
+def test_a_reply_given_at_once_by_a_callback_is_written_with_its_chunk(arun: Any) -> None:
+    """A replies_later handler that answers inside the call (a read of one replica) has its
+    reply written when the request's chunk is done, with no flush scheduled for later."""
+
+    async def body() -> None:
+        @replies_later
+        def now(x: Any, *, reply: Reply | None = None) -> Any:
+            assert reply is not None
+            reply(x, None)
+            return LATER
+
+        async with serving({"now": now}) as server, client() as c:
+            addr = f"127.0.0.1:{server.port}"
+            assert await c.call(addr, "now", [1], WAIT_S) == 1
+            (conn,) = server._conns
+            # A request handed to the connection as a chunk would be (its reply, to a msgid
+            # the client never sent, is dropped there).
+            conn._unp.feed(msgpack.packb([0, 7, "now", ["x"]]))
+            conn._drain()
+            # Written by the end of the chunk: nothing left queued, no flush pending.
+            assert not conn._out and not conn._queued and not conn._flusher._scheduled
+
+    arun(body)

@@ -230,6 +230,17 @@ class _ServerConn(_Conn):
         return False
 
     def _drain(self) -> None:
+        # A handler that answers through its reply callback at once (a read of one replica,
+        # replica.many of gets) queues the reply: held, it is written when the chunk is done,
+        # not in another pass of the loop (see _Flusher).
+        flusher = self._flusher
+        flusher.hold()
+        try:
+            self._serve()
+        finally:
+            flusher.release()
+
+    def _serve(self) -> None:
         if not self._authed and not self._drain_preauth():
             return
         self._server._chunks_in += 1
