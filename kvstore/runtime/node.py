@@ -343,11 +343,9 @@ class Node:
 
     # ------------------------------------------------------------------ handlers
     def _batch_written(self, ops: int, synced: bool, secs: float) -> None:
-        """A storage batch was written and its waiters told (Engine.on_batch): the replies it
-        released go out now rather than one loop turn later."""
+        """A storage batch was written and its waiters told (Engine.on_batch). The replies
+        it released were written as the waiters were told (Engine.around_resolve)."""
         self.obs.storage.on_batch(ops, synced, secs)
-        if self.server is not None:
-            self.server.flush()
 
     def _send_replica_calls(self) -> None:
         """After each chunk of client requests (RpcServer ``after_chunk``): send the replica

@@ -682,11 +682,6 @@ class RpcServer:
         """Open client connections (for tests and metrics)."""
         return len(self._conns)
 
-    def flush(self) -> None:
-        """Write the replies queued so far now instead of at the end of the loop turn."""
-        if self._flusher is not None and not self._closing:
-            self._flusher.flush()
-
     @property
     def running_handlers(self) -> int:
         """Handler tasks and futures not settled yet, and requests waiting on a reply callback."""
