@@ -267,11 +267,7 @@ class _ServerConn(_Conn):
                         continue
                     break
                 if kind == 0 and h is not None and type(params) is list and type(msgid) is int:
-                    obs = observers.get(method) if observers else None
-                    if obs is not None:
-                        obs.arrived(params)
-                        if not obs.timed:
-                            obs = None
+                    obs = self._arrived(method, params) if observers else None
                     # Up to three params are passed spelled out: compiled, that is one
                     # vectorcall, where ``*params`` builds a tuple (and ``reply=`` a dict)
                     # that the callee takes apart again (~1.5k instructions a request).
@@ -298,8 +294,7 @@ class _ServerConn(_Conn):
                         else:
                             r = h(*params)
                     except Exception as e:
-                        if obs is not None:
-                            obs.answered(_perf_counter() - t0, None, e)
+                        _tell(obs, t0, None, e)
                         append(self._server._error_reply(msgid, method, e, True))
                         continue
                     rt = type(r)
@@ -319,12 +314,10 @@ class _ServerConn(_Conn):
                         elif iscoroutine(r):  # a compiled (mypyc) coroutine has a type of its own
                             self._spawn(msgid, method, r, obs, t0)
                         else:
-                            if obs is not None:
-                                obs.answered(_perf_counter() - t0, None, e)
+                            _tell(obs, t0, None, e)
                             append(self._server._unpackable(msgid, method, e))
                         continue
-                    if obs is not None:
-                        obs.answered(_perf_counter() - t0, r, None)
+                    _tell(obs, t0, r, None)
                     append(data)
                     budget -= len(data)
                     if budget <= 0:
@@ -357,9 +350,7 @@ class _ServerConn(_Conn):
             if h is None:
                 log.debug("notification for unknown method %r dropped", method)
                 return True
-            nobs = self._observers.get(method)
-            if nobs is not None:
-                nobs.arrived(params)
+            self._arrived(method, params)
             try:
                 r = h(*params)
             except Exception as e:
@@ -394,16 +385,11 @@ class _ServerConn(_Conn):
             exc = UnknownMethod(f"unknown method {method!r}")
             out.append(pack([1, msgid, to_wire(exc), None]))
             return True
-        obs = self._observers.get(method)
-        if obs is not None:
-            obs.arrived(params)
-            if not obs.timed:
-                obs = None
+        obs = self._arrived(method, params)
         try:
             r = h(*params)
         except Exception as e:
-            if obs is not None:
-                obs.answered(_perf_counter() - t0, None, e)
+            _tell(obs, t0, None, e)
             out.append(server._error_reply(msgid, method, e, True))
             return True
         if iscoroutine(r):  # also a compiled (mypyc) coroutine, which has a type of its own
@@ -417,10 +403,17 @@ class _ServerConn(_Conn):
             except Exception as e:
                 data = server._unpackable(msgid, method, e)
                 r, failed = None, e
-            if obs is not None:
-                obs.answered(_perf_counter() - t0, r, failed)
+            _tell(obs, t0, r, failed)
             out.append(data)
         return True
+
+    def _arrived(self, method: str, params: list[Any]) -> CallObserver | None:
+        """Tell ``method``'s observer a request arrived; the observer if it times replies."""
+        obs = self._observers.get(method)
+        if obs is None:
+            return None
+        obs.arrived(params)
+        return obs if obs.timed else None
 
     def _refuse(self, out: list[bytes], reason: str) -> bool:
         self._out.extend(out)
@@ -504,6 +497,12 @@ class _ServerConn(_Conn):
             self._set_reading()
 
 
+def _tell(obs: CallObserver | None, t0: float, result: Any, exc: BaseException | None) -> None:
+    """A request read at ``t0`` was answered: its timed observer, if any, is told."""
+    if obs is not None:
+        obs.answered(_perf_counter() - t0, result, exc)
+
+
 class _LaterReply:
     """The reply callback given to a handler marked ``replies_later``. A callable, not
     functools.partial of a bound method: compiled, that costs a bound method, a partial and
@@ -519,9 +518,7 @@ class _LaterReply:
         self.t0 = t0
 
     def __call__(self, result: Any, exc: BaseException | None) -> None:
-        obs = self.obs
-        if obs is not None:
-            obs.answered(_perf_counter() - self.t0, result, exc)
+        _tell(self.obs, self.t0, result, exc)
         self.conn.reply_later(self.msgid, self.method, result, exc)
 
 
