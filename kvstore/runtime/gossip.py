@@ -23,16 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import random
-import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from kvstore.config import parse_addr
 from kvstore.core.membership import Effects, MemberEvent, MemberInfo, MetaValue, Swim, SwimConfig
 from kvstore.errors import ConfigError
+from kvstore.runtime.resolver import Resolver, family_of
 from kvstore.runtime.rpc import RpcClient, as_bytes
 from kvstore.runtime.security import Keyring
 
@@ -44,9 +43,6 @@ PUSH_PULL_METHOD = "gossip.push_pull"
 PushPull = Callable[[str, bytes], Awaitable[bytes]]
 # Never re-arm the timer closer than this: a bug that keeps asking for "now" must not spin.
 MIN_TIMER_S = 0.001
-_MAX_RESOLVED = 4096
-RESOLVE_TTL_S = 30.0
-RESOLVE_TIMEOUT_S = 5.0
 
 
 def push_pull_via(client: RpcClient, timeout_s: float = 2.0) -> PushPull:
@@ -93,8 +89,13 @@ class Gossip:
         meta: Mapping[str, MetaValue] | None = None,
         push_pull_timeout_s: float = 5.0,
         keyring: Keyring | None = None,
+        resolver: Resolver | None = None,
     ) -> None:
         self._keyring = keyring
+        # Shared with the node's RPC client (one cache of peer names); made at start() when
+        # not given, for the family of the bound socket.
+        self._resolver = resolver
+        self._own_resolver: Resolver | None = None
         self.config = config
         self.name = name
         self._advertise = advertise
@@ -111,9 +112,6 @@ class Gossip:
         self._timer_at = float("inf")
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pp_inflight: set[str] = set()
-        self._resolved: dict[str, tuple[Any, float]] = {}  # addr -> (sockaddr, expires)
-        self._resolving: set[str] = set()
-        self._family = socket.AF_INET
         self._stopped = False
         self.counters: dict[str, int] = {
             "datagrams_in": 0,
@@ -135,9 +133,11 @@ class Gossip:
         loop = asyncio.get_running_loop()
         self._loop = loop
         host, port = parse_addr(self._bind)
-        self._family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        family = family_of(host)
+        if self._resolver is None:
+            self._resolver = self._own_resolver = Resolver(family)
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Protocol(self), local_addr=(host, port), family=self._family
+            lambda: _Protocol(self), local_addr=(host, port), family=family
         )
         self._transport = transport  # type: ignore[assignment]
         bound_port = transport.get_extra_info("sockname")[1]
@@ -186,6 +186,8 @@ class Gossip:
         if self._transport is not None:
             self._transport.close()
             self._transport = None
+        if self._own_resolver is not None:
+            self._own_resolver.close()
 
     # ------------------------------------------------------------------ queries and updates
 
@@ -316,45 +318,16 @@ class Gossip:
             log.debug("gossip: cannot send to %s: %s", addr, e)
 
     def _resolve(self, addr: str) -> Any:
-        """The socket address for ``addr``. Hostnames are resolved off the event loop (a
-        stalled DNS server must not freeze the node) and re-resolved every
-        ``RESOLVE_TTL_S``, since a rescheduled container keeps its name but not its IP;
-        until the first answer the datagram is dropped, which SWIM tolerates."""
-        assert self._loop is not None
-        now = self._loop.time()
-        hit = self._resolved.get(addr)
-        if hit is not None and hit[1] > now:
-            return hit[0]
+        """The socket address for ``addr``, without waiting: names are looked up off the
+        event loop by the resolver (a stalled DNS server must not freeze the node), which
+        refreshes its answers as they age; until the first answer the datagram is dropped,
+        which SWIM tolerates."""
+        assert self._resolver is not None
         host, port = parse_addr(addr)
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            if addr not in self._resolving:
-                self._resolving.add(addr)
-                self._spawn(self._lookup(addr, host, port))
-            if hit is not None:
-                return hit[0]  # stale while a fresh lookup runs
-            raise OSError(f"{host} is still being resolved") from None
-        if len(self._resolved) >= _MAX_RESOLVED:
-            self._resolved.clear()
-        self._resolved[addr] = ((host, port), float("inf"))
-        return (host, port)
-
-    async def _lookup(self, addr: str, host: str, port: int) -> None:
-        assert self._loop is not None
-        try:
-            infos = await asyncio.wait_for(
-                self._loop.getaddrinfo(host, port, family=self._family, type=socket.SOCK_DGRAM),
-                RESOLVE_TIMEOUT_S,
-            )
-            if infos:
-                if len(self._resolved) >= _MAX_RESOLVED:
-                    self._resolved.clear()
-                self._resolved[addr] = (infos[0][4], self._loop.time() + RESOLVE_TTL_S)
-        except (OSError, TimeoutError) as e:
-            log.debug("gossip: cannot resolve %s: %s", host, e)
-        finally:
-            self._resolving.discard(addr)
+        addrs = self._resolver.cached(host, port)
+        if not addrs:
+            raise OSError(f"{host} is still being resolved")
+        return addrs[0][1]
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         assert self._loop is not None

@@ -39,6 +39,7 @@ from kvstore.runtime.observe.dashboard import OPS_METHOD, ops_summary, routes
 from kvstore.runtime.observe.http import HttpServer
 from kvstore.runtime.observe.state import Observability
 from kvstore.runtime.replica import Replica, ReplicaServer
+from kvstore.runtime.resolver import Resolver, family_of
 from kvstore.runtime.rpc import RpcClient, RpcServer
 from kvstore.runtime.security import GOSSIP_OVERHEAD_BYTES, Security
 from kvstore.runtime.tombstones import MarkedGet
@@ -99,12 +100,15 @@ class Node:
         self.security = Security.from_settings(settings)
         self.engine: Engine | None = None
         self.server: RpcServer | None = None
+        # One cache of peer names for RPC and gossip, in the family the node listens in.
+        self.resolver = Resolver(family_of(parse_addr(settings.listen)[0]))
         self.rpc = RpcClient(
             connect_timeout_s=settings.connect_timeout_s,
             reconnect_min_s=settings.reconnect_min_s,
             reconnect_max_s=settings.reconnect_max_s,
             max_frame_bytes=settings.max_frame_bytes,
             source_host=self._source_host(),
+            resolver=self.resolver,
             **self.security.client_options(settings),
         )
         self.view: ClusterView | None = None
@@ -199,7 +203,7 @@ class Node:
         self.gossip = Gossip(
             swim_config, self.name, self.addr, self.s.listen, random.Random(),
             push_pull_via(self.rpc), self._on_member, meta=self._gossip_meta(),
-            keyring=keyring,
+            keyring=keyring, resolver=self.resolver,
         )
         self.server = RpcServer(
             {
@@ -322,6 +326,7 @@ class Node:
         if self.aae is not None:
             await self.aae.close()
         await self.rpc.close()
+        self.resolver.close()
         if self.engine is not None:
             try:
                 if self.s.snapshot_dir and not self.engine.closed:

@@ -22,6 +22,7 @@ from kvstore.errors import (
     from_wire,
 )
 from kvstore.runtime.framing import FrameLimits
+from kvstore.runtime.resolver import Addrs, Resolver
 from kvstore.runtime.rpc.conn import (
     _Conn,
     _Flusher,
@@ -357,6 +358,7 @@ class RpcClient:
         conns_per_peer: int = 1,
         rng: random.Random | None = None,
         source_host: str | None = None,
+        resolver: Resolver | None = None,
         max_frame_depth: int = _DEFAULTS.max_frame_depth,
         max_frame_elements: int = _DEFAULTS.max_frame_elements,
         keyring: Keyring | None = None,
@@ -377,6 +379,9 @@ class RpcClient:
         self._n = conns_per_peer
         self._rng = rng or random.Random()
         self._local_addr = (source_host, 0) if source_host else None
+        # A node shares its resolver with gossip (and closes it); a client owns its own.
+        self._owns_resolver = resolver is None
+        self._resolver = resolver or Resolver()
         self._peers: dict[str, _Peer] = {}
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._flusher: _Flusher | None = None
@@ -561,6 +566,8 @@ class RpcClient:
         if self._closed:
             return
         self._closed = True
+        if self._owns_resolver:
+            self._resolver.close()
         if self._deadlines is not None:
             self._deadlines.close()
         for t in list(self._background):
@@ -657,25 +664,26 @@ class RpcClient:
             }
         try:
             try:
-                _, conn = await asyncio.wait_for(
-                    loop.create_connection(
-                        lambda: _ClientConn(self, peer.addr, slot),
-                        peer.host,
-                        peer.port,
-                        local_addr=self._local_addr,
-                        **tls,
-                    ),
-                    self._connect_timeout,
-                )
+                addrs = await self._resolver.resolve(peer.host, peer.port, self._connect_timeout)
             except TimeoutError:
+                raise self._mark_down(peer, f"no answer to the lookup of {peer.host}") from None
+            except OSError as e:
+                raise self._mark_down(peer, str(e)) from None
+            try:
+                left = self._connect_timeout - (loop.time() - t0)
+                conn = await asyncio.wait_for(self._dial(peer, slot, addrs, tls), left)
+            except TimeoutError:
+                self._resolver.refresh(peer.host, peer.port)  # a moved peer: ask DNS again
                 raise self._mark_down(peer, "connect timed out") from None
             except ConnectionRefusedError:
+                self._resolver.refresh(peer.host, peer.port)
                 raise self._mark_down(peer, "connection refused") from None
             except ssl.SSLError as e:
                 # A bad certificate will not get better by retrying at once: one clear error.
                 self._mark_down(peer, f"TLS handshake failed: {e.reason or e}")
                 raise AuthError(f"{peer.addr}: TLS handshake failed: {e.reason or e}") from None
             except OSError as e:
+                self._resolver.refresh(peer.host, peer.port)
                 raise self._mark_down(peer, (e.strerror or str(e)).lower()) from None
             if self._keyring is not None:
                 await self._authenticate(peer, conn, t0)
@@ -693,6 +701,27 @@ class RpcClient:
         peer.reason = ""
         peer.auth_error = ""
         return conn
+
+    async def _dial(self, peer: _Peer, slot: int, addrs: Addrs, tls: dict[str, Any]) -> _ClientConn:
+        """Connect to the first of ``addrs`` that answers."""
+        err: OSError | None = None
+        for family, sockaddr in addrs:
+            try:
+                _, conn = await self._loop.create_connection(
+                    lambda: _ClientConn(self, peer.addr, slot),
+                    sockaddr[0],
+                    sockaddr[1],
+                    family=family,
+                    local_addr=self._local_addr,
+                    **tls,
+                )
+                return conn
+            except ssl.SSLError:
+                raise
+            except OSError as e:  # the next address may answer ("localhost" as ::1, then 127.0.0.1)
+                err = e
+        assert err is not None
+        raise err
 
     async def _authenticate(self, peer: _Peer, conn: _ClientConn, t0: float) -> None:
         """Prove we hold the key and check that the server does (security.py has the scheme).
@@ -767,4 +796,3 @@ class RpcClient:
         peer = self._peers.get(conn._addr)
         if peer is not None and peer.slots[conn._slot] is conn:
             peer.slots[conn._slot] = None
-

@@ -1,0 +1,206 @@
+"""Peer names through the shared resolver: a real RPC server on 127.0.0.1, a client that
+dials it by a made-up name, and a lookup function standing in for a DNS server that is
+slow, failing, or answering with a new address (the one thing a loopback test cannot get
+from the system resolver). "localhost" goes through the real getaddrinfo."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import pytest
+
+from kvstore.errors import Unreachable
+from kvstore.runtime.resolver import Addrs, Resolver
+from kvstore.runtime.rpc import RpcClient, RpcServer, available_loops, new_event_loop
+
+T = TypeVar("T")
+WAIT_S = 10.0  # generous: the box is shared and busy
+NAME = "kvpeer.test"
+
+
+@pytest.fixture(params=available_loops())
+def arun(request: pytest.FixtureRequest) -> Callable[[Callable[[], Awaitable[T]]], T]:
+    kind: str = request.param
+
+    def runner(fn: Callable[[], Awaitable[T]]) -> T:
+        async def body() -> T:
+            async with asyncio.timeout(60):
+                return await fn()
+
+        with asyncio.Runner(loop_factory=lambda: new_event_loop(kind)) as r:
+            result = r.run(body())
+            left = [t for t in asyncio.all_tasks(r.get_loop()) if not t.done()]
+            assert not left, f"tasks left running: {left}"
+        return result
+
+    return runner
+
+
+class FakeDns:
+    """Answers for NAME: ``answer`` (an address list or an exception), after ``delay_s``."""
+
+    def __init__(self, answer: Addrs | OSError, delay_s: float = 0.0) -> None:
+        self.answer = answer
+        self.delay_s = delay_s
+        self.asked = 0
+
+    async def __call__(self, host: str, port: int, family: int) -> Addrs:
+        assert host == NAME
+        self.asked += 1
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if isinstance(self.answer, OSError):
+            raise self.answer
+        return self.answer
+
+
+def at(port: int) -> Addrs:
+    return [(socket.AF_INET, ("127.0.0.1", port))]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def calls_until_ok(c: RpcClient, addr: str) -> list[str]:
+    """Call ``addr`` until it answers; the errors seen on the way."""
+    errors: list[str] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT_S
+    while True:
+        try:
+            assert await c.call(addr, "ping", [], 2.0) == "pong"
+            return errors
+        except Unreachable as e:
+            errors.append(str(e))
+        assert loop.time() < deadline, f"{addr} never answered: {errors[-3:]}"
+        await asyncio.sleep(0.02)
+
+
+async def ping_server() -> RpcServer:
+    server = RpcServer({"ping": lambda: "pong"})
+    await server.start("127.0.0.1", 0)
+    return server
+
+
+def test_a_lookup_slower_than_the_connect_timeout_serves_the_next_connect(arun: Any) -> None:
+    async def main() -> None:
+        server = await ping_server()
+        dns = FakeDns(at(server.port), delay_s=0.4)
+        resolver = Resolver(socket.AF_INET, lookup=dns)
+        c = RpcClient(connect_timeout_s=0.1, reconnect_min_s=0.01, resolver=resolver)
+        try:
+            errors = await calls_until_ok(c, f"{NAME}:{server.port}")
+            # The first connects gave up waiting; the one lookup went on and its answer was
+            # used (before, each connect began its own lookup and gave up on it again).
+            assert errors and all("timed out" in e or "lookup" in e for e in errors), errors
+            assert dns.asked == 1
+        finally:
+            await c.close()
+            resolver.close()
+            await server.close()
+
+    arun(main)
+
+
+def test_a_known_peer_stays_reachable_through_a_dns_outage(arun: Any) -> None:
+    async def main() -> None:
+        server = await ping_server()
+        dns = FakeDns(at(server.port))
+        resolver = Resolver(socket.AF_INET, ttl_s=0.0, lookup=dns)  # every ask refreshes
+        addr = f"{NAME}:{server.port}"
+        c = RpcClient(connect_timeout_s=1.0, resolver=resolver)
+        try:
+            await calls_until_ok(c, addr)
+            dns.answer = socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+            # A new connection (another client sharing the resolver) while DNS fails.
+            c2 = RpcClient(connect_timeout_s=1.0, resolver=resolver)
+            try:
+                assert await calls_until_ok(c2, addr) == []
+            finally:
+                await c2.close()
+            assert dns.asked >= 2  # the refresh was tried, and failed
+        finally:
+            await c.close()
+            resolver.close()
+            await server.close()
+
+    arun(main)
+
+
+def test_a_peer_that_moved_is_looked_up_again_after_a_refused_connect(arun: Any) -> None:
+    async def main() -> None:
+        server = await ping_server()
+        dns = FakeDns(at(free_port()))  # its old address: nothing listens there now
+        resolver = Resolver(socket.AF_INET, ttl_s=3600.0, lookup=dns)
+        c = RpcClient(connect_timeout_s=1.0, reconnect_min_s=0.01, resolver=resolver)
+        try:
+            addr = f"{NAME}:{server.port}"
+            with pytest.raises(Unreachable, match="connection refused"):
+                await c.call(addr, "ping", [], 2.0)
+            dns.answer = at(server.port)
+            await calls_until_ok(c, addr)  # well before the hour's TTL
+            assert dns.asked >= 2
+        finally:
+            await c.close()
+            resolver.close()
+            await server.close()
+
+    arun(main)
+
+
+def test_a_name_that_does_not_resolve_says_so(arun: Any) -> None:
+    async def main() -> None:
+        dns = FakeDns(socket.gaierror(socket.EAI_NONAME, "Name or service not known"))
+        resolver = Resolver(socket.AF_INET, lookup=dns)
+        c = RpcClient(connect_timeout_s=1.0, resolver=resolver)
+        try:
+            with pytest.raises(Unreachable, match="cannot resolve kvpeer.test: name or service not known"):
+                await c.call(f"{NAME}:7000", "ping", [], 2.0)
+        finally:
+            await c.close()
+            resolver.close()
+
+    arun(main)
+
+
+def test_localhost_through_the_system_resolver(arun: Any) -> None:
+    # "localhost" may come back as ::1 first; the server listens on 127.0.0.1 only, so the
+    # client must go on to the next address.
+    async def main() -> None:
+        server = await ping_server()
+        c = RpcClient(connect_timeout_s=2.0)
+        try:
+            assert await calls_until_ok(c, f"localhost:{server.port}") == []
+        finally:
+            await c.close()
+            await server.close()
+
+    arun(main)
+
+
+def test_a_lookup_that_fails_after_its_timeout_leaves_no_unretrieved_error(arun: Any) -> None:
+    async def main() -> None:
+        seen: list[dict[str, Any]] = []
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, ctx: seen.append(ctx))
+        dns = FakeDns(socket.gaierror(socket.EAI_AGAIN, "Temporary failure"), delay_s=0.2)
+        resolver = Resolver(socket.AF_INET, timeout_s=0.05, lookup=dns)
+        try:
+            assert resolver.cached(NAME, 7000) is None
+            with pytest.raises(OSError, match="cannot resolve kvpeer.test: no answer in"):
+                await resolver.resolve(NAME, 7000, 2.0)
+            await asyncio.sleep(0.4)  # the abandoned lookup fails meanwhile
+            gc.collect()
+            await asyncio.sleep(0)
+            assert seen == []
+        finally:
+            resolver.close()
+
+    arun(main)
