@@ -226,6 +226,12 @@ on_exit() {
       log "--- last log lines of $c"
       podman logs --tail 30 "$c" 2>&1 | sed 's/^/    /' >&2
     done
+    # What each container's DNS says of the peers' names (a node reaches peers by name).
+    for c in $(podman ps --filter "label=io.podman.compose.project=$PROJECT" --format '{{.Names}}'); do
+      for n in ${PEER_NAMES:-}; do
+        log "--- $c: getent ahostsv4 $n: $(timeout 10 podman exec "$c" getent ahostsv4 "$n" 2>&1 | head -1)"
+      done
+    done
   fi
   if [ "${KVSTORE_CI_KEEP:-0}" = 1 ] && [ -n "${UP:-}" ]; then
     log "KVSTORE_CI_KEEP=1: cluster left running; tear down with:"
@@ -327,6 +333,7 @@ k8s_pods() {
   [ "$(podman logs "${PROJECT}_kvstore-0" 2>&1 | grep -c "founding the cluster")" = 1 ] ||
     die "kvstore-0 did not found the cluster"
   log "pods: kvstore-0..2 ready, in order"
+  PEER_NAMES=$(for i in 0 1 2; do cat "$WORK/k8s/kvstore-$i/alias"; echo; done)
   # all three in the ring, reachable by their stable names; a write with W=3 reaches all
   deadline=$((SECONDS + 60))
   until podman exec "${PROJECT}_kvstore-2" kv cluster status --json 2>/dev/null | "$VENV_PY" -c \
