@@ -337,7 +337,8 @@ k8s_pods() {
   # all three in the ring, reachable by their stable names; a write with W=3 reaches all
   deadline=$((SECONDS + 60))
   until podman exec "${PROJECT}_kvstore-2" kv cluster status --json 2>/dev/null | "$VENV_PY" -c \
-    'import json,sys; d=json.load(sys.stdin); sys.exit(sum(1 for m in d["members"] if m["up"]) != 3)'; do
+    'import json,sys; d=json.load(sys.stdin); v=d["nodes"][d["view_of"]] or {}
+sys.exit(sum(1 for m in d["members"] if m["up"]) != 3 or v.get("pending", True))'; do
     [ $SECONDS -lt $deadline ] || die "the StatefulSet's pods did not form a ring of 3"
     sleep 1
   done
@@ -408,11 +409,13 @@ for s in kv1 kv2 kv3; do wait_healthy $s 90; done
 TIMES[up]=$(since $t)
 log "all three healthy in ${TIMES[up]} s"
 
-# The ring must hold all three before quorum checks make sense.
+# The ring must hold all three, its last change committed (a join's change still pending
+# places keys on the old ring's two members), before quorum checks make sense.
 deadline=$((SECONDS + 60))
 until [ "$(hkv "$P1" cluster status --json 2>/dev/null | "$VENV_PY" -c \
-  'import json,sys; d=json.load(sys.stdin); print(sum(1 for m in d["members"] if m["up"]))' 2>/dev/null)" = 3 ]; do
-  [ $SECONDS -lt $deadline ] || die "kv1 does not see 3 members up: $(hkv "$P1" cluster status 2>&1)"
+  'import json,sys; d=json.load(sys.stdin); v=d["nodes"][d["view_of"]] or {}
+print(sum(1 for m in d["members"] if m["up"]) if not v.get("pending", True) else "pending")' 2>/dev/null)" = 3 ]; do
+  [ $SECONDS -lt $deadline ] || die "kv1 does not see 3 members up, its ring change done: $(hkv "$P1" cluster status 2>&1)"
   sleep 1
 done
 TIMES[ring]=$(since $t)

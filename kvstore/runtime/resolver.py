@@ -11,7 +11,8 @@ the next connect starts the same lookup from scratch. Here:
   is cached for the next caller;
 - an answer is used for ``ttl_s`` and then refreshed in the background while the old one is
   still used (a rescheduled container keeps its name, not its IP: the refresh finds the
-  new one; a DNS outage does not make a known peer unreachable);
+  new one; a DNS outage does not make a known peer unreachable); a name the DNS server
+  says has no address any more (a stopped container's) is forgotten;
 - a peer that could not be reached can have its entry marked stale, so the next connect
   asks again (:meth:`Resolver.refresh`);
 - IP literals never reach a lookup.
@@ -37,6 +38,12 @@ LOOKUP_TIMEOUT_S = 5.0
 # More distinct names than this and the cache starts over (bounds memory against a peer
 # that gossips endless made-up names).
 MAX_ENTRIES = 4096
+
+# Lookup failures that are the DNS server's answer (the name has no address), not its
+# absence: a cached address is dropped on these and kept on the others (EAI_AGAIN, timeouts).
+_GONE = frozenset(
+    e for e in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", None)) if e is not None
+)
 
 # (family, sockaddr) pairs, in the order the system resolver gave them.
 Addrs = list[tuple[int, Any]]
@@ -143,6 +150,11 @@ class Resolver:
             reason = f"cannot resolve {host}: {(getattr(e, 'strerror', None) or str(e)).lower()}"
             self._errors[key] = reason
             log.debug("%s", reason)
+            if isinstance(e, socket.gaierror) and e.errno in _GONE:
+                # The DNS server says the name has no address (a stopped container's name
+                # leaves its network's DNS): forget the old one, so connects fail at once
+                # instead of timing out on an address nobody holds.
+                self._cache.pop(key, None)
             return []
         if len(self._cache) >= self._max:
             self._cache.clear()
