@@ -1202,9 +1202,51 @@ def test_a_reply_given_at_once_by_a_callback_is_written_with_its_chunk(arun: Any
             (conn,) = server._conns
             # A request handed to the connection as a chunk would be (its reply, to a msgid
             # the client never sent, is dropped there).
-            conn._unp.feed(msgpack.packb([0, 7, "now", ["x"]]))
-            conn._drain()
+            conn.data_received(msgpack.packb([0, 7, "now", ["x"]]))
             # Written by the end of the chunk: nothing left queued, no flush pending.
             assert not conn._out and not conn._queued and not conn._flusher._scheduled
+
+    arun(body)
+
+
+def test_whole_frame_chunks_and_split_frames_keep_their_order(arun: Any) -> None:
+    """A chunk that is one whole frame is decoded on its own; one that follows frames still
+    in the unpacker (a frame split across chunks) must not overtake them."""
+
+    async def body() -> None:
+        async with serving({"echo": lambda x: x}) as server:
+            raw = await Raw.open(server.port)
+            await wait_until(lambda: len(server._conns) == 1, "the server's connection")
+            (conn,) = server._conns
+            frames = [msgpack.packb([0, i, "echo", [i]]) for i in range(6)]
+            split = frames[2][:5]
+            for chunk in (
+                frames[0],  # one whole frame
+                frames[1] + split,  # a frame and the start of the next
+                frames[2][5:],  # the rest of it
+                frames[3],  # whole again
+                frames[4] + frames[5],  # two at once
+            ):
+                conn.data_received(chunk)
+            got = [await raw.recv() for _ in range(6)]
+            assert got == [[1, i, None, i] for i in range(6)]
+            raw.writer.close()
+
+    arun(body)
+
+
+def test_a_whole_frame_msgpack_refuses_closes_the_connection_as_before(arun: Any) -> None:
+    """Framing passes a map with an int key; msgpack (strict map keys) refuses it: the
+    connection is closed with the same complaint whichever decoding path took the chunk."""
+
+    async def body() -> None:
+        async with serving({"echo": lambda x: x}) as server:
+            raw = await Raw.open(server.port)
+            await raw.send([0, 1, "echo", [1]])
+            assert await raw.recv() == [1, 1, None, 1]
+            await raw.send_bytes(msgpack.packb([0, 2, "echo", [{1: 2}]], strict_types=False))
+            async with asyncio.timeout(WAIT_S):
+                assert await raw.reader.read() == b""  # closed, no reply
+            raw.writer.close()
 
     arun(body)

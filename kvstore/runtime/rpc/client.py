@@ -104,7 +104,7 @@ class _ClientConn(_Conn):
     def _read_replies(self) -> None:
         pending = self._pending
         try:
-            for msg in self._unp:
+            for msg in self._msgs:
                 if type(msg) is list and len(msg) == 4 and msg[0] == 1:
                     # get and del, not pop(k, None): compiled, that is a method call by name.
                     msgid = msg[1]

@@ -9,6 +9,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import msgpack
+from msgpack import unpackb as _unpackb
 
 from kvstore.runtime.framing import FrameLimits, FrameScanner
 from kvstore.runtime.rpc.wire import (
@@ -94,7 +95,8 @@ class _Conn(asyncio.Protocol):
     """What server and client connections share: framing in, coalesced output out."""
 
     __slots__ = (
-        "_closed", "_flusher", "_max_frame", "_out", "_queued", "_scan", "_transport", "_unp",
+        "_closed", "_fed", "_flusher", "_max_frame", "_msgs", "_out", "_queued", "_scan",
+        "_transport", "_unp",
     )
 
     def __init__(self, flusher: _Flusher, limits: FrameLimits) -> None:
@@ -103,6 +105,11 @@ class _Conn(asyncio.Protocol):
         self._transport: asyncio.Transport = None  # type: ignore[assignment]
         self._scan = FrameScanner(limits)
         self._unp = _new_unpacker(limits.max_bytes)
+        self._fed = 0  # bytes given to the unpacker (its tell() equals this when it is empty)
+        # The messages of the chunk being handled: the unpacker, or the one a whole-frame
+        # chunk decoded to. Drains take from it (an iterator, so a partial read leaves the
+        # rest for the next).
+        self._msgs: Any = self._unp
         self._out: list[bytes] = []
         self._queued = False
         self._closed = False
@@ -113,23 +120,46 @@ class _Conn(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closed:
             return
+        scan = self._scan
+        fresh = not scan.in_frame
+        before = scan.frames
         # The limits are checked on the raw bytes first: nothing over them is ever buffered.
-        err = self._scan.feed(data)
+        err = scan.feed(data)
         if err is not None:
-            good = self._scan.good_bytes
+            good = scan.good_bytes
             if good:
                 # Complete frames before the bad one are still served (replies owed).
-                self._unp.feed(data[:good])
+                self._feed(data[:good])
                 self._drain()
             if not self._closed:
                 self._abandon(err)
             return
+        if fresh and scan.frames == before + 1 and not scan.in_frame and self._fed == self._unp.tell():
+            # The chunk is one whole frame and nothing waits in the unpacker (one request or
+            # reply per chunk: most of them below full pipelining). Decoded in one call, it
+            # skips the unpacker's buffer copy and the StopIteration that ends its iteration
+            # (~450 ns a chunk). Input the scanner passed but msgpack refuses goes the usual
+            # way, so the refusal is the same.
+            try:
+                msg = _unpackb(data, raw=False, unicode_errors="surrogateescape")
+            except Exception:
+                pass
+            else:
+                self._msgs = iter((msg,))
+                self._drain()
+                return
+        self._feed(data)
+        self._drain()
+
+    def _feed(self, data: bytes) -> None:
         try:
             self._unp.feed(data)
         except msgpack.BufferFull:  # cannot happen within the scanner's limits: a bug guard
             self._abandon("unpacker buffer full")
+            self._msgs = iter(())
             return
-        self._drain()
+        self._fed += len(data)
+        self._msgs = self._unp
 
     def _drain(self) -> None:
         raise NotImplementedError

@@ -190,7 +190,7 @@ class _ServerConn(_Conn):
         keyring = server._keyring
         assert keyring is not None
         try:
-            msg = next(self._unp, None)
+            msg = next(self._msgs, None)
         except Exception as e:
             self._abandon(f"undecodable input before authentication: {type(e).__name__}: {e}")
             return False
@@ -258,7 +258,7 @@ class _ServerConn(_Conn):
         # Latency runs from when the chunk is read: a request behind others in it waited too.
         t0 = _perf_counter()
         try:
-            for msg in self._unp:
+            for msg in self._msgs:
                 try:
                     kind, msgid, method, params = msg
                     h = handlers.get(method)  # TypeError when unhashable: _other replies
