@@ -8,36 +8,16 @@ from __future__ import annotations
 import asyncio
 import gc
 import socket
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from kvstore.errors import Unreachable
 from kvstore.runtime.resolver import Addrs, Resolver
-from kvstore.runtime.rpc import RpcClient, RpcServer, available_loops, new_event_loop
+from kvstore.runtime.rpc import RpcClient, RpcServer
 
-T = TypeVar("T")
 WAIT_S = 10.0  # generous: the box is shared and busy
 NAME = "kvpeer.test"
-
-
-@pytest.fixture(params=available_loops())
-def arun(request: pytest.FixtureRequest) -> Callable[[Callable[[], Awaitable[T]]], T]:
-    kind: str = request.param
-
-    def runner(fn: Callable[[], Awaitable[T]]) -> T:
-        async def body() -> T:
-            async with asyncio.timeout(60):
-                return await fn()
-
-        with asyncio.Runner(loop_factory=lambda: new_event_loop(kind)) as r:
-            result = r.run(body())
-            left = [t for t in asyncio.all_tasks(r.get_loop()) if not t.done()]
-            assert not left, f"tasks left running: {left}"
-        return result
-
-    return runner
 
 
 class FakeDns:

@@ -12,10 +12,10 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import msgpack
 import pytest
@@ -35,36 +35,15 @@ from kvstore.runtime.rpc import (
     RpcServer,
     as_bytes,
     as_str,
-    available_loops,
-    new_event_loop,
     was_sent,
 )
 from kvstore.runtime.rpc.later import LATER, Reply, replies_later
 
-T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
 WAIT_S = 10.0  # generous: the box is shared and busy
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-@pytest.fixture(params=available_loops())
-def arun(request: pytest.FixtureRequest) -> Callable[[Callable[[], Awaitable[T]]], T]:
-    kind: str = request.param
-
-    def runner(fn: Callable[[], Awaitable[T]]) -> T:
-        async def body() -> T:
-            async with asyncio.timeout(60):
-                return await fn()
-
-        with asyncio.Runner(loop_factory=lambda: new_event_loop(kind)) as r:
-            result = r.run(body())
-            left = [t for t in asyncio.all_tasks(r.get_loop()) if not t.done()]
-            assert not left, f"tasks left running: {left}"
-        return result
-
-    return runner
 
 
 async def wait_until(cond: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
