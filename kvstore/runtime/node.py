@@ -118,7 +118,7 @@ class Node:
         self._tasks: list[asyncio.Task[None]] = []
         self.handoff: Handoff | None = None
         self.gossip: Gossip | None = None
-        self._gossip_on = False
+        self.gossip_on = False
         self._swim_down: set[str] = set()
         self._swim_rank: dict[str, int] = {}
         self.aae: AntiEntropy | None = None
@@ -236,7 +236,7 @@ class Node:
             await self.http.start(self.s.http_host, self.s.http_port)
             log.info("metrics and dashboard on http://%s:%d/", self.s.http_host, self.http.port)
         await self.gossip.start()
-        self._gossip_on = True
+        self.gossip_on = True
         # Gossip with the seeds and every member we knew before a restart.
         known = [a for n, a in self.view.addrs.items() if n != self.name]
         await self.gossip.join(dict.fromkeys([*seeds, *known]))
@@ -302,7 +302,7 @@ class Node:
             return
         self._stopping = True
         log.info("node %s stopping", self.name)
-        if self.gossip is not None and self._gossip_on:
+        if self.gossip is not None and self.gossip_on:
             # Say so first, so coordinators and clients route around us instead of timing out.
             try:
                 if self.restart_requested:
@@ -316,7 +316,7 @@ class Node:
         if self.server is not None:
             await self.server.drain()
         if self.gossip is not None:
-            self._gossip_on = False
+            self.gossip_on = False
             await self.gossip.stop()
         for t in self._tasks:
             t.cancel()
@@ -376,8 +376,8 @@ class Node:
             OPS_METHOD: lambda: ops_summary(self),
         }
 
-    def _swim_fields(self, node: str) -> dict[str, Any]:
-        info = self.gossip.member(node) if self.gossip is not None and self._gossip_on else None
+    def swim_fields(self, node: str) -> dict[str, Any]:
+        info = self.gossip.member(node) if self.gossip is not None and self.gossip_on else None
         if info is None:
             return {"state": "unknown"}
         return {
@@ -438,7 +438,7 @@ class Node:
                     "addr": a,
                     "zone": self._zone_of(n),
                     "up": self.view.is_up(n),
-                    **self._swim_fields(n),
+                    **self.swim_fields(n),
                     "partitions": len(ring.owned_by(n)) if ring else 0,
                     "next_partitions": len(self.view.next.owned_by(n)) if self.view.next else None,
                 }
@@ -571,7 +571,7 @@ class Node:
 
     def _joiner_zone(self, node: str, zone: Any) -> str | None:
         """The zone a join asks for: the request's, else what the node gossips, else None."""
-        if zone is None and self.gossip is not None and self._gossip_on:
+        if zone is None and self.gossip is not None and self.gossip_on:
             info = self.gossip.member(node)
             zone = info.meta.get("zone") if info is not None else None
         if zone is None:
@@ -667,7 +667,7 @@ class Node:
         assert self.view is not None
         if self.view.ring is not None:
             self.obs.on_ring(self.view.ring.version, self.view.next.version if self.view.next else None)
-        if self.gossip is not None and self._gossip_on:
+        if self.gossip is not None and self.gossip_on:
             self.gossip.set_meta(self._gossip_meta())
         if self.handoff is not None:
             self.handoff.wake()
@@ -688,7 +688,7 @@ class Node:
             await asyncio.sleep(0.5)
             try:
                 now = loop.time()
-                if self.gossip is not None and self._gossip_on and now >= next_gossip_join:
+                if self.gossip is not None and self.gossip_on and now >= next_gossip_join:
                     # A seed that was not up yet when we started, or a member gossip has not
                     # heard of: push-pull with it directly (a cluster must not depend on seeds).
                     next_gossip_join = now + 2.0

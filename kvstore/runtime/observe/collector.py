@@ -7,7 +7,7 @@ that the table and this collector name the same metrics. Nothing here runs per r
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -19,9 +19,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from kvstore.core.membership import MemberState
 from kvstore.runtime.observe.histogram import Histogram
-
-if TYPE_CHECKING:
-    from kvstore.runtime.node import Node
+from kvstore.runtime.observe.source import ObservedNode
 
 P = "kvstore_"
 
@@ -43,7 +41,7 @@ def _gauge(name: str, doc: str, value: float | None = None, labels: list[str] | 
 
 
 class NodeCollector(Collector):
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: ObservedNode) -> None:
         self.node = node
 
     def collect(self) -> Iterator[Metric]:
@@ -57,7 +55,7 @@ class NodeCollector(Collector):
         yield from self._storage(n)
         yield from self._node(n)
 
-    def _requests(self, n: Node) -> Iterator[Metric]:
+    def _requests(self, n: ObservedNode) -> Iterator[Metric]:
         rs = n.obs.requests
         req = _counter("requests", "Client requests received, by operation (get, put, delete).", labels=["op"])
         err = _counter("request_errors", "Client requests that failed, by operation and error code.", labels=["op", "code"])
@@ -77,7 +75,7 @@ class NodeCollector(Collector):
         yield rep
         yield _hist("read_siblings", "Values (siblings) returned per read (0: not found).", [], [([], rs.siblings)])
 
-    def _coordinator(self, n: Node) -> Iterator[Metric]:
+    def _coordinator(self, n: ObservedNode) -> Iterator[Metric]:
         if n.coord is None:
             return
         c = n.coord.counters
@@ -89,7 +87,7 @@ class NodeCollector(Collector):
         yield _counter("unavailable", "Coordinated requests that failed for want of R or W replicas.", c.unavailable)
         yield _counter("read_repairs", "Read repairs sent (a replica was stale or missing the key).", c.read_repairs)
 
-    def _hints(self, n: Node) -> Iterator[Metric]:
+    def _hints(self, n: ObservedNode) -> Iterator[Metric]:
         h = getattr(n, "hints", None)
         if h is None:
             return
@@ -115,7 +113,7 @@ class NodeCollector(Collector):
             gone.add_metric([reason], getattr(st, reason))
         yield gone
 
-    def _handoff(self, n: Node) -> Iterator[Metric]:
+    def _handoff(self, n: ObservedNode) -> Iterator[Metric]:
         if n.handoff is None:
             return
         st = n.handoff.status()
@@ -124,7 +122,7 @@ class NodeCollector(Collector):
         yield _gauge("handoff_partitions_done", "Of those, partitions pulled completely.", st["done"])
         yield _counter("handoff_keys", "Records received through ownership handoff since start.", n.handoff.keys_received)
 
-    def _aae(self, n: Node) -> Iterator[Metric]:
+    def _aae(self, n: ObservedNode) -> Iterator[Metric]:
         if n.aae is None:
             return
         c = n.aae.counters
@@ -141,7 +139,7 @@ class NodeCollector(Collector):
         yield builds
         yield _gauge("aae_tree_build_seconds", "Duration of the last tree builder pass (all partitions waiting for a build).", n.aae.last_build_s)
 
-    def _swim(self, n: Node) -> Iterator[Metric]:
+    def _swim(self, n: ObservedNode) -> Iterator[Metric]:
         o = n.obs
         tr = _counter("swim_transitions", "Member state changes seen by this node, by member and new state.", labels=["member", "state"])
         for (member, state), k in sorted(o.transitions.items()):
@@ -158,7 +156,7 @@ class NodeCollector(Collector):
         ):
             yield _counter(name, doc, stats.get(key, 0))
         yield _counter("swim_damping_changes", "Members that became damped or undamped (flap dampening).", o.damped_changes)
-        members = g.members() if g is not None and n._gossip_on else []
+        members = g.members() if g is not None and n.gossip_on else []
         states = _gauge("swim_members", "Members known to gossip, by state.", labels=["state"])
         for s in MemberState:
             states.add_metric([s.value], sum(1 for x in members if x.state is s))
@@ -172,7 +170,7 @@ class NodeCollector(Collector):
         health = me.awareness if me is not None and me.awareness is not None else 0
         yield _gauge("swim_health_score", "Lifeguard local health score (0 healthy; higher: this node is slow).", health)
 
-    def _storage(self, n: Node) -> Iterator[Metric]:
+    def _storage(self, n: ObservedNode) -> Iterator[Metric]:
         e = n.engine
         o = n.obs
         yield _hist("storage_batch_ops", "Operations per LevelDB write batch (group commit).", [], [([], o.storage.batch_ops)])
@@ -192,7 +190,7 @@ class NodeCollector(Collector):
             float("nan") if o.snapshot_write_s is None else o.snapshot_write_s,
         )
 
-    def _node(self, n: Node) -> Iterator[Metric]:
+    def _node(self, n: ObservedNode) -> Iterator[Metric]:
         o = n.obs
         yield _hist("event_loop_lag_seconds", "How late the event loop ran a timer (sampled every 0.5 s).", [], [([], o.live.loop_lag)])
         view = n.view

@@ -13,16 +13,14 @@ import asyncio
 import importlib.resources
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kvstore.errors import KVError
 from kvstore.runtime.observe.collector import registry_for
 from kvstore.runtime.observe.http import Response, Route
-
-if TYPE_CHECKING:
-    from kvstore.runtime.node import Node
+from kvstore.runtime.observe.source import ObservedNode
 
 # The RPC method each node answers with its own live figures.
 OPS_METHOD = "node.ops"
@@ -43,7 +41,7 @@ def _static(name: str) -> bytes:
     return importlib.resources.files("kvstore.runtime.observe").joinpath("static", name).read_bytes()
 
 
-def ops_summary(node: Node) -> dict[str, Any]:
+def ops_summary(node: ObservedNode) -> dict[str, Any]:
     """This node's live figures (the ``node.ops`` RPC and a row of the dashboard)."""
     hints = getattr(node, "hints", None)
     transfers = node.handoff.status() if node.handoff is not None else None
@@ -59,7 +57,7 @@ def ops_summary(node: Node) -> dict[str, Any]:
 
 
 class ClusterDoc:
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: ObservedNode) -> None:
         self.node = node
         self._cached: tuple[float, dict[str, Any]] | None = None
         self._lock = asyncio.Lock()
@@ -91,7 +89,7 @@ class ClusterDoc:
         ring, nxt = view.ring, view.next
         if ring is not None:  # the ring this node started with is history too
             n.obs.on_ring(ring.version, nxt.version if nxt else None)
-        names = sorted(set(view.members()) | {m.name for m in (n.gossip.members() if n.gossip and n._gossip_on else [])})
+        names = sorted(set(view.members()) | {m.name for m in (n.gossip.members() if n.gossip and n.gossip_on else [])})
         reports = await asyncio.gather(*(self._peer(x) for x in names))
         members = []
         for name, rep in zip(names, reports, strict=True):
@@ -100,7 +98,7 @@ class ClusterDoc:
                 "addr": view.addrs.get(name, ""),
                 "in_ring": name in view.members(),
                 "up": view.is_up(name),
-                **n._swim_fields(name),
+                **n.swim_fields(name),
                 "reachable": rep is not None,
                 "partitions": len(ring.owned_by(name)) if ring else 0,
                 "next_partitions": len(nxt.owned_by(name)) if nxt else None,
@@ -120,7 +118,7 @@ class ClusterDoc:
         }
 
 
-def routes(node: Node) -> dict[str, Route]:
+def routes(node: ObservedNode) -> dict[str, Route]:
     registry = registry_for(node)
     cluster = ClusterDoc(node)
 
