@@ -13,10 +13,10 @@ from kvstore.errors import AuthError, InvalidRequest, Unreachable, was_sent
 from kvstore.oneshot import call, call_one
 from kvstore.runtime.security import Keyring, client_tls_context, server_tls_context
 from kvstore.testing.processes import free_port
-from tests.integration.test_rpc import WAIT_S, arun, kv_handlers, serving
+from tests.integration.test_rpc import WAIT_S, kv_handlers, serving
 from tests.integration.test_security import K1, K2, pki
 
-__all__ = ["arun", "pki"]
+__all__ = ["pki"]  # the fixture, imported for pytest
 
 
 def blocking(fn: Any, *args: Any, **kw: Any) -> Any:

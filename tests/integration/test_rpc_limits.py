@@ -19,15 +19,12 @@ from kvstore.runtime.rpc import BYE, RpcServer
 from tests.integration.test_rpc import (
     WAIT_S,
     Raw,
-    arun,
     call_raw,
     client,
     kv_handlers,
     serving,
     wait_until,
 )
-
-__all__ = ["arun"]  # the fixture, imported for pytest
 
 MIB = 1024 * 1024
 

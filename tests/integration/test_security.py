@@ -39,9 +39,7 @@ from kvstore.runtime.security import (
     server_tls_context,
 )
 from kvstore.testing.processes import LocalCluster, free_port, wait_until
-from tests.integration.test_rpc import WAIT_S, Raw, arun, kv_handlers, serving
-
-__all__ = ["arun"]
+from tests.integration.test_rpc import WAIT_S, Raw, kv_handlers, serving
 
 REPO = Path(__file__).resolve().parents[2]
 K1 = b"first-cluster-secret-0123456789abcdef"
