@@ -127,9 +127,8 @@ class _Conn(asyncio.Protocol):
         err = scan.feed(data)
         if err is not None:
             good = scan.good_bytes
-            if good:
+            if good and self._feed(data[:good]):
                 # Complete frames before the bad one are still served (replies owed).
-                self._feed(data[:good])
                 self._drain()
             if not self._closed:
                 self._abandon(err)
@@ -148,18 +147,19 @@ class _Conn(asyncio.Protocol):
                 self._msgs = iter((msg,))
                 self._drain()
                 return
-        self._feed(data)
-        self._drain()
+        if self._feed(data):
+            self._drain()
 
-    def _feed(self, data: bytes) -> None:
+    def _feed(self, data: bytes) -> bool:
+        """Give ``data`` to the unpacker; False: the connection was given up instead."""
         try:
             self._unp.feed(data)
         except msgpack.BufferFull:  # cannot happen within the scanner's limits: a bug guard
             self._abandon("unpacker buffer full")
-            self._msgs = iter(())
-            return
+            return False
         self._fed += len(data)
         self._msgs = self._unp
+        return True
 
     def _drain(self) -> None:
         raise NotImplementedError
