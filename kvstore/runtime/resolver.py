@@ -135,19 +135,26 @@ class Resolver:
 
     async def _run(self, key: tuple[str, int]) -> Addrs:
         host, port = key
+        # No wait_for: cancelling a lookup in the middle leaves an orphaned future whose late
+        # failure is logged as never retrieved; asyncio.wait leaves it to finish.
+        lookup = asyncio.ensure_future(self._lookup(host, port))
         try:
-            # No wait_for: cancelling a lookup in the middle leaves an orphaned future whose
-            # late failure is logged as never retrieved; asyncio.wait leaves it to finish.
-            lookup = asyncio.ensure_future(self._lookup(host, port))
             done, _ = await asyncio.wait((lookup,), timeout=self._timeout)
-            if not done:
+        finally:
+            if not lookup.done():
                 lookup.add_done_callback(_consume)
+                if self._closed:
+                    lookup.cancel()
+        try:
+            if not done:
                 raise TimeoutError(f"no answer in {self._timeout:g}s")
             addrs = lookup.result()
             if not addrs:
                 raise OSError("no addresses")
         except (OSError, TimeoutError) as e:
             reason = f"cannot resolve {host}: {(getattr(e, 'strerror', None) or str(e)).lower()}"
+            if len(self._errors) >= self._max:
+                self._errors.clear()
             self._errors[key] = reason
             log.debug("%s", reason)
             if isinstance(e, socket.gaierror) and e.errno in _GONE:

@@ -205,3 +205,18 @@ def test_a_lookup_that_fails_after_its_timeout_leaves_no_unretrieved_error(arun:
             resolver.close()
 
     arun(main)
+
+
+def test_close_stops_a_lookup_in_flight(arun: Any) -> None:
+    # A node stopping while a lookup hangs: nothing may be left running (arun checks).
+    async def main() -> None:
+        dns = FakeDns(at(7000), delay_s=30.0)
+        resolver = Resolver(socket.AF_INET, lookup=dns)
+        assert resolver.cached(NAME, 7000) is None
+        await asyncio.sleep(0.05)
+        assert dns.asked == 1
+        resolver.close()
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    arun(main)
