@@ -144,20 +144,18 @@ class Outbox:
         for op, answer in zip(b.ops, b.answers, strict=True):
             method = m.REPLICA_PUT if op[0] == m.MANY_PUT else m.REPLICA_GET
             try:
-                f = self.rpc.request(b.addr, method, op[1:], b.timeout_s)
+                self.rpc.request_cb(b.addr, method, op[1:], b.timeout_s, functools.partial(_deliver_one, answer))
             except KVError as e:
                 answer(reason_of(e), None)
-                continue
-            f.add_done_callback(functools.partial(_deliver_one, answer))
 
 
-def _deliver_one(answer: Answer, f: asyncio.Future[Any]) -> None:
-    if f.cancelled():
+def _deliver_one(answer: Answer, result: Any, err: BaseException | None) -> None:
+    if isinstance(err, asyncio.CancelledError):
         answer("cancelled", None)
-    elif (err := f.exception()) is not None:
+    elif err is not None:
         answer(reason_of(err), None)
     else:
-        answer(None, f.result())
+        answer(None, result)
 
 
 def _deliver(answers: list[Answer], results: Any, err: BaseException | None) -> None:

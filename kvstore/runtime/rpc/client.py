@@ -334,6 +334,15 @@ def _settle_from_future(fn: Callable[[Any, BaseException | None], None], f: asyn
         fn(f.result(), None)
 
 
+def _connect_failure(e: OSError) -> str:
+    """Why a connect failed, as the peer's down reason says it."""
+    if isinstance(e, TimeoutError):
+        return "connect timed out"
+    if isinstance(e, ConnectionRefusedError):
+        return "connection refused"
+    return (e.strerror or str(e)).lower()
+
+
 def _consume(task: asyncio.Task[Any]) -> None:
     if not task.cancelled():
         task.exception()  # retrieved here so an unawaited failure is not logged as lost
@@ -672,19 +681,13 @@ class RpcClient:
             try:
                 left = self._connect_timeout - (loop.time() - t0)
                 conn = await asyncio.wait_for(self._dial(peer, slot, addrs, tls), left)
-            except TimeoutError:
-                self._resolver.refresh(peer.host, peer.port)  # a moved peer: ask DNS again
-                raise self._mark_down(peer, "connect timed out") from None
-            except ConnectionRefusedError:
-                self._resolver.refresh(peer.host, peer.port)
-                raise self._mark_down(peer, "connection refused") from None
             except ssl.SSLError as e:
                 # A bad certificate will not get better by retrying at once: one clear error.
                 self._mark_down(peer, f"TLS handshake failed: {e.reason or e}")
                 raise AuthError(f"{peer.addr}: TLS handshake failed: {e.reason or e}") from None
-            except OSError as e:
-                self._resolver.refresh(peer.host, peer.port)
-                raise self._mark_down(peer, (e.strerror or str(e)).lower()) from None
+            except OSError as e:  # TimeoutError and ConnectionRefusedError among them
+                self._resolver.refresh(peer.host, peer.port)  # a peer that moved: ask DNS again
+                raise self._mark_down(peer, _connect_failure(e)) from None
             if self._keyring is not None:
                 await self._authenticate(peer, conn, t0)
         finally:
