@@ -8,15 +8,17 @@ from __future__ import annotations
 import asyncio
 import gc
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 
 from kvstore.errors import Unreachable
 from kvstore.runtime.resolver import Addrs, Resolver
-from kvstore.runtime.rpc import RpcClient, RpcServer
+from kvstore.runtime.rpc import RpcClient
+from tests.integration.test_rpc import WAIT_S, client, serving
 
-WAIT_S = 10.0  # generous: the box is shared and busy
 NAME = "kvpeer.test"
 
 
@@ -63,74 +65,68 @@ async def calls_until_ok(c: RpcClient, addr: str) -> list[str]:
         await asyncio.sleep(0.02)
 
 
-async def ping_server() -> RpcServer:
-    server = RpcServer({"ping": lambda: "pong"})
-    await server.start("127.0.0.1", 0)
-    return server
+PING = {"ping": lambda: "pong"}
+
+
+@asynccontextmanager
+async def resolving(**kw: Any) -> AsyncIterator[Resolver]:
+    """A resolver of IPv4 addresses (``lookup=`` a FakeDns), closed on the way out."""
+    resolver = Resolver(socket.AF_INET, **kw)
+    try:
+        yield resolver
+    finally:
+        resolver.close()
 
 
 def test_a_lookup_slower_than_the_connect_timeout_serves_the_next_connect(arun: Any) -> None:
     async def main() -> None:
-        server = await ping_server()
-        dns = FakeDns(at(server.port), delay_s=0.4)
-        resolver = Resolver(socket.AF_INET, lookup=dns)
-        c = RpcClient(connect_timeout_s=0.1, reconnect_min_s=0.01, resolver=resolver)
-        try:
-            errors = await calls_until_ok(c, f"{NAME}:{server.port}")
-            # The first connects gave up waiting; the one lookup went on and its answer was
-            # used (before, each connect began its own lookup and gave up on it again).
-            assert errors and all("timed out" in e or "lookup" in e for e in errors), errors
-            assert dns.asked == 1
-        finally:
-            await c.close()
-            resolver.close()
-            await server.close()
+        async with serving(PING) as server:
+            dns = FakeDns(at(server.port), delay_s=0.4)
+            async with (
+                resolving(lookup=dns) as resolver,
+                client(connect_timeout_s=0.1, reconnect_min_s=0.01, resolver=resolver) as c,
+            ):
+                errors = await calls_until_ok(c, f"{NAME}:{server.port}")
+                # The first connects gave up waiting; the one lookup went on and its answer
+                # was used (before, each connect began its own lookup and gave up on it again).
+                assert errors and all("timed out" in e or "lookup" in e for e in errors), errors
+                assert dns.asked == 1
 
     arun(main)
 
 
 def test_a_known_peer_stays_reachable_through_a_dns_outage(arun: Any) -> None:
     async def main() -> None:
-        server = await ping_server()
-        dns = FakeDns(at(server.port))
-        resolver = Resolver(socket.AF_INET, ttl_s=0.0, lookup=dns)  # every ask refreshes
-        addr = f"{NAME}:{server.port}"
-        c = RpcClient(connect_timeout_s=1.0, resolver=resolver)
-        try:
-            await calls_until_ok(c, addr)
-            dns.answer = socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
-            # A new connection (another client sharing the resolver) while DNS fails.
-            c2 = RpcClient(connect_timeout_s=1.0, resolver=resolver)
-            try:
-                assert await calls_until_ok(c2, addr) == []
-            finally:
-                await c2.close()
-            assert dns.asked >= 2  # the refresh was tried, and failed
-        finally:
-            await c.close()
-            resolver.close()
-            await server.close()
+        async with serving(PING) as server:
+            dns = FakeDns(at(server.port))
+            addr = f"{NAME}:{server.port}"
+            # ttl 0: every ask refreshes
+            async with resolving(ttl_s=0.0, lookup=dns) as resolver:
+                async with client(connect_timeout_s=1.0, resolver=resolver) as c:
+                    await calls_until_ok(c, addr)
+                dns.answer = socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+                # A new connection (another client sharing the resolver) while DNS fails.
+                async with client(connect_timeout_s=1.0, resolver=resolver) as c2:
+                    assert await calls_until_ok(c2, addr) == []
+                assert dns.asked >= 2  # the refresh was tried, and failed
 
     arun(main)
 
 
 def test_a_peer_that_moved_is_looked_up_again_after_a_refused_connect(arun: Any) -> None:
     async def main() -> None:
-        server = await ping_server()
-        dns = FakeDns(at(free_port()))  # its old address: nothing listens there now
-        resolver = Resolver(socket.AF_INET, ttl_s=3600.0, lookup=dns)
-        c = RpcClient(connect_timeout_s=1.0, reconnect_min_s=0.01, resolver=resolver)
-        try:
-            addr = f"{NAME}:{server.port}"
-            with pytest.raises(Unreachable, match="connection refused"):
-                await c.call(addr, "ping", [], 2.0)
-            dns.answer = at(server.port)
-            await calls_until_ok(c, addr)  # well before the hour's TTL
-            assert dns.asked >= 2
-        finally:
-            await c.close()
-            resolver.close()
-            await server.close()
+        async with serving(PING) as server:
+            dns = FakeDns(at(free_port()))  # its old address: nothing listens there now
+            async with (
+                resolving(ttl_s=3600.0, lookup=dns) as resolver,
+                client(connect_timeout_s=1.0, reconnect_min_s=0.01, resolver=resolver) as c,
+            ):
+                addr = f"{NAME}:{server.port}"
+                with pytest.raises(Unreachable, match="connection refused"):
+                    await c.call(addr, "ping", [], 2.0)
+                dns.answer = at(server.port)
+                await calls_until_ok(c, addr)  # well before the hour's TTL
+                assert dns.asked >= 2
 
     arun(main)
 
@@ -140,8 +136,7 @@ def test_a_name_that_left_dns_is_forgotten(arun: Any) -> None:
     # ("cannot resolve"), not time out again and again on the address it had.
     async def main() -> None:
         dns = FakeDns(at(free_port()))
-        resolver = Resolver(socket.AF_INET, ttl_s=3600.0, lookup=dns)
-        try:
+        async with resolving(ttl_s=3600.0, lookup=dns) as resolver:
             assert await resolver.resolve(NAME, 7000, 2.0) == dns.answer
             dns.answer = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
             resolver.refresh(NAME, 7000)
@@ -150,8 +145,6 @@ def test_a_name_that_left_dns_is_forgotten(arun: Any) -> None:
                 for _ in range(100):
                     await resolver.resolve(NAME, 7000, 2.0)
                     await asyncio.sleep(0.01)
-        finally:
-            resolver.close()
 
     arun(main)
 
@@ -159,14 +152,9 @@ def test_a_name_that_left_dns_is_forgotten(arun: Any) -> None:
 def test_a_name_that_does_not_resolve_says_so(arun: Any) -> None:
     async def main() -> None:
         dns = FakeDns(socket.gaierror(socket.EAI_NONAME, "Name or service not known"))
-        resolver = Resolver(socket.AF_INET, lookup=dns)
-        c = RpcClient(connect_timeout_s=1.0, resolver=resolver)
-        try:
+        async with resolving(lookup=dns) as resolver, client(connect_timeout_s=1.0, resolver=resolver) as c:
             with pytest.raises(Unreachable, match=r"cannot resolve kvpeer\.test: name or service not known"):
                 await c.call(f"{NAME}:7000", "ping", [], 2.0)
-        finally:
-            await c.close()
-            resolver.close()
 
     arun(main)
 
@@ -175,13 +163,8 @@ def test_localhost_through_the_system_resolver(arun: Any) -> None:
     # "localhost" may come back as ::1 first; the server listens on 127.0.0.1 only, so the
     # client must go on to the next address.
     async def main() -> None:
-        server = await ping_server()
-        c = RpcClient(connect_timeout_s=2.0)
-        try:
+        async with serving(PING) as server, client(connect_timeout_s=2.0) as c:
             assert await calls_until_ok(c, f"localhost:{server.port}") == []
-        finally:
-            await c.close()
-            await server.close()
 
     arun(main)
 
@@ -192,8 +175,7 @@ def test_a_lookup_that_fails_after_its_timeout_leaves_no_unretrieved_error(arun:
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(lambda _loop, ctx: seen.append(ctx))
         dns = FakeDns(socket.gaierror(socket.EAI_AGAIN, "Temporary failure"), delay_s=0.2)
-        resolver = Resolver(socket.AF_INET, timeout_s=0.05, lookup=dns)
-        try:
+        async with resolving(timeout_s=0.05, lookup=dns) as resolver:
             assert resolver.cached(NAME, 7000) is None
             with pytest.raises(OSError, match=r"cannot resolve kvpeer\.test: no answer in"):
                 await resolver.resolve(NAME, 7000, 2.0)
@@ -201,8 +183,6 @@ def test_a_lookup_that_fails_after_its_timeout_leaves_no_unretrieved_error(arun:
             gc.collect()
             await asyncio.sleep(0)
             assert seen == []
-        finally:
-            resolver.close()
 
     arun(main)
 
