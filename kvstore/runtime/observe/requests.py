@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from kvstore.core import messages as m
-from kvstore.errors import KVError
+from kvstore.errors import to_wire
 from kvstore.runtime.observe.histogram import LATENCY_BOUNDS_S, SIBLING_BOUNDS, Histogram
 from kvstore.runtime.rpc.observer import CallObserver
 
@@ -81,13 +81,12 @@ class _Timed(CallObserver):
                 values = result.get("values")
                 if type(values) is list:
                     siblings.observe(len(values))
-        elif isinstance(exc, KVError):
-            stats.error(exc.code)
         elif isinstance(exc, asyncio.CancelledError):
             stats.error("cancelled")
         else:
-            # The RPC server answers a call with the wrong arguments as invalid_request.
-            stats.error("invalid_request" if isinstance(exc, TypeError) else "internal")
+            # The code the reply carries (the server tells the error it answers with: a
+            # call whose params do not fit as invalid_request).
+            stats.error(to_wire(exc)["code"])
 
 
 class _Counted(CallObserver):

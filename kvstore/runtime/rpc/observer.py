@@ -31,5 +31,6 @@ class CallObserver:
         """A request with these params is about to be handled (notifications too)."""
 
     def answered(self, seconds: float, result: Any, exc: BaseException | None) -> None:
-        """Its reply is known (``exc``: it failed, including a call with the wrong
-        arguments, which raises TypeError). Only for ``timed`` observers, requests only."""
+        """Its reply is known (``exc``: the error it is answered with, an InvalidRequest for
+        a call whose params do not fit the handler). Only for ``timed`` observers, requests
+        only."""

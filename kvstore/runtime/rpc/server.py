@@ -294,8 +294,9 @@ class _ServerConn(_Conn):
                         else:
                             r = h(*params)
                     except Exception as e:
-                        _tell(obs, t0, None, e)
-                        append(self._server._error_reply(msgid, method, e, True))
+                        err = _call_error(method, e)
+                        _tell(obs, t0, None, err)
+                        append(self._server._error_reply(msgid, method, err))
                         continue
                     rt = type(r)
                     if rt is coroutine:
@@ -389,8 +390,9 @@ class _ServerConn(_Conn):
         try:
             r = h(*params)
         except Exception as e:
-            _tell(obs, t0, None, e)
-            out.append(server._error_reply(msgid, method, e, True))
+            err = _call_error(method, e)
+            _tell(obs, t0, None, err)
+            out.append(server._error_reply(msgid, method, err))
             return True
         if iscoroutine(r):  # also a compiled (mypyc) coroutine, which has a type of its own
             self._spawn(msgid, method, r, obs, t0)
@@ -453,7 +455,7 @@ class _ServerConn(_Conn):
         """Queue the reply to ``msgid`` (flushed once per turn): ``result``, or ``exc``."""
         server = self._server
         if exc is not None:
-            data = server._error_reply(msgid, method, exc, False)
+            data = server._error_reply(msgid, method, exc)
         else:
             try:
                 data = pack([1, msgid, None, result])
@@ -470,7 +472,7 @@ class _ServerConn(_Conn):
         try:
             if obs is not None:
                 failed = asyncio.CancelledError() if fut.cancelled() else fut.exception()
-                obs.answered(_perf_counter() - t0, None if failed is not None else fut.result(), failed)
+                _tell(obs, t0, None if failed is not None else fut.result(), failed)
             if fut.cancelled():
                 if msgid is not None and not server._closing:
                     exc = InternalError(f"{method}: handler was cancelled")
@@ -495,6 +497,15 @@ class _ServerConn(_Conn):
         elif self._paused_inflight and self._inflight <= self._server.max_inflight // 2:
             self._paused_inflight = False
             self._set_reading()
+
+
+def _call_error(method: str, e: Exception) -> BaseException:
+    """What a handler's call that raised ``e`` is answered with: a TypeError raised by the
+    call itself, not inside the handler, means the params do not fit (the caller's
+    invalid_request); anything else as raised."""
+    if type(e) is TypeError and e.__traceback__ is not None and e.__traceback__.tb_next is None:
+        return InvalidRequest(f"{method}: {e}")
+    return e
 
 
 def _tell(obs: CallObserver | None, t0: float, result: Any, exc: BaseException | None) -> None:
@@ -745,18 +756,9 @@ class RpcServer:
         if self._server is not None:
             await self._server.wait_closed()
 
-    def _error_reply(self, msgid: int, method: str, e: BaseException, at_call: bool) -> bytes:
-        if (
-            at_call
-            and type(e) is TypeError
-            and e.__traceback__ is not None
-            and e.__traceback__.tb_next is None
-        ):
-            # Raised by the call itself, not inside the handler: the params do not fit.
-            err = to_wire(InvalidRequest(f"{method}: {e}"))
-        else:
-            _log_handler_error(method, e)
-            err = to_wire(e)
+    def _error_reply(self, msgid: int, method: str, e: BaseException) -> bytes:
+        _log_handler_error(method, e)
+        err = to_wire(e)
         try:
             data: bytes = pack([1, msgid, err, None])
         except Exception:
