@@ -118,9 +118,10 @@ class Settings:
     # --- storage
     fsync: str = _s("everysec", "LevelDB sync policy: always (each batch), everysec, no.")
     storage_compression: str = _s(
-        "none",
-        "LevelDB block compression: none (CPU matters more than disk for a copy of an in-memory "
-        "table) or snappy (smaller files for values that compress). Either opens the other's files.",
+        "lz4",
+        "How the LevelDB copy is compressed: lz4 (each record as it is written: LevelDB's compactions "
+        "then rewrite fewer bytes), none (for values that do not compress), or snappy (LevelDB's "
+        "blocks, paid again at every compaction). Any setting opens a store written under another.",
     )
     snapshot_dir: str = _s("/dev/shm", "Where graceful stops write the shared-memory snapshot.")
     handoff_batch_keys: int = _s(500, "Records per ownership-handoff fetch (bounded batches give back-pressure).")

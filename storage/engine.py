@@ -65,7 +65,7 @@ from typing import Any, Final, overload
 import plyvel
 from sortedcontainers import SortedDict
 
-from storage import snapshot
+from storage import records, snapshot
 from storage.compression import COMPRESSIONS
 from storage.errors import StorageError
 from storage.fsync import FSYNC_POLICIES
@@ -80,8 +80,13 @@ _META: Final = b"m"
 _INTERNAL: Final = b"i"
 _POSITION_KEY: Final = _INTERNAL + b"position"
 _LAYOUT_KEY: Final = _INTERNAL + b"layout"
-_LAYOUT: Final = b"1"
+# b"1": data values stored as they are. b"2": data values in storage.records' form, some
+# compressed; written before the first such value, so code that knows only b"1" refuses the
+# store rather than misreading it.
+_LAYOUT_RAW: Final = b"1"
+_LAYOUT_PACKED: Final = b"2"
 _MAX_PARTITION: Final = 2**32 - 1
+_unpack: Final = records.unpack
 # Read once: compiled, ``time.perf_counter`` is a module attribute lookup at every call (two
 # per batch).
 _perf_counter: Final = time.perf_counter
@@ -201,10 +206,15 @@ class Engine:
     load_stats: LoadStats
     snapshot_extra: dict[str, bytes]
 
-    def __init__(self, path: str, db: Any, fsync: str, *, lose_unsynced: bool = False) -> None:
+    def __init__(
+        self, path: str, db: Any, fsync: str, *, lose_unsynced: bool = False, pack_records: bool = False
+    ) -> None:
         # Use Engine.open; this only wires fields.
         self.path = path
         self.fsync = fsync
+        # Data values go to LevelDB through storage.records.pack (storage_compression lz4).
+        self.pack_records = pack_records
+        self._layout = _LAYOUT_RAW
         self.lose_unsynced = lose_unsynced and fsync != "always"
         # Acknowledged batches not yet handed to LevelDB, oldest first (lose_unsynced only).
         self._held: list[_Batch] = []
@@ -246,7 +256,7 @@ class Engine:
         path: str,
         *,
         fsync: str = "everysec",
-        compression: str = "none",
+        compression: str = "lz4",
         create: bool = True,
         snapshot_dir: str | None = None,
         node_id: str | None = None,
@@ -258,8 +268,9 @@ class Engine:
         snapshot when every header field checks out against this LevelDB, else from LevelDB;
         ``load_stats.path`` and ``load_stats.reason`` say which and why.
 
-        ``compression`` is that of the LevelDB blocks written from now on (storage.compression
-        says why ``none`` is the default); blocks already written read back either way.
+        ``compression`` is how what is written from now on is compressed: ``lz4`` each record
+        (storage.records), ``snappy`` LevelDB's blocks, ``none`` neither (storage.compression
+        says why ``lz4`` is the default); what was written under another setting reads back.
 
         ``lose_unsynced`` (default: ``KV_TEST_LOSE_UNSYNCED=1`` in the environment) turns on
         the test-only power-loss fault mode described in the module docstring.
@@ -280,13 +291,13 @@ class Engine:
                 path,
                 create_if_missing=create,
                 paranoid_checks=True,
-                compression=None if compression == "none" else compression,
+                compression="snappy" if compression == "snappy" else None,
             )
         except (plyvel.Error, OSError) as e:
             raise StorageError(f"storage: cannot open {path}: {_describe(e)}", path=path) from e
         if lose_unsynced is None:
             lose_unsynced = os.environ.get(LOSE_UNSYNCED_ENV, "") == "1"
-        engine = cls(path, db, fsync, lose_unsynced=lose_unsynced)
+        engine = cls(path, db, fsync, lose_unsynced=lose_unsynced, pack_records=compression == "lz4")
         if engine.lose_unsynced:
             log.warning(
                 "storage: %s runs in the TEST fault mode %s=1: un-synced writes are held in "
@@ -331,12 +342,19 @@ class Engine:
                     "(LevelDB without a layout key)",
                     path=self.path,
                 )
-            db.put(_LAYOUT_KEY, _LAYOUT, sync=True)
-        elif layout != _LAYOUT:
+            layout = _LAYOUT_PACKED if self.pack_records else _LAYOUT_RAW
+            db.put(_LAYOUT_KEY, layout, sync=True)
+        elif layout not in (_LAYOUT_RAW, _LAYOUT_PACKED):
             raise StorageError(
-                f"storage: cannot open {self.path}: layout {layout!r}, this code reads {_LAYOUT!r}",
+                f"storage: cannot open {self.path}: layout {layout!r}, this code reads "
+                f"{_LAYOUT_RAW!r} and {_LAYOUT_PACKED!r}",
                 path=self.path,
             )
+        elif layout == _LAYOUT_RAW and self.pack_records:
+            # Marked before the first packed value is written (see _LAYOUT_PACKED).
+            layout = _LAYOUT_PACKED
+            db.put(_LAYOUT_KEY, layout, sync=True)
+        self._layout = layout
         raw = db.get(_POSITION_KEY)
         self._position = self._issued_position = int.from_bytes(raw, "big") if raw else 0
         self._meta = SortedDict(
@@ -362,10 +380,16 @@ class Engine:
                     break
                 partition = int.from_bytes(first[1:5], "big")
                 pre = first[:5]
-                parts[partition] = {
-                    k[5:]: v
-                    for k, v in db.iterator(prefix=pre, fill_cache=False, verify_checksums=True)
-                }
+                rows = db.iterator(prefix=pre, fill_cache=False, verify_checksums=True)
+                if self._layout == _LAYOUT_RAW:
+                    parts[partition] = {k[5:]: v for k, v in rows}
+                else:
+                    try:
+                        parts[partition] = {k[5:]: _unpack(v) for k, v in rows}
+                    except ValueError as e:
+                        raise StorageError(
+                            f"storage: cannot load {self.path}: partition {partition}: {e}", path=self.path
+                        ) from e
                 if partition == _MAX_PARTITION:
                     break
                 start = _prefix(partition + 1)
@@ -735,6 +759,7 @@ class Engine:
         batches of the lose_unsynced mode go out with a sync), ending at the last position."""
         wb = self._db.write_batch(sync=sync)
         put = wb.put
+        pack = self.pack_records
         # Key prefixes by partition, kept across batches (one entry per partition this
         # engine ever wrote, as ``_parts`` holds): a batch of one write is the usual batch
         # under light load, and a dict built per batch was a visible share of it.
@@ -754,7 +779,7 @@ class Engine:
                 if new is None:
                     wb.delete(pre + key)
                 else:
-                    put(pre + key, new)
+                    put(pre + key, records.pack(new) if pack else new)
             elif tag == _OP_META:
                 if new is None:
                     wb.delete(_META + key)

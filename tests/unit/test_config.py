@@ -84,8 +84,8 @@ def test_an_empty_node_id_falls_back_to_the_advertised_address() -> None:
         load_settings(env={}, overrides={"advertise": "bad/host:7100"})
 
 
-def test_storage_compression_is_none_or_snappy() -> None:
-    assert Settings().storage_compression == "none"
+def test_storage_compression_is_lz4_none_or_snappy() -> None:
+    assert Settings().storage_compression == "lz4"
     assert load_settings(env={"KV_STORAGE_COMPRESSION": "snappy"}).storage_compression == "snappy"
-    with pytest.raises(ConfigError, match=r"storage_compression must be one of none, snappy, got 'zstd'"):
+    with pytest.raises(ConfigError, match=r"storage_compression must be one of lz4, none, snappy, got 'zstd'"):
         Settings(storage_compression="zstd")

@@ -142,11 +142,11 @@ def _table_bytes(path: str) -> int:
     return sum(f.stat().st_size for f in Path(path).glob("*.ldb"))
 
 
-async def test_compression_is_per_block_so_either_setting_opens_the_other(db_path: str) -> None:
+async def test_every_compression_opens_what_the_others_wrote(db_path: str) -> None:
     # Each phase compacts before closing, so its writes are in tables written under its own
     # setting (a memtable flushed in the background may not have run by the close, and one
     # left in the log is written at the next open, under that open's setting).
-    value = b"x" * 1000  # snappy makes ~50 bytes of it, none keeps all 1000
+    value = b"x" * 1000  # snappy and lz4 make a few dozen bytes of it, none keeps all 1000
     keys = 3000
     e = Engine.open(db_path, fsync="no", compression="snappy")
     await e.write_many([(1, b"s%05d" % i, value) for i in range(keys)])
@@ -155,21 +155,112 @@ async def test_compression_is_per_block_so_either_setting_opens_the_other(db_pat
     snappy_bytes = _table_bytes(db_path)
     assert 0 < snappy_bytes < keys * len(value) // 4
 
-    e = Engine.open(db_path, fsync="no")  # the default: none
+    e = Engine.open(db_path, fsync="no", compression="none")
     assert e.count() == keys and e.get(1, b"s00042") == value  # snappy's blocks read back
     await e.write_many([(2, b"n%05d" % i, value) for i in range(keys)])
     e._db.compact_range()
     await e.close()
-    assert _table_bytes(db_path) > keys * len(value)  # the new keys' blocks as they are
+    none_bytes = _table_bytes(db_path)
+    assert none_bytes > keys * len(value)  # the new keys' blocks as they are
 
-    e = Engine.open(db_path, compression="snappy")
+    e = Engine.open(db_path, fsync="no")  # the default: lz4, each record on its own
+    assert e.count() == 2 * keys and e.get(2, b"n00042") == value
+    await e.write_many([(3, b"l%05d" % i, value) for i in range(keys)])
+    e._db.compact_range()
+    # The new partition's share of the tables (a compaction may have rewritten the others).
+    lz4_bytes = e._db.approximate_size(b"d" + (3).to_bytes(4, "big"), b"d" + (4).to_bytes(4, "big"))
+    await e.close()
+    assert 0 < lz4_bytes < keys * len(value) // 4
+
+    for compression in ("none", "snappy", "lz4"):
+        e = Engine.open(db_path, compression=compression)
+        try:
+            assert e.count() == 3 * keys
+            assert all(e.get(p, b"%s%05d" % (c, keys - 1)) == value for p, c in ((1, b"s"), (2, b"n"), (3, b"l")))
+        finally:
+            await e.close()
+    with pytest.raises(ValueError, match="compression must be one of lz4, none, snappy, got 'zstd'"):
+        Engine.open(db_path, compression="zstd")
+
+
+def _stored(path: str, partition: int, key: bytes) -> bytes | None:
+    db = plyvel.DB(path)
     try:
-        assert e.count() == 2 * keys
-        assert e.get(1, b"s%05d" % (keys - 1)) == value and e.get(2, b"n%05d" % (keys - 1)) == value
+        v: bytes | None = db.get(b"d" + partition.to_bytes(4, "big") + key)
+        return v
     finally:
-        await e.close()
-    with pytest.raises(ValueError, match="compression must be one of none, snappy, got 'lz4'"):
-        Engine.open(db_path, compression="lz4")
+        db.close()
+
+
+async def test_lz4_compresses_each_record_on_disk_and_loads_it_back(db_path: str) -> None:
+    squeezable = b"\x95" + b"abc" * 200
+    dense = os.urandom(300)  # LZ4 cannot shrink it: stored as it is
+    looks_packed = b"\x00" + os.urandom(100)  # starts like a compressed value: escaped
+    looks_escaped = b"\x01\x02"
+    short = b"\x94ab"
+    values = {b"squeezable": squeezable, b"dense": dense, b"looks-packed": looks_packed,
+              b"looks-escaped": looks_escaped, b"short": short}  # fmt: skip
+    e = Engine.open(db_path, fsync="no", compression="lz4")
+    await e.write_many([(7, k, v) for k, v in values.items()])
+    await e.close()
+
+    stored = {k: _stored(db_path, 7, k) for k in values}
+    sq = stored[b"squeezable"]
+    assert sq is not None and sq[0] == 0 and len(sq) < len(squeezable) // 4
+    assert stored[b"dense"] == dense and stored[b"short"] == short
+    assert stored[b"looks-packed"] == b"\x01" + looks_packed
+    assert stored[b"looks-escaped"] == b"\x01" + looks_escaped
+
+    for compression in ("lz4", "none"):  # no snapshot: the table is read back from LevelDB
+        e = Engine.open(db_path, compression=compression)
+        try:
+            assert e.load_stats.path == "leveldb"
+            assert {k: e.get(7, k) for k in values} == values
+        finally:
+            await e.close()
+
+
+def _layout(path: str) -> bytes | None:
+    db = plyvel.DB(path)
+    try:
+        v: bytes | None = db.get(b"ilayout")
+        return v
+    finally:
+        db.close()
+
+
+async def test_a_store_that_may_hold_lz4_records_is_marked_for_older_code(db_path: str) -> None:
+    # Code that knows only layout b"1" reads every stored value as a record: it must refuse
+    # a store holding compressed ones instead of misreading them.
+    e = Engine.open(db_path, compression="none")
+    await e.put(1, b"k", b"\x94" + b"v" * 100)
+    await e.close()
+    assert _layout(db_path) == b"1"
+    e = Engine.open(db_path, compression="lz4")
+    assert e._db.get(b"ilayout") == b"2"  # marked before anything compressed was written
+    await e.put(1, b"k2", b"\x94" + b"w" * 100)
+    await e.close()
+    e = Engine.open(db_path, compression="none")  # a marked store stays marked
+    assert e.get(1, b"k") == b"\x94" + b"v" * 100 and e.get(1, b"k2") == b"\x94" + b"w" * 100
+    await e.close()
+    assert _layout(db_path) == b"2"
+
+    db = plyvel.DB(db_path)
+    db.put(b"ilayout", b"3")
+    db.close()
+    with pytest.raises(StorageError, match=r"layout b'3', this code reads b'1' and b'2'"):
+        Engine.open(db_path)
+
+
+async def test_a_compressed_record_that_does_not_decompress_fails_the_open_clearly(db_path: str) -> None:
+    e = Engine.open(db_path, compression="lz4")
+    await e.put(5, b"k", b"\x94" + b"v" * 100)
+    await e.close()
+    db = plyvel.DB(db_path)
+    db.put(b"d" + (5).to_bytes(4, "big") + b"k", b"\x00not lz4 at all")
+    db.close()
+    with pytest.raises(StorageError, match=r"cannot load .*partition 5: stored value does not decompress"):
+        Engine.open(db_path)
 
 
 async def test_partitions_iterate_count_and_drop(db_path: str) -> None:
