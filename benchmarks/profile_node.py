@@ -180,7 +180,7 @@ def print_report(r: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nodes", type=int, choices=(1, 3), default=1, help="1 (N=R=W=1) or 3 (N=3 R=W=2); default 1")
-    ap.add_argument("--op", choices=("put", "get"), default="put")
+    ap.add_argument("--op", choices=("put", "get", "incr"), default="put", help="incr: a counter's increment (dt.update)")
     ap.add_argument("--conns", type=int, default=4, help="connections (default 4)")
     ap.add_argument("--window", type=int, default=64, help="requests in flight per connection (default 64)")
     ap.add_argument("--secs", type=float, default=10.0, help="seconds counted (default 10)")
