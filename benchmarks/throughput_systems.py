@@ -136,6 +136,21 @@ class CpuSampler:
         return self._at(pid, t1) - self._at(pid, t0)
 
 
+def wait_quiet(pids: list[int], *, cores: float = 0.1, window_s: float = 0.5, timeout_s: float = 30.0) -> float:
+    """Wait until ``pids`` together use less than ``cores`` of CPU over ``window_s`` (at most
+    ``timeout_s``); the seconds waited. Loading keys is setup, not a measured point: what it
+    leaves running (LevelDB compacting what was written, redis rewriting its AOF) would
+    otherwise be charged to whichever point runs next."""
+    t0 = time.perf_counter()
+    while True:
+        before = [cpu_seconds(p) or 0.0 for p in pids]
+        time.sleep(window_s)
+        used = sum((cpu_seconds(p) or 0.0) - b for p, b in zip(pids, before, strict=True))
+        waited = time.perf_counter() - t0
+        if used < cores * window_s or waited >= timeout_s:
+            return waited
+
+
 def load_msgpack_keys(port: int, n: int, secs: float, window: int = 256, start: int = 0) -> tuple[int, float]:
     """Write keys start..start+n-1 (``put [key, VALUE]``) over one connection, ``window``
     requests per round trip, for at most ``secs``: how many were written (all acknowledged)
@@ -272,6 +287,11 @@ class Systems:
 
         wait_until(pong, 30, what="redis-server to answer PING")
         return System("redis", port, p.pid, procs=[p])
+
+    def pids(self) -> list[int]:
+        """Every process started so far that still runs."""
+        procs = [*self._procs, *(nd.proc for c in self._clusters for nd in c.nodes.values())]
+        return [p.pid for p in procs if p is not None and p.poll() is None]
 
     def close(self) -> None:
         for c in self._clusters:
