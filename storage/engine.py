@@ -760,6 +760,9 @@ class Engine:
         wb = self._db.write_batch(sync=sync)
         put = wb.put
         pack = self.pack_records
+        # A store marked for packed values but written under another setting: values go in
+        # as they are, escaped where they would read as a marker (storage.records).
+        escape = not pack and self._layout == _LAYOUT_PACKED
         # Key prefixes by partition, kept across batches (one entry per partition this
         # engine ever wrote, as ``_parts`` holds): a batch of one write is the usual batch
         # under light load, and a dict built per batch was a visible share of it.
@@ -779,7 +782,7 @@ class Engine:
                 if new is None:
                     wb.delete(pre + key)
                 else:
-                    put(pre + key, records.pack(new) if pack else new)
+                    put(pre + key, records.pack(new) if pack else records.escape(new) if escape else new)
             elif tag == _OP_META:
                 if new is None:
                     wb.delete(_META + key)

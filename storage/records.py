@@ -25,7 +25,7 @@ from typing import Final
 
 import lz4.block
 
-__all__ = ["pack", "unpack"]
+__all__ = ["escape", "pack", "unpack"]
 
 _LZ4: Final = 0x00
 _ESCAPED: Final = 0x01
@@ -46,7 +46,13 @@ def pack(value: bytes) -> bytes:
         packed: bytes = _LZ4_PREFIX + _compress(value)
         if len(packed) < n:
             return packed
-    if n and value[0] <= _ESCAPED:
+    return escape(value)
+
+
+def escape(value: bytes) -> bytes:
+    """The form of ``value`` written uncompressed into a store that may hold compressed values
+    (another setting wrote some): only a value that starts like a marker changes."""
+    if value and value[0] <= _ESCAPED:
         return _ESCAPED_PREFIX + value
     return value
 

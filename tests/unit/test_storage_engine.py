@@ -242,8 +242,13 @@ async def test_a_store_that_may_hold_lz4_records_is_marked_for_older_code(db_pat
     await e.close()
     e = Engine.open(db_path, compression="none")  # a marked store stays marked
     assert e.get(1, b"k") == b"\x94" + b"v" * 100 and e.get(1, b"k2") == b"\x94" + b"w" * 100
+    # Written uncompressed, but still in the marked form: it must not read as compressed.
+    await e.put(1, b"k3", b"\x00" + b"u" * 100)
     await e.close()
     assert _layout(db_path) == b"2"
+    e = Engine.open(db_path, compression="none")
+    assert e.get(1, b"k3") == b"\x00" + b"u" * 100
+    await e.close()
 
     db = plyvel.DB(db_path)
     db.put(b"ilayout", b"3")
