@@ -468,7 +468,7 @@ def parse_op(type_: Any, raw: Any, *, depth: int = 0) -> Op:
     """The wire form of an operation, checked: ``{"incr": 5}``, ``{"add": [...], "remove":
     [...]}``, ``{"set": value}``, ``{"enable": bool}``, ``{"update": [[name, type, op]...],
     "remove": [[name, type]...]}``."""
-    if type_ == "counter" and type(raw) is dict and len(raw) == 1:
+    if type_ == "counter" and depth < MAX_DEPTH and type(raw) is dict and len(raw) == 1:
         # The usual operation, {"incr": n}: what the general path below checks, without its
         # set arithmetic (a counter increment is a hot request).
         n = raw.get("incr", None)

@@ -151,6 +151,21 @@ def test_maps_nest_only_so_deep() -> None:
         raw = {"update": [["m", "map", raw]]}
     with pytest.raises(InvalidRequest, match="nest"):
         crdt.parse_op("map", raw)
+    # The counter's own fast path honours the bound too.
+    with pytest.raises(InvalidRequest, match="nest"):
+        crdt.parse_op("counter", {"incr": 1}, depth=crdt.MAX_DEPTH)
+
+
+@pytest.mark.parametrize("raw", [{"incr": True}, {"incr": 2**53 + 1}, {"incr": 1.0}, {"incr": 1, "x": 2}, {"add": [b"x"]}])
+def test_the_counter_fast_path_refuses_what_the_general_one_does(raw: dict[object, object]) -> None:
+    with pytest.raises(InvalidRequest):
+        crdt.parse_op("counter", raw)
+
+
+def test_an_increment_parses_to_the_same_op_on_either_path() -> None:
+    assert crdt.parse_op("counter", {"incr": -7}) == crdt.Op("counter", incr=-7)
+    assert crdt.parse_op("counter", {"incr": 5}, depth=1) == crdt.Op("counter", incr=5)
+    assert crdt.parse_op("counter", {b"incr": 3}) == crdt.Op("counter", incr=3)  # the general path
 
 
 def test_a_counter_op_on_a_set_is_refused() -> None:
