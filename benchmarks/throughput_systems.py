@@ -136,19 +136,23 @@ class CpuSampler:
         return self._at(pid, t1) - self._at(pid, t0)
 
 
-def wait_quiet(pids: list[int], *, cores: float = 0.1, window_s: float = 0.5, timeout_s: float = 30.0) -> float:
-    """Wait until ``pids`` together use less than ``cores`` of CPU over ``window_s`` (at most
-    ``timeout_s``); the seconds waited. Loading keys is setup, not a measured point: what it
-    leaves running (LevelDB compacting what was written, redis rewriting its AOF) would
-    otherwise be charged to whichever point runs next."""
+def wait_quiet(
+    pids: list[int], *, cores: float = 0.1, window_s: float = 0.5, timeout_s: float = 30.0
+) -> tuple[bool, float]:
+    """Wait until ``pids`` together use less than ``cores`` of CPU over ``window_s``, for at
+    most ``timeout_s``: (whether they got there, seconds waited). Loading keys is setup, not a
+    measured point: what it leaves running (LevelDB compacting what was written, redis
+    rewriting its AOF) would otherwise be charged to whichever point runs next."""
     t0 = time.perf_counter()
     while True:
         before = [cpu_seconds(p) or 0.0 for p in pids]
         time.sleep(window_s)
         used = sum((cpu_seconds(p) or 0.0) - b for p, b in zip(pids, before, strict=True))
         waited = time.perf_counter() - t0
-        if used < cores * window_s or waited >= timeout_s:
-            return waited
+        if used < cores * window_s:
+            return True, waited
+        if waited >= timeout_s:
+            return False, waited
 
 
 def load_msgpack_keys(port: int, n: int, secs: float, window: int = 256, start: int = 0) -> tuple[int, float]:
