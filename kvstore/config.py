@@ -30,7 +30,7 @@ from kvstore.core.membership.config import swim_setting
 from kvstore.core.messages import Limits
 from kvstore.core.zones import DEFAULT_ZONE, zone_problem
 from kvstore.errors import ConfigError
-from storage.compression import COMPRESSIONS
+from storage.compression import COMPRESSIONS, DEFAULT_COMPRESSION
 from storage.fsync import FSYNC_POLICIES
 
 CONFLICT_MODES = ("siblings", "lww")
@@ -118,7 +118,7 @@ class Settings:
     # --- storage
     fsync: str = _s("everysec", "LevelDB sync policy: always (each batch), everysec, no.")
     storage_compression: str = _s(
-        "lz4",
+        DEFAULT_COMPRESSION,
         "How the LevelDB copy is compressed: lz4 (each record as it is written: LevelDB's compactions "
         "then rewrite fewer bytes), none (for values that do not compress), or snappy (LevelDB's "
         "blocks, paid again at every compaction). Any setting opens a store written under another.",

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["COMPRESSIONS"]
+__all__ = ["COMPRESSIONS", "DEFAULT_COMPRESSION"]
 
 COMPRESSIONS: Final = ("lz4", "none", "snappy")
+# The one default, for the engine and the node's settings alike.
+DEFAULT_COMPRESSION: Final = "lz4"

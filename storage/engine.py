@@ -66,7 +66,7 @@ import plyvel
 from sortedcontainers import SortedDict
 
 from storage import records, snapshot
-from storage.compression import COMPRESSIONS
+from storage.compression import COMPRESSIONS, DEFAULT_COMPRESSION
 from storage.errors import StorageError
 from storage.fsync import FSYNC_POLICIES
 
@@ -256,7 +256,7 @@ class Engine:
         path: str,
         *,
         fsync: str = "everysec",
-        compression: str = "lz4",
+        compression: str = DEFAULT_COMPRESSION,
         create: bool = True,
         snapshot_dir: str | None = None,
         node_id: str | None = None,
