@@ -124,17 +124,10 @@ class Outbox:
             return
         self.calls += 1
         self.ops += len(b.ops)
-        def done(results: Any, err: BaseException | None) -> None:
-            if isinstance(err, UnknownMethod):
-                self._single.add(b.addr)
-                self._send_singly(b)
-            else:
-                _deliver(b.answers, results, err)
-
         # A callback, not a future: the answers are used as the reply is read, not a loop
         # turn later (kvstore.runtime.rpc.client.ReplySink).
         try:
-            self.rpc.request_cb(b.addr, m.REPLICA_MANY, [b.ops], b.timeout_s, done)
+            self.rpc.request_cb(b.addr, m.REPLICA_MANY, [b.ops], b.timeout_s, _ManyDone(self, b))
         except KVError as e:
             reason = reason_of(e)
             for answer in b.answers:
@@ -170,10 +163,33 @@ def _deliver(answers: list[Answer], results: Any, err: BaseException | None) -> 
         for answer in answers:
             answer(reason, None)
         return
-    for answer, r in zip(answers, results, strict=True):
+    # Indexed: compiled, zip(..., strict=True) is a call through Python's protocol with a
+    # keyword, per batch. The lengths are equal (checked above).
+    for i in range(len(answers)):
+        answer = answers[i]
+        r = results[i]
         if type(r) is list and len(r) == 2 and r[0] == 0:
             answer(None, r[1])
         elif type(r) is list and len(r) == 2:
             answer(reason_of(from_wire(r[1])), None)
         else:
             answer("protocol", None)
+
+
+class _ManyDone:
+    """A replica.many call's reply callback. A callable, not a closure: compiled, a closure
+    is an environment object and a function object per batch."""
+
+    __slots__ = ("batch", "outbox")
+
+    def __init__(self, outbox: Outbox, batch: _Batch) -> None:
+        self.outbox = outbox
+        self.batch = batch
+
+    def __call__(self, results: Any, err: BaseException | None) -> None:
+        b = self.batch
+        if isinstance(err, UnknownMethod):
+            self.outbox._single.add(b.addr)
+            self.outbox._send_singly(b)
+        else:
+            _deliver(b.answers, results, err)

@@ -114,16 +114,18 @@ class _ClientConn(_Conn):
                     del pending[msgid]
                     fut = entry[0]
                     entry[1].done_one()
-                    if not fut.done():
+                    if type(fut) is ReplySink:
+                        # Narrowed, the sink is called directly: a future's done() and
+                        # set_result() are two method calls by name per reply.
+                        if not fut._done:
+                            err = msg[2]
+                            fut._settle(msg[3] if err is None else None, None if err is None else self._reply_error(err))
+                    elif not fut.done():
                         err = msg[2]
                         if err is None:
                             fut.set_result(msg[3])
                         else:
-                            exc = from_wire(err)
-                            if isinstance(exc, AuthError):
-                                exc = AuthError(f"{self._addr} {exc.message}")
-                                self._owner._auth_refused(self, exc.message)
-                            fut.set_exception(exc)
+                            fut.set_exception(self._reply_error(err))
                 elif type(msg) is list and len(msg) == 3 and msg[0] == 2:
                     if msg[1] in (GOAWAY, GOAWAY_B):
                         self._owner._goaway(self)
@@ -145,6 +147,15 @@ class _ClientConn(_Conn):
                     return
         except Exception as e:
             self._abandon(f"undecodable response: {type(e).__name__}")
+
+    def _reply_error(self, err: Any) -> BaseException:
+        """The exception an error reply carries (an auth refusal names the peer and is
+        remembered, so later calls fail at once)."""
+        exc = from_wire(err)
+        if isinstance(exc, AuthError):
+            exc = AuthError(f"{self._addr} {exc.message}")
+            self._owner._auth_refused(self, exc.message)
+        return exc
 
     def _abandon(self, reason: str) -> None:
         log.warning("closing connection to %s: %s", self._addr, reason)
