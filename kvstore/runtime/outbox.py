@@ -109,14 +109,20 @@ class Outbox:
 
     def flush(self) -> None:
         """Send every open batch (called once at the end of the turn that opened the first)."""
+        if not self._open:
+            return
         batches = list(self._open.values())
         self._open.clear()
         self._queued = 0
-        for b in batches:
-            self._send(b)
-        if batches:
-            # Written now, not one more loop turn later by the client's own flush.
-            self.rpc.flush()
+        # Written now, not one more loop turn later by the client's own flush (held, the
+        # client schedules none).
+        rpc = self.rpc
+        rpc.hold()
+        try:
+            for b in batches:
+                self._send(b)
+        finally:
+            rpc.release()
 
     def _send(self, b: _Batch) -> None:
         if b.addr in self._single:

@@ -445,6 +445,20 @@ class RpcClient:
         if self._flusher is not None:
             self._flusher.flush()
 
+    def hold(self) -> None:
+        """Queue the requests made until :meth:`release` without scheduling their write: a
+        caller about to write them itself spares the loop a callback that would find nothing
+        left (and, run after the loop's callbacks, one more pass: a poll that waits for nothing)."""
+        if self._flusher is not None:
+            self._flusher.hold()
+
+    def release(self) -> None:
+        """End a :meth:`hold`: the requests queued meanwhile are written now."""
+        # A flusher made during the hold (the first peer's) was never held: it scheduled
+        # its own write.
+        if self._flusher is not None and self._flusher.held:
+            self._flusher.release()
+
     def request(
         self, addr: str, method: str, params: Sequence[Any], timeout: float
     ) -> asyncio.Future[Any]:

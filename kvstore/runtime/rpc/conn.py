@@ -76,6 +76,10 @@ class _Flusher:
     def hold(self) -> None:
         self._held += 1
 
+    @property
+    def held(self) -> bool:
+        return self._held > 0
+
     def release(self) -> None:
         self._held -= 1
         if not self._held and self._dirty:
