@@ -64,6 +64,7 @@ class Outbox:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.calls = 0  # replica.many calls sent
         self.ops = 0  # ops carried by them
+        self.added = 0  # ops queued, ever (what a chunk of requests added: the difference)
         # Peers that answered replica.many with unknown_method (a node of an older version,
         # during a rolling upgrade): they get one call per op, as before.
         self._single: set[str] = set()
@@ -102,6 +103,7 @@ class Outbox:
         b.answers.append(answer)
         b.bytes += size
         self._queued += 1
+        self.added += 1
         if len(b.ops) >= MAX_BATCH_OPS or b.bytes >= MAX_BATCH_BYTES:
             del self._open[node]
             self._queued -= len(b.ops)
