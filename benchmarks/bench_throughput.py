@@ -43,7 +43,16 @@ open-loop point runs right after it, on the store that rate was measured on: bli
 keep adding siblings (as Dynamo semantics want), so a put costs more after every later
 shape than it did at the peak, and half of an earlier peak is not half of the store's.
 Before the get shapes kv3 gets the same keys written for up to ``--prefill-secs`` (kv1 has
-them from the memory load), so gets find values as they do on the prefilled reference. Then
+them from the memory load), so gets find values as they do on the prefilled reference.
+
+The put shapes write keys of their own (``PUT_KEY_FMT``, as long as the get keys), on every
+system. On one key space the gets read what the put shapes before them wrote, and blind puts
+leave siblings on kvstore (Dynamo semantics) where the reference and the ceiling overwrite:
+a get then answered 3 to 9 values, more the faster the puts had run (a faster put path made
+the gets look slower), against the reference's one. With the keys apart a kvstore get reads
+a key written once, the same bytes the others return, and the put shapes still pay for the
+siblings they pile up. ``--shared-keys`` runs the old way; ``--generator load_client`` always
+does (its key format is fixed). Then
 the run waits until every process it started is idle (``wait_quiet``): what those loads leave
 running, LevelDB compacting them above all, is setup, not the first point's cost.
 
@@ -108,6 +117,9 @@ TARGET_MEMORY_RATIO = 1.5
 # Issue 16: counters (the counter data type's increment) within 1.5x of plain puts, kv3 at 4x64.
 TARGET_COUNTER_RATIO = 1 / 1.5
 COUNTER_KEY_FMT = "kvbench-counter:%08d"  # keys of their own: a counter cannot be a plain value
+# Keys of the put shapes (and the open loop): 16 bytes as KEY_FMT's, but not the keys the get
+# shapes read (see the module doc; --shared-keys puts them back on one key space).
+PUT_KEY_FMT = "p%015d"
 # redis-benchmark takes a request count, not a duration: counts from these rough rates make
 # each of its points last about --secs (a slower redis just takes longer).
 REDIS_RATE_GUESS = {"4x64": 400_000, "50x1": 50_000, "1x1": 25_000}
@@ -132,8 +144,12 @@ def _generator_args(gen: str, sysm: System, shape: str, a: argparse.Namespace) -
         return [*args, "--mode", "seq"] if conns == 1 and window == 1 else args
     spec = {"op": op, "addrs": [f"127.0.0.1:{sysm.port}"], "conns": conns, "window": window,
             "secs": a.secs, "warm": a.warm, "keys": a.keyspace, "value_bytes": 100,
-            "key_fmt": KEY_FMT, "seed": 1, "node_api": False, "server_pid": sysm.pid}  # fmt: skip
+            "key_fmt": _key_fmt(op, a), "seed": 1, "node_api": False, "server_pid": sysm.pid}  # fmt: skip
     return [sys.executable, "-m", "cli.bench_cmds", "load", json.dumps(spec)]
+
+
+def _key_fmt(op: str, a: argparse.Namespace) -> str:
+    return PUT_KEY_FMT if op == "put" and not a.shared_keys else KEY_FMT
 
 
 def _per_op_us(cpu_s: float | None, ops_s: float, secs: float) -> float | None:
@@ -214,7 +230,7 @@ def run_counter_point(sysm: System, a: argparse.Namespace) -> dict[str, Any]:
 def run_open_loop(sysm: System, rate: float, a: argparse.Namespace) -> dict[str, Any]:
     spec = {"op": "put", "addrs": [f"127.0.0.1:{sysm.port}"], "conns": 4, "window": 1,
             "secs": a.open_loop_secs, "warm": a.warm, "keys": a.keyspace, "value_bytes": 100,
-            "key_fmt": KEY_FMT, "seed": 1, "node_api": False, "server_pid": sysm.pid}  # fmt: skip
+            "key_fmt": _key_fmt("put", a), "seed": 1, "node_api": False, "server_pid": sysm.pid}  # fmt: skip
     args = [sys.executable, str(Path(__file__).resolve()), "_open", json.dumps(spec), str(rate)]
     doc, _, err = run_child(args, a.warm + a.open_loop_secs + CHILD_GRACE_S)
     if doc is None or "error" in doc:
@@ -402,6 +418,12 @@ def print_report(doc: dict[str, Any]) -> None:
     con.print(tt)
     for who, what in doc.get("durability", {}).items():
         con.print(f"durability {who}: {what}")
+    keys = p.get("keys", "shared")
+    con.print(
+        "keys: put shapes on keys of their own, get shapes on keys written once before them"
+        if keys == "apart"
+        else "keys: put and get shapes on one key space (gets read the siblings the blind puts left)"
+    )
     for n in doc["notes"]:
         con.print(f"note: {n}")
     if doc.get("png"):
@@ -463,6 +485,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--keyspace", type=int, default=100_000, help="keys drawn from 0..keyspace-1")
     ap.add_argument("--mem-keys", type=int, default=400_000, help="keys written for memory per key")
     ap.add_argument("--mem-secs", type=float, default=20.0, help="most seconds spent writing them into kv1")
+    ap.add_argument("--shared-keys", action="store_true",
+                    help="put shapes write the keys the get shapes read (siblings pile up on them)")
     ap.add_argument("--prefill-secs", type=float, default=10.0, help="most seconds spent prefilling kv3")
     ap.add_argument("--open-loop-secs", type=float, default=3.0, help="measured seconds of the open-loop point")
     ap.add_argument("--no-open-loop", dest="open_loop", action="store_false")
@@ -505,7 +529,8 @@ def bench(a: argparse.Namespace) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "params": {"secs": a.secs, "warm": a.warm, "shapes": a.shape_list, "systems": [s for s in SYSTEMS if s in want],
                    "generator": a.generator, "fsync": a.fsync, "keyspace": a.keyspace, "key_bytes": 16,
-                   "value_bytes": 100, "open_loop_secs": a.open_loop_secs},
+                   "value_bytes": 100, "open_loop_secs": a.open_loop_secs,
+                   "keys": "shared" if a.shared_keys or a.generator == "load_client" else "apart"},
         "durability": {"kvstore": f"fsync={a.fsync} (kvstore/config.py Settings.fsync)" + (
                            ": each batch in LevelDB's log (sync=False) before its ack, no periodic fsync: "
                            "the ceilings' durability" if a.fsync == "no" else ""),
