@@ -23,7 +23,7 @@ and W is the bucket's (kvstore.runtime.datamodel).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from kvstore.core import bucket as bk
@@ -33,6 +33,8 @@ from kvstore.core.crdt import State
 from kvstore.core.vclock import Obj
 from kvstore.errors import InvalidRequest, TooLarge, Unavailable
 from kvstore.runtime.coordinator import Coordinator
+from kvstore.runtime.rpc.later import LATER, replies_later
+from kvstore.runtime.rpc.later import Reply as RpcReply
 
 __all__ = ["Datatypes"]
 
@@ -59,7 +61,9 @@ class Datatypes:
 
     def handlers(self) -> dict[str, Callable[..., Any]]:
         return {
-            m.DT_UPDATE: lambda key, type_, op, ctx=None, opts=None: self.update(key, type_, op, ctx, opts),
+            # A bound method, not a lambda: one call less, and the server gives it its reply
+            # callback (replies_later).
+            m.DT_UPDATE: self.update,
             m.FWD_DT_UPDATE: lambda key, type_, op, ctx=None, opts=None: self.update(
                 key, type_, op, ctx, opts, forwarded=True
             ),
@@ -71,11 +75,15 @@ class Datatypes:
             # lww keeps one sibling of concurrent writes: concurrent updates would be lost.
             raise InvalidRequest("data types need conflict = siblings (this cluster runs lww)")
 
+    @replies_later
     def update(
-        self, raw_key: Any, raw_type: Any, raw_op: Any, raw_ctx: Any, raw_opts: Any, *, forwarded: bool = False
-    ) -> Awaitable[dict[str, Any]]:
+        self, raw_key: Any, raw_type: Any, raw_op: Any, raw_ctx: Any = None, raw_opts: Any = None, *,
+        forwarded: bool = False, reply: RpcReply | None = None,
+    ) -> Any:
         """Apply one operation; the reply (once W replicas hold the new state) carries the
-        coordinator's value after it and the data type's context."""
+        coordinator's value after it and the data type's context. Given the server's ``reply``
+        callback, answers through it (LATER) or at once; else returns a future or, forwarded
+        to a replica of the key, a coroutine."""
         c = self.coord
         key = m.check_key(raw_key, c.limits)
         opts = m.parse_options(raw_opts, "w", c.limits)
@@ -121,23 +129,27 @@ class Datatypes:
             raise TooLarge(
                 f"the {type_} would be {len(body)} bytes, over the limit of {c.limits.max_value_bytes} (max_value_bytes)"
             )
-        written = c._coordinate_write(ring, p, pref, skey, body, vclock.context_of(local), opts, w=w, limits=limits)
-        reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        drive = c._begin_write(ring, p, pref, skey, body, vclock.context_of(local), opts, w=w, limits=limits)
         done = {"type": type_, "value": crdt.value(new), "context": vclock.encode_context(crdt.context(new))}
+        if reply is not None:
+            # The write's own answer (its version's context) is replaced by the type's.
+            return done if drive.answer(_Answered(reply, done)) is not LATER else LATER
+        written = drive.future()
+        answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
 
         def finish(f: asyncio.Future[dict[str, Any]]) -> None:
-            # A Future chained by callback: the hot path spends no task per update.
-            if reply.done():
+            # A Future chained by callback: no task per update.
+            if answer.done():
                 return
             if f.cancelled():
-                reply.cancel()
+                answer.cancel()
             elif (e := f.exception()) is not None:
-                reply.set_exception(e)
+                answer.set_exception(e)
             else:
-                reply.set_result(done)
+                answer.set_result(done)
 
         written.add_done_callback(finish)
-        return reply
+        return answer
 
     async def fetch(self, raw_key: Any, raw_type: Any, raw_opts: Any) -> dict[str, Any]:
         """A quorum read (forwarded like a get) whose siblings are merged into one value."""
@@ -159,3 +171,21 @@ class Datatypes:
             "value": crdt.value(merged, type_),
             "context": vclock.encode_context(crdt.context(merged)),
         }
+
+
+class _Answered:
+    """An update's reply callback for its write: ``done`` once the write is acknowledged
+    (the write's own answer is its version's context; an update answers with the type's).
+    A callable, not a closure: compiled, one object per update."""
+
+    __slots__ = ("done", "reply")
+
+    def __init__(self, reply: RpcReply, done: dict[str, Any]) -> None:
+        self.reply = reply
+        self.done = done
+
+    def __call__(self, result: Any, exc: BaseException | None) -> None:
+        if exc is not None:
+            self.reply(None, exc)
+        else:
+            self.reply(self.done, None)
