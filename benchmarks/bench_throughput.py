@@ -144,12 +144,12 @@ def _generator_args(gen: str, sysm: System, shape: str, a: argparse.Namespace) -
         return [*args, "--mode", "seq"] if conns == 1 and window == 1 else args
     spec = {"op": op, "addrs": [f"127.0.0.1:{sysm.port}"], "conns": conns, "window": window,
             "secs": a.secs, "warm": a.warm, "keys": a.keyspace, "value_bytes": 100,
-            "key_fmt": _key_fmt(op, a), "seed": 1, "node_api": False, "server_pid": sysm.pid}  # fmt: skip
+            "key_fmt": _key_fmt(op, a.shared_keys), "seed": 1, "node_api": False, "server_pid": sysm.pid}  # fmt: skip
     return [sys.executable, "-m", "cli.bench_cmds", "load", json.dumps(spec)]
 
 
-def _key_fmt(op: str, a: argparse.Namespace) -> str:
-    return PUT_KEY_FMT if op == "put" and not a.shared_keys else KEY_FMT
+def _key_fmt(op: str, shared_keys: bool) -> str:
+    return PUT_KEY_FMT if op == "put" and not shared_keys else KEY_FMT
 
 
 def _per_op_us(cpu_s: float | None, ops_s: float, secs: float) -> float | None:
@@ -230,7 +230,7 @@ def run_counter_point(sysm: System, a: argparse.Namespace) -> dict[str, Any]:
 def run_open_loop(sysm: System, rate: float, a: argparse.Namespace) -> dict[str, Any]:
     spec = {"op": "put", "addrs": [f"127.0.0.1:{sysm.port}"], "conns": 4, "window": 1,
             "secs": a.open_loop_secs, "warm": a.warm, "keys": a.keyspace, "value_bytes": 100,
-            "key_fmt": _key_fmt("put", a), "seed": 1, "node_api": False, "server_pid": sysm.pid}  # fmt: skip
+            "key_fmt": _key_fmt("put", a.shared_keys), "seed": 1, "node_api": False, "server_pid": sysm.pid}  # fmt: skip
     args = [sys.executable, str(Path(__file__).resolve()), "_open", json.dumps(spec), str(rate)]
     doc, _, err = run_child(args, a.warm + a.open_loop_secs + CHILD_GRACE_S)
     if doc is None or "error" in doc:

@@ -60,13 +60,11 @@ def test_sampler_interpolation_is_monotone_and_bounded(steps: list[float], a: fl
 
 @pytest.mark.parametrize("i", [0, 1, 99_999, 10**15 - 1])
 def test_put_shapes_write_keys_apart_from_the_get_keys_and_as_long(i: int) -> None:
-    a = bt._args([])
-    put, get = bt._key_fmt("put", a).encode() % i, bt._key_fmt("get", a).encode() % i
+    put, get = bt._key_fmt("put", False).encode() % i, bt._key_fmt("get", False).encode() % i
     assert len(put) == len(get) == 16  # the same load: 16-byte keys either way
     assert put != get
-    assert bt._key_fmt("put", a) not in (bt.KEY_FMT, bt.COUNTER_KEY_FMT)
+    assert bt._key_fmt("put", False) not in (bt.KEY_FMT, bt.COUNTER_KEY_FMT)
 
 
 def test_shared_keys_puts_the_put_shapes_back_on_the_get_keys() -> None:
-    a = bt._args(["--shared-keys"])
-    assert bt._key_fmt("put", a) == bt._key_fmt("get", a) == bt.KEY_FMT
+    assert bt._key_fmt("put", True) == bt._key_fmt("get", True) == bt.KEY_FMT
