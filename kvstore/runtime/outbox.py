@@ -64,7 +64,8 @@ class Outbox:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.calls = 0  # replica.many calls sent
         self.ops = 0  # ops carried by them
-        self.added = 0  # ops queued, ever (what a chunk of requests added: the difference)
+        self._added = 0  # ops queued, ever
+        self._added_at_check = 0  # _added when flush_if_grown last looked
         # Peers that answered replica.many with unknown_method (a node of an older version,
         # during a rolling upgrade): they get one call per op, as before.
         self._single: set[str] = set()
@@ -103,11 +104,19 @@ class Outbox:
         b.answers.append(answer)
         b.bytes += size
         self._queued += 1
-        self.added += 1
+        self._added += 1
         if len(b.ops) >= MAX_BATCH_OPS or b.bytes >= MAX_BATCH_BYTES:
             del self._open[node]
             self._queued -= len(b.ops)
             self._send(b)
+
+    def flush_if_grown(self, min_ops: int) -> None:
+        """Send the open batches now if ``min_ops`` or more ops were queued since the last
+        call: what one chunk of client requests added, not what the turn has queued so far."""
+        grown = self._added - self._added_at_check
+        self._added_at_check = self._added
+        if grown >= min_ops and self._queued:
+            self.flush()
 
     def flush(self) -> None:
         """Send every open batch (called once at the end of the turn that opened the first)."""

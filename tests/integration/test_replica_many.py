@@ -197,3 +197,28 @@ async def test_outbox_fails_every_op_of_a_call_that_cannot_be_made() -> None:
         assert len(got) == 2 and all(r is not None for r in got)
     finally:
         await rpc.close()
+
+
+async def test_flush_if_grown_counts_what_was_queued_since_it_last_looked() -> None:
+    """A chunk of client requests sends its replica calls at once only if it made enough of
+    them itself: what earlier chunks of the turn queued does not count towards the bar."""
+    rpc = RpcClient()
+    outbox = Outbox(rpc, lambda node: "127.0.0.1:1")  # nothing listens: the calls just fail
+
+    def ignore(reason: str | None, result: Any) -> None:
+        pass
+
+    try:
+        for _ in range(3):
+            outbox.get("x", 0, b"k", 5.0, ignore)
+        outbox.flush_if_grown(4)
+        assert outbox.queued == 3  # three since the start: under the bar
+        outbox.get("x", 0, b"k", 5.0, ignore)
+        outbox.flush_if_grown(4)
+        assert outbox.queued == 4  # one since the last look, though four are queued
+        for _ in range(4):
+            outbox.get("x", 0, b"k", 5.0, ignore)
+        outbox.flush_if_grown(4)
+        assert outbox.queued == 0 and outbox.calls == 1 and outbox.ops == 8
+    finally:
+        await rpc.close()

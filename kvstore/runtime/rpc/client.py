@@ -119,7 +119,10 @@ class _ClientConn(_Conn):
                         # set_result() are two method calls by name per reply.
                         if not fut._done:
                             err = msg[2]
-                            fut._settle(msg[3] if err is None else None, None if err is None else self._reply_error(err))
+                            if err is None:
+                                fut._settle(msg[3], None)
+                            else:
+                                fut._settle(None, self._reply_error(err))
                     elif not fut.done():
                         err = msg[2]
                         if err is None:
