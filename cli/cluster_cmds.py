@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import signal
 import subprocess
 import sys
@@ -337,6 +339,12 @@ def watch(ctx: click.Context, interval: float, count: int | None) -> None:
     # the watch went on (CI saw it ignore SIGINT for a minute). asyncio.run keeps a handler
     # that is not the default one.
     before = signal.signal(signal.SIGINT, _interrupt)
+    # Raised inside one of a look's tasks, the KeyboardInterrupt also stays in that task, and
+    # asyncio logs it with a traceback ("Task exception was never retrieved") when the task
+    # is collected: noise after a clean stop, so not shown.
+    quiet = _NoInterrupts()
+    asyncio_log = logging.getLogger("asyncio")
+    asyncio_log.addFilter(quiet)
     try:
         with Live(last, console=out.console(), auto_refresh=False, transient=False) as live:
             while count is None or shown < count:
@@ -354,12 +362,22 @@ def watch(ctx: click.Context, interval: float, count: int | None) -> None:
         pass
     finally:
         signal.signal(signal.SIGINT, before)
+        gc.collect()  # such a task sits in a cycle: collected (and quieted) here, not at exit
+        asyncio_log.removeFilter(quiet)
     if not sys.stdout.isatty():
         click.echo()  # rich leaves the last line open when the output is not a terminal
 
 
 def _interrupt(_signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt
+
+
+class _NoInterrupts(logging.Filter):
+    """Drops log records that carry a KeyboardInterrupt (see watch)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info
+        return not (exc and exc[0] is not None and issubclass(exc[0], KeyboardInterrupt))
 
 
 def _first_reachable(ctx: click.Context) -> tuple[str, dict[str, Any]]:

@@ -6,6 +6,7 @@ went on refreshing)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 from typing import Any
@@ -44,3 +45,31 @@ def test_one_sigint_inside_a_look_that_swallows_the_cancellation_stops_the_watch
     assert result.exit_code == 0, result.output
     assert looks == 1, f"the watch went on for {looks} looks after Ctrl-C"
     assert signal.getsignal(signal.SIGINT) is before  # the watch's handler is gone with it
+
+
+def test_a_sigint_inside_one_of_the_looks_tasks_leaves_no_traceback(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The look asks every member at once, each in a task of its own. A Ctrl-C that lands
+    while one of them runs raises KeyboardInterrupt in it: that task keeps the exception, and
+    when it is collected asyncio logs "Task exception was never retrieved" with a traceback
+    (CI saw it on the watch's stderr after a clean stop)."""
+
+    async def look(_addrs: list[str], _timeout: float) -> dict[str, Any]:
+        async def ask(i: int) -> int:
+            await asyncio.sleep(0)
+            if i == 0:
+                os.kill(os.getpid(), signal.SIGINT)  # the handler runs inside this task's step
+                for _ in range(10_000):
+                    pass
+            return i
+
+        await asyncio.gather(*(ask(i) for i in range(3)))
+        return snapshot()
+
+    monkeypatch.setattr(cluster_cmds, "_gather", look)
+    with caplog.at_level("WARNING", logger="asyncio"):
+        result = CliRunner().invoke(cli, ["cluster", "watch", "--count", "5", "--interval", "0.1", "--node", "127.0.0.1:1"])
+        gc.collect()  # the task that kept the KeyboardInterrupt logs when it is collected
+    assert result.exit_code == 0, result.output
+    assert not [r for r in caplog.records if r.name == "asyncio"], [r.getMessage() for r in caplog.records]
