@@ -18,11 +18,23 @@ dir, n1 (and with --nodes 3 also n2, a replica of every key) under
 (kvstore.testing.load: --conns x --window in flight, 16-byte keys from --keys, 100-byte
 values) against n1. Counting is switched on with ``callgrind_control -i on`` once the
 generator's warm-up is over and off when it exits, so the counts cover its measured window;
-a get profile first writes the keys it reads. Printed per profiled node: the instructions
+a get profile first writes each key it reads once (as the benchmark does: a put load would
+leave siblings on them). Printed per profiled node: the instructions
 per request of the whole process (background work such as anti-entropy ticks included, so a
 run of more requests shows slightly less of it) and of the top --top functions, inclusive,
 by name (mypyc's ``CPyDef_module___Class___method``). Needs valgrind: installed with apt
 when missing and run as root, else the script says so and stops.
+
+``--sampler py-spy`` answers what callgrind cannot: where the *time* goes, system calls and
+C libraries included. Callgrind sees no kernel (at 50x1 a coordinator's ``write`` calls are
+~40% of its busy time) and counts memory clearing a byte at a time (``msgpack.unpackb`` of a
+record: ~4.7k instructions counted, 246 ns timed, as fast as msgspec's decoder). The nodes run
+at full speed; ``py-spy record --native`` samples each profiled node at --rate Hz (low: each
+sample stops the process; at 400 Hz a node ran 30x slower) while the generator measures.
+Printed per node: its CPU time per request (from /proc, the whole process) and, for the top
+--top frames, the share of its busy samples (those not waiting in epoll or on a lock) that
+were inside the frame, and that share of the CPU time per request. Noisier than callgrind
+(a few hundred samples: +-3 points); use it for where, callgrind for how much a change saved.
 """
 
 from __future__ import annotations
@@ -43,6 +55,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from kvstore.testing.processes import LocalCluster  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from throughput_systems import load_msgpack_keys  # noqa: E402
 
 # An inclusive line of callgrind_annotate: "1,234,567 (12.34%)  file:function [object]".
 _LINE = re.compile(r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+(\S.*?)(?:\s+\[[^\]]*\])?\s*$")
@@ -92,6 +107,16 @@ def _run_load(op: str, port: str, a: argparse.Namespace, secs: float, pids: list
     return doc
 
 
+def _write_keys(port: int, keys: int) -> None:
+    """Each key the gets read written once, as bench_throughput does before its get points: a
+    put load instead would leave siblings on them (blind puts), and the gets would profile
+    decoding those."""
+    _log(f"writing the {keys:,} keys the gets will read, once each")
+    done, _ = load_msgpack_keys(port, keys, secs=600)
+    if done < keys:
+        raise RuntimeError(f"wrote {done:,} of {keys:,} keys in 600 s")
+
+
 def top_functions(out_file: Path, requests: int, top: int) -> tuple[float, list[tuple[float, str]]]:
     """Total and per-function inclusive instructions per request from a callgrind dump."""
     text = subprocess.run(
@@ -121,6 +146,118 @@ def top_functions(out_file: Path, requests: int, top: int) -> tuple[float, list[
     return total, rows
 
 
+# Leaf frames of a thread that is waiting, not working: the loop's poll, a worker's lock.
+_IDLE_LEAVES = frozenset({"epoll_pwait", "epoll_wait", "PyThread_acquire_lock_timed", "pthread_cond_wait",
+                          "pthread_cond_timedwait", "__futex_abstimed_wait_common", "do_futex_wait"})  # fmt: skip
+_FRAME_PLACE = re.compile(r" \([^()]*\)$")
+# uvloop's and libuv's own frames between the loop and a callback: a chain of names for one
+# thing (``write`` and ``read``, the system calls under them, stay).
+_LOOP_INTERNALS = ("uv_", "uv__", "Loop__", "loop_", "UVStream", "Handle__", "Py_DECREF", "Py_XDECREF")
+
+
+def busy_frames(raw: str, top: int) -> tuple[int, list[tuple[float, str]]]:
+    """From ``py-spy record -f raw`` output: the busy samples, and the ``top`` frames by the
+    share of them each was on the stack of (mypyc's ``CPyDef_`` prefix dropped; its
+    ``CPyPy_`` wrappers, the event loop, what started it and its internals left out)."""
+    inclusive: dict[str, int] = {}
+    busy = 0
+    for line in raw.splitlines():
+        stack, _, count = line.rstrip().rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = [_FRAME_PLACE.sub("", f) for f in stack.split(";")]
+        if frames[-1] in _IDLE_LEAVES:
+            continue
+        n = int(count)
+        busy += n
+        if "run_forever" in frames:  # the loop's thread: what runs under the loop (uvloop's
+            # run_forever is under asyncio's: cut at the last)
+            frames = frames[len(frames) - frames[::-1].index("run_forever") :]
+        for f in set(frames):
+            if not f.startswith(("CPyPy_", *_LOOP_INTERNALS)):
+                inclusive[f] = inclusive.get(f, 0) + n
+    ranked = sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]
+    return busy, [(n / busy, f.removeprefix("CPyDef_")) for f, n in ranked]
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _py_spy() -> str:
+    here = Path(sys.executable).parent / "py-spy"
+    found = str(here) if here.exists() else shutil.which("py-spy")
+    if not found:
+        sys.exit("profile: py-spy is not installed (it is a dev dependency: pip install -e .[dev])")
+    return found
+
+
+def profile_sampled(a: argparse.Namespace) -> dict[str, Any]:
+    """--sampler py-spy: the nodes at full speed, sampled while the generator measures."""
+    spy = _py_spy()
+    root = Path(tempfile.mkdtemp(prefix="kv-profile-"))
+    profiled = ["n1"] if a.nodes == 1 else ["n1", "n2"]
+    q = 1 if a.nodes == 1 else 2
+    (root / "cluster").mkdir()
+    c = LocalCluster(root / "cluster", nodes=a.nodes, n=min(a.nodes, 3), r=q, w=q, extra=["--fsync", "no"])
+    try:
+        _log(f"starting {a.nodes} node(s)")
+        c.start_all()
+        port = c.nodes["n1"].addr.rsplit(":", 1)[1]
+        pids = [proc.pid for n in profiled if (proc := c.nodes[n].proc) is not None]
+        if a.op == "get":
+            _write_keys(int(port), a.keys)
+        _log(f"{a.op} {a.conns}x{a.window} for {a.secs:g} s, sampling at {a.rate} Hz")
+        gen = subprocess.Popen(_load_cmd(a.op, port, a, a.secs), stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        spies: list[subprocess.Popen[bytes]] = []
+        try:
+            time.sleep(a.warm)
+            cpu0 = [_cpu_s(pid) for pid in pids]
+            for name, pid in zip(profiled, pids, strict=True):
+                spies.append(subprocess.Popen(
+                    [spy, "record", "--native", "-r", str(a.rate),
+                     "-d", str(max(1, int(a.secs))), "-f", "raw", "-o", str(root / f"{name}.raw"), "-p", str(pid)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                ))  # fmt: skip
+            out, _ = gen.communicate(timeout=a.secs + a.warm + 120)
+            cpu1 = [_cpu_s(pid) for pid in pids]
+            for sp in spies:
+                sp.wait(timeout=60)
+        finally:
+            for sp in spies:
+                if sp.poll() is None:
+                    sp.kill()
+            if gen.poll() is None:
+                gen.kill()
+        lines = out.strip().splitlines()
+        if gen.returncode != 0 or not lines:
+            raise RuntimeError(f"load generator failed (exit {gen.returncode})")
+        doc = json.loads(lines[-1])
+        if "error" in doc:
+            raise RuntimeError(f"load generator: {doc['error']}")
+        requests = int(doc["n"])
+        result: dict[str, Any] = {"sampler": "py-spy", "nodes": a.nodes, "op": a.op, "conns": a.conns, "window": a.window,
+                                  "requests": requests, "ops_s": doc["ops_s"], "profiles": {}}  # fmt: skip
+        for i, name in enumerate(profiled):
+            raw_file = root / f"{name}.raw"
+            if not raw_file.exists():
+                raise RuntimeError(f"py-spy wrote no samples for {name} (pid {pids[i]})")
+            busy, rows = busy_frames(raw_file.read_text(), a.top)
+            cpu_us = (cpu1[i] - cpu0[i]) * 1e6 / max(requests, 1)
+            role = "coordinator" if name == "n1" else "replica"
+            result["profiles"][name] = {"role": role, "cpu_us_per_request": round(cpu_us, 2), "busy_samples": busy,
+                                        "top": [{"function": f, "share": round(sh, 4), "cpu_us_per_request": round(sh * cpu_us, 2)}
+                                                for sh, f in rows]}  # fmt: skip
+        return result
+    finally:
+        c.close()
+        if not a.keep:
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            _log(f"kept {root}")
+
+
 def profile(a: argparse.Namespace) -> dict[str, Any]:
     ensure_valgrind()
     root = Path(tempfile.mkdtemp(prefix="kv-profile-"))
@@ -142,8 +279,7 @@ def profile(a: argparse.Namespace) -> dict[str, Any]:
         port = c.nodes["n1"].addr.rsplit(":", 1)[1]
         pids = [c.nodes[n].proc.pid for n in profiled if c.nodes[n].proc is not None]
         if a.op == "get":
-            _log("writing the keys the gets will read")
-            _run_load("put", port, a, a.secs)
+            _write_keys(int(port), a.keys)
         _log(f"{a.op} {a.conns}x{a.window} for {a.secs:g} s, counting")
         doc = _run_load(a.op, port, a, a.secs, pids)
         requests = int(doc["n"])
@@ -169,6 +305,15 @@ def profile(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def print_report(r: dict[str, Any]) -> None:
+    if r.get("sampler") == "py-spy":
+        print(f"{r['op']} {r['conns']}x{r['window']} on {r['nodes']} node(s): {r['requests']:,} requests at "
+              f"{r['ops_s']:,} ops/s, sampled by py-spy")  # fmt: skip
+        for name, p in r["profiles"].items():
+            print(f"\n{name} ({p['role']}): {p['cpu_us_per_request']:.1f} µs CPU per request, whole process "
+                  f"({p['busy_samples']} busy samples); share of them, and of the CPU:")  # fmt: skip
+            for row in p["top"]:
+                print(f"  {100 * row['share']:5.1f}%  {row['cpu_us_per_request']:6.2f} µs  {row['function']}")
+        return
     print(f"{r['op']} {r['conns']}x{r['window']} on {r['nodes']} node(s): {r['requests']} requests counted "
           f"({r['ops_s_under_callgrind']:,} ops/s under callgrind)")  # fmt: skip
     for name, p in r["profiles"].items():
@@ -187,10 +332,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warm", type=float, default=1.0, help="seconds of load before counting (default 1)")
     ap.add_argument("--keys", type=int, default=100_000, help="keys drawn from 0..keys-1 (default 100000)")
     ap.add_argument("--top", type=int, default=30, help="functions shown per node (default 30)")
+    ap.add_argument("--sampler", choices=("callgrind", "py-spy"), default="callgrind",
+                    help="callgrind: instructions counted (default); py-spy: time sampled, system calls included")
+    ap.add_argument("--rate", type=int, default=50, help="py-spy samples per second (default 50; each stops the node)")
     ap.add_argument("--json", action="store_true", help="one JSON object on stdout")
     ap.add_argument("--keep", action="store_true", help="keep the tmp dir (node logs, callgrind dumps)")
     a = ap.parse_args(argv)
-    r = profile(a)
+    r = profile_sampled(a) if a.sampler == "py-spy" else profile(a)
     if a.json:
         print(json.dumps(r))
     else:
