@@ -146,8 +146,8 @@ def top_functions(out_file: Path, requests: int, top: int) -> tuple[float, list[
     return total, rows
 
 
-# Leaf frames of a thread that is waiting, not working: the loop's poll, a worker's lock.
-_IDLE_LEAVES = frozenset({"epoll_pwait", "epoll_wait", "PyThread_acquire_lock_timed", "pthread_cond_wait",
+# Frames of a thread that is waiting, not working: the loop's poll, a worker's lock.
+_IDLE = frozenset({"epoll_pwait", "epoll_wait", "PyThread_acquire_lock_timed", "pthread_cond_wait",
                           "pthread_cond_timedwait", "__futex_abstimed_wait_common", "do_futex_wait"})  # fmt: skip
 _FRAME_PLACE = re.compile(r" \([^()]*\)$")
 # uvloop's and libuv's own frames between the loop and a callback: a chain of names for one
@@ -166,7 +166,9 @@ def busy_frames(raw: str, top: int) -> tuple[int, list[tuple[float, str]]]:
         if not stack or not count.isdigit():
             continue
         frames = [_FRAME_PLACE.sub("", f) for f in stack.split(";")]
-        if frames[-1] in _IDLE_LEAVES:
+        # A waiting thread's innermost frames may be unnamed (libc without symbols): what it
+        # waits in is looked for anywhere on its stack.
+        if not _IDLE.isdisjoint(frames):
             continue
         n = int(count)
         busy += n
@@ -176,7 +178,7 @@ def busy_frames(raw: str, top: int) -> tuple[int, list[tuple[float, str]]]:
         for f in set(frames):
             if not f.startswith(("CPyPy_", *_LOOP_INTERNALS)):
                 inclusive[f] = inclusive.get(f, 0) + n
-    ranked = sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]
+    ranked = sorted(inclusive.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
     return busy, [(n / busy, f.removeprefix("CPyDef_")) for f, n in ranked]
 
 

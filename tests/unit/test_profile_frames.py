@@ -22,6 +22,7 @@ def test_shares_are_of_busy_samples_inclusive_without_the_loop_and_its_internals
         f"{LOOP};Loop__on_idle (loop.c:9);CPyDef_engine___Engine____flush_pending (x);write (libc.so.6) 2",
         "clone3 (libc.so.6);leveldb::DBImpl::BackgroundCall (libleveldb) 1",  # the compaction thread
         "clone3 (libc.so.6);pthread_cond_wait (libc.so.6) 40",  # its idle wait
+        "Thread.run (threading.py:1);PyThread_acquire_lock_timed (x);0x7f00 (libc.so.6) 30",  # a worker's
         "not a sample line",
     ])  # fmt: skip
     busy, rows = pn.busy_frames(raw, top=10)
