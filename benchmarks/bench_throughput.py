@@ -38,7 +38,8 @@ growth of a fresh 1-node kvstore and a fresh redis-server after writing the same
 ``--mem-keys`` keys; the kvstore load is bounded by ``--mem-secs`` and the keys actually
 written are what is divided by), and open-loop latency of kvstore 3-node puts at half of its
 measured peak put rate (kvstore.testing.open_loop: latency from each request's due time),
-beside the 3-node ceiling's at half of its own peak. The peak is the put-4x64 rate, and the
+beside the 3-node ceiling's at half of its own peak and at kv3's rate (the machine's floor
+for a quorum write at the rate kv3 was offered). The peak is the put-4x64 rate, and the
 open-loop point runs right after it, on the store that rate was measured on: blind puts
 keep adding siblings (as Dynamo semantics want), so a put costs more after every later
 shape than it did at the peak, and half of an earlier peak is not half of the store's.
@@ -113,6 +114,10 @@ TARGET_OPEN_LOOP_P99_US = 5000.0
 # leanest 3-node quorum write's p99 is at half its own peak on this machine.
 OPEN_LOOP_PEAK_SHAPE = "put-4x64"
 OPEN_LOOP_KEYS = {"ceiling": "open_loop_ceiling", "kv3": "open_loop"}
+# And the ceiling once more at kv3's rate, right after kv3's point: at its own half peak the
+# ceiling runs several times faster, so only this one says what p99 the machine gives a
+# quorum write at the rate kv3 was offered.
+OPEN_LOOP_SAME_RATE_KEY = "open_loop_ceiling_at_kv3_rate"
 TARGET_MEMORY_RATIO = 1.5
 # Issue 16: counters (the counter data type's increment) within 1.5x of plain puts, kv3 at 4x64.
 TARGET_COUNTER_RATIO = 1 / 1.5
@@ -331,7 +336,9 @@ def target_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
                             "value": r[f"{pair}_ratio"], "pass": r[f"{pair}_ratio"] >= r["target"]})  # fmt: skip
     ol = doc.get("open_loop")
     if ol:
-        out.append({"name": f"open-loop put p99 at {ol['rate_per_s']:,.0f}/s (half the kv3 peak)",
+        same = doc.get(OPEN_LOOP_SAME_RATE_KEY)
+        beside = f"; ceiling at this rate {same['p99_us'] / 1000:.1f} ms" if same else ""
+        out.append({"name": f"open-loop put p99 at {ol['rate_per_s']:,.0f}/s (half the kv3 peak{beside})",
                     "target": f"<= {TARGET_OPEN_LOOP_P99_US / 1000:.0f} ms", "value": ol["p99_us"],
                     "pass": ol["p99_us"] <= TARGET_OPEN_LOOP_P99_US and not ol["lost"]})  # fmt: skip
     ctr = doc.get("counters")
@@ -387,10 +394,11 @@ def print_report(doc: dict[str, Any]) -> None:
                    "; ".join(notes))  # fmt: skip
     con.print(lt)
 
-    for key, name in (("open_loop", "kv3"), ("open_loop_ceiling", "ceiling")):
+    for key, name, whose in (("open_loop", "kv3", "of the peak"), ("open_loop_ceiling", "ceiling", "of the peak"),
+                             (OPEN_LOOP_SAME_RATE_KEY, "ceiling", "of kv3's peak")):  # fmt: skip
         ol = doc.get(key)
         if ol:
-            con.print(f"open loop, {name} put at {ol['rate_per_s']:,.0f}/s (half of the peak {ol['peak_ops_s']:,}/s), "
+            con.print(f"open loop, {name} put at {ol['rate_per_s']:,.0f}/s (half {whose} {ol['peak_ops_s']:,}/s), "
                       f"4 conns, {p['open_loop_secs']} s: {ol['ops_s']:,} ops/s, p50 / p99 / p999 / max "
                       f"{' / '.join(_fmt_us(ol[k]) for k in ('p50_us', 'p99_us', 'p999_us', 'max_us'))}, "
                       f"{ol['lost']} lost, {ol['errors']} errors, sender lag max {_fmt_us(ol['max_send_lag_us'])}, "
@@ -537,7 +545,7 @@ def bench(a: argparse.Namespace) -> dict[str, Any]:
                        "reference/ceiling": "--ldb batch: one LevelDB WriteBatch per loop turn, sync=False, before acks",
                        "redis": "appendonly yes, appendfsync everysec"},
         "points": [], "ratios": [], "calibration": [], "memory": None, "open_loop": None,
-        "open_loop_ceiling": None, "notes": notes,
+        "open_loop_ceiling": None, OPEN_LOOP_SAME_RATE_KEY: None, "notes": notes,
     }  # fmt: skip
     t_start = time.monotonic()
     try:
@@ -588,6 +596,11 @@ def bench(a: argparse.Namespace) -> dict[str, Any]:
                     ol = run_open_loop(s, rate, a)
                     ol["peak_ops_s"] = pt["ops_s"]
                     doc[OPEN_LOOP_KEYS[name]] = ol
+                    if name == "kv3" and "ceiling" in started:
+                        _log(f"open loop: ceiling put at kv3's {rate:,.0f}/s")
+                        same = run_open_loop(started["ceiling"], rate, a)
+                        same["peak_ops_s"] = pt["ops_s"]
+                        doc[OPEN_LOOP_SAME_RATE_KEY] = same
                 if name == "reference" and a.calibration and shape in CALIBRATION_SHAPES:
                     cal = run_point(other, s, shape, a)
                     mine, theirs = (pt, cal) if a.generator == "kvstore" else (cal, pt)

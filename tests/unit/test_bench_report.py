@@ -42,6 +42,17 @@ def test_targets_only_for_what_was_measured_and_inclusive_at_the_bound() -> None
     assert not next(r for r in bt.target_rows(doc) if r["name"].startswith("open-loop"))["pass"]
 
 
+def test_the_ceiling_at_kv3s_rate_is_shown_beside_the_open_loop_target_and_judges_nothing() -> None:
+    doc = {"ratios": [], "open_loop": {"rate_per_s": 20_000.0, "p99_us": 9000.0, "lost": 0},
+           bt.OPEN_LOOP_SAME_RATE_KEY: {"rate_per_s": 20_000.0, "p99_us": 4500.0, "lost": 0}}  # fmt: skip
+    (row,) = bt.target_rows(doc)
+    assert "ceiling at this rate 4.5 ms" in row["name"]
+    assert row["value"] == 9000.0 and row["pass"] is False  # kv3's own p99 is the target
+    del doc[bt.OPEN_LOOP_SAME_RATE_KEY]
+    (row,) = bt.target_rows(doc)
+    assert "ceiling" not in row["name"]
+
+
 @given(st.lists(st.floats(0, 10), min_size=2, max_size=20), st.floats(0, 1), st.floats(0, 1))
 def test_sampler_interpolation_is_monotone_and_bounded(steps: list[float], a: float, b: float) -> None:
     s = CpuSampler([42])
