@@ -38,8 +38,8 @@ growth of a fresh 1-node kvstore and a fresh redis-server after writing the same
 ``--mem-keys`` keys; the kvstore load is bounded by ``--mem-secs`` and the keys actually
 written are what is divided by), and open-loop latency of kvstore 3-node puts at half of its
 measured peak put rate (kvstore.testing.open_loop: latency from each request's due time),
-beside the 3-node ceiling's at half of its own peak and at kv3's rate (the machine's floor
-for a quorum write at the rate kv3 was offered). The peak is the put-4x64 rate, and the
+beside the 3-node ceiling's at half of its own peak and at kv3's rate (what the leanest
+quorum write gets on this machine at the rate kv3 was offered). The peak is the put-4x64 rate, and the
 open-loop point runs right after it, on the store that rate was measured on: blind puts
 keep adding siblings (as Dynamo semantics want), so a put costs more after every later
 shape than it did at the peak, and half of an earlier peak is not half of the store's.
