@@ -25,6 +25,12 @@ buckets from the store. A mismatch that outlives in-flight writes means a hook w
 rebuilt, with a settling window in which hooks of writes that the rebuild's copy already
 contains are not counted twice.
 
+Alone. A node that is its ring's only member (no ring change pending) has no one to compare
+a tree with, whatever N is: while so, the first write makes it drop its trees and keep none
+(a tenth of a single node's put), tombstones are still tracked, and nothing is exported or
+answered as ready. The first write or round after another member appears builds every
+partition's tree again from a copy of the table, as a rebuild does (with its settling window).
+
 Tombstones. A delete is a tombstone sibling. Collecting it too early resurrects the value
 on a replica that missed the delete. So the first node of a partition's preference list
 collects a tombstone-only key only when ``tombstone_grace_s`` has passed since its newest
@@ -209,6 +215,8 @@ class AntiEntropy:
             settings.aae_max_repairs_per_s, settings.aae_max_repairs_per_s, self.clock
         )
         self._mine_cache: tuple[int, tuple[int, ...]] | None = None
+        # True while the node is alone in its ring and keeps no trees (see _alone).
+        self._dormant = False
         self._checks: set[asyncio.Future[None]] = set()
         self._closed = False
         for p, d in engine.table().items():
@@ -241,9 +249,51 @@ class AntiEntropy:
 
     def ready(self, p: int) -> bool:
         """The tree of ``p`` holds every key (its builder pass is done)."""
-        return p not in self._building
+        return not self._dormant and p not in self._building
+
+    def _alone(self) -> bool:
+        """Whether this node is the ring's only member, with no ring change pending: no
+        partition has a second replica, so there is no one to compare a tree with."""
+        ring = self.view.ring
+        if ring is None or self.view.next is not None:
+            return False
+        members = ring.members
+        return len(members) == 1 and members[0] == self.name
+
+    def _sleep(self) -> None:
+        """Stop keeping trees (see "Alone" in the module doc); tombstones are still tracked."""
+        self._dormant = True
+        self._trees.clear()
+        self._building.clear()
+        self._to_build.clear()
+        self._settle.clear()
+        log.info("anti-entropy: this node is the ring's only member; trees are not kept until another joins")
+
+    def _wake(self) -> None:
+        """Keep trees again: each partition's is built from a copy of its table, as a
+        rebuild is (hooks of writes the copy holds already are not counted twice)."""
+        self._dormant = False
+        until = self.clock() + SETTLE_S
+        for p, d in self.engine.table().items():
+            if not d:
+                continue
+            copy = dict(d)
+            self._trees[p] = MerkleTree()
+            self._building.add(p)
+            self._to_build[p] = copy
+            self._settle[p] = _Settle(copy, set(), until)
+            for k in [k for k in self._tombs if k[0] == p]:
+                del self._tombs[k]  # the builder reads them from the copy again
+        log.info("anti-entropy: the ring has other members; building the trees")
 
     def _on_change(self, p: int, key: bytes, old: bytes | None, rec: bytes | None, new: Obj | None) -> None:
+        if self._alone():
+            if not self._dormant:
+                self._sleep()
+            self._track_tomb(p, key, new)
+            return
+        if self._dormant:
+            self._wake()
         st = self._settle.get(p)
         if st is not None:
             if self.clock() > st.until:
@@ -257,6 +307,9 @@ class AntiEntropy:
             None if old is None else record_digest(old),
             None if rec is None else record_digest(rec),
         )
+        self._track_tomb(p, key, new)
+
+    def _track_tomb(self, p: int, key: bytes, new: Obj | None) -> None:
         if new is not None and vclock.is_deleted(new):
             self._tombs[(p, key)] = _newest_ts(new)
         elif self._tombs:  # most of the time there are none: no key tuple to build
@@ -485,6 +538,7 @@ class AntiEntropy:
             **asdict(self.counters),
             "trees": len(self._trees),
             "trees_building": len(self._building),
+            "dormant": self._dormant,
             "tombstones_pending": len(self._tombs),
             "partitions": len(mine),
             "agreement": {
@@ -549,6 +603,8 @@ class AntiEntropy:
         (rate-limited), then tombstone collection."""
         if self.view.ring is None:
             return
+        if self._dormant and not self._alone():
+            self._wake()  # a member joined and no write has come through since
         await self._reset_emptied()
         # An exchange repairs both sides, so of each pair of replicas only the lower-named one
         # starts it: otherwise both would do the same work in the same round.

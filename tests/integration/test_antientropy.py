@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgpack
+
 from kvstore.client import Client
 from kvstore.core import vclock
 from kvstore.core.ring import partition_of
@@ -165,7 +167,7 @@ async def test_trees_stay_exact_under_writes_racing_build_and_rebuild(tmp_path: 
 
     eng = Engine.open(str(tmp_path / "db"), fsync="no")
     view = ClusterView("a", "127.0.0.1:1", eng, 3)
-    view.ring = claim(["a"], 4)
+    view.ring = claim(["a", "b"], 4)  # not alone: a lone node keeps no trees (the next test)
     rep = Replica(eng, "a")
     rep.new_epoch()
     rng = random.Random(1)
@@ -208,4 +210,75 @@ async def test_trees_stay_exact_under_writes_racing_build_and_rebuild(tmp_path: 
     await write(0)
     third = AntiEntropy(settings, view, rep, eng, RpcClient())
     assert not third.import_(blob)  # the store moved on: build instead
+    await eng.close()
+
+
+async def test_a_lone_node_keeps_no_trees_and_builds_them_exactly_when_a_member_joins(tmp_path: Path) -> None:
+    """In one process: alone in its ring a node stops keeping trees at its first write (and
+    answers no root) but still tracks tombstones; once the ring has another member, the
+    first write builds every tree from a copy, exact with writes racing the copy."""
+    import random
+
+    from kvstore.config import Settings
+    from kvstore.core import merkle
+    from kvstore.core.ring import claim
+    from kvstore.runtime.antientropy import AntiEntropy
+    from kvstore.runtime.cluster import ClusterView
+    from kvstore.runtime.replica import Replica
+    from kvstore.runtime.rpc import RpcClient
+    from storage.engine import Engine
+
+    eng = Engine.open(str(tmp_path / "db"), fsync="no")
+    view = ClusterView("a", "127.0.0.1:1", eng, 3)
+    view.ring = claim(["a"], 4)
+    rep = Replica(eng, "a")
+    rep.new_epoch()
+    rng = random.Random(2)
+    aae = AntiEntropy(Settings(partitions=4), view, rep, eng, RpcClient())
+
+    async def write(i: int) -> None:
+        k = b"k%d" % rng.randrange(500)
+        p = partition_of(k, 4)
+        old = rep.read(p, k)
+        await rep.merge_in(p, k, vclock.update(old, vclock.context_of(old), None if i % 5 == 0 else b"v", "a", i))
+
+    def exact() -> bool:
+        for p, d in eng.table().items():
+            ref = merkle.MerkleTree.from_items((k, vclock.digest(vclock.decode(r))) for k, r in d.items())
+            if ref.root() != aae.h_root(p):
+                return False
+        return True
+
+    def tombs() -> int:
+        return sum(1 for d in eng.table().values() for r in d.values() if vclock.is_deleted(vclock.decode(r)))
+
+    for i in range(2000):
+        await write(i)
+    st = aae.status()
+    assert st["dormant"] is True and st["trees"] == 0
+    assert all(aae.h_root(p) is None for p in range(4))  # no root to compare: none kept
+    assert st["tombstones_pending"] == tombs() > 0
+    assert not msgpack.unpackb(aae.export(), raw=False, strict_map_key=False)["trees"]
+
+    # A member joins; writes are stored but not yet hooked when the first hook wakes the
+    # trees (their results are in the copy: counted once).
+    view.ring = claim(["a", "b"], 4)
+    pending = [asyncio.ensure_future(write(i)) for i in range(2000, 2500)]
+    await asyncio.sleep(0)
+    await asyncio.gather(*pending)
+    assert aae.status()["dormant"] is False
+    await asyncio.gather(aae._build_pending(), *(write(i) for i in range(2500, 3500)))
+    assert aae.status()["trees_building"] == 0
+    assert exact()
+    assert aae.status()["tombstones_pending"] == tombs()
+
+    # Alone again (the other left): dormant again; a round with a member back wakes it too.
+    view.ring = claim(["a"], 4)
+    await write(4000)
+    assert aae.status()["dormant"] is True
+    view.ring = claim(["a", "b"], 4)
+    await aae.tick()
+    assert aae.status()["dormant"] is False
+    await aae._build_pending()
+    assert exact()
     await eng.close()
