@@ -40,6 +40,7 @@ were inside the frame, and that share of the CPU time per request. Noisier than 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -48,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -195,15 +197,33 @@ def _py_spy() -> str:
     return found
 
 
+@contextlib.contextmanager
+def _cluster(
+    a: argparse.Namespace, wrap: Callable[[Path], dict[str, list[str]]] | None = None
+) -> Iterator[tuple[Path, LocalCluster]]:
+    """A LocalCluster of ``a.nodes`` (N=min(nodes, 3), R=W=1 for one node else 2, fsync no)
+    in a tmp dir, closed and removed after (kept with --keep); ``wrap`` gives each node's
+    command prefix from that dir."""
+    root = Path(tempfile.mkdtemp(prefix="kv-profile-"))
+    q = 1 if a.nodes == 1 else 2
+    (root / "cluster").mkdir()
+    c = LocalCluster(root / "cluster", nodes=a.nodes, n=min(a.nodes, 3), r=q, w=q, extra=["--fsync", "no"],
+                     wrap=wrap(root) if wrap else None)  # fmt: skip
+    try:
+        yield root, c
+    finally:
+        c.close()
+        if not a.keep:
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            _log(f"kept {root}")
+
+
 def profile_sampled(a: argparse.Namespace) -> dict[str, Any]:
     """--sampler py-spy: the nodes at full speed, sampled while the generator measures."""
     spy = _py_spy()
-    root = Path(tempfile.mkdtemp(prefix="kv-profile-"))
     profiled = ["n1"] if a.nodes == 1 else ["n1", "n2"]
-    q = 1 if a.nodes == 1 else 2
-    (root / "cluster").mkdir()
-    c = LocalCluster(root / "cluster", nodes=a.nodes, n=min(a.nodes, 3), r=q, w=q, extra=["--fsync", "no"])
-    try:
+    with _cluster(a) as (root, c):
         _log(f"starting {a.nodes} node(s)")
         c.start_all()
         port = c.nodes["n1"].addr.rsplit(":", 1)[1]
@@ -252,26 +272,17 @@ def profile_sampled(a: argparse.Namespace) -> dict[str, Any]:
                                         "top": [{"function": f, "share": round(sh, 4), "cpu_us_per_request": round(sh * cpu_us, 2)}
                                                 for sh, f in rows]}  # fmt: skip
         return result
-    finally:
-        c.close()
-        if not a.keep:
-            shutil.rmtree(root, ignore_errors=True)
-        else:
-            _log(f"kept {root}")
 
 
 def profile(a: argparse.Namespace) -> dict[str, Any]:
     ensure_valgrind()
-    root = Path(tempfile.mkdtemp(prefix="kv-profile-"))
     profiled = ["n1"] if a.nodes == 1 else ["n1", "n2"]
-    wrap = {
-        name: ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={root}/{name}.%p.callgrind"]
-        for name in profiled
-    }
-    q = 1 if a.nodes == 1 else 2
-    (root / "cluster").mkdir()
-    c = LocalCluster(root / "cluster", nodes=a.nodes, n=min(a.nodes, 3), r=q, w=q, extra=["--fsync", "no"], wrap=wrap)
-    try:
+
+    def under_callgrind(root: Path) -> dict[str, list[str]]:
+        return {name: ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                       f"--callgrind-out-file={root}/{name}.%p.callgrind"] for name in profiled}  # fmt: skip
+
+    with _cluster(a, under_callgrind) as (root, c):
         _log(f"starting {a.nodes} node(s), {', '.join(profiled)} under callgrind (slow to start)")
         for name in c.nodes:
             c.start(name, wait=False)
@@ -279,7 +290,7 @@ def profile(a: argparse.Namespace) -> dict[str, Any]:
             c.wait_serving(name, timeout=600)
         c.wait_ring(a.nodes, timeout=600)
         port = c.nodes["n1"].addr.rsplit(":", 1)[1]
-        pids = [c.nodes[n].proc.pid for n in profiled if c.nodes[n].proc is not None]
+        pids = [proc.pid for n in profiled if (proc := c.nodes[n].proc) is not None]
         if a.op == "get":
             _write_keys(int(port), a.keys)
         _log(f"{a.op} {a.conns}x{a.window} for {a.secs:g} s, counting")
@@ -298,12 +309,6 @@ def profile(a: argparse.Namespace) -> dict[str, Any]:
             result["profiles"][name] = {"role": role, "instructions_per_request": round(total),
                                         "top": [{"function": f, "instructions_per_request": round(n)} for n, f in rows]}  # fmt: skip
         return result
-    finally:
-        c.close()
-        if not a.keep:
-            shutil.rmtree(root, ignore_errors=True)
-        else:
-            _log(f"kept {root}")
 
 
 def print_report(r: dict[str, Any]) -> None:
