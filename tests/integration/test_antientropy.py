@@ -54,6 +54,17 @@ class Nodes:
         return all(None not in r for r in rs) and all(r == rs[0] for r in rs)
 
 
+def _trees_exact(eng: Any, aae: Any) -> bool:
+    """Every partition's root as served equals a tree built from the store's records."""
+    from kvstore.core import merkle
+
+    for p, d in eng.table().items():
+        ref = merkle.MerkleTree.from_items((k, vclock.digest(vclock.decode(r))) for k, r in d.items())
+        if ref.root() != aae.h_root(p):
+            return False
+    return True
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -157,7 +168,6 @@ async def test_trees_stay_exact_under_writes_racing_build_and_rebuild(tmp_path: 
     import random
 
     from kvstore.config import Settings
-    from kvstore.core import merkle
     from kvstore.core.ring import claim
     from kvstore.runtime.antientropy import AntiEntropy
     from kvstore.runtime.cluster import ClusterView
@@ -183,11 +193,7 @@ async def test_trees_stay_exact_under_writes_racing_build_and_rebuild(tmp_path: 
     aae = AntiEntropy(settings, view, rep, eng, RpcClient())
 
     def exact() -> bool:
-        for p, d in eng.table().items():
-            ref = merkle.MerkleTree.from_items((k, vclock.digest(vclock.decode(r))) for k, r in d.items())
-            if ref.root() != aae.h_root(p):
-                return False
-        return True
+        return _trees_exact(eng, aae)
 
     # Build while writing.
     await asyncio.gather(aae._build_pending(), *(write(i) for i in range(3000)))
@@ -220,7 +226,6 @@ async def test_a_lone_node_keeps_no_trees_and_builds_them_exactly_when_a_member_
     import random
 
     from kvstore.config import Settings
-    from kvstore.core import merkle
     from kvstore.core.ring import claim
     from kvstore.runtime.antientropy import AntiEntropy
     from kvstore.runtime.cluster import ClusterView
@@ -243,11 +248,7 @@ async def test_a_lone_node_keeps_no_trees_and_builds_them_exactly_when_a_member_
         await rep.merge_in(p, k, vclock.update(old, vclock.context_of(old), None if i % 5 == 0 else b"v", "a", i))
 
     def exact() -> bool:
-        for p, d in eng.table().items():
-            ref = merkle.MerkleTree.from_items((k, vclock.digest(vclock.decode(r))) for k, r in d.items())
-            if ref.root() != aae.h_root(p):
-                return False
-        return True
+        return _trees_exact(eng, aae)
 
     def tombs() -> int:
         return sum(1 for d in eng.table().values() for r in d.values() if vclock.is_deleted(vclock.decode(r)))
