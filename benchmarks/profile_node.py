@@ -100,9 +100,14 @@ def _run_load(op: str, port: str, a: argparse.Namespace, secs: float, pids: list
             p.kill()
         for pid in pids or []:
             subprocess.run(["callgrind_control", "-i", "off", str(pid)], capture_output=True, check=False)
+    return _generator_doc(p.returncode, out)
+
+
+def _generator_doc(returncode: int | None, out: str) -> dict[str, Any]:
+    """The load generator's JSON result from its output; RuntimeError if it failed."""
     lines = out.strip().splitlines()
-    if p.returncode != 0 or not lines:
-        raise RuntimeError(f"load generator failed (exit {p.returncode})")
+    if returncode != 0 or not lines:
+        raise RuntimeError(f"load generator failed (exit {returncode})")
     doc: dict[str, Any] = json.loads(lines[-1])
     if "error" in doc:
         raise RuntimeError(f"load generator: {doc['error']}")
@@ -252,12 +257,7 @@ def profile_sampled(a: argparse.Namespace) -> dict[str, Any]:
                     sp.kill()
             if gen.poll() is None:
                 gen.kill()
-        lines = out.strip().splitlines()
-        if gen.returncode != 0 or not lines:
-            raise RuntimeError(f"load generator failed (exit {gen.returncode})")
-        doc = json.loads(lines[-1])
-        if "error" in doc:
-            raise RuntimeError(f"load generator: {doc['error']}")
+        doc = _generator_doc(gen.returncode, out)
         requests = int(doc["n"])
         result: dict[str, Any] = {"sampler": "py-spy", "nodes": a.nodes, "op": a.op, "conns": a.conns, "window": a.window,
                                   "requests": requests, "ops_s": doc["ops_s"], "profiles": {}}  # fmt: skip

@@ -273,17 +273,13 @@ class AntiEntropy:
         """Keep trees again: each partition's is built from a copy of its table, as a
         rebuild is (hooks of writes the copy holds already are not counted twice)."""
         self._dormant = False
-        until = self.clock() + SETTLE_S
+        # Every partition that holds a key is rebuilt (and only those can hold tombstones),
+        # so the builder reads all of them from the copies again.
+        self._tombs.clear()
+        now = self.clock()
         for p, d in self.engine.table().items():
-            if not d:
-                continue
-            copy = dict(d)
-            self._trees[p] = MerkleTree()
-            self._building.add(p)
-            self._to_build[p] = copy
-            self._settle[p] = _Settle(copy, set(), until)
-            for k in [k for k in self._tombs if k[0] == p]:
-                del self._tombs[k]  # the builder reads them from the copy again
+            if d:
+                self._start_build(p, now)
         log.info("anti-entropy: the ring has other members; building the trees")
 
     def _on_change(self, p: int, key: bytes, old: bytes | None, rec: bytes | None, new: Obj | None) -> None:
@@ -393,13 +389,18 @@ class AntiEntropy:
         self._rebuilt_at[p] = now
         self.counters.trees_rebuilt += 1
         log.warning("partition %d: Merkle tree disagrees with the store; rebuilding it", p)
+        for k in [k for k in self._tombs if k[0] == p]:
+            del self._tombs[k]
+        self._start_build(p, now)
+
+    def _start_build(self, p: int, now: float) -> None:
+        """A new tree for ``p``, built from a copy of its table taken now; until ``now`` +
+        SETTLE_S, hooks of writes the copy already holds are not counted again."""
         copy = dict(self.engine.table().get(p) or {})
         self._trees[p] = MerkleTree()
         self._building.add(p)
         self._to_build[p] = copy
         self._settle[p] = _Settle(copy, set(), now + SETTLE_S)
-        for k in [k for k in self._tombs if k[0] == p]:
-            del self._tombs[k]
 
     def _entries(self, p: int, buckets: Iterable[int]) -> dict[int, dict[bytes, int]]:
         """bucket -> {key: digest} of this node's keys of ``p`` in ``buckets``, from the store."""
