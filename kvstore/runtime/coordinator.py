@@ -20,7 +20,16 @@ from kvstore.config import Settings
 from kvstore.core import messages as m
 from kvstore.core import vclock
 from kvstore.core.bucket import BucketProps
-from kvstore.core.request import GET, ReadRequest, Ready, Repair, Reply, WriteRequest
+from kvstore.core.request import (
+    GET,
+    ReadRequest,
+    Ready,
+    Repair,
+    Reply,
+    WriteRequest,
+    answered_alone,
+    read_answer,
+)
 from kvstore.core.ring import Ring
 from kvstore.core.vclock import Obj
 from kvstore.errors import InvalidRequest, KVError, Unavailable
@@ -176,6 +185,14 @@ class Coordinator:
                 raise Unavailable("forwarded get reached a node outside the preference list", required=1)
             return self._forward(m.FWD_GET, pref, [key, m.options_to_wire(opts, "r")], True)
         self.counters.gets += 1
+        if answered_alone(self.name, pref, opts.quorum or self._r):
+            rec = self.replica.read_raw(p, key)
+            answer = read_answer(None if rec is None else vclock.decode(rec), lww=self.lww, now_ms=self.wall_ms())
+            if reply is not None:
+                return answer
+            fut: asyncio.Future[dict[str, Any]] = self._running_loop().create_future()
+            fut.set_result(answer)
+            return fut
         drive = self._begin_read(p, pref, key, opts)
         return drive.answer(reply) if reply is not None else drive.future()
 

@@ -21,7 +21,15 @@ from typing import Any
 
 from kvstore.core import vclock
 from kvstore.core.merkle import MerkleTree
-from kvstore.core.request import PUT, ReadRequest, Ready, Send, WriteRequest
+from kvstore.core.request import (
+    PUT,
+    ReadRequest,
+    Ready,
+    Send,
+    WriteRequest,
+    answered_alone,
+    read_answer,
+)
 from kvstore.core.ring import Ring, claim, partition_of
 from kvstore.core.vclock import Obj
 from kvstore.errors import KVError, Unavailable
@@ -185,9 +193,15 @@ class SimNode:
     def coordinate_get(self, op: Op, r: int) -> None:
         ring = self.sim.ring
         p = partition_of(op.key, ring.partitions)
+        preference = ring.preference_list(p, self.sim.n)
+        local = self.store.get((p, op.key))
+        if answered_alone(self.name, preference, r):
+            op.done_at = self.sim.clock.now
+            op.result = read_answer(local, lww=False, now_ms=0)
+            return
         machine = ReadRequest(
-            self.name, self.store.get((p, op.key)),
-            preference=ring.preference_list(p, self.sim.n),
+            self.name, local,
+            preference=preference,
             is_up=self._is_up,
             r=r,
             timeout_s=self.sim.timeout_s,

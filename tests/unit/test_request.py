@@ -8,7 +8,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kvstore.core import vclock
-from kvstore.core.request import GET, PUT, KeepHint, ReadRequest, Ready, Repair, WriteRequest
+from kvstore.core.request import (
+    GET,
+    PUT,
+    KeepHint,
+    ReadRequest,
+    Ready,
+    Repair,
+    WriteRequest,
+    answered_alone,
+    read_answer,
+)
 from kvstore.errors import Unavailable
 
 PREF = ("a", "b", "c")
@@ -199,3 +209,35 @@ def test_a_read_at_a_wall_time_leaves_expired_values_out_but_keeps_their_context
     assert vclock.decode_context(r.reply.result["context"]) == {"b~1": 1}
     r = read(local=short, r=1, now_ms=999).start()
     assert r.reply is not None and r.reply.result is not None and r.reply.result["values"] == [b"short"]
+
+
+def test_only_a_lone_replica_asked_for_one_reply_answers_alone() -> None:
+    assert answered_alone("a", ("a",), 1)
+    assert not answered_alone("a", ("a",), 2)  # the machine says unavailable, with its count
+    assert not answered_alone("a", ("b",), 1)  # not a replica: forwarded
+    assert not answered_alone("a", ("a", "b"), 1)  # R=1 of N=2 still asks b, to repair it
+
+
+# A version built by a few writers (some blind, some with the context they read), maybe a
+# delete among them and an expiring value: every shape a lone replica's copy can have.
+_writes = st.lists(
+    st.tuples(st.sampled_from(["a~1", "b~1", "c~1"]), st.booleans(), st.one_of(st.none(), st.binary(max_size=4))),
+    min_size=1, max_size=6,
+)
+
+
+@given(_writes, st.booleans(), st.booleans(), st.integers(0, 3000))
+def test_a_lone_replicas_answer_is_what_the_machine_would_answer(
+    writes: list[tuple[str, bool, bytes | None]], lww: bool, expiring: bool, now_ms: int
+) -> None:
+    obj: vclock.Obj | None = None
+    for ts, (actor, with_ctx, value) in enumerate(writes, 1):
+        obj = vclock.update(obj, vclock.context_of(obj) if with_ctx else {}, value, actor, ts)
+    assert obj is not None
+    if expiring:
+        obj = vclock.with_expiry(obj, vclock.Dot(writes[-1][0], obj.vv[writes[-1][0]]), 1500)
+    for local in (None, obj, vclock.decode(vclock.encode(obj))):
+        first = read(local=local, preference=("a",), r=1, lww=lww, now_ms=now_ms).start()
+        assert first.sends == [] and first.repairs == () and first.deadline is None
+        assert first.reply is not None and first.reply.error is None
+        assert read_answer(local, lww=lww, now_ms=now_ms) == first.reply.result
