@@ -187,7 +187,13 @@ class Coordinator:
         self.counters.gets += 1
         if answered_alone(self.name, pref, opts.quorum or self._r):
             rec = self.replica.read_raw(p, key)
-            answer = read_answer(None if rec is None else vclock.decode(rec), lww=self.lww, now_ms=self.wall_ms())
+            if rec is None:
+                answer = read_answer(None, lww=self.lww, now_ms=0)
+            else:
+                # Only a record with expiries is read at a wall time (values_at): the clock
+                # is read for those alone.
+                now_ms = self.wall_ms() if vclock.has_expiry(rec) else 0
+                answer = read_answer(vclock.decode(rec), lww=self.lww, now_ms=now_ms)
             if reply is not None:
                 return answer
             fut: asyncio.Future[dict[str, Any]] = self._running_loop().create_future()
