@@ -36,7 +36,8 @@ from kvstore.core.vclock import Obj
 from kvstore.errors import KVError, Unavailable
 
 __all__ = [
-    "KeepHint", "ReadRequest", "Ready", "Repair", "Reply", "Send", "WriteRequest", "answered_alone", "read_answer",
+    "KeepHint", "ReadRequest", "Ready", "Repair", "Reply", "Send", "WriteRequest", "answered_alone",
+    "lone_write_failed", "read_answer", "write_answer",
 ]
 
 PUT: Final = "put"
@@ -133,13 +134,36 @@ def read_answer(merged: Obj | None, *, lww: bool, now_ms: int) -> dict[str, Any]
     }
 
 
-def answered_alone(name: str, preference: Sequence[str], need: int) -> bool:
-    """Whether a read is answered by its coordinator's own copy, with no machine: the
-    coordinator is the key's only replica (N=1) and one reply is all the read needs. Then
-    there is no one to ask, nothing to wait for and no other copy to repair, and its answer
-    is :func:`read_answer` of that copy: what a :class:`ReadRequest` would give in its
-    first step, without building one (about a third of such a read's cost)."""
-    return need == 1 and len(preference) == 1 and preference[0] == name
+def write_answer(new: Obj) -> dict[str, Any]:
+    """A write's answer to the client once enough replicas hold ``new``: its context."""
+    return {"context": vclock.context_bytes(new)}
+
+
+def answered_alone(name: str, preference: Sequence[str], need: int, extra: Sequence[str] = ()) -> bool:
+    """Whether a request is answered by its coordinator alone, with no machine: the
+    coordinator is the key's only replica (N=1), one answer is all the request needs, and
+    no ring change gives a write new replicas to carry it too (``extra``: the
+    ``extra_targets`` a :class:`WriteRequest` would get).
+
+    Then there is no one to ask, no stand-in or hint (the only replica is up: it is the one
+    asking) and no other copy to repair. A read's answer is :func:`read_answer` of the
+    coordinator's copy, what a :class:`ReadRequest` gives in its first step; a write's is
+    :func:`write_answer` once its local write is durable, or :func:`lone_write_failed`
+    if that fails or the deadline passes first, as a :class:`WriteRequest` decides. Either
+    way without building one (about a third of such a request's cost)."""
+    if need != 1 or len(preference) != 1 or preference[0] != name:
+        return False
+    return not extra or all(x == name for x in extra)
+
+
+def lone_write_failed(name: str, reason: str | None) -> Unavailable:
+    """The error of a write answered alone (:func:`answered_alone`) whose local write
+    failed with ``reason``, or did not become durable by the deadline (None): the quorum's
+    own account of it, as a :class:`WriteRequest` would give."""
+    q = WriteQuorum((quorum.Target(name),), 1, 0.0)
+    status = q.tick(0.0) if reason is None else q.on_error(name, reason)
+    assert status is Status.UNAVAILABLE
+    return Unavailable(q.explain(), answered=q.acks, required=1)
 
 
 _T = TypeVar("_T")
@@ -293,7 +317,7 @@ class WriteRequest:
             return
         self.settled = True
         if status is Status.OK:
-            ready.reply = Reply({"context": vclock.context_bytes(self.new)})
+            ready.reply = Reply(write_answer(self.new))
         else:
             q = self.quorum
             ready.reply = Reply(error=Unavailable(q.explain(), answered=q.acks, required=self.w))

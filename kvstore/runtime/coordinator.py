@@ -28,7 +28,9 @@ from kvstore.core.request import (
     Reply,
     WriteRequest,
     answered_alone,
+    lone_write_failed,
     read_answer,
+    write_answer,
 )
 from kvstore.core.ring import Ring
 from kvstore.core.vclock import Obj
@@ -105,7 +107,7 @@ class Coordinator:
         self._loop: asyncio.AbstractEventLoop | None = None
         # Every replica call of a loop turn goes out as one frame per peer.
         self.outbox = Outbox(rpc, view.addr_of)
-        self.deadlines: Deadlines[_Drive] = Deadlines(self._running_loop)
+        self.deadlines: Deadlines[_Answering] = Deadlines(self._running_loop)
         # Read on every request: plain attributes here, not a lookup on the (interpreted)
         # Settings and a new bound method each time.
         self._r, self._w, self._timeout_s = settings.r, settings.w, settings.request_timeout_s
@@ -263,7 +265,7 @@ class Coordinator:
     def _begin_write(
         self, ring: Ring, p: int, pref: tuple[str, ...], key: bytes, value: bytes | None, ctx: vclock.VV, opts: m.Options,
         *, w: int | None = None, lww: bool | None = None, limits: m.Limits | None = None, ttl_ms: int = 0,
-    ) -> _Drive:
+    ) -> _Answering:
         local_rec = self.replica.read_raw(p, key)
         local = None if local_rec is None else vclock.decode(local_rec)
         now_ms = self.wall_ms()
@@ -278,19 +280,28 @@ class Coordinator:
         if (warning := m.check_record(key, new, len(record), limits or self.limits)) is not None:
             log.warning("%s", warning)
         loop = self._running_loop()
+        need = opts.quorum or w or self._w
+        extra = self.view.extra_write_targets(p)
+        if answered_alone(self.name, pref, need, extra):
+            lone = _LoneWrite(self, new, loop)
+            self.replica.write_new(p, key, local_rec, new, record, _LoneStored(lone))
+            if not lone.replied:  # durable (or failed) already: no deadline to keep
+                lone.deadline = loop.time() + (opts.timeout_s or self._timeout_s)
+                self.deadlines.add(lone.deadline, lone)
+            return lone
         hinting = self.keep_hint is not None
         machine = WriteRequest(
             self.name, new, record,
             preference=pref,
             fallbacks=self.view.fallbacks(ring, p),
             is_up=self._is_up,
-            w=opts.quorum or w or self._w,
+            w=need,
             timeout_s=opts.timeout_s or self._timeout_s,
             now=loop.time(),
             sloppy=hinting and not opts.strict,
             hinting=hinting,
             strict=opts.strict,
-            extra_targets=self.view.extra_write_targets(p),
+            extra_targets=extra,
         )
         drive = _Drive(self, machine, p, key, loop)
         drive.known = (local_rec, local)
@@ -368,25 +379,100 @@ def _settle_future(fut: asyncio.Future[dict[str, Any]], result: Any, exc: BaseEx
             fut.set_result(result)
 
 
-class _Drive:
+class _Answering:
+    """Where a request's answer goes, for a request driver and a lone write alike: a reply
+    callback or a future (``answer`` or ``future``, asked right after the first step), and
+    the answer given before either was asked (a request answered within its first step)."""
+
+    __slots__ = ("early", "loop", "replied", "sink")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.sink: RpcReply | None = None
+        self.early: Reply | None = None
+        self.replied = False
+
+    def tick(self, now: float) -> None:
+        """Called by the deadline sweep once ``now`` is past the deadline it was registered for."""
+        raise NotImplementedError
+
+    def _give(self, reply: Reply) -> None:
+        self.replied = True
+        if self.sink is None:
+            self.early = reply
+        else:
+            self.sink(reply.result, reply.error)
+
+    def answer(self, reply: RpcReply) -> Any:
+        """After the first step, the answer goes to ``reply``: returns the answer itself if
+        it is known already (raised if an error), else LATER."""
+        early = self.early
+        if early is None:
+            self.sink = reply
+            return LATER
+        if early.error is not None:
+            raise early.error
+        return early.result
+
+    def future(self) -> asyncio.Future[dict[str, Any]]:
+        """After the first step: a Future of the answer."""
+        early = self.early
+        fut: asyncio.Future[dict[str, Any]] = self.loop.create_future()
+        if early is None:
+            self.sink = functools.partial(_settle_future, fut)
+        elif early.error is not None:
+            fut.set_exception(early.error)
+        else:
+            fut.set_result(early.result)  # type: ignore[arg-type]
+        return fut
+
+
+class _LoneWrite(_Answering):
+    """A write answered alone (kvstore.core.request.answered_alone): its local write's
+    outcome (through :class:`_LoneStored`) and its deadline, nothing else."""
+
+    __slots__ = ("c", "deadline", "new")
+
+    def __init__(self, c: Coordinator, new: Obj, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.c = c
+        self.new = new
+        self.deadline: float | None = None
+
+    def stored(self, exc: BaseException | None) -> None:
+        """The local write is durable, or failed."""
+        if self.replied:
+            return  # the deadline passed first
+        if self.deadline is not None:
+            self.c.deadlines.discard(self.deadline, self)
+        if exc is None:
+            self._give(Reply(write_answer(self.new)))
+        else:
+            self._fail(reason_of(exc))
+
+    def tick(self, now: float) -> None:
+        if not self.replied and self.deadline is not None and now >= self.deadline:
+            self._fail(None)
+
+    def _fail(self, reason: str | None) -> None:
+        self.c.counters.unavailable += 1
+        self._give(Reply(error=lone_write_failed(self.c.name, reason)))
+
+
+class _Drive(_Answering):
     """Carries out one request machine's effects on the event loop: replica calls through the
     RPC client, the local write, hints, read repairs, the deadline, the reply."""
 
-    __slots__ = ("c", "deadline", "early", "key", "known", "loop", "machine", "p", "replied", "sink")
+    __slots__ = ("c", "deadline", "key", "known", "machine", "p")
 
     def __init__(
         self, c: Coordinator, machine: WriteRequest | ReadRequest, p: int, key: bytes, loop: asyncio.AbstractEventLoop
     ) -> None:
+        super().__init__(loop)
         self.c = c
         self.machine = machine
         self.p = p
         self.key = key
-        self.loop = loop
-        # Where the answer goes (``answer`` sets it); until then a reply given by the machine
-        # waits in ``early`` (a request answered within its first step).
-        self.sink: RpcReply | None = None
-        self.early: Reply | None = None  # the machine's Reply
-        self.replied = False
         self.deadline: float | None = None  # when the machine wants its next tick
         # The local record and its version when the request started. A read: replicas in
         # sync answer with the same bytes, which then need no decoding. A write: what its
@@ -418,13 +504,9 @@ class _Drive:
             c.counters.read_repairs += 1
             self._repair(rep)
         if ready.reply is not None and not self.replied:
-            self.replied = True
             if ready.reply.error is not None:
                 c.counters.unavailable += 1
-            if self.sink is None:
-                self.early = ready.reply
-            else:
-                self.sink(ready.reply.result, ready.reply.error)
+            self._give(ready.reply)
         deadline = ready.deadline
         if deadline != self.deadline:
             if self.deadline is not None:
@@ -432,29 +514,6 @@ class _Drive:
             if deadline is not None:
                 c.deadlines.add(deadline, self)
             self.deadline = deadline
-
-    def answer(self, reply: RpcReply) -> Any:
-        """After the first step, the answer goes to ``reply``: returns the answer itself if
-        it is known already (raised if an error), else LATER."""
-        early = self.early
-        if early is None:
-            self.sink = reply
-            return LATER
-        if early.error is not None:
-            raise early.error
-        return early.result
-
-    def future(self) -> asyncio.Future[dict[str, Any]]:
-        """After the first step: a Future of the answer."""
-        early = self.early
-        fut: asyncio.Future[dict[str, Any]] = self.loop.create_future()
-        if early is None:
-            self.sink = functools.partial(_settle_future, fut)
-        elif early.error is not None:
-            fut.set_exception(early.error)
-        else:
-            fut.set_result(early.result)  # type: ignore[arg-type]
-        return fut
 
     def tick(self, now: float) -> None:
         """Called by the sweep once ``now`` is past the deadline it was registered for."""
@@ -510,6 +569,20 @@ class _Answer:
 
     def __call__(self, reason: str | None, rec: Any) -> None:
         self.drive._answered(self.tag, reason, rec)
+
+
+class _LoneStored:
+    """A lone write's local write is durable, or failed (the engine's OnDurable). A class of
+    its own, not ``__call__`` on _LoneWrite: compiled, a ``__call__`` added by a subclass of a
+    native class is called through the base's layout, which has no room for it (a crash)."""
+
+    __slots__ = ("lone",)
+
+    def __init__(self, lone: _LoneWrite) -> None:
+        self.lone = lone
+
+    def __call__(self, exc: BaseException | None) -> None:
+        self.lone.stored(exc)
 
 
 class _Stored:

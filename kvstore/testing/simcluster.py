@@ -29,6 +29,7 @@ from kvstore.core.request import (
     WriteRequest,
     answered_alone,
     read_answer,
+    write_answer,
 )
 from kvstore.core.ring import Ring, claim, partition_of
 from kvstore.core.vclock import Obj
@@ -134,10 +135,16 @@ class SimNode:
         p = partition_of(op.key, ring.partitions)
         now = self.sim.clock.now
         new = vclock.update(self.store.get((p, op.key)), vclock.decode_context(ctx), op.value, self.name, int(now * 1000))
+        preference = ring.preference_list(p, self.sim.n)
+        if answered_alone(self.name, preference, w):
+            self._set(p, op.key, new)  # the simulated store is durable at once
+            op.done_at = now
+            op.result = write_answer(new)
+            return
         hinting = self.sim.hinted_handoff
         machine = WriteRequest(
             self.name, new, vclock.encode(new),
-            preference=ring.preference_list(p, self.sim.n),
+            preference=preference,
             fallbacks=ring.fallbacks(p, self.sim.n),
             is_up=self._is_up,
             w=w,

@@ -17,7 +17,9 @@ from kvstore.core.request import (
     Repair,
     WriteRequest,
     answered_alone,
+    lone_write_failed,
     read_answer,
+    write_answer,
 )
 from kvstore.errors import Unavailable
 
@@ -216,6 +218,36 @@ def test_only_a_lone_replica_asked_for_one_reply_answers_alone() -> None:
     assert not answered_alone("a", ("a",), 2)  # the machine says unavailable, with its count
     assert not answered_alone("a", ("b",), 1)  # not a replica: forwarded
     assert not answered_alone("a", ("a", "b"), 1)  # R=1 of N=2 still asks b, to repair it
+    # A ring change's new replica gets every write too (best effort): the machine sends it.
+    assert not answered_alone("a", ("a",), 1, extra=("d",))
+    assert answered_alone("a", ("a",), 1, extra=("a",))
+
+
+def _lone_write() -> tuple[WriteRequest, Ready]:
+    m = write(preference=("a",), w=1)  # N=1 on a larger ring: fallbacks exist, none is asked
+    first = m.start()
+    assert first.sends == [] and first.hints == () and first.reply is None
+    assert first.local_write is not None and first.deadline == 1.0
+    return m, first
+
+
+def test_a_lone_write_is_answered_as_the_machine_answers_it() -> None:
+    m, first = _lone_write()
+    assert first.local_write is not None
+    done = m.acked(first.local_write[0])
+    assert done.reply is not None and done.reply.result == write_answer(NEW) and done.deadline is None
+
+
+@given(st.one_of(st.none(), st.sampled_from(["storage: /d refuses writes: disk full", "timeout"])))
+def test_a_lone_write_fails_as_the_machine_fails_it(reason: str | None) -> None:
+    """None: the local write did not become durable before the deadline."""
+    m, first = _lone_write()
+    assert first.local_write is not None
+    r = m.tick(1.0) if reason is None else m.failed(first.local_write[0], reason)
+    assert r.reply is not None and isinstance(r.reply.error, Unavailable)
+    assert r.hints == () and r.sends == []  # the only replica is the coordinator: no hint for it
+    ours = lone_write_failed("a", reason)
+    assert (str(ours), ours.answered, ours.required) == (str(r.reply.error), r.reply.error.answered, r.reply.error.required)
 
 
 # A version built by a few writers (some blind, some with the context they read), maybe a
