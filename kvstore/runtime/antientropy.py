@@ -56,6 +56,7 @@ from kvstore.config import Settings
 from kvstore.core import merkle, vclock
 from kvstore.core import messages as m
 from kvstore.core.merkle import MerkleTree
+from kvstore.core.ring import Ring
 from kvstore.core.vclock import Obj, record_digest
 from kvstore.errors import InvalidRequest, KVError
 from kvstore.runtime.cluster import ClusterView
@@ -217,6 +218,10 @@ class AntiEntropy:
         self._mine_cache: tuple[int, tuple[int, ...]] | None = None
         # True while the node is alone in its ring and keeps no trees (see _alone).
         self._dormant = False
+        # _alone's answer and the (ring, pending ring) it was worked out for: every write
+        # asks, and the ring changes rarely (a Ring's members are read by name, uncompiled).
+        self._alone_for: tuple[Ring | None, Ring | None] = (None, None)
+        self._alone_was = False
         self._checks: set[asyncio.Future[None]] = set()
         self._closed = False
         for p, d in engine.table().items():
@@ -254,11 +259,17 @@ class AntiEntropy:
     def _alone(self) -> bool:
         """Whether this node is the ring's only member, with no ring change pending: no
         partition has a second replica, so there is no one to compare a tree with."""
-        ring = self.view.ring
-        if ring is None or self.view.next is not None:
-            return False
-        members = ring.members
-        return len(members) == 1 and members[0] == self.name
+        ring, nxt = self.view.ring, self.view.next
+        seen = self._alone_for
+        if ring is seen[0] and nxt is seen[1] and ring is not None:
+            return self._alone_was
+        alone = False
+        if ring is not None and nxt is None:
+            members = ring.members
+            alone = len(members) == 1 and members[0] == self.name
+        self._alone_for = (ring, nxt)
+        self._alone_was = alone
+        return alone
 
     def _sleep(self) -> None:
         """Stop keeping trees (see "Alone" in the module doc); tombstones are still tracked."""
