@@ -55,7 +55,11 @@ a key written once, the same bytes the others return, and the put shapes still p
 siblings they pile up. ``--shared-keys`` runs the old way; ``--generator load_client`` always
 does (its key format is fixed). Then
 the run waits until every process it started is idle (``wait_quiet``): what those loads leave
-running, LevelDB compacting them above all, is setup, not the first point's cost.
+running, LevelDB compacting them above all, is setup, not the first point's cost. It waits so
+again before every point (at most ``--settle-secs``; each point's ``settled_s`` says how
+long): what a point leaves running belongs to its own system, where it was charged to
+whichever system ran next (kv3's compactions after its put 4×64 ran during the reference's
+put point, the ceiling's during kv3's, and the open loop began while kv3's own ran).
 
 Each target of issue 13 that this run measured is printed with PASS or FAIL.
 """
@@ -130,6 +134,10 @@ PUT_KEY_FMT = "p%015d"
 REDIS_RATE_GUESS = {"4x64": 400_000, "50x1": 50_000, "1x1": 25_000}
 CALIBRATION_SHAPES = ("put-4x64", "get-1x1")
 CHILD_GRACE_S = 60.0
+# Before every point the run waits (at most this long) until every process it started is
+# idle: what the point before left running (LevelDB compacting what a put shape wrote above
+# all) belongs to that system, not to whichever one is measured next.
+SETTLE_S = 10.0
 
 
 def _log(msg: str) -> None:
@@ -497,6 +505,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                     help="put shapes write the keys the get shapes read (siblings pile up on them)")
     ap.add_argument("--prefill-secs", type=float, default=10.0, help="most seconds spent prefilling kv3")
     ap.add_argument("--open-loop-secs", type=float, default=3.0, help="measured seconds of the open-loop point")
+    ap.add_argument("--settle-secs", type=float, default=SETTLE_S,
+                    help=f"most seconds waited before each point for the processes to go idle (default {SETTLE_S:g}; 0: no wait)")
     ap.add_argument("--no-open-loop", dest="open_loop", action="store_false")
     ap.add_argument("--no-memory", dest="memory", action="store_false")
     ap.add_argument("--no-calibration", dest="calibration", action="store_false")
@@ -578,28 +588,44 @@ def bench(a: argparse.Namespace) -> dict[str, Any]:
             _log(f"still busy after {waited:.0f} s of waiting for the loads' background work; going on")
             notes.append(f"the systems were not idle after {waited:.0f} s of waiting before the first point")
         other = "load_client" if a.generator == "kvstore" else "kvstore"
+
+        def settle(what: str) -> float:
+            """Wait for the idle machine a point starts from; seconds waited (noted if in vain)."""
+            if a.settle_secs <= 0:
+                return 0.0
+            quiet, waited = wait_quiet(systems.pids(), timeout_s=a.settle_secs)
+            if not quiet:
+                notes.append(f"{what} started after {waited:.0f} s with the systems still busy")
+            return round(waited, 1)
+
         for shape in a.shape_list:
             for name in SYSTEMS:
                 s = started.get(name)
                 if s is None:
                     continue
+                waited = settle(f"{shape} → {name}")
                 _log(f"{shape} → {name}")
                 if name == "redis":
                     pt = run_redis_point(s, shape, a)
                 else:
                     pt = run_point(a.generator, s, shape, a)
+                pt["settled_s"] = waited
                 doc["points"].append(pt)
                 _log(f"  {pt['ops_s']:,} ops/s, p50 {_fmt_us(pt['p50_us'])}, p99 {_fmt_us(pt['p99_us'])}")
                 if a.open_loop and shape == OPEN_LOOP_PEAK_SHAPE and name in OPEN_LOOP_KEYS and pt["ops_s"] > 0:
                     rate = pt["ops_s"] / 2
+                    waited = settle(f"open loop of {name}")
                     _log(f"open loop: {name} put at {rate:,.0f}/s")
                     ol = run_open_loop(s, rate, a)
                     ol["peak_ops_s"] = pt["ops_s"]
+                    ol["settled_s"] = waited
                     doc[OPEN_LOOP_KEYS[name]] = ol
                     if name == "kv3" and "ceiling" in started:
+                        waited = settle("open loop of the ceiling at kv3's rate")
                         _log(f"open loop: ceiling put at kv3's {rate:,.0f}/s")
                         same = run_open_loop(started["ceiling"], rate, a)
                         same["peak_ops_s"] = pt["ops_s"]
+                        same["settled_s"] = waited
                         doc[OPEN_LOOP_SAME_RATE_KEY] = same
                 if name == "reference" and a.calibration and shape in CALIBRATION_SHAPES:
                     cal = run_point(other, s, shape, a)
@@ -610,8 +636,10 @@ def bench(a: argparse.Namespace) -> dict[str, Any]:
                     })  # fmt: skip
         kv3_put = next((p for p in doc["points"] if p["system"] == "kv3" and p["shape"] == "put-4x64"), None)
         if kv3_put is not None:
+            waited = settle("incr-4x64 → kv3")
             _log("incr-4x64 → kv3 (counters)")
             c = run_counter_point(started["kv3"], a)
+            c["settled_s"] = waited
             c["put_ops_s"] = kv3_put["ops_s"]
             c["ratio_to_put"] = round(c["ops_s"] / kv3_put["ops_s"], 3) if kv3_put["ops_s"] else None
             doc["counters"] = c

@@ -150,7 +150,8 @@ def answered_alone(name: str, preference: Sequence[str], need: int, extra: Seque
     coordinator's copy, what a :class:`ReadRequest` gives in its first step; a write's is
     :func:`write_answer` once its local write is durable, or :func:`lone_write_failed`
     if that fails or the deadline passes first, as a :class:`WriteRequest` decides. Either
-    way without building one (about a third of such a request's cost)."""
+    way without building one: a quarter of such a read's instructions, a sixth of a
+    write's (benchmarks/README.md, the fifteenth pass)."""
     if need != 1 or len(preference) != 1 or preference[0] != name:
         return False
     return not extra or all(x == name for x in extra)

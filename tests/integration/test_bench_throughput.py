@@ -50,6 +50,8 @@ def test_tiny_run_has_every_field(tmp_path: Path) -> None:
     assert set(pts) == systems and all(p["shape"] == "put-4x64" for p in pts.values())
     for p in pts.values():
         check_point(p)
+        # Each point starts from an idle machine (what the one before left running is waited out).
+        assert 0 <= p["settled_s"] <= 10.5, p
     for three in ("kv3", "ceiling"):  # a replica's CPU for the 3-node systems
         assert pts[three]["replica_cpu_us_per_op"] is not None
     assert pts["kv1"]["errors"] == 0 and pts["kv3"]["errors"] == 0
@@ -69,6 +71,7 @@ def test_tiny_run_has_every_field(tmp_path: Path) -> None:
         ol = doc[key]
         assert ol["system"] == system and ol["rate_per_s"] == pytest.approx(pts[system]["ops_s"] / 2, rel=0.01)
         assert ol["n"] > 0 and 0 < ol["p50_us"] <= ol["p99_us"] <= ol["p999_us"]
+        assert 0 <= ol["settled_s"] <= 10.5
 
     (cal,) = doc["calibration"]  # put-4x64 on the reference, with load_client.py as well
     assert cal["shape"] == "put-4x64" and cal["load_client_ops_s"] > 0 and cal["kvstore_ops_s"] > 0
