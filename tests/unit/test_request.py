@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -238,7 +239,7 @@ def test_a_lone_write_is_answered_as_the_machine_answers_it() -> None:
     assert done.reply is not None and done.reply.result == write_answer(NEW) and done.deadline is None
 
 
-@given(st.one_of(st.none(), st.sampled_from(["storage: /d refuses writes: disk full", "timeout"])))
+@pytest.mark.parametrize("reason", [None, "storage: /d refuses writes: disk full", "timeout"])
 def test_a_lone_write_fails_as_the_machine_fails_it(reason: str | None) -> None:
     """None: the local write did not become durable before the deadline."""
     m, first = _lone_write()
