@@ -56,6 +56,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from kvstore.testing.load import cpu_seconds  # noqa: E402
 from kvstore.testing.processes import LocalCluster  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -189,11 +190,6 @@ def busy_frames(raw: str, top: int) -> tuple[int, list[tuple[float, str]]]:
     return busy, [(n / busy, f.removeprefix("CPyDef_")) for f, n in ranked]
 
 
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _py_spy() -> str:
     here = Path(sys.executable).parent / "py-spy"
     found = str(here) if here.exists() else shutil.which("py-spy")
@@ -240,7 +236,7 @@ def profile_sampled(a: argparse.Namespace) -> dict[str, Any]:
         spies: list[subprocess.Popen[bytes]] = []
         try:
             time.sleep(a.warm)
-            cpu0 = [_cpu_s(pid) for pid in pids]
+            cpu0 = [cpu_seconds(pid) for pid in pids]
             for name, pid in zip(profiled, pids, strict=True):
                 spies.append(subprocess.Popen(
                     [spy, "record", "--native", "-r", str(a.rate),
@@ -248,7 +244,7 @@ def profile_sampled(a: argparse.Namespace) -> dict[str, Any]:
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 ))  # fmt: skip
             out, _ = gen.communicate(timeout=a.secs + a.warm + 120)
-            cpu1 = [_cpu_s(pid) for pid in pids]
+            cpu1 = [cpu_seconds(pid) for pid in pids]
             for sp in spies:
                 sp.wait(timeout=60)
         finally:
@@ -259,6 +255,7 @@ def profile_sampled(a: argparse.Namespace) -> dict[str, Any]:
                 gen.kill()
         doc = _generator_doc(gen.returncode, out)
         requests = int(doc["n"])
+        used = [(b - a0) if a0 is not None and b is not None else None for a0, b in zip(cpu0, cpu1, strict=True)]
         result: dict[str, Any] = {"sampler": "py-spy", "nodes": a.nodes, "op": a.op, "conns": a.conns, "window": a.window,
                                   "requests": requests, "ops_s": doc["ops_s"], "profiles": {}}  # fmt: skip
         for i, name in enumerate(profiled):
@@ -266,7 +263,10 @@ def profile_sampled(a: argparse.Namespace) -> dict[str, Any]:
             if not raw_file.exists():
                 raise RuntimeError(f"py-spy wrote no samples for {name} (pid {pids[i]})")
             busy, rows = busy_frames(raw_file.read_text(), a.top)
-            cpu_us = (cpu1[i] - cpu0[i]) * 1e6 / max(requests, 1)
+            cpu_s = used[i]
+            if cpu_s is None:
+                raise RuntimeError(f"could not read the CPU time of {name} (pid {pids[i]}) from /proc")
+            cpu_us = cpu_s * 1e6 / max(requests, 1)
             role = "coordinator" if name == "n1" else "replica"
             result["profiles"][name] = {"role": role, "cpu_us_per_request": round(cpu_us, 2), "busy_samples": busy,
                                         "top": [{"function": f, "share": round(sh, 4), "cpu_us_per_request": round(sh * cpu_us, 2)}
