@@ -224,6 +224,15 @@ class _Quorum:
         msg = f"{self.successes} of {self.need} required {kind}replicas {what}"
         if self.failed:
             msg += " (" + ", ".join(f"{n}: {r}" for n, r in sorted(self.failed.items())) + ")"
+        asked = sum(1 for counts in self._counted.values() if counts)
+        if asked < self.need:
+            # Nobody failed: the request could never succeed. Say so, or a lone node started
+            # with the defaults (N=3, W=2) refuses every write without a reason.
+            msg += (
+                f": only {asked} live {kind}replica{'' if asked == 1 else 's'} to ask (too few nodes"
+                " are up in the ring for this quorum; start or join more nodes, or lower r/w,"
+                " e.g. a single node runs with --n-replicas 1 --r 1 --w 1)"
+            )
         return msg
 
 

@@ -67,6 +67,27 @@ def test_write_unavailable_as_soon_as_w_is_out_of_reach() -> None:
     assert "0 of 2" in wq.explain()
 
 
+def test_too_few_targets_say_why_and_what_to_do() -> None:
+    # A lone node with the defaults: one replica to ask, two needed. Nobody failed, so the
+    # message must say why the request could never succeed.
+    wq = WriteQuorum(targets("a"), 2, deadline=1.0)
+    assert wq.decide() is Status.UNAVAILABLE
+    why = wq.explain()
+    assert why.startswith("0 of 2 required replicas acknowledged the write: only 1 live replica to ask")
+    assert "--n-replicas 1 --r 1 --w 1" in why
+    rq = ReadQuorum(targets("a"), 2, deadline=1.0)
+    rq.on_reply("a", None)
+    assert rq.explain().startswith("1 of 2 required replicas answered the read: only 1 live replica")
+    # Stand-ins that do not count (pw) leave too few primaries: said as such.
+    strict = WriteQuorum((Target("a"), Target("d", hint_for="b")), 2, deadline=1.0, strict=True)
+    assert "only 1 live primary replica to ask" in strict.explain()
+    # Enough targets: a failure is the reason, and nothing more is added.
+    enough = WriteQuorum(targets(*PREF), 2, deadline=1.0)
+    enough.on_error("a", "refused")
+    enough.on_error("b", "refused")
+    assert enough.explain() == "0 of 2 required replicas acknowledged the write (a: refused, b: refused)"
+
+
 def test_write_unavailable_at_deadline() -> None:
     wq = WriteQuorum(targets(*PREF), 2, deadline=1.0)
     wq.on_ack("a")
