@@ -17,7 +17,6 @@ after ``--max-secs`` whatever is left (every loop here is bounded in count and t
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import random
 import shutil
@@ -31,98 +30,44 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from cli.load_cmd import progress_bar  # noqa: E402
+from kvstore.bulk import put_all  # noqa: E402
 from kvstore.client import AsyncClient  # noqa: E402
-from kvstore.errors import KVError  # noqa: E402
 from kvstore.runtime.rpc import run  # noqa: E402
 
 KEY_FMT = b"bulk:%011d"
 TARGET_S = 60.0  # issue 13: 1M keys into 3 nodes in under a minute
 TARGET_KEYS = 1_000_000
-PLAIN_PROGRESS_S = 5.0
 
 
 async def load(nodes: list[str], a: argparse.Namespace) -> dict[str, Any]:
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     value = b"v" * a.value_bytes
-    st = {"next": 0, "done": 0, "errors": 0}
-    first_error: list[str] = []
     t0 = time.perf_counter()
     c0 = time.process_time()
-    deadline = t0 + a.max_secs
-
     async with AsyncClient(nodes, timeout_s=a.timeout) as kv:
-
-        def failed(e: KVError) -> None:
-            st["errors"] += 1
-            if not first_error:
-                first_error.append(f"{type(e).__name__}: {e}")
-
-        async def worker() -> None:
-            while st["next"] < a.keys and time.perf_counter() < deadline:
-                i = st["next"]
-                n = min(a.batch, a.keys - i)
-                st["next"] = i + n
-                try:
-                    if n == 1:
-                        await kv.put(KEY_FMT % i, value)
-                        st["done"] += 1
-                        continue
-                    # put_many: one call per coordinator for the whole batch, each item
-                    # its own request there (its own quorum and outcome).
-                    for r in await kv.put_many([(KEY_FMT % j, value) for j in range(i, i + n)]):
-                        if isinstance(r, KVError):
-                            failed(r)
-                        else:
-                            st["done"] += 1
-                except KVError as e:
-                    for _ in range(n):
-                        failed(e)
-
-        console = Console(stderr=True)
-        columns = (TextColumn("loading"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[rate]:>9,.0f} keys/s"), TimeElapsedColumn(), TimeRemainingColumn())  # fmt: skip
-        # Not a terminal (a pipe, a log file): a plain line every few seconds instead of the bar.
-        with Progress(*columns, console=console, refresh_per_second=5, disable=not console.is_terminal) as bar:
-            task = bar.add_task("load", total=a.keys, rate=0.0)
-            n_workers = max(1, min(a.concurrency // a.batch, -(-a.keys // a.batch)))
-            workers = [asyncio.ensure_future(worker()) for _ in range(n_workers)]
-            said = t0
-            while not all(w.done() for w in workers):
-                await asyncio.wait(workers, timeout=0.2)
-                now = time.perf_counter()
-                rate = st["done"] / (now - t0) if now > t0 else 0.0
-                bar.update(task, completed=st["done"] + st["errors"], rate=rate)
-                if not console.is_terminal and now - said >= PLAIN_PROGRESS_S:
-                    said = now
-                    console.print(f"bulk_load: {st['done']:,} / {a.keys:,} keys, {rate:,.0f} keys/s, {now - t0:.0f} s")
-            for w in workers:
-                w.result()  # a bug in a worker (not a KVError) surfaces here
+        # kvstore.bulk.put_all and kv load's progress bar: the same loader as `kv load`.
+        with progress_bar(a.keys, "bulk_load") as progress:
+            done = await put_all(
+                kv, ((KEY_FMT % i, value) for i in range(a.keys)), concurrency=a.concurrency, batch=a.batch,
+                max_secs=a.max_secs, on_progress=progress,
+            )
         secs = time.perf_counter() - t0
         cpu = time.process_time() - c0
         found = 0
-        sample = random.Random(1).sample(range(st["done"]), min(a.verify, st["done"])) if st["done"] else []
+        sample = random.Random(1).sample(range(done.written), min(a.verify, done.written)) if done.written else []
         for i in sample:
             r = await kv.get(KEY_FMT % i)
             found += r.found
     res: dict[str, Any] = {
-        "keys": st["done"], "asked": a.keys, "errors": st["errors"], "first_error": first_error[0] if first_error else None,
-        "secs": round(secs, 2), "keys_per_s": round(st["done"] / secs) if secs else 0,
+        "keys": done.written, "asked": a.keys, "errors": done.failed, "first_error": done.first_error,
+        "secs": round(secs, 2), "keys_per_s": round(done.written / secs) if secs else 0,
         # Near 100: this one client process, not the cluster, is what limits the rate.
         "client_cpu_pct": round(100 * cpu / secs, 1) if secs else None,
         "concurrency": a.concurrency, "batch": a.batch, "value_bytes": a.value_bytes, "nodes": nodes,
-        "verified": len(sample), "verified_found": found, "stopped_by_max_secs": st["next"] < a.keys,
+        "verified": len(sample), "verified_found": found, "stopped": done.stopped,
     }  # fmt: skip
     if a.keys >= TARGET_KEYS:
-        res["target"] = {"wanted_s": TARGET_S, "pass": st["done"] == a.keys and secs < TARGET_S}
+        res["target"] = {"wanted_s": TARGET_S, "pass": done.written == a.keys and secs < TARGET_S}
     return res
 
 

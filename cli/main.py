@@ -1,7 +1,7 @@
 """``kv``: the command line of kvstore.
 
     kv put KEY VALUE        kv get KEY        kv delete KEY      (KEY may be BUCKET/KEY)
-    kv get-many KEY...      kv put-many KEY=VALUE...
+    kv get-many KEY...      kv put-many KEY=VALUE...   kv load FILE
     kv bucket create|set|show|list
     kv incr KEY [N]         kv add KEY MEMBER kv remove KEY MEMBER   kv map KEY ...   kv fetch KEY
     kv node start ...       kv node ping
@@ -45,6 +45,7 @@ LAZY_COMMANDS = {
     "bucket": "cli.bucket_cmds:bucket",
     "get-many": "cli.batch_cmds:get_many",
     "put-many": "cli.batch_cmds:put_many",
+    "load": "cli.load_cmd:load",
 }
 DATATYPE_COMMANDS = ("incr", "add", "remove", "register", "map", "fetch")
 
