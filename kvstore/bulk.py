@@ -22,9 +22,12 @@ import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from kvstore.client import AsyncClient
 from kvstore.errors import InvalidRequest, KVError
+
+if TYPE_CHECKING:
+    from kvstore.client import AsyncClient
 
 __all__ = ["FORMATS", "BulkResult", "parse_line", "put_all"]
 

@@ -226,8 +226,9 @@ class _Quorum:
             msg += " (" + ", ".join(f"{n}: {r}" for n, r in sorted(self.failed.items())) + ")"
         asked = sum(1 for counts in self._counted.values() if counts)
         if asked < self.need:
-            # Nobody failed: the request could never succeed. Say so, or a lone node started
-            # with the defaults (N=3, W=2) refuses every write without a reason.
+            # Fewer targets than ``need``: the request could never succeed, whatever they
+            # answered. Said, or a lone node started with the defaults (N=3, W=2) refuses
+            # every write with no reason given.
             msg += (
                 f": only {asked} live {kind}replica{'' if asked == 1 else 's'} to ask (too few nodes"
                 " are up in the ring for this quorum; start or join more nodes, or lower r/w,"
