@@ -51,13 +51,16 @@ def _items(path: str, fmt: str) -> Iterator[tuple[bytes, bytes]]:
 @click.option("--concurrency", type=click.IntRange(1), default=512, show_default=True, help="Puts in flight.")
 @click.option("--batch", type=click.IntRange(1), default=64, show_default=True, help="Keys per put_many call.")
 @click.option("--ttl", "ttl_s", type=click.FloatRange(0), default=None, help="Expire the values after this many seconds.")
+@click.option("--replace", is_flag=True,
+              help="Read each key first and write with what the read saw, so the loaded value supersedes it "
+                   "(a second load of the same file leaves one value per key, not two siblings; twice the requests).")
 @json_option("Print the outcome as one JSON object.")
 @bucket_option
 @connection_options
 @click.pass_context
 def load(
-    ctx: click.Context, path: str, fmt: str, concurrency: int, batch: int, ttl_s: float | None, as_json: bool,
-    bucket: str | None, node_after: str | None, timeout_after: float | None,
+    ctx: click.Context, path: str, fmt: str, concurrency: int, batch: int, ttl_s: float | None, replace: bool,
+    as_json: bool, bucket: str | None, node_after: str | None, timeout_after: float | None,
 ) -> None:
     """Write every key of FILE ('-': standard input), concurrently, with a progress bar.
     The input is checked whole first (a bad line changes nothing). Exit 3 if any put failed
@@ -75,7 +78,8 @@ def load(
     except OSError as e:
         out.fail(f"cannot read {path}: {e.strerror or e}", out.EXIT_USAGE)
     items = iter(held) if path == "-" else _items(path, fmt)
-    res = _run(ctx, items, total, concurrency, batch, None if bucket == "default" else bucket, ttl_s, as_json)
+    b = None if bucket == "default" else bucket
+    res = _run(ctx, items, total, as_json, concurrency=concurrency, batch=batch, bucket=b, ttl_s=ttl_s, replace=replace)
     if as_json:
         out.print_json({"keys": total, "written": res.written, "failed": res.failed, "first_error": res.first_error,
                         "stopped": res.stopped, "last_error": res.last_error, "secs": round(res.secs, 3),
@@ -93,18 +97,15 @@ def load(
         sys.exit(out.EXIT_UNAVAILABLE)
 
 
-def _run(
-    ctx: click.Context, items: Iterator[tuple[bytes, bytes]], total: int, concurrency: int, batch: int,
-    bucket: str | None, ttl_s: float | None, quiet: bool,
-) -> Any:
+def _run(ctx: click.Context, items: Iterator[tuple[bytes, bytes]], total: int, quiet: bool, **how: Any) -> Any:
+    """put_all over ``items`` with ``how`` (its keyword arguments), behind the progress bar."""
     from cli.session import run_client
     from kvstore.bulk import put_all
 
     with progress_bar(total, "kv load", quiet=quiet) as progress:
 
         async def go(kv: Any) -> Any:
-            return await put_all(kv, items, concurrency=concurrency, batch=batch, bucket=bucket, ttl_s=ttl_s,
-                                 on_progress=progress)
+            return await put_all(kv, items, on_progress=progress, **how)
 
         return run_client(ctx, go)
 

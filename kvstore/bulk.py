@@ -7,6 +7,10 @@ key is still its own quorum write with its own outcome. A put that fails is coun
 retried: a blind put whose reply was lost may have landed, and a second one would stand
 beside it as a sibling. After ``give_up_after`` failures in a row (a cluster down or
 unreachable) the load stops instead of failing every key that is left, one by one.
+With ``replace``, each batch is read first and every put carries the context its read saw,
+so the loaded value supersedes what the key held: loading the same input twice leaves one
+value per key instead of two siblings (a write between the read and the put still stands
+beside it, as any write with a context would).
 
 The input formats are parsed line by line, and a line that is not one of them is an error
 that names the line, so that a caller can check a whole file before writing any of it.
@@ -22,7 +26,7 @@ import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kvstore.errors import InvalidRequest, KVError
 
@@ -98,6 +102,7 @@ async def put_all(
     batch: int = 64,
     bucket: str | None = None,
     ttl_s: float | None = None,
+    replace: bool = False,
     max_secs: float | None = None,
     give_up_after: int = 1024,
     on_progress: Progress | None = None,
@@ -130,6 +135,7 @@ async def put_all(
 
     async def worker() -> None:
         nonlocal written, in_a_row, stopped
+        chunk: list[Any]
         while stopped is None:
             if deadline is not None and time.perf_counter() >= deadline:
                 if next(source, None) is not None:
@@ -139,12 +145,16 @@ async def put_all(
             if not chunk:
                 return
             try:
+                if replace:
+                    chunk = await _with_contexts(client, chunk, bucket, fail)
+                    if not chunk:
+                        continue
                 results = await client.put_many(chunk, bucket=bucket, ttl_s=ttl_s)
             except KVError as e:
-                for key, _ in chunk:
+                for key, *_ in chunk:
                     fail(key, e)
                 continue
-            for (key, _), r in zip(chunk, results, strict=True):
+            for (key, *_), r in zip(chunk, results, strict=True):
                 if isinstance(r, KVError):
                     fail(key, r)
                 else:
@@ -171,3 +181,19 @@ async def put_all(
         written, failed, first_error, time.perf_counter() - t0, stopped,
         last_error if stopped == "failures" else None,
     )
+
+
+async def _with_contexts(
+    client: AsyncClient, chunk: list[Any], bucket: str | None, fail: Callable[[bytes, KVError], None]
+) -> list[tuple[bytes, bytes, bytes | None]]:
+    """``chunk``'s items with the context a read of each key saw (None: the key is absent).
+    A key whose read failed is counted as failed and left out: written blind, it could add
+    a sibling, the very thing ``replace`` is asked to avoid."""
+    reads = await client.get_many([key for key, _ in chunk], bucket=bucket)
+    out: list[tuple[bytes, bytes, bytes | None]] = []
+    for (key, value), r in zip(chunk, reads, strict=True):
+        if isinstance(r, KVError):
+            fail(key, r)
+        else:
+            out.append((key, value, r.context if r.context else None))
+    return out

@@ -1,5 +1,6 @@
 """`kv load` as a user types it, against real node processes: a file and standard input, both
-formats, a bad line that changes nothing, a value the nodes refuse, a cluster that is down."""
+formats, a bad line that changes nothing, a value the nodes refuse, a second load with and
+without --replace, a cluster that is down."""
 
 from __future__ import annotations
 
@@ -63,6 +64,18 @@ def test_load_writes_every_key_and_a_bad_input_writes_none(tmp_path: Path) -> No
         assert partly.returncode == 3
         assert "1 puts failed (first: huge: value is 2097152 bytes" in partly.stderr
         assert kv(n3, "get", "after").stdout == "w\n" and kv(n3, "get", "huge").returncode == 1
+
+        # A second load of the same keys: blind puts stand beside what is there (siblings, as
+        # DVV keeps concurrent writes); --replace reads first and supersedes it.
+        again = tmp_path / "again.tsv"
+        again.write_text("k00000\tsecond\nk00001\tsecond\nnew-key\tfresh\n")
+        assert kv(n1, "load", str(again), "--replace").returncode == 0
+        assert kv(n3, "get", "k00000").stdout == "second\n" and kv(n3, "get", "new-key").stdout == "fresh\n"
+        assert kv(n1, "load", str(again)).returncode == 0
+        both = kv(n3, "get", "k00001", "--json")
+        assert sorted(json.loads(both.stdout)["values"]) == ["second", "second"], both.stdout
+        assert kv(n1, "load", str(again), "--replace").returncode == 0
+        assert json.loads(kv(n3, "get", "k00001", "--json").stdout)["values"] == ["second"]
 
         missing = kv(n1, "load", str(tmp_path / "nope.tsv"))
         assert missing.returncode == 2 and "nope.tsv" in missing.stderr

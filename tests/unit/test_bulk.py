@@ -77,13 +77,14 @@ def _dead_addr() -> str:
     return f"127.0.0.1:{port}"
 
 
-def test_put_all_gives_up_on_a_cluster_it_cannot_reach() -> None:
+@pytest.mark.parametrize("replace", [False, True])  # with replace, the reads fail first
+def test_put_all_gives_up_on_a_cluster_it_cannot_reach(replace: bool) -> None:
     seen: list[tuple[int, int]] = []
 
     async def go() -> BulkResult:
         async with AsyncClient([_dead_addr()], timeout_s=1.0) as kv:
             items = ((b"k%06d" % i, b"v") for i in range(100_000))
-            return await put_all(kv, items, concurrency=64, batch=16, give_up_after=100,
+            return await put_all(kv, items, concurrency=64, batch=16, give_up_after=100, replace=replace,
                                  on_progress=lambda w, f: seen.append((w, f)))
 
     res = asyncio.run(go())
