@@ -18,6 +18,7 @@ import click
 
 from cli import output as out
 from cli.options import bucket_option, connection_options, json_option
+from kvstore.bulk import FORMATS, parse_line, put_all
 from kvstore.errors import InvalidRequest
 
 # Not a terminal (a pipe, a log file): a plain line this often instead of the bar.
@@ -34,8 +35,6 @@ def _lines(path: str) -> Iterator[tuple[int, str]]:
 
 
 def _items(path: str, fmt: str) -> Iterator[tuple[bytes, bytes]]:
-    from kvstore.bulk import parse_line
-
     where = "<stdin>" if path == "-" else path
     for n, line in _lines(path):
         item = parse_line(fmt, line, f"{where}:{n}")
@@ -45,7 +44,7 @@ def _items(path: str, fmt: str) -> Iterator[tuple[bytes, bytes]]:
 
 @click.command("load")
 @click.argument("path", metavar="FILE", type=click.Path(dir_okay=False, allow_dash=True))
-@click.option("--format", "fmt", type=click.Choice(["tsv", "jsonl"]), default="tsv", show_default=True,
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="tsv", show_default=True,
               help='tsv: KEY<TAB>VALUE per line (as kv get-many prints); jsonl: {"key": ..., "value": ...} '
                    'per line ("value_b64" for bytes that are not text).')
 @click.option("--concurrency", type=click.IntRange(1), default=512, show_default=True, help="Puts in flight.")
@@ -100,7 +99,6 @@ def load(
 def _run(ctx: click.Context, items: Iterator[tuple[bytes, bytes]], total: int, quiet: bool, **how: Any) -> Any:
     """put_all over ``items`` with ``how`` (its keyword arguments), behind the progress bar."""
     from cli.session import run_client
-    from kvstore.bulk import put_all
 
     with progress_bar(total, "kv load", quiet=quiet) as progress:
 
