@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keys", type=int, default=TARGET_KEYS)
     ap.add_argument("--value-bytes", type=int, default=100)
     ap.add_argument("--concurrency", type=int, default=512, help="puts in flight (batch x calls in flight)")
-    ap.add_argument("--batch", type=int, default=64, help="keys per put_many call (1: one put per key)")
+    ap.add_argument("--batch", type=int, default=64, help="keys per put_many call (1: a put_many call of one key each)")
     ap.add_argument(
         "--fsync", choices=("always", "everysec", "no"), default="everysec",
         help="fsync policy of the nodes this starts (default: the node's own default)",
