@@ -133,18 +133,23 @@ def test_partition_rules_really_stop_traffic_inside_the_namespace_only(netns: Ne
 def test_sweep_removes_namespaces_of_dead_harnesses() -> None:
     dead = subprocess.Popen(["true"])
     dead.wait()
-    ns = NetNS.create([node_address(0)], name=f"jl-{dead.pid}-test")
+    # What a SIGKILLed harness leaves: a bare namespace named for its pid. Made with a bare
+    # `ip netns add` because a harness starting in another test worker sweeps too, and may
+    # remove it at any moment; NetNS.create would then fail half way through its setup.
+    stale = f"jl-{dead.pid}-test"
+    subprocess.run(["ip", "netns", "add", stale], check=True, capture_output=True)
     try:
-        assert ns.name in list_namespaces()
-        assert ns.name in sweep_stale()
-        assert ns.name not in list_namespaces()
         live = NetNS.create([node_address(0)])
         try:
-            assert live.name not in sweep_stale()
+            swept = sweep_stale()
+            assert live.name not in swept, "a namespace of a live process must be kept"
+            assert live.name in list_namespaces()
         finally:
             live.destroy()
+        # Whichever sweep got there first (ours, or a harness's in another worker), it is gone.
+        assert stale not in list_namespaces()
     finally:
-        ns.destroy()
+        NetNS(stale, created=True).destroy()
 
 
 # ----------------------------------------------------------------- the harness
