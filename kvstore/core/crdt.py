@@ -101,17 +101,19 @@ class State:
     Immutable by convention (nothing assigns to a built one). A plain slotted class, as
     vclock.Obj is, rather than a frozen dataclass: compiled, the dataclass's init set each
     field through ``object.__setattr__`` (callgrind: ~12k instructions of a counter
-    increment's ~190k went to building States, ~11k to building its Op)."""
+    increment's ~190k went to building States, ~11k to building its Op). The clocks are
+    dicts, not Mappings: compiled, a Mapping's ``get`` and ``items`` are generic method
+    calls, a dict's are direct (every state this module builds holds dicts)."""
 
     __slots__ = ("clock", "deferred", "store", "type")
 
     def __init__(
-        self, type: str, store: Any, clock: Mapping[str, int], deferred: Mapping[Path, Mapping[str, int]] | None = None
+        self, type: str, store: Any, clock: dict[str, int], deferred: dict[Path, dict[str, int]] | None = None
     ) -> None:
         self.type = type
         self.store = store
         self.clock = clock
-        self.deferred: Mapping[Path, Mapping[str, int]] = {} if deferred is None else deferred
+        self.deferred: dict[Path, dict[str, int]] = {} if deferred is None else deferred
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, State):
@@ -210,7 +212,9 @@ def _settle(type_: str, store: Any, clock: dict[str, int], deferred: Mapping[Pat
     merged contents alone: a remove whose entry for actor ``a`` was dropped on one merge
     path but joined into a still pending remove on another would otherwise come out with
     and without ``a``, and merge would not be associative."""
-    keep: dict[Path, Clock] = {}
+    keep: dict[Path, dict[str, int]] = {}
+    if not deferred:  # the usual state: nothing to strip or keep
+        return State(type_, store, clock, keep)
     for path, ctx in deferred.items():
         store = _strip(type_, store, path, ctx)
         rest = {a: c for a, c in ctx.items() if c > clock.get(a, 0)}
@@ -254,7 +258,11 @@ def from_siblings(values: Iterable[bytes]) -> State | None:
 
 def _plain(kind: str, store: Any) -> Any:
     if kind == "counter":
-        return sum(p - n for p, n in store.values())
+        entries: dict[Dot, tuple[int, int]] = store
+        total = 0
+        for p, n in entries.values():  # a loop, not sum() over a generator: no object per read
+            total += p - n
+        return total
     if kind == "register":
         if not store:
             return None
@@ -379,17 +387,28 @@ def _apply(
     here: Path, deferred: dict[Path, Clock], depth: int,
 ) -> Any:
     if kind == "counter":
-        mine = [d for d in store if d[0] == m.actor]
-        p, n = store[max(mine)] if mine else (0, 0)
+        # One pass over typed entries (compiled: no generic ops): the other actors' kept,
+        # this actor's newest read (it holds one after any update of its own).
+        entries: dict[Dot, tuple[int, int]] = store
+        actor = m.actor
+        kept: dict[Dot, tuple[int, int]] = {}
+        mine = 0
+        p = n = 0
+        for d, pn in entries.items():
+            if d[0] == actor:
+                if d[1] > mine:
+                    mine = d[1]
+                    p, n = pn
+            else:
+                kept[d] = pn
         if op.incr >= 0:
             p += op.incr
         else:
             n -= op.incr
         if p >= MAX_COUNTER or n >= MAX_COUNTER:
             raise InvalidRequest("counter out of range")
-        out = {d: v for d, v in store.items() if d[0] != m.actor}
-        out[m.dot()] = (p, n)
-        return out
+        kept[m.dot()] = (p, n)
+        return kept
     if kind == "register":
         if op.set is None:
             return store
@@ -546,10 +565,12 @@ def _actors_of(s: State) -> list[str]:
 def _enc_store(kind: str, store: Any, idx: dict[str, int]) -> list[Any]:
     flat: list[Any] = []
     if kind in _LEAVES:
-        for (a, c), v in sorted(store.items()):
+        leaf: dict[Dot, Any] = store
+        # A payload tuple goes to the encoder as it is (msgpack has no tuple: an array).
+        for (a, c), v in sorted(leaf.items()) if len(leaf) > 1 else leaf.items():
             flat.append(idx[a])
             flat.append(c)
-            flat.append(None if v is None else list(v))
+            flat.append(v)
         return flat
     for k in sorted(store):
         if kind == "set":
@@ -587,16 +608,16 @@ def _bad(why: str) -> InvalidRequest:
     return InvalidRequest(f"malformed data type state: {why}")
 
 
-def _dec_dot(actors: list[str], clock: Clock, i: Any, c: Any) -> Dot:
+def _dec_dot(actors: list[str], clock: dict[str, int], i: Any, c: Any) -> Dot:
     if type(i) is not int or not 0 <= i < len(actors) or type(c) is not int or c <= 0:
         raise _bad("bad dot")
-    d = (actors[i], c)
-    if not _covered(d, clock):
+    a = actors[i]
+    if c > clock.get(a, 0):
         raise _bad("dot not covered by its context")
-    return d
+    return (a, c)
 
 
-def _dec_store(kind: str, flat: Any, actors: list[str], clock: Clock, depth: int) -> Any:
+def _dec_store(kind: str, flat: Any, actors: list[str], clock: dict[str, int], depth: int) -> Any:
     if type(flat) is not list:
         raise _bad("bad store")
     out: dict[Any, Any] = {}
@@ -611,9 +632,13 @@ def _dec_store(kind: str, flat: Any, actors: list[str], clock: Clock, depth: int
                     raise _bad("bad flag")
                 out[d] = None
             elif kind == "counter":
-                if type(v) is not list or len(v) != 2 or not all(type(x) is int and 0 <= x < MAX_COUNTER for x in v):
+                # Spelled out, not all() over a generator: compiled, that is an object per entry.
+                if type(v) is not list or len(v) != 2:
                     raise _bad("bad counter entry")
-                out[d] = (v[0], v[1])
+                x, y = v[0], v[1]
+                if type(x) is not int or type(y) is not int or not 0 <= x < MAX_COUNTER or not 0 <= y < MAX_COUNTER:
+                    raise _bad("bad counter entry")
+                out[d] = (x, y)
             else:
                 if type(v) is not list or len(v) != 2 or type(v[0]) is not int or type(v[1]) is not bytes:
                     raise _bad("bad register entry")
@@ -675,15 +700,20 @@ def decode(b: bytes) -> State:
     ):
         raise _bad("bad shape")
     clock: dict[str, int] = {}
-    for a, c in zip(actors, counters, strict=True):
+    names: list[Any] = actors
+    prev = ""
+    for j in range(len(names)):
+        a, c = names[j], counters[j]
         if type(a) is not str or not 0 < len(a) <= MAX_NAME_CHARS or type(c) is not int or not 0 <= c < MAX_COUNTER:
             raise _bad("bad context")
+        # Strictly ascending: sorted and without repeats, checked in the same pass.
+        if j and not prev < a:
+            raise _bad("bad actor table")
+        prev = a
         if c:
             clock[a] = c
-    if len(set(actors)) != len(actors) or actors != sorted(actors):
-        raise _bad("bad actor table")
     st = _dec_store(type_, store, actors, clock, 0)
-    pending: dict[Path, Clock] = {}
+    pending: dict[Path, dict[str, int]] = {}
     for item in deferred:
         if type(item) is not list or len(item) != 2 or type(item[1]) is not list or len(item[1]) % 2:
             raise _bad("bad deferred remove")

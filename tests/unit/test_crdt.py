@@ -207,6 +207,11 @@ def test_decode_refuses_what_encode_never_makes() -> None:
         _enc([*body[:4], [b"x", [5, 1, None]], body[5]]),  # actor index out of range
         _enc([*body[:4], [b"x", []], body[5]]),     # an empty member
         _enc([*body[:2], ["b~1", "a~1"], [1, 1], *body[4:]]),  # unsorted actor table
+        _enc([*body[:2], ["a~1", "a~1"], [1, 1], *body[4:]]),  # an actor named twice
+        _enc([*body[:2], ["a~1"], [1, 1], *body[4:]]),          # more counters than actors
+        _enc([1, 0, ["a~1"], [1], [0, 1, [1, -1]], []]),         # a negative counter total
+        _enc([1, 0, ["a~1"], [1], [0, 1, [1]], []]),             # a counter entry of one number
+        _enc([1, 0, ["a~1"], [1], [0, 1, [1, 2**63]], []]),      # past the counter bound
         _enc([*body[:5], [[[], []]]]),              # a deferred remove without a path
     ]
     for b in bad:
