@@ -76,8 +76,17 @@ def test_tiny_run_has_every_field(tmp_path: Path) -> None:
     (cal,) = doc["calibration"]  # put-4x64 on the reference, with load_client.py as well
     assert cal["shape"] == "put-4x64" and cal["load_client_ops_s"] > 0 and cal["kvstore_ops_s"] > 0
 
+    # Counters: increments judged against puts measured right before them, on the same store.
+    ctr = doc["counters"]
+    assert ctr["shape"] == "incr-4x64" and ctr["ops_s"] > 0 and ctr["errors"] == 0
+    assert ctr["put_now_ops_s"] > 0 and ctr["put_now_errors"] == 0
+    assert ctr["ratio_to_put_now"] == pytest.approx(ctr["ops_s"] / ctr["put_now_ops_s"], abs=1e-3)
+    assert ctr["ratio_to_put"] == pytest.approx(ctr["ops_s"] / pts["kv3"]["ops_s"], abs=1e-3)
+
     names = [t["name"] for t in doc["targets"]]
     assert any("3 nodes" in n for n in names) and any("1 node" in n for n in names)
+    (counter_row,) = [t for t in doc["targets"] if t["name"].startswith("counters")]
+    assert "right before" in counter_row["name"] and counter_row["value"] == ctr["ratio_to_put_now"]
     assert any(n.startswith("open-loop") for n in names)
     assert all(isinstance(t["pass"], bool) for t in doc["targets"])
     assert ("memory per key kvstore/redis" in names) == HAVE_REDIS
