@@ -134,6 +134,19 @@ def read_answer(merged: Obj | None, *, lww: bool, now_ms: int) -> dict[str, Any]
     }
 
 
+def record_answer(rec: bytes | None, *, lww: bool, wall_ms: Callable[[], int]) -> dict[str, Any]:
+    """:func:`read_answer` of the stored record ``rec`` (None: not found), a read answered
+    from one copy alone (:func:`answered_alone`). The usual record is answered without
+    building its version (:func:`vclock.read_plain`); the clock is read only for a record
+    with expiries, the one answer that depends on the time."""
+    if rec is None:
+        return read_answer(None, lww=lww, now_ms=0)
+    got = vclock.read_plain(rec)
+    if isinstance(got, tuple):
+        return {"values": got[0], "context": got[1]}
+    return read_answer(got, lww=lww, now_ms=wall_ms() if vclock.has_expiry(rec) else 0)
+
+
 def write_answer(new: Obj) -> dict[str, Any]:
     """A write's answer to the client once enough replicas hold ``new``: its context."""
     return {"context": vclock.context_bytes(new)}

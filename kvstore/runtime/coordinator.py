@@ -29,7 +29,7 @@ from kvstore.core.request import (
     WriteRequest,
     answered_alone,
     lone_write_failed,
-    read_answer,
+    record_answer,
     write_answer,
 )
 from kvstore.core.ring import Ring
@@ -188,14 +188,7 @@ class Coordinator:
             return self._forward(m.FWD_GET, pref, [key, m.options_to_wire(opts, "r")], True)
         self.counters.gets += 1
         if answered_alone(self.name, pref, opts.quorum or self._r):
-            rec = self.replica.read_raw(p, key)
-            if rec is None:
-                answer = read_answer(None, lww=self.lww, now_ms=0)
-            else:
-                # Only a record with expiries is read at a wall time (values_at): the clock
-                # is read for those alone.
-                now_ms = self.wall_ms() if vclock.has_expiry(rec) else 0
-                answer = read_answer(vclock.decode(rec), lww=self.lww, now_ms=now_ms)
+            answer = record_answer(self.replica.read_raw(p, key), lww=self.lww, wall_ms=self.wall_ms)
             if reply is not None:
                 return answer
             fut: asyncio.Future[dict[str, Any]] = self._running_loop().create_future()

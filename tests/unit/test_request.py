@@ -20,9 +20,10 @@ from kvstore.core.request import (
     answered_alone,
     lone_write_failed,
     read_answer,
+    record_answer,
     write_answer,
 )
-from kvstore.errors import Unavailable
+from kvstore.errors import InvalidRequest, Unavailable
 
 PREF = ("a", "b", "c")
 FALLBACKS = ("d", "e")
@@ -274,3 +275,20 @@ def test_a_lone_replicas_answer_is_what_the_machine_would_answer(
         assert first.sends == [] and first.repairs == () and first.deadline is None
         assert first.reply is not None and first.reply.error is None
         assert read_answer(local, lww=lww, now_ms=now_ms) == first.reply.result
+        # What the node answers from its stored record (the usual one without an Obj).
+        rec = None if local is None else vclock.encode(local)
+        assert record_answer(rec, lww=lww, wall_ms=lambda: now_ms) == first.reply.result
+
+
+def test_the_usual_record_is_answered_without_a_version_and_anything_else_as_decoded() -> None:
+    one = vclock.update(None, {}, b"v", "a~1", 5)
+    assert vclock.read_plain(vclock.encode(one)) == ([b"v"], vclock.context_bytes(one))
+    gone = vclock.update(one, vclock.context_of(one), None, "a~1", 6)
+    assert vclock.read_plain(vclock.encode(gone)) == ([], vclock.context_bytes(gone))
+    two = vclock.update(one, {}, b"w", "b~1", 7)  # two writers, two siblings: decoded
+    assert vclock.read_plain(vclock.encode(two)) == two
+    for bad in (b"\xc1", vclock.encode(one)[:-1], b"\x94\x01\x91\xa1a\x91\x01\x94\x00\x02\x01\xc0"):
+        with pytest.raises(InvalidRequest, match="malformed record"):
+            vclock.decode(bad)
+        with pytest.raises(InvalidRequest, match="malformed record"):
+            record_answer(bad, lww=False, wall_ms=lambda: 0)
