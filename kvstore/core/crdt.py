@@ -611,10 +611,10 @@ def _bad(why: str) -> InvalidRequest:
 def _dec_dot(actors: list[str], clock: dict[str, int], i: Any, c: Any) -> Dot:
     if type(i) is not int or not 0 <= i < len(actors) or type(c) is not int or c <= 0:
         raise _bad("bad dot")
-    a = actors[i]
-    if c > clock.get(a, 0):
+    d = (actors[i], c)
+    if not _covered(d, clock):
         raise _bad("dot not covered by its context")
-    return (a, c)
+    return d
 
 
 def _dec_store(kind: str, flat: Any, actors: list[str], clock: dict[str, int], depth: int) -> Any:
