@@ -158,10 +158,19 @@ def _generator_args(gen: str, sysm: System, shape: str, a: argparse.Namespace) -
                 "--warm", str(a.warm), "--keyspace", str(a.keyspace), "--spid", str(sysm.pid),
                 "--label", f"{sysm.name} {shape}"]  # fmt: skip
         return [*args, "--mode", "seq"] if conns == 1 and window == 1 else args
-    spec = {"op": op, "addrs": [f"127.0.0.1:{sysm.port}"], "conns": conns, "window": window,
-            "secs": a.secs, "warm": a.warm, "keys": a.keyspace, "value_bytes": 100,
-            "key_fmt": _key_fmt(op, a.shared_keys), "seed": 1, "node_api": False, "server_pid": sysm.pid}  # fmt: skip
+    spec = _load_spec(sysm, a, op, conns, window, _key_fmt(op, a.shared_keys))
     return [sys.executable, "-m", "cli.bench_cmds", "load", json.dumps(spec)]
+
+
+def _load_spec(
+    sysm: System, a: argparse.Namespace, op: str, conns: int, window: int, key_fmt: str, *,
+    secs: float | None = None, node_api: bool = False,
+) -> dict[str, Any]:
+    """What kvstore.testing.load is given for one point against ``sysm`` (``secs``: a.secs
+    unless told): every point's generator reads the same key space with the same seed."""
+    return {"op": op, "addrs": [f"127.0.0.1:{sysm.port}"], "conns": conns, "window": window,
+            "secs": a.secs if secs is None else secs, "warm": a.warm, "keys": a.keyspace, "value_bytes": 100,
+            "key_fmt": key_fmt, "seed": 1, "node_api": node_api, "server_pid": sysm.pid}  # fmt: skip
 
 
 def _key_fmt(op: str, shared_keys: bool) -> str:
@@ -232,9 +241,7 @@ def run_counter_point(sysm: System, a: argparse.Namespace) -> dict[str, Any]:
     the same shape through the same API by the same generator (``put_now_ops_s``)."""
 
     def one(op: str, key_fmt: str) -> dict[str, Any]:
-        spec = {"op": op, "addrs": [f"127.0.0.1:{sysm.port}"], "conns": 4, "window": 64,
-                "secs": a.secs, "warm": a.warm, "keys": a.keyspace, "value_bytes": 100,
-                "key_fmt": key_fmt, "seed": 1, "node_api": True, "server_pid": sysm.pid}  # fmt: skip
+        spec = _load_spec(sysm, a, op, 4, 64, key_fmt, node_api=True)
         args = [sys.executable, "-m", "cli.bench_cmds", "load", json.dumps(spec)]
         doc, _, err = run_child(args, a.warm + a.secs + CHILD_GRACE_S)
         if doc is None or "error" in doc:
@@ -254,9 +261,7 @@ def run_counter_point(sysm: System, a: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_open_loop(sysm: System, rate: float, a: argparse.Namespace) -> dict[str, Any]:
-    spec = {"op": "put", "addrs": [f"127.0.0.1:{sysm.port}"], "conns": 4, "window": 1,
-            "secs": a.open_loop_secs, "warm": a.warm, "keys": a.keyspace, "value_bytes": 100,
-            "key_fmt": _key_fmt("put", a.shared_keys), "seed": 1, "node_api": False, "server_pid": sysm.pid}  # fmt: skip
+    spec = _load_spec(sysm, a, "put", 4, 1, _key_fmt("put", a.shared_keys), secs=a.open_loop_secs)
     args = [sys.executable, str(Path(__file__).resolve()), "_open", json.dumps(spec), str(rate)]
     doc, _, err = run_child(args, a.warm + a.open_loop_secs + CHILD_GRACE_S)
     if doc is None or "error" in doc:
