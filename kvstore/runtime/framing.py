@@ -84,7 +84,10 @@ class FrameScanner:
         self._limits = limits
         # Elements still to come in the innermost open array/map (``_top``, a native int
         # when compiled: counted down once per value) and in each one around it (``_outer``,
-        # touched only when a container opens or closes); ``_depth`` of them are open.
+        # touched only when a container opens or closes); ``_depth`` of them are open, and
+        # ``_outer[:_depth - 1]`` holds the counts around the innermost. The list only grows
+        # (to the deepest nesting seen): a push and pop per container would free and allocate
+        # its storage each time it empties, a dozen times a request.
         self._top = 0
         self._outer: list[int] = []
         self._depth = 0
@@ -138,7 +141,7 @@ class FrameScanner:
                     break
                 depth -= 1
                 if depth:
-                    top = outer.pop()
+                    top = outer[depth - 1]
             else:
                 if base + pos > max_bytes:
                     return self._refuse(self._too_big(base + pos), last_end, carried)
@@ -191,7 +194,10 @@ class FrameScanner:
                             why = f"frame has over max_frame_elements ({lim.max_elements}) elements"
                             return self._refuse(why, last_end, carried)
                         if depth:
-                            outer.append(top)
+                            if depth > len(outer):
+                                outer.append(top)
+                            else:
+                                outer[depth - 1] = top
                         top = count
                         depth += 1
                         if depth > lim.max_depth:
@@ -205,7 +211,7 @@ class FrameScanner:
                     break
                 depth -= 1
                 if depth:
-                    top = outer.pop()
+                    top = outer[depth - 1]
             else:
                 if base + pos > max_bytes:
                     return self._refuse(self._too_big(base + pos), last_end, carried)
