@@ -19,7 +19,8 @@ dir, n1 (and with --nodes 3 also n2, a replica of every key) under
 values) against n1. Counting is switched on with ``callgrind_control -i on`` once the
 generator's warm-up is over and off when it exits, so the counts cover its measured window;
 a get profile first writes each key it reads once (as the benchmark does: a put load would
-leave siblings on them). Printed per profiled node: the instructions
+leave siblings on them), and ``--siblings N`` writes every key N times first (each blind put
+a sibling: what the benchmark's later put points find). Printed per profiled node: the instructions
 per request of the whole process (background work such as anti-entropy ticks included, so a
 run of more requests shows slightly less of it) and of the top --top functions, inclusive,
 by name (mypyc's ``CPyDef_module___Class___method``). Needs valgrind: installed with apt
@@ -115,14 +116,21 @@ def _generator_doc(returncode: int | None, out: str) -> dict[str, Any]:
     return doc
 
 
-def _write_keys(port: int, keys: int) -> None:
-    """Each key the gets read written once, as bench_throughput does before its get points: a
-    put load instead would leave siblings on them (blind puts), and the gets would profile
-    decoding those."""
-    _log(f"writing the {keys:,} keys the gets will read, once each")
-    done, _ = load_msgpack_keys(port, keys, secs=600)
-    if done < keys:
-        raise RuntimeError(f"wrote {done:,} of {keys:,} keys in 600 s")
+def _write_keys(port: int, keys: int, times: int) -> None:
+    """Each key written ``times`` times before counting. Gets: once by default, as
+    bench_throughput does before its get points (a put load instead would leave siblings on
+    them, and the gets would profile decoding those). Puts: none by default, but the
+    benchmark's later put points find the keys its earlier ones wrote, each blind put a
+    sibling more (Dynamo semantics): ``--siblings`` profiles that."""
+    for n in range(times):
+        _log(f"writing the {keys:,} keys ({n + 1} of {times})")
+        done, _ = load_msgpack_keys(port, keys, secs=600)
+        if done < keys:
+            raise RuntimeError(f"wrote {done:,} of {keys:,} keys in 600 s")
+
+
+def _prewrites(a: argparse.Namespace) -> int:
+    return (1 if a.op == "get" else 0) if a.siblings is None else a.siblings
 
 
 def top_functions(out_file: Path, requests: int, top: int) -> tuple[float, list[tuple[float, str]]]:
@@ -229,8 +237,7 @@ def profile_sampled(a: argparse.Namespace) -> dict[str, Any]:
         c.start_all()
         port = c.nodes["n1"].addr.rsplit(":", 1)[1]
         pids = [proc.pid for n in profiled if (proc := c.nodes[n].proc) is not None]
-        if a.op == "get":
-            _write_keys(int(port), a.keys)
+        _write_keys(int(port), a.keys, _prewrites(a))
         _log(f"{a.op} {a.conns}x{a.window} for {a.secs:g} s, sampling at {a.rate} Hz")
         gen = subprocess.Popen(_load_cmd(a.op, port, a, a.secs), stdout=subprocess.PIPE, text=True, cwd=ROOT)
         spies: list[subprocess.Popen[bytes]] = []
@@ -291,8 +298,7 @@ def profile(a: argparse.Namespace) -> dict[str, Any]:
         c.wait_ring(a.nodes, timeout=600)
         port = c.nodes["n1"].addr.rsplit(":", 1)[1]
         pids = [proc.pid for n in profiled if (proc := c.nodes[n].proc) is not None]
-        if a.op == "get":
-            _write_keys(int(port), a.keys)
+        _write_keys(int(port), a.keys, _prewrites(a))
         _log(f"{a.op} {a.conns}x{a.window} for {a.secs:g} s, counting")
         doc = _run_load(a.op, port, a, a.secs, pids)
         requests = int(doc["n"])
@@ -344,7 +350,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=int, default=50, help="py-spy samples per second (default 50; each stops the node)")
     ap.add_argument("--json", action="store_true", help="one JSON object on stdout")
     ap.add_argument("--keep", action="store_true", help="keep the tmp dir (node logs, callgrind dumps)")
+    ap.add_argument("--siblings", type=int, default=None,
+                    help="write every key this many times before counting, each blind put a sibling "
+                         "(default 1 for get, 0 for put; not for incr)")
     a = ap.parse_args(argv)
+    if a.siblings is not None and (a.siblings < 0 or a.op == "incr"):
+        ap.error("--siblings takes a count >= 0, and not with --op incr (counters are not plain values)")
     r = profile_sampled(a) if a.sampler == "py-spy" else profile(a)
     if a.json:
         print(json.dumps(r))
