@@ -20,10 +20,10 @@ values) against n1. Counting is switched on with ``callgrind_control -i on`` onc
 generator's warm-up is over and off when it exits, so the counts cover its measured window;
 a get profile first writes each key it reads once (as the benchmark does: a put load would
 leave siblings on them), and ``--siblings N`` writes every key N times first (each blind put
-a sibling: what the benchmark's later put points find). Printed per profiled node: the instructions
-per request of the whole process (background work such as anti-entropy ticks included, so a
-run of more requests shows slightly less of it) and of the top --top functions, inclusive,
-by name (mypyc's ``CPyDef_module___Class___method``). Needs valgrind: installed with apt
+a sibling: what the benchmark's later put points find). Printed per profiled node: the
+instructions per request of the whole process (background work such as anti-entropy ticks
+included, so a run of more requests shows slightly less of it) and of the top --top
+functions, inclusive, by name (mypyc's ``CPyDef_module___Class___method``). Needs valgrind: installed with apt
 when missing and run as root, else the script says so and stops.
 
 ``--sampler py-spy`` answers what callgrind cannot: where the *time* goes, system calls and
