@@ -23,8 +23,9 @@ leave siblings on them), and ``--siblings N`` writes every key N times first (ea
 a sibling: what the benchmark's later put points find). Printed per profiled node: the
 instructions per request of the whole process (background work such as anti-entropy ticks
 included, so a run of more requests shows slightly less of it) and of the top --top
-functions, inclusive, by name (mypyc's ``CPyDef_module___Class___method``). Needs valgrind: installed with apt
-when missing and run as root, else the script says so and stops.
+functions, inclusive, by name (mypyc's ``CPyDef_module___Class___method``). Needs
+valgrind: installed with apt when missing and run as root, else the script says so and
+stops.
 
 ``--sampler py-spy`` answers what callgrind cannot: where the *time* goes, system calls and
 C libraries included. Callgrind sees no kernel (at 50x1 a coordinator's ``write`` calls are
