@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Final
 
 import msgpack
-from msgpack import unpackb as _unpackb
 
 from kvstore.runtime.framing import FrameLimits, FrameScanner
 from kvstore.runtime.rpc.wire import (
@@ -17,6 +16,10 @@ from kvstore.runtime.rpc.wire import (
     _new_unpacker,
     log,
 )
+
+# A Final name, not ``from msgpack import unpackb``: compiled, an imported name is a lookup
+# in the module's dict at every call, and this one runs once per chunk received.
+_unpackb: Final = msgpack.unpackb
 
 
 def available_loops() -> tuple[str, ...]:
