@@ -61,6 +61,7 @@ class Outbox:
         # Ops in the open batches, kept as they come and go: asked after every chunk of
         # client requests (kvstore.runtime.node), often one request per chunk.
         self._queued = 0
+        self._queued_bytes = 0  # what those ops carry (keys and records)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.calls = 0  # replica.many calls sent
         self.ops = 0  # ops carried by them
@@ -86,6 +87,7 @@ class Outbox:
         if b is not None and b.timeout_s != timeout_s:
             del self._open[node]
             self._queued -= len(b.ops)
+            self._queued_bytes -= b.bytes
             self._send(b)
             b = None
         if b is None:
@@ -104,18 +106,21 @@ class Outbox:
         b.answers.append(answer)
         b.bytes += size
         self._queued += 1
+        self._queued_bytes += size
         self._added += 1
         if len(b.ops) >= MAX_BATCH_OPS or b.bytes >= MAX_BATCH_BYTES:
             del self._open[node]
             self._queued -= len(b.ops)
+            self._queued_bytes -= b.bytes
             self._send(b)
 
-    def flush_if_grown(self, min_ops: int) -> None:
+    def flush_if_grown(self, min_ops: int, min_bytes: int) -> None:
         """Send the open batches now if ``min_ops`` or more ops were queued since the last
-        call: what one chunk of client requests added, not what the turn has queued so far."""
+        call (what one chunk of client requests added, not what the turn has queued so
+        far), or if they carry ``min_bytes`` or more in all."""
         grown = self._added - self._added_at_check
         self._added_at_check = self._added
-        if grown >= min_ops and self._queued:
+        if self._queued and (grown >= min_ops or self._queued_bytes >= min_bytes):
             self.flush()
 
     def flush(self) -> None:
@@ -125,6 +130,7 @@ class Outbox:
         batches = list(self._open.values())
         self._open.clear()
         self._queued = 0
+        self._queued_bytes = 0
         # Written now, not one more loop turn later by the client's own flush (held, the
         # client schedules none).
         rpc = self.rpc

@@ -211,14 +211,46 @@ async def test_flush_if_grown_counts_what_was_queued_since_it_last_looked() -> N
     try:
         for _ in range(3):
             outbox.get("x", 0, b"k", 5.0, ignore)
-        outbox.flush_if_grown(4)
+        outbox.flush_if_grown(4, 1 << 20)
         assert outbox.queued == 3  # three since the start: under the bar
         outbox.get("x", 0, b"k", 5.0, ignore)
-        outbox.flush_if_grown(4)
+        outbox.flush_if_grown(4, 1 << 20)
         assert outbox.queued == 4  # one since the last look, though four are queued
         for _ in range(4):
             outbox.get("x", 0, b"k", 5.0, ignore)
-        outbox.flush_if_grown(4)
+        outbox.flush_if_grown(4, 1 << 20)
         assert outbox.queued == 0 and outbox.calls == 1 and outbox.ops == 8
+    finally:
+        await rpc.close()
+
+
+async def test_flush_if_grown_sends_what_the_turn_queued_once_it_carries_enough_bytes() -> None:
+    """One request per chunk never reaches the ops bar, but the turn's writes go out once
+    what is queued carries ``min_bytes`` (keys and records), so the peers start on them
+    while the coordinator reads on; reads, which carry only keys, stay queued."""
+    rpc = RpcClient()
+    outbox = Outbox(rpc, lambda node: "127.0.0.1:1")  # nothing listens: the calls just fail
+
+    def ignore(reason: str | None, result: Any) -> None:
+        pass
+
+    record = _record(b"v" * 100, 1)
+    per_put = len(b"k") + len(record)
+    try:
+        for _ in range(40):
+            outbox.get("x", 0, b"k", 5.0, ignore)
+            outbox.flush_if_grown(4, 4 * per_put)
+        assert outbox.queued == 40 and outbox.calls == 0  # 40 keys: under the byte bar
+        outbox.flush()
+        for i in range(1, 4):
+            outbox.put("x", 0, b"k", record, None, 5.0, ignore)
+            outbox.flush_if_grown(4, 4 * per_put)
+            assert outbox.queued == i  # one op a chunk, under both bars
+        outbox.put("y", 0, b"k", record, None, 5.0, ignore)
+        outbox.flush_if_grown(4, 4 * per_put)
+        assert outbox.queued == 0 and outbox.calls == 3 and outbox.ops == 44  # both peers' batches
+        outbox.put("x", 0, b"k", record, None, 5.0, ignore)
+        outbox.flush_if_grown(4, 4 * per_put)
+        assert outbox.queued == 1  # the count of bytes started again
     finally:
         await rpc.close()
