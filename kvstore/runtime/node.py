@@ -364,8 +364,8 @@ class Node:
         the turn, one frame per peer for all of them, until what the turn has queued
         carries AFTER_CHUNK_MIN_BYTES: writes with one in flight on each of 50 connections
         otherwise left a fifth of the two cores idle (the peers waiting on this node's turn,
-        then this node on theirs; measured +4-9% puts at 50x1 with it). Gets carry only
-        keys, so their turns stay one frame per peer (a frame per dozen gets cost 4%)."""
+        then this node on theirs; measured +4-6% puts at 50x1 with it). Gets carry only
+        keys, so their turns stay one frame per peer (sent mid-turn, gets at 50x1 lost 4%)."""
         # What this chunk added, not what is queued: at one request per chunk the ops of a
         # whole turn would reach the ops bar every few chunks and go out in several frames
         # per peer (measured at 50x1: ~4 writes per peer per turn, each a batch to account for).
