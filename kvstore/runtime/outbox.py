@@ -61,7 +61,6 @@ class Outbox:
         # Ops in the open batches, kept as they come and go: asked after every chunk of
         # client requests (kvstore.runtime.node), often one request per chunk.
         self._queued = 0
-        self._queued_bytes = 0  # what those ops carry (keys and records)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.calls = 0  # replica.many calls sent
         self.ops = 0  # ops carried by them
@@ -87,7 +86,6 @@ class Outbox:
         if b is not None and b.timeout_s != timeout_s:
             del self._open[node]
             self._queued -= len(b.ops)
-            self._queued_bytes -= b.bytes
             self._send(b)
             b = None
         if b is None:
@@ -106,12 +104,10 @@ class Outbox:
         b.answers.append(answer)
         b.bytes += size
         self._queued += 1
-        self._queued_bytes += size
         self._added += 1
         if len(b.ops) >= MAX_BATCH_OPS or b.bytes >= MAX_BATCH_BYTES:
             del self._open[node]
             self._queued -= len(b.ops)
-            self._queued_bytes -= b.bytes
             self._send(b)
 
     def flush_if_grown(self, min_ops: int, min_bytes: int) -> None:
@@ -120,8 +116,15 @@ class Outbox:
         far), or if they carry ``min_bytes`` or more in all."""
         grown = self._added - self._added_at_check
         self._added_at_check = self._added
-        if self._queued and (grown >= min_ops or self._queued_bytes >= min_bytes):
+        if self._queued and (grown >= min_ops or self._open_bytes() >= min_bytes):
             self.flush()
+
+    def _open_bytes(self) -> int:
+        """What the open batches carry (keys and records): one per peer, so a short sum."""
+        total = 0
+        for b in self._open.values():
+            total += b.bytes
+        return total
 
     def flush(self) -> None:
         """Send every open batch (called once at the end of the turn that opened the first)."""
@@ -130,7 +133,6 @@ class Outbox:
         batches = list(self._open.values())
         self._open.clear()
         self._queued = 0
-        self._queued_bytes = 0
         # Written now, not one more loop turn later by the client's own flush (held, the
         # client schedules none).
         rpc = self.rpc
